@@ -1,0 +1,104 @@
+"""Plugin name, tag scheme and summary metadata for BN Internals summaries.
+
+Everything the writer (``summary.py``) and the readers (``data.py``, the
+plugin) must agree on lives here: the plugin name, the payload kinds, the row
+and column layouts of the tensors, and the versioned JSON ``content`` of each
+tag's ``SummaryMetadata``.
+
+Schema history:
+  * version 1: ``layer_summary``, ``layer_channels``, ``gap`` payloads.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tensorboard.compat.proto import summary_pb2
+
+PLUGIN_NAME = "bn_internals"
+SCHEMA_VERSION = 1
+TAG_PREFIX = PLUGIN_NAME
+
+# Payload kinds (the ``kind`` field of the metadata content).
+KIND_LAYER_SUMMARY = "layer_summary"
+KIND_LAYER_CHANNELS = "layer_channels"
+KIND_GAP = "gap"
+
+# Per-channel statistics, in the order they are stored as rows.
+BATCH_MEAN = "batch_mean"
+BATCH_VARIANCE = "batch_variance"
+MOVING_MEAN = "moving_mean"
+MOVING_VARIANCE = "moving_variance"
+GAMMA = "gamma"
+BETA = "beta"
+CHANNEL_STATS = (BATCH_MEAN, BATCH_VARIANCE, MOVING_MEAN, MOVING_VARIANCE, GAMMA, BETA)
+
+# Derived per-channel drift quantities, summarised across channels per step.
+MEAN_SHIFT = "mean_shift"
+LOG_VAR_RATIO = "log_var_ratio"
+DRIFT_STATS = (MEAN_SHIFT, LOG_VAR_RATIO)
+
+# Columns of a summary row: statistics of one quantity across channels.
+SUMMARY_COLUMNS = ("mean", "std", "min", "p05", "p50", "p95", "max")
+
+# Scalar facts about a layer at a logged step, stored ahead of the summary rows.
+#   training:  1 if the layer normalised with batch statistics in this step.
+#   trainable: 1 if the layer was trainable at this step.
+#   count:     values each channel's batch statistics were computed from.
+#   momentum:  the layer's momentum at this step.
+#   full:      1 if a per-channel snapshot was written for this step.
+INFO_FIELDS = ("training", "trainable", "count", "momentum", "full")
+
+
+def layer_tag(layer_path: str, kind: str) -> str:
+    """The tag for one layer's payload of ``kind`` (``summary`` or ``channels``)."""
+    return f"{TAG_PREFIX}/{layer_path}/{kind}"
+
+
+def gap_tag() -> str:
+    """The tag for the model-level train/inference gap payload."""
+    return f"{TAG_PREFIX}/_model/gap"
+
+
+def create_summary_metadata(content: dict[str, Any]) -> summary_pb2.SummaryMetadata:
+    """A ``SummaryMetadata`` for this plugin with a versioned JSON ``content``.
+
+    ``data_class`` is set explicitly: the Rust data server drops summaries
+    without one.
+    """
+    payload = {"version": SCHEMA_VERSION, **content}
+    return summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(
+            plugin_name=PLUGIN_NAME,
+            content=json.dumps(payload, sort_keys=True).encode("utf-8"),
+        ),
+        data_class=summary_pb2.DATA_CLASS_TENSOR,
+    )
+
+
+class MetadataError(ValueError):
+    """Raised when a tag's plugin content cannot be understood."""
+
+
+def parse_plugin_content(content: bytes) -> dict[str, Any]:
+    """Decode the ``content`` bytes of a tag written by this plugin.
+
+    Accepts every schema version up to ``SCHEMA_VERSION``; raises
+    ``MetadataError`` for unreadable or newer content.
+    """
+    try:
+        parsed = json.loads(content.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MetadataError(f"unreadable bn_internals metadata: {err}") from err
+    if not isinstance(parsed, dict) or "kind" not in parsed:
+        raise MetadataError("bn_internals metadata lacks a 'kind'")
+    version = parsed.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise MetadataError(f"bn_internals metadata has a bad version: {version!r}")
+    if version > SCHEMA_VERSION:
+        raise MetadataError(
+            f"bn_internals data written with schema version {version}, but this "
+            f"tb_bn_plugin reads up to version {SCHEMA_VERSION}: upgrade tb_bn_plugin"
+        )
+    return parsed

@@ -1,0 +1,117 @@
+"""In-memory series of logged BatchNorm internals: what readers return and the math consumes.
+
+These dataclasses are the boundary between storage (event files read through
+TensorBoard's data path, see ``data.py``) and the pure numpy functions for
+drift, gaps and diagnostics. They can be built directly from numpy arrays in
+tests, without a training run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import numpy as np
+
+from tb_bn_plugin import metadata
+
+
+@dataclasses.dataclass
+class LayerConfig:
+    """Static facts about one BatchNormalization layer."""
+
+    path: str
+    index: int
+    channels: int
+    axis: int
+    momentum: float
+    epsilon: float
+    center: bool
+    scale: bool
+    synchronized: bool = False
+    renorm: bool = False
+    rank: Optional[int] = None
+
+    def stats(self) -> tuple[str, ...]:
+        """The per-channel statistics this layer has (no gamma/beta when absent)."""
+        return tuple(
+            s
+            for s in metadata.CHANNEL_STATS
+            if (s != metadata.GAMMA or self.scale) and (s != metadata.BETA or self.center)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "LayerConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in obj.items() if k in fields})
+
+
+@dataclasses.dataclass
+class LayerSeries:
+    """Everything logged for one layer in one run.
+
+    Attributes:
+      config: the layer's static facts.
+      steps: (S,) int64 training steps with a summary record (every logged step).
+      info: field name (``metadata.INFO_FIELDS``) -> (S,) float64.
+      summary: quantity (a ``CHANNEL_STATS`` or ``DRIFT_STATS`` name) -> (S, Q)
+        float64, Q = ``len(metadata.SUMMARY_COLUMNS)``, statistics across channels.
+        Batch statistics are NaN at steps where the layer did not train.
+      channel_steps: (T,) int64 steps with a per-channel snapshot (T <= S).
+      channels: stat name -> (T, C) float64 per-channel values at ``channel_steps``.
+    """
+
+    config: LayerConfig
+    steps: np.ndarray
+    info: dict[str, np.ndarray]
+    summary: dict[str, np.ndarray]
+    channel_steps: np.ndarray
+    channels: dict[str, np.ndarray]
+
+    def summary_column(self, stat: str, column: str) -> np.ndarray:
+        """(S,) one column (e.g. ``"mean"``) of a stat's across-channel summary."""
+        return self.summary[stat][:, metadata.SUMMARY_COLUMNS.index(column)]
+
+
+@dataclasses.dataclass
+class GapSeries:
+    """The train/inference gap measured on the probe batch for one run.
+
+    Attributes:
+      steps: (G,) int64 steps at which the gap was measured.
+      train_loss / inference_loss: (G,) loss of the probe batch in each mode.
+      metrics: metric name -> {"train": (G,), "inference": (G,)}.
+      compound: layer path -> (G,) relative RMS difference of the layer's output
+        between a full training-mode and a full inference-mode forward pass.
+      local: layer path -> (G,) measured relative RMS difference the layer itself
+        introduces when fed the same (training-mode) input.
+      local_derived: layer path -> (G,) the same, derived from statistics alone.
+      attribution: layer path -> (G,) share of the model-level loss gap removed by
+        switching only this layer to training mode (NaN where not measured).
+    """
+
+    steps: np.ndarray
+    train_loss: np.ndarray
+    inference_loss: np.ndarray
+    metrics: dict[str, dict[str, np.ndarray]]
+    compound: dict[str, np.ndarray]
+    local: dict[str, np.ndarray]
+    local_derived: dict[str, np.ndarray]
+    attribution: dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class RunData:
+    """All BN Internals data of one run."""
+
+    run: str
+    layers: dict[str, LayerSeries]
+    gap: Optional[GapSeries] = None
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+    def ordered_layers(self) -> list[LayerSeries]:
+        """Layers in model order."""
+        return sorted(self.layers.values(), key=lambda s: s.config.index)
