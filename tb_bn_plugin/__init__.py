@@ -1,0 +1,1 @@
+"""tb_bn_plugin: make BatchNormalization internals visible in TensorBoard."""
