@@ -1,0 +1,250 @@
+"""Find a Keras 3 model's BatchNormalization layers and capture their batch statistics.
+
+Framework glue, kept thin. Batch statistics are captured inside the real
+training step: each BN layer's ``_moments`` (which computes exactly the mean
+and biased variance the layer then normalises with) is wrapped on the layer
+instance so that, while the train function is traced, it also assigns its
+results to capture variables owned by this module. Nothing the model computes
+changes: the wrapper returns the original tensors, and the capture variables
+are not part of the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tb_bn_plugin import metadata
+from tb_bn_plugin.series import LayerConfig
+
+keras = tf.keras
+
+
+class UnsupportedLayerError(ValueError):
+    """A BatchNormalization layer this tool cannot capture (e.g. unbuilt or odd axis)."""
+
+
+@dataclasses.dataclass
+class BatchNormRef:
+    """A BatchNormalization layer and its path inside the model."""
+
+    path: str
+    layer: Any  # keras.layers.BatchNormalization
+
+    @property
+    def built(self) -> bool:
+        return bool(self.layer.built) and getattr(self.layer, "moving_mean", None) is not None
+
+
+def find_batchnorm_layers(model: Any) -> list[BatchNormRef]:
+    """Every BatchNormalization layer reachable from ``model``, in model order.
+
+    Walks sub-models, custom layers and subclassed models depth first. A
+    layer's path joins the names of its ancestors below ``model`` with ``/``
+    (``encoder/bn``), so equally named layers in different sub-models stay
+    apart. A layer reachable twice is reported once, under its first path.
+    """
+    refs: list[BatchNormRef] = []
+    seen: set[int] = set()
+
+    def walk(layer: Any, prefix: str) -> None:
+        for child in getattr(layer, "_layers", ()):
+            if id(child) in seen:
+                continue
+            seen.add(id(child))
+            path = f"{prefix}/{child.name}" if prefix else child.name
+            if isinstance(child, keras.layers.BatchNormalization):
+                refs.append(BatchNormRef(path, child))
+            walk(child, path)
+
+    walk(model, "")
+    return refs
+
+
+def layer_config(ref: BatchNormRef, index: int) -> LayerConfig:
+    """Static facts of a built BN layer; raises ``UnsupportedLayerError`` if it cannot be captured."""
+    layer = ref.layer
+    if not ref.built:
+        raise UnsupportedLayerError(f"BatchNormalization layer {ref.path!r} is not built yet")
+    axis = layer.axis
+    if not isinstance(axis, int):
+        raise UnsupportedLayerError(
+            f"BatchNormalization layer {ref.path!r} normalises over axis={axis!r}; "
+            "only a single integer channel axis is supported"
+        )
+    rank = len(layer.input_spec.shape) if layer.input_spec and layer.input_spec.shape else None
+    if rank is None:
+        rank = layer.input_spec.ndim if layer.input_spec else None
+    return LayerConfig(
+        path=ref.path,
+        index=index,
+        channels=int(layer.moving_mean.shape[0]),
+        axis=int(axis if axis >= 0 or rank is None else axis + rank),
+        momentum=float(layer.momentum),
+        epsilon=float(layer.epsilon),
+        center=bool(layer.center),
+        scale=bool(layer.scale),
+        synchronized=bool(getattr(layer, "synchronized", False)),
+        renorm=bool(getattr(layer, "renorm", False)),
+        rank=rank,
+    )
+
+
+@dataclasses.dataclass
+class LayerSnapshot:
+    """One layer's state after a training step, as numpy.
+
+    ``values`` maps each of the layer's ``CHANNEL_STATS`` to a (C,) float64
+    vector; batch statistics are NaN when the layer did not normalise with
+    batch statistics in that step (``training`` False).
+    """
+
+    config: LayerConfig
+    values: dict[str, np.ndarray]
+    training: bool
+    trainable: bool
+    count: float
+    momentum: float
+
+
+class _CaptureSlots:
+    """Variables one layer's wrapped ``_moments`` writes to in every training step."""
+
+    def __init__(self, channels: int, strategy: tf.distribute.Strategy) -> None:
+        kwargs = dict(
+            trainable=False,
+            synchronization=tf.VariableSynchronization.ON_WRITE,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+        with strategy.scope():
+            self.stats = tf.Variable(tf.zeros([2, channels], tf.float32), name="bn_capture_stats", **kwargs)
+            self.count = tf.Variable(0.0, dtype=tf.float32, name="bn_capture_count", **kwargs)
+            self.step = tf.Variable(tf.constant(-1, tf.int64), name="bn_capture_step", **kwargs)
+
+
+class StatsCapture:
+    """Installs the capture wrappers on a model's BN layers and reads snapshots.
+
+    Args:
+      refs: the layers to capture (built).
+      clock: a variable holding the number of training steps done (the
+        optimizer's ``iterations``); the wrapper records its value so a snapshot
+        can tell whether a layer trained in the latest step.
+      strategy: the distribution strategy the capture variables are created under.
+    """
+
+    def __init__(self, refs: Sequence[BatchNormRef], clock: Any, strategy: tf.distribute.Strategy) -> None:
+        self.configs = [layer_config(ref, i) for i, ref in enumerate(refs)]
+        self._refs = list(refs)
+        self._clock = clock
+        self._slots = [_CaptureSlots(c.channels, strategy) for c in self.configs]
+        self._installed = False
+        self._enabled = True
+        self._snapshot_fn = tf.function(self._gather, autograph=False)
+
+    # -- wrapping ---------------------------------------------------------------
+
+    def install(self) -> None:
+        """Wrap each layer's ``_moments``; takes effect in functions traced afterwards."""
+        for ref, slots in zip(self._refs, self._slots):
+            object.__setattr__(ref.layer, "_moments", self._wrap(ref.layer, slots))
+        self._installed = True
+
+    def uninstall(self) -> None:
+        """Restore the layers' own ``_moments``."""
+        for ref in self._refs:
+            ref.layer.__dict__.pop("_moments", None)
+        self._installed = False
+
+    @property
+    def installed(self) -> bool:
+        return self._installed
+
+    def paused(self) -> "_Paused":
+        """Context manager: functions traced inside it do not write the capture variables."""
+        return _Paused(self)
+
+    def _wrap(self, layer: Any, slots: _CaptureSlots):
+        original = type(layer)._moments.__get__(layer)
+        capture = self
+
+        def _moments(inputs, mask):
+            mean, variance = original(inputs, mask)
+            if capture._enabled:
+                channels = slots.stats.shape[1]
+                stats = tf.stack(
+                    [tf.reshape(tf.cast(mean, tf.float32), [channels]),
+                     tf.reshape(tf.cast(variance, tf.float32), [channels])]
+                )
+                if mask is None:
+                    count = tf.cast(tf.size(inputs), tf.float32) / float(channels)
+                else:
+                    count = tf.reduce_sum(tf.cast(mask, tf.float32))
+                slots.stats.assign(stats)
+                slots.count.assign(count)
+                slots.step.assign(tf.cast(tf.convert_to_tensor(capture._clock), tf.int64))
+            return mean, variance
+
+        return _moments
+
+    # -- reading ----------------------------------------------------------------
+
+    def _gather(self):
+        floats = []
+        for ref, slots in zip(self._refs, self._slots):
+            layer = ref.layer
+            parts = [slots.stats, layer.moving_mean, layer.moving_variance]
+            if layer.scale:
+                parts.append(layer.gamma)
+            if layer.center:
+                parts.append(layer.beta)
+            floats.extend(tf.reshape(tf.cast(tf.convert_to_tensor(p), tf.float32), [-1]) for p in parts)
+        counts = tf.stack([s.count for s in self._slots]) if self._slots else tf.zeros([0])
+        steps = tf.stack([s.step for s in self._slots]) if self._slots else tf.zeros([0], tf.int64)
+        return tf.concat(floats, 0) if floats else tf.zeros([0]), counts, steps
+
+    def snapshot(self, steps_done: int) -> list[LayerSnapshot]:
+        """Every layer's statistics after the step that brought the clock to ``steps_done``.
+
+        One device round trip for all layers.
+        """
+        floats, counts, captured_at = (t.numpy() for t in self._snapshot_fn())
+        floats = floats.astype(np.float64)
+        out = []
+        offset = 0
+        for config, ref, count, at in zip(self.configs, self._refs, counts, captured_at):
+            c = config.channels
+            training = bool(at == steps_done - 1)
+            values: dict[str, np.ndarray] = {}
+            for stat in (metadata.BATCH_MEAN, metadata.BATCH_VARIANCE) + config.stats()[2:]:
+                values[stat] = floats[offset : offset + c]
+                offset += c
+            if not training:
+                values[metadata.BATCH_MEAN] = np.full(c, np.nan)
+                values[metadata.BATCH_VARIANCE] = np.full(c, np.nan)
+            out.append(
+                LayerSnapshot(
+                    config=config,
+                    values=values,
+                    training=training,
+                    trainable=bool(ref.layer.trainable),
+                    count=float(count) if training else math.nan,
+                    momentum=float(ref.layer.momentum),
+                )
+            )
+        return out
+
+
+class _Paused:
+    def __init__(self, capture: StatsCapture) -> None:
+        self._capture = capture
+
+    def __enter__(self) -> None:
+        self._capture._enabled = False
+
+    def __exit__(self, *exc: Any) -> None:
+        self._capture._enabled = True

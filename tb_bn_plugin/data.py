@@ -1,0 +1,230 @@
+"""Reading BN Internals data back through TensorBoard's data provider API.
+
+The same functions serve the plugin (``context.data_provider``, which may be
+the Rust data server) and notebooks/tests/CLI (``open_logdir``, TensorBoard's
+own event-file loading with every sample kept). Nothing here parses event
+records by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from typing import Any, Iterable, Mapping, Optional
+
+import numpy as np
+from tensorboard import context as tb_context
+from tensorboard.backend.event_processing import data_provider as tb_data_provider
+from tensorboard.backend.event_processing import plugin_event_multiplexer
+from tensorboard.data import provider as tb_provider
+
+from tb_bn_plugin import metadata, records
+from tb_bn_plugin.series import LayerConfig, LayerSeries, RunData
+
+logger = logging.getLogger("tb_bn_plugin")
+
+# "Every sample" for read_tensors: the providers downsample only above this.
+ALL_SAMPLES = sys.maxsize // 2
+
+StatSeries = tuple[np.ndarray, np.ndarray]
+
+
+@dataclasses.dataclass
+class Source:
+    """A data provider plus the request context and experiment it is read with."""
+
+    provider: tb_provider.DataProvider
+    ctx: Any
+    experiment_id: str
+
+
+def open_logdir(logdir: str) -> Source:
+    """Load ``logdir`` with TensorBoard's event multiplexer, keeping every BN Internals sample."""
+    if not os.path.isdir(logdir):
+        raise FileNotFoundError(f"log directory {logdir!r} does not exist")
+    multiplexer = plugin_event_multiplexer.EventMultiplexer(
+        tensor_size_guidance={metadata.PLUGIN_NAME: 0},
+    )
+    multiplexer.AddRunsFromDirectory(logdir)
+    multiplexer.Reload()
+    provider = tb_data_provider.MultiplexerDataProvider(multiplexer, logdir)
+    return Source(provider, tb_context.RequestContext(), experiment_id="")
+
+
+@dataclasses.dataclass
+class TagInfo:
+    """A BN Internals tag and its decoded metadata content."""
+
+    tag: str
+    content: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return self.content["kind"]
+
+    @property
+    def layer(self) -> Optional[LayerConfig]:
+        layer = self.content.get("layer")
+        return LayerConfig.from_json(layer) if isinstance(layer, dict) else None
+
+
+def list_tags(source: Source, runs: Optional[Iterable[str]] = None) -> tuple[dict[str, list[TagInfo]], dict[str, list[str]]]:
+    """BN Internals tags per run, and per-run errors for tags whose metadata cannot be read."""
+    listing = source.provider.list_tensors(
+        source.ctx,
+        experiment_id=source.experiment_id,
+        plugin_name=metadata.PLUGIN_NAME,
+        run_tag_filter=tb_provider.RunTagFilter(runs=runs) if runs is not None else None,
+    )
+    tags: dict[str, list[TagInfo]] = {}
+    errors: dict[str, list[str]] = {}
+    for run, by_tag in listing.items():
+        for tag, series in sorted(by_tag.items()):
+            try:
+                content = metadata.parse_plugin_content(series.plugin_content)
+            except metadata.MetadataError as err:
+                errors.setdefault(run, []).append(f"tag {tag!r}: {err}")
+                continue
+            tags.setdefault(run, []).append(TagInfo(tag, content))
+    return tags, errors
+
+
+def read_tensors(
+    source: Source, run_tags: Mapping[str, Iterable[str]], downsample: int = ALL_SAMPLES
+) -> dict[str, dict[str, list[tb_provider.TensorDatum]]]:
+    """The tensor events of the given tags, per run, in step order."""
+    runs = [r for r, t in run_tags.items() if t]
+    if not runs:
+        return {}
+    tags = {t for r in runs for t in run_tags[r]}
+    data = source.provider.read_tensors(
+        source.ctx,
+        experiment_id=source.experiment_id,
+        plugin_name=metadata.PLUGIN_NAME,
+        downsample=downsample,
+        run_tag_filter=tb_provider.RunTagFilter(runs=runs, tags=tags),
+    )
+    return {
+        run: {tag: sorted(data.get(run, {}).get(tag, []), key=lambda d: d.step) for tag in run_tags[run]}
+        for run in runs
+    }
+
+
+def layer_series(
+    summary_tag: TagInfo,
+    summary_data: list[tb_provider.TensorDatum],
+    channels_tag: Optional[TagInfo] = None,
+    channels_data: Optional[list[tb_provider.TensorDatum]] = None,
+) -> LayerSeries:
+    """Assemble one layer's series from its summary (and optional channel) events."""
+    config = summary_tag.layer
+    steps, infos, summaries = [], [], []
+    for datum in _dedupe_steps(summary_data):
+        info, summary = records.split_summary_record(config, np.asarray(datum.numpy).ravel())
+        steps.append(datum.step)
+        infos.append(info)
+        summaries.append(summary)
+    stats = records.summary_stats(config)
+    q = len(metadata.SUMMARY_COLUMNS)
+    channel_steps: list[int] = []
+    channel_rows: dict[str, list[np.ndarray]] = {s: [] for s in config.stats()}
+    if channels_tag is not None and channels_data:
+        rows = channels_tag.content.get("rows", list(config.stats()))
+        for datum in _dedupe_steps(channels_data):
+            matrix = np.asarray(datum.numpy, dtype=np.float64).reshape(len(rows), -1)
+            channel_steps.append(datum.step)
+            for stat, row in zip(rows, matrix):
+                if stat in channel_rows:
+                    channel_rows[stat].append(row)
+    c = config.channels
+    return LayerSeries(
+        config=config,
+        steps=np.asarray(steps, dtype=np.int64),
+        info={f: np.asarray([i[f] for i in infos], dtype=np.float64) for f in metadata.INFO_FIELDS},
+        summary={s: np.asarray([x[s] for x in summaries], dtype=np.float64).reshape(-1, q) for s in stats},
+        channel_steps=np.asarray(channel_steps, dtype=np.int64),
+        channels={s: np.asarray(v, dtype=np.float64).reshape(-1, c) for s, v in channel_rows.items()},
+    )
+
+
+def load_runs(
+    source: Source,
+    runs: Optional[Iterable[str]] = None,
+    layers: Optional[Iterable[str]] = None,
+    with_channels: bool = True,
+    downsample: int = ALL_SAMPLES,
+) -> dict[str, RunData]:
+    """Every (or the selected) run's layer series.
+
+    Args:
+      runs / layers: restrict to these run names / layer paths.
+      with_channels: also read per-channel snapshots (the bulk of the data).
+      downsample: at most this many events per tag (the provider keeps the last).
+    """
+    tags, errors = list_tags(source, runs)
+    wanted_layers = set(layers) if layers is not None else None
+    by_run: dict[str, dict[str, dict[str, TagInfo]]] = {}
+    for run, infos in tags.items():
+        for info in infos:
+            layer = info.layer
+            if layer is None or (wanted_layers is not None and layer.path not in wanted_layers):
+                continue
+            if info.kind == metadata.KIND_LAYER_CHANNELS and not with_channels:
+                continue
+            if info.kind in (metadata.KIND_LAYER_SUMMARY, metadata.KIND_LAYER_CHANNELS):
+                by_run.setdefault(run, {}).setdefault(layer.path, {})[info.kind] = info
+    data = read_tensors(
+        source,
+        {run: [i.tag for by_kind in layers_.values() for i in by_kind.values()] for run, layers_ in by_run.items()},
+        downsample,
+    )
+    result: dict[str, RunData] = {}
+    for run in sorted(set(by_run) | set(errors)):
+        run_data = RunData(run=run, layers={}, errors=list(errors.get(run, [])))
+        for path, by_kind in by_run.get(run, {}).items():
+            summary = by_kind.get(metadata.KIND_LAYER_SUMMARY)
+            if summary is None:
+                run_data.errors.append(f"layer {path!r} has per-channel data but no summary records")
+                continue
+            channels = by_kind.get(metadata.KIND_LAYER_CHANNELS)
+            try:
+                run_data.layers[path] = layer_series(
+                    summary,
+                    data[run][summary.tag],
+                    channels,
+                    data[run].get(channels.tag) if channels else None,
+                )
+            except (ValueError, KeyError, TypeError) as err:
+                run_data.errors.append(f"layer {path!r}: unreadable data ({err})")
+        result[run] = run_data
+    return result
+
+
+def read_stats(logdir: str) -> dict[str, dict[str, dict[str, StatSeries]]]:
+    """Per-channel statistics of every run and layer under ``logdir``.
+
+    Returns ``{run: {layer_path: {stat: (steps, values)}}}`` with stats among
+    ``batch_mean``, ``batch_variance``, ``moving_mean``, ``moving_variance``,
+    ``gamma``, ``beta`` (gamma/beta only where the layer has them); ``steps`` is
+    a 1-D int array of every step with a per-channel snapshot and ``values`` a
+    (steps, channels) float array. Batch statistics are NaN at steps where the
+    layer did not normalise with batch statistics. Reads through TensorBoard's
+    event-file loading and keeps every logged step.
+    """
+    runs = load_runs(open_logdir(logdir))
+    return {
+        run: {
+            path: {stat: (series.channel_steps.copy(), values) for stat, values in series.channels.items()}
+            for path, series in run_data.layers.items()
+        }
+        for run, run_data in runs.items()
+        if run_data.layers
+    }
+
+
+def _dedupe_steps(data: list[tb_provider.TensorDatum]) -> list[tb_provider.TensorDatum]:
+    """Keep the last event per step (a resumed run may re-log a step)."""
+    by_step = {d.step: d for d in data}
+    return [by_step[s] for s in sorted(by_step)]

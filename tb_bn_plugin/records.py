@@ -1,0 +1,116 @@
+"""What one logged step stores per layer: pure numpy, no TensorFlow.
+
+A logged step keeps, for every layer, a compact *summary record* (scalar facts
+plus statistics across channels of every per-channel quantity) and, on
+*snapshot* steps, the full per-channel vectors. The snapshot cadence is chosen
+so the bytes written per logged step stay within a budget.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from tb_bn_plugin import drift, metadata
+from tb_bn_plugin.series import LayerConfig
+
+_QUANTILES = (0.05, 0.5, 0.95)
+# Approximate bytes an event adds beyond its tensor payload (tag, step, wall time, framing).
+EVENT_OVERHEAD_BYTES = 96
+
+
+def drift_rows(values: Mapping[str, np.ndarray], epsilon: float) -> dict[str, np.ndarray]:
+    """Per-channel drift quantities (``metadata.DRIFT_STATS``) from one step's statistics."""
+    return {
+        metadata.MEAN_SHIFT: drift.normalized_mean_shift(
+            values[metadata.BATCH_MEAN], values[metadata.MOVING_MEAN], values[metadata.MOVING_VARIANCE], epsilon
+        ),
+        metadata.LOG_VAR_RATIO: drift.log_variance_ratio(
+            values[metadata.BATCH_VARIANCE], values[metadata.MOVING_VARIANCE], epsilon
+        ),
+    }
+
+
+def summary_stats(config: LayerConfig) -> tuple[str, ...]:
+    """Rows of a layer's summary record, in storage order."""
+    return config.stats() + metadata.DRIFT_STATS
+
+
+def summarize_across_channels(matrix: np.ndarray) -> np.ndarray:
+    """(R, C) per-channel rows -> (R, Q) statistics across channels (``SUMMARY_COLUMNS``).
+
+    A row containing NaN summarises to NaN in every column.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        quantiles = np.quantile(matrix, _QUANTILES, axis=1)
+        return np.stack(
+            [
+                matrix.mean(axis=1),
+                matrix.std(axis=1),
+                matrix.min(axis=1),
+                quantiles[0],
+                quantiles[1],
+                quantiles[2],
+                matrix.max(axis=1),
+            ],
+            axis=1,
+        )
+
+
+def summary_record(
+    config: LayerConfig,
+    values: Mapping[str, np.ndarray],
+    info: Mapping[str, float],
+) -> np.ndarray:
+    """The flat float32 summary record of one layer at one step.
+
+    Layout: ``INFO_FIELDS`` values, then the (R, Q) summary of
+    ``summary_stats(config)`` in row-major order.
+    """
+    rows = {**values, **drift_rows(values, config.epsilon)}
+    summary = summarize_across_channels(np.stack([rows[s] for s in summary_stats(config)]))
+    head = np.array([info[f] for f in metadata.INFO_FIELDS], dtype=np.float64)
+    return np.concatenate([head, summary.ravel()]).astype(np.float32)
+
+
+def split_summary_record(config: LayerConfig, record: np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Inverse of ``summary_record``: (info, {stat: (Q,) summary})."""
+    n_info = len(metadata.INFO_FIELDS)
+    info = dict(zip(metadata.INFO_FIELDS, record[:n_info].astype(np.float64)))
+    stats = summary_stats(config)
+    summary = record[n_info:].astype(np.float64).reshape(len(stats), len(metadata.SUMMARY_COLUMNS))
+    return info, dict(zip(stats, summary))
+
+
+def channel_record(config: LayerConfig, values: Mapping[str, np.ndarray], dtype: np.dtype) -> np.ndarray:
+    """The (R, C) per-channel snapshot of ``config.stats()``."""
+    return np.stack([values[s] for s in config.stats()]).astype(dtype)
+
+
+def summary_bytes(configs: Sequence[LayerConfig]) -> int:
+    """Bytes the summary records of all layers take per logged step."""
+    per_value = np.dtype(np.float32).itemsize
+    return sum(
+        EVENT_OVERHEAD_BYTES
+        + per_value * (len(metadata.INFO_FIELDS) + len(summary_stats(c)) * len(metadata.SUMMARY_COLUMNS))
+        for c in configs
+    )
+
+
+def channel_bytes(configs: Sequence[LayerConfig], dtype: np.dtype) -> int:
+    """Bytes one per-channel snapshot of all layers takes."""
+    item = np.dtype(dtype).itemsize
+    return sum(EVENT_OVERHEAD_BYTES + item * len(c.stats()) * c.channels for c in configs)
+
+
+def snapshot_interval(configs: Sequence[LayerConfig], dtype: np.dtype, budget_bytes: int) -> int:
+    """Every how many logged steps a per-channel snapshot fits ``budget_bytes`` per logged step on average.
+
+    1 when snapshots fit at every logged step. When even summaries exceed
+    the budget, snapshots are spaced as if a tenth of the budget remained.
+    """
+    remaining = max(budget_bytes - summary_bytes(configs), budget_bytes // 10, 1)
+    return max(1, math.ceil(channel_bytes(configs, dtype) / remaining))

@@ -1,0 +1,62 @@
+"""Writing BN Internals summaries with ``tf.summary``.
+
+``SummaryWriter`` owns one run's ``tf.summary`` file writer and the
+``SummaryMetadata`` of every tag it writes (built once per tag).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tb_bn_plugin import metadata, records
+from tb_bn_plugin.series import LayerConfig
+
+
+class SummaryWriter:
+    """Writes BN Internals tags of one run into ``logdir``."""
+
+    def __init__(self, logdir: str, max_queue: int = 100, flush_millis: int = 30_000) -> None:
+        self.logdir = logdir
+        self._writer = tf.summary.create_file_writer(logdir, max_queue=max_queue, flush_millis=flush_millis)
+        self._metadata: dict[str, bytes] = {}
+
+    def layer_summary(self, config: LayerConfig, step: int, record: np.ndarray) -> None:
+        """Write one layer's summary record (see ``records.summary_record``)."""
+        tag = metadata.layer_tag(config.path, "summary")
+        self._write(tag, record, step, lambda: {
+            "kind": metadata.KIND_LAYER_SUMMARY,
+            "layer": config.to_json(),
+            "info": list(metadata.INFO_FIELDS),
+            "rows": list(records.summary_stats(config)),
+            "columns": list(metadata.SUMMARY_COLUMNS),
+        })
+
+    def layer_channels(self, config: LayerConfig, step: int, record: np.ndarray) -> None:
+        """Write one layer's per-channel snapshot (see ``records.channel_record``)."""
+        tag = metadata.layer_tag(config.path, "channels")
+        self._write(tag, record, step, lambda: {
+            "kind": metadata.KIND_LAYER_CHANNELS,
+            "layer": config.to_json(),
+            "rows": list(config.stats()),
+        })
+
+    def write(self, tag: str, tensor: np.ndarray, step: int, content: dict[str, Any]) -> None:
+        """Write any BN Internals payload; ``content`` describes it (needs a ``kind``)."""
+        self._write(tag, tensor, step, lambda: content)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def _write(self, tag: str, tensor: np.ndarray, step: int, content) -> None:
+        serialized = self._metadata.get(tag)
+        if serialized is None:
+            serialized = metadata.create_summary_metadata(content()).SerializeToString()
+            self._metadata[tag] = serialized
+        with self._writer.as_default():
+            tf.summary.write(tag=tag, tensor=tensor, step=step, metadata=serialized)
