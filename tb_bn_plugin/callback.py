@@ -40,7 +40,9 @@ class BatchNormCallback(keras.callbacks.Callback):
     variance after it, and gamma/beta; per layer, whether it trained in that
     step, how many values each channel's statistics came from, and its
     momentum. Batch statistics are captured inside the real training step:
-    no extra forward pass, no change to what the model computes.
+    no extra forward pass, no change to what the model computes. A subclassed
+    model that is first built by its first training step is captured from
+    its second step on.
 
     Args:
       log_dir: directory for event files; summaries go to ``log_dir/<run_name>``
@@ -85,7 +87,7 @@ class BatchNormCallback(keras.callbacks.Callback):
         self.async_safe = True
         self._capture: Optional[StatsCapture] = None
         self._writer: Optional[SummaryWriter] = None
-        self._pending: list[BatchNormRef] = []
+        self._awaiting_build = False
         self._snapshot_interval = 1
         self._logs_written = 0
         self._last_logged = -1
@@ -99,6 +101,18 @@ class BatchNormCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: Optional[dict] = None) -> None:
         _check_writable(self.run_dir)
+        self._writer = SummaryWriter(self.run_dir)
+        # Steps done before this fit were logged (or not) by whoever ran them.
+        self._last_logged = self._steps_done()
+        if not self.model.built:
+            # Subclassed models are built by the first traced training step:
+            # their layers are discovered right after it.
+            self._awaiting_build = True
+            return
+        self._discover()
+
+    def _discover(self) -> None:
+        self._awaiting_build = False
         refs = self._selected_layers()
         if not refs:
             warnings.warn(
@@ -106,18 +120,27 @@ class BatchNormCallback(keras.callbacks.Callback):
                 + (f" matching {list(self.layer_patterns)}" if self.layer_patterns else "")
                 + "; nothing will be logged.",
                 NoBatchNormWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
             return
-        self._writer = SummaryWriter(self.run_dir)
-        self._start_capture(refs)
-        self._epoch_base = self._steps_done()
+        unused = [r.path for r in refs if not r.built]
+        if unused:
+            warnings.warn(
+                f"BatchNormCallback: BatchNormalization layers {unused} are not built (never called "
+                "by the model) and are not logged.",
+                stacklevel=3,
+            )
+        refs = [r for r in refs if r.built]
+        if refs:
+            self._start_capture(refs)
 
     def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
-        if self._capture is not None:
+        if self._capture is not None or self._awaiting_build:
             self._epoch_base = self._steps_done()
 
     def on_train_batch_begin(self, batch: int, logs: Optional[dict] = None) -> None:
+        if self._awaiting_build and self.model.built:
+            self._discover()
         if self._capture is None:
             return
         steps_done = self._epoch_base + batch
@@ -133,14 +156,14 @@ class BatchNormCallback(keras.callbacks.Callback):
         self._writer.flush()
 
     def on_train_end(self, logs: Optional[dict] = None) -> None:
-        if self._capture is None:
-            return
-        steps_done = self._steps_done()
-        if steps_done > self._last_logged:
-            self._log(steps_done, force_snapshot=True)
-        self._stop_capture()
-        self._writer.close()
-        self._writer = None
+        if self._capture is not None:
+            steps_done = self._steps_done()
+            if steps_done > self._last_logged:
+                self._log(steps_done, force_snapshot=True)
+            self._stop_capture()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     # -- internals ----------------------------------------------------------------
 
@@ -151,9 +174,7 @@ class BatchNormCallback(keras.callbacks.Callback):
         return refs
 
     def _start_capture(self, refs: list[BatchNormRef]) -> None:
-        built = [r for r in refs if r.built]
-        self._pending = [r for r in refs if not r.built]
-        self._capture = StatsCapture(built, self.model.optimizer.iterations, self.model.distribute_strategy)
+        self._capture = StatsCapture(refs, self.model.optimizer.iterations, self.model.distribute_strategy)
         self._capture.install()
         self._snapshot_interval = records.snapshot_interval(
             self._capture.configs, self.channel_dtype, self.max_bytes_per_log
@@ -161,7 +182,7 @@ class BatchNormCallback(keras.callbacks.Callback):
         logger.info(
             "BatchNormCallback: logging %d BatchNormalization layers to %s "
             "(per-channel snapshot every %d logged steps)",
-            len(built), self.run_dir, self._snapshot_interval,
+            len(refs), self.run_dir, self._snapshot_interval,
         )
         # The train function was made before on_train_begin but is traced on its
         # first call; remaking it guarantees the trace sees the wrappers even
@@ -174,17 +195,10 @@ class BatchNormCallback(keras.callbacks.Callback):
         # Drop the traced function holding the wrappers; Keras remakes it on demand.
         self.model.train_function = None
 
-    def _pick_up_built_layers(self) -> None:
-        """Layers unbuilt at on_train_begin are captured once built (the train function is retraced)."""
-        if self._pending and any(r.built for r in self._pending):
-            self._capture.uninstall()
-            self._start_capture([r for r in self._selected_layers()])
-
     def _steps_done(self) -> int:
         return int(self.model.optimizer.iterations.numpy())
 
     def _log(self, steps_done: int, force_snapshot: bool) -> None:
-        self._pick_up_built_layers()
         snapshot = force_snapshot or self._logs_written % self._snapshot_interval == 0
         for snap in self._capture.snapshot(steps_done):
             info = {

@@ -142,7 +142,9 @@ def layer_series(
     return LayerSeries(
         config=config,
         steps=np.asarray(steps, dtype=np.int64),
-        info={f: np.asarray([i[f] for i in infos], dtype=np.float64) for f in metadata.INFO_FIELDS},
+        info=_restore_momentum(
+            {f: np.asarray([i[f] for i in infos], dtype=np.float64) for f in metadata.INFO_FIELDS}, config
+        ),
         summary={s: np.asarray([x[s] for x in summaries], dtype=np.float64).reshape(-1, q) for s in stats},
         channel_steps=np.asarray(channel_steps, dtype=np.int64),
         channels={s: np.asarray(v, dtype=np.float64).reshape(-1, c) for s, v in channel_rows.items()},
@@ -222,6 +224,13 @@ def read_stats(logdir: str) -> dict[str, dict[str, dict[str, StatSeries]]]:
         for run, run_data in runs.items()
         if run_data.layers
     }
+
+
+def _restore_momentum(info: dict[str, np.ndarray], config: LayerConfig) -> dict[str, np.ndarray]:
+    """Records store momentum in float32; where it equals the layer's configured momentum, use that exactly."""
+    momentum = info["momentum"]
+    info["momentum"] = np.where(momentum == np.float32(config.momentum), config.momentum, momentum)
+    return info
 
 
 def _dedupe_steps(data: list[tb_provider.TensorDatum]) -> list[tb_provider.TensorDatum]:
