@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Python 3.11 machine:
+#   bash tests/run.sh [pytest args...]
+# Installs the package with its test extras and, when running as root on Debian,
+# the system Chromium used by the browser tests (never a downloaded browser).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+
+"$PYTHON" -m pip install --quiet -e '.[test]'
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+# Playwright must drive the system browser only.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+export TF_CPP_MIN_LOG_LEVEL=2
+
+set +e
+"$PYTHON" -m pytest tests -q -p no:cacheprovider "$@"
+status=$?
+set -e
+if [ "$status" = 5 ]; then
+  echo "tests/run.sh: pytest collected no tests: failing on purpose" >&2
+  exit 1
+fi
+exit "$status"
