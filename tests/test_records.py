@@ -1,0 +1,92 @@
+"""Pure record layout, metadata and drift math: no training needed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tb_bn_plugin import drift, metadata, records
+from tb_bn_plugin.series import LayerConfig
+
+
+def _config(channels=5, scale=True, center=True, path="block/bn"):
+    return LayerConfig(path=path, index=0, channels=channels, axis=3, momentum=0.99, epsilon=1e-3,
+                       center=center, scale=scale)
+
+
+def _values(config, seed=0):
+    rng = np.random.RandomState(seed)
+    c = config.channels
+    v = {
+        "batch_mean": rng.randn(c), "batch_variance": rng.rand(c) + 0.5,
+        "moving_mean": rng.randn(c), "moving_variance": rng.rand(c) + 0.5,
+        "gamma": rng.rand(c), "beta": rng.randn(c),
+    }
+    return {k: v[k] for k in config.stats()}
+
+
+def test_summary_record_round_trip_matches_numpy():
+    config = _config()
+    values = _values(config)
+    info = {"training": 1.0, "trainable": 1.0, "count": 512.0, "momentum": 0.99, "full": 0.0}
+    got_info, summary = records.split_summary_record(config, records.summary_record(config, values, info))
+    assert got_info["count"] == 512.0 and got_info["training"] == 1.0
+    assert set(summary) == set(config.stats()) | {"mean_shift", "log_var_ratio"}
+    bm = values["batch_mean"]
+    expected = [bm.mean(), bm.std(), bm.min(), np.quantile(bm, 0.05), np.median(bm), np.quantile(bm, 0.95), bm.max()]
+    np.testing.assert_allclose(summary["batch_mean"], expected, rtol=1e-6)
+    shift = np.abs(bm - values["moving_mean"]) / np.sqrt(values["moving_variance"] + 1e-3)
+    np.testing.assert_allclose(summary["mean_shift"][0], shift.mean(), rtol=1e-6)
+
+
+def test_missing_gamma_beta_are_absent_not_invented():
+    config = _config(scale=False, center=False)
+    assert config.stats() == ("batch_mean", "batch_variance", "moving_mean", "moving_variance")
+    record = records.channel_record(config, _values(config), np.float32)
+    assert record.shape == (4, 5)
+
+
+def test_nan_batch_rows_summarise_to_nan():
+    config = _config()
+    values = _values(config)
+    values["batch_mean"] = np.full(5, np.nan)
+    values["batch_variance"] = np.full(5, np.nan)
+    _, summary = records.split_summary_record(
+        config, records.summary_record(config, values, dict.fromkeys(metadata.INFO_FIELDS, 0.0))
+    )
+    assert np.isnan(summary["batch_mean"]).all() and np.isnan(summary["mean_shift"]).all()
+    assert np.isfinite(summary["moving_mean"]).all()
+
+
+def test_snapshot_interval_keeps_resnet50_within_budget():
+    # ResNet50: 53 BN layers, 26,560 channels, all with gamma and beta.
+    widths = [64] * 1 + [64, 64, 256, 256] * 1 + [64, 64, 256] * 2 + [128, 128, 512, 512] + [128, 128, 512] * 3 \
+        + [256, 256, 1024, 1024] + [256, 256, 1024] * 5 + [512, 512, 2048, 2048] + [512, 512, 2048] * 2
+    configs = [_config(channels=w, path=f"bn{i}") for i, w in enumerate(widths)]
+    assert len(configs) == 53 and sum(widths) == 26560
+    budget = 50_000
+    k = records.snapshot_interval(configs, np.float32, budget)
+    per_log = records.summary_bytes(configs) + records.channel_bytes(configs, np.float32) / k
+    assert k > 1 and per_log <= budget
+    small = [_config(channels=16, path=f"s{i}") for i in range(4)]
+    assert records.snapshot_interval(small, np.float32, budget) == 1
+
+
+def test_metadata_content_versions():
+    md = metadata.create_summary_metadata({"kind": metadata.KIND_LAYER_SUMMARY})
+    assert md.plugin_data.plugin_name == "bn_internals"
+    assert md.data_class == metadata.summary_pb2.DATA_CLASS_TENSOR
+    parsed = metadata.parse_plugin_content(md.plugin_data.content)
+    assert parsed == {"kind": "layer_summary", "version": metadata.SCHEMA_VERSION}
+    with pytest.raises(metadata.MetadataError, match="upgrade tb_bn_plugin"):
+        metadata.parse_plugin_content(json.dumps({"kind": "x", "version": 99}).encode())
+    with pytest.raises(metadata.MetadataError, match="unreadable"):
+        metadata.parse_plugin_content(b"\xff\x00garbage")
+
+
+def test_drift_functions():
+    np.testing.assert_allclose(drift.normalized_mean_shift(np.array([2.0]), np.array([0.0]), np.array([4.0]), 0.0), [1.0])
+    np.testing.assert_allclose(drift.log_variance_ratio(np.array([4.0]), np.array([1.0]), 0.0), [np.log(4.0)])
+    np.testing.assert_allclose(drift.ema_initial_weight(0.999, [0, 1000]), [1.0, 0.999 ** 1000])
