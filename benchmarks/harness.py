@@ -1,0 +1,294 @@
+"""Shared benchmark harness: side-by-side timing, medians, ratios, machine info, output.
+
+Benchmarks here run on shared, noisy machines (few cores, other jobs). So:
+
+* configurations are measured in ONE process, alternating per round in a
+  rotating order (A B C, B C A, C A B, ...), never one block after another;
+* every round yields a wall-clock time and a process CPU time
+  (``time.process_time()``, all threads) per configuration;
+* comparisons are ratios taken pair by pair *within* a round and then
+  summarised by their median, so slow drifts of the machine cancel;
+* absolute times are reported for context only, never asserted.
+
+Scripts use :func:`parse_args` (``--quick``, ``--smoke``, ``--out``), build
+their result dict, add :func:`machine_info`, print tables with
+:func:`format_table` and save with :func:`write_json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def quiet_tensorflow() -> None:
+    """Hide TF's C++ info logs and GPUs (these benchmarks are about CPU training). Call before importing TF."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+# -- command line ------------------------------------------------------------------
+
+
+def parse_args(name: str, description: str, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Common options. ``args.mode`` is ``"full"``, ``"quick"`` or ``"smoke"``; ``args.out`` the JSON path."""
+    parser = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=description)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="reduced sizes/rounds, < 3 minutes on 2 cores")
+    group.add_argument("--smoke", action="store_true", help="tiny run (< 60 s) that only checks the script works")
+    parser.add_argument(
+        "--out", default=None, help=f"JSON output path (default: benchmarks/results/{name}.json)"
+    )
+    args = parser.parse_args(argv)
+    args.mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    args.out = args.out or os.path.join(RESULTS_DIR, f"{name}.json")
+    args.name = name
+    return args
+
+
+# -- machine description -----------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(module: str) -> Optional[str]:
+    try:
+        mod = __import__(module)
+    except Exception:  # noqa: BLE001 - a missing package is just not reported
+        return None
+    return getattr(mod, "__version__", None)
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, load, library versions and date of this run."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    try:
+        load = list(os.getloadavg())
+    except OSError:
+        load = None
+    info: dict[str, Any] = {
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "usable_cores": usable,
+        "load_average_at_start": load,
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    for module in ("tensorflow", "keras", "tensorboard", "numpy"):
+        info[f"{module}_version"] = _version(module)
+    try:
+        import tensorflow as tf
+
+        info["tf_keras_version"] = getattr(tf.keras, "__version__", None) or getattr(
+            getattr(tf.keras, "version", None), "__call__", lambda: None
+        )()
+        info["tf_intra_op_threads"] = tf.config.threading.get_intra_op_parallelism_threads()
+        info["tf_inter_op_threads"] = tf.config.threading.get_inter_op_parallelism_threads()
+    except Exception:  # noqa: BLE001
+        pass
+    return info
+
+
+# -- timing -------------------------------------------------------------------------
+
+
+class Timer:
+    """Wall (``perf_counter``) and process CPU (``process_time``) time of a block."""
+
+    def __enter__(self) -> "Timer":
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.wall = time.perf_counter() - self.wall0
+        self.cpu = time.process_time() - self.cpu0
+
+
+def time_call(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    """(wall seconds, CPU seconds, result) of one call of ``fn``."""
+    with Timer() as t:
+        result = fn()
+    return t.wall, t.cpu, result
+
+
+def alternate(
+    configs: Mapping[str, Callable[[], Any]],
+    rounds: int,
+    progress: bool = True,
+) -> dict[str, list[dict[str, float]]]:
+    """Run every configuration once per round, in rotating order, ``rounds`` times.
+
+    Each callable either returns ``None`` (its whole call is timed) or a dict
+    with its own ``wall`` and ``cpu`` seconds (a narrower window it measured
+    itself) plus any extra numbers to keep. Returns ``{name: [sample per round]}``
+    where a sample has at least ``wall``, ``cpu`` and ``position`` (its place in
+    that round's order).
+    """
+    names = list(configs)
+    samples: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        order = names[shift:] + names[:shift]
+        for pos, name in enumerate(order):
+            wall, cpu, result = time_call(configs[name])
+            sample = {"wall": wall, "cpu": cpu, "call_wall": wall, "call_cpu": cpu}
+            if isinstance(result, Mapping):
+                sample.update(result)
+            sample["position"] = pos
+            samples[name].append(sample)
+        if progress:
+            line = "  ".join(f"{n}={samples[n][-1]['wall']:.3f}s" for n in names)
+            print(f"  round {r + 1}/{rounds}: {line}", flush=True)
+    return samples
+
+
+def median(values: Sequence[float]) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(values) if values else math.nan
+
+
+def pairwise_ratios(
+    samples: Mapping[str, Sequence[Mapping[str, float]]], baseline: str, key: str
+) -> dict[str, dict[str, float]]:
+    """Per configuration: median, min and max of ``sample[key] / baseline_sample[key]`` within each round."""
+    base = samples[baseline]
+    out = {}
+    for name, rows in samples.items():
+        ratios = [r[key] / b[key] for r, b in zip(rows, base) if b[key] > 0]
+        out[name] = {
+            "median": median(ratios),
+            "min": min(ratios) if ratios else math.nan,
+            "max": max(ratios) if ratios else math.nan,
+            "per_round": ratios,
+        }
+    return out
+
+
+def summarize(samples: Mapping[str, Sequence[Mapping[str, float]]], baseline: str) -> dict[str, Any]:
+    """Median wall/CPU per configuration and pairwise wall/CPU ratios to ``baseline``."""
+    wall = pairwise_ratios(samples, baseline, "wall")
+    cpu = pairwise_ratios(samples, baseline, "cpu")
+    return {
+        name: {
+            "median_wall_s": median([r["wall"] for r in rows]),
+            "median_cpu_s": median([r["cpu"] for r in rows]),
+            "wall_ratio": wall[name],
+            "cpu_ratio": cpu[name],
+            "samples": list(rows),
+        }
+        for name, rows in samples.items()
+    }
+
+
+def repeat_median(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
+    """Median (and min) wall and CPU seconds of ``repeats`` calls of ``fn``."""
+    walls, cpus = [], []
+    for _ in range(repeats):
+        wall, cpu, _ = time_call(fn)
+        walls.append(wall)
+        cpus.append(cpu)
+    return {"median_wall_s": median(walls), "min_wall_s": min(walls), "median_cpu_s": median(cpus), "repeats": repeats}
+
+
+def linear_fit(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
+    """Least-squares ``y = slope * x + intercept`` with R²."""
+    n = len(x)
+    if n < 2:
+        return {"slope": math.nan, "intercept": math.nan, "r2": math.nan, "n": n}
+    mx, my = sum(x) / n, sum(y) / n
+    sxx = sum((a - mx) ** 2 for a in x)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    slope = sxy / sxx if sxx else math.nan
+    intercept = my - slope * mx
+    ss_tot = sum((b - my) ** 2 for b in y)
+    ss_res = sum((b - (slope * a + intercept)) ** 2 for a, b in zip(x, y))
+    r2 = 1 - ss_res / ss_tot if ss_tot else 1.0
+    return {"slope": slope, "intercept": intercept, "r2": r2, "n": n}
+
+
+def linear_fit2(x1: Sequence[float], x2: Sequence[float], y: Sequence[float]) -> dict[str, float]:
+    """Least squares ``y = a * x1 + b * x2 + c`` (e.g. cost vs channels and layers) with R²."""
+    import numpy as np
+
+    A = np.column_stack([np.asarray(x1, float), np.asarray(x2, float), np.ones(len(y))])
+    yv = np.asarray(y, float)
+    if len(y) < 3:
+        return {"a": math.nan, "b": math.nan, "c": math.nan, "r2": math.nan, "n": len(y)}
+    coef, *_ = np.linalg.lstsq(A, yv, rcond=None)
+    pred = A @ coef
+    ss_tot = float(((yv - yv.mean()) ** 2).sum())
+    r2 = 1 - float(((yv - pred) ** 2).sum()) / ss_tot if ss_tot else 1.0
+    return {"a": float(coef[0]), "b": float(coef[1]), "c": float(coef[2]), "r2": r2, "n": len(y)}
+
+
+# -- output -------------------------------------------------------------------------
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Plain-text table; floats get 4 significant digits."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            if math.isnan(v):
+                return "nan"
+            return f"{v:.4g}" if abs(v) < 1e6 else f"{v:.3e}"
+        return str(v)
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = lambda values: "  ".join(v.rjust(w) for v, w in zip(values, widths))  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return _jsonable(value.item())
+    return value
+
+
+def write_json(args: argparse.Namespace, result: dict[str, Any], started: float) -> str:
+    """Write ``result`` with the run's name, mode, machine and duration to ``args.out``."""
+    payload = {
+        "benchmark": args.name,
+        "mode": args.mode,
+        "machine": machine_info(),
+        "duration_s": time.perf_counter() - started,
+        **result,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(_jsonable(payload), f, indent=1, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, args.out)
+    print(f"\nwrote {args.out} ({payload['duration_s']:.1f} s)")
+    return args.out
