@@ -1,0 +1,187 @@
+"""``BatchNormLogger``: log BatchNorm internals from a custom training loop.
+
+For loops written with ``tf.GradientTape`` instead of ``model.fit``. The same
+capture (``capture.StatsCapture``) and the same summaries as
+``BatchNormCallback``, driven by explicit ``log(step)`` calls::
+
+    logger = BatchNormLogger(model, "logs", log_every_n_steps=10, optimizer=opt)
+
+    @tf.function
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+
+    for x, y in data:
+        train_step(x, y)
+        logger.log()          # or logger.log(step)
+    logger.close()            # or use ``with BatchNormLogger(...) as logger:``
+
+Create the logger BEFORE the first call of your ``tf.function`` train step:
+the capture wrappers are installed at construction and only functions traced
+afterwards see them (a step traced earlier runs, but logs no batch
+statistics; call ``train_step = tf.function(...)`` again or build the logger
+first). The model and its BatchNormalization layers must be built (call the
+model once on data for subclassed models).
+
+Clock ("did the layer train at this step?"): with ``optimizer``, its
+``iterations``: a layer counts as trained at a logged step when it
+normalised with batch statistics in the step that brought ``iterations`` to
+its current value, exactly like the callback. Without an optimizer, an
+internal counter advanced by every ``log()`` call: a layer counts as trained
+when it normalised with batch statistics since the previous ``log()`` call,
+so call ``log()`` once per training step.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tb_bn_plugin import records
+from tb_bn_plugin.capture import LayerSnapshot, StatsCapture
+from tb_bn_plugin.summary import SummaryWriter
+
+DEFAULT_MAX_BYTES_PER_LOG = 50_000
+
+
+def write_step(
+    writer: SummaryWriter,
+    snapshots: Sequence[LayerSnapshot],
+    step: int,
+    full: bool,
+    channel_dtype: np.dtype,
+) -> None:
+    """Write one logged step: every layer's summary record, and per-channel snapshots if ``full``.
+
+    The same records ``BatchNormCallback._log`` writes.
+    """
+    for snap in snapshots:
+        info = {
+            "training": float(snap.training),
+            "trainable": float(snap.trainable),
+            "count": snap.count,
+            "momentum": snap.momentum,
+            "full": float(full),
+        }
+        writer.layer_summary(snap.config, step, records.summary_record(snap.config, snap.values, info))
+        if full:
+            writer.layer_channels(snap.config, step, records.channel_record(snap.config, snap.values, channel_dtype))
+
+
+class BatchNormLogger:
+    """Logs every BatchNormalization layer's internals from a custom training loop.
+
+    Args:
+      model: a built Keras 3 model.
+      log_dir: directory for event files; summaries go to ``log_dir/<run_name>``.
+      log_every_n_steps: ``log(step)`` writes when ``step`` is a multiple of it.
+      layers, max_bytes_per_log, channel_dtype, run_name: as for ``BatchNormCallback``.
+      optimizer: optional; its ``iterations`` is the clock (module docstring).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        log_dir: str,
+        log_every_n_steps: int = 1,
+        layers: Optional[Sequence[str]] = None,
+        max_bytes_per_log: int = DEFAULT_MAX_BYTES_PER_LOG,
+        channel_dtype: str = "float32",
+        run_name: str = "train",
+        optimizer: Any = None,
+    ) -> None:
+        import fnmatch
+
+        from tb_bn_plugin.capture import find_batchnorm_layers
+
+        if not isinstance(log_every_n_steps, int) or log_every_n_steps < 1:
+            raise ValueError(f"log_every_n_steps must be a positive integer, got {log_every_n_steps!r}")
+        if channel_dtype not in ("float32", "float16"):
+            raise ValueError(f"channel_dtype must be 'float32' or 'float16', got {channel_dtype!r}")
+        if max_bytes_per_log < 1:
+            raise ValueError(f"max_bytes_per_log must be positive, got {max_bytes_per_log!r}")
+        refs = find_batchnorm_layers(model)
+        if layers is not None:
+            refs = [r for r in refs if any(fnmatch.fnmatchcase(r.path, p) for p in layers)]
+        unbuilt = [r.path for r in refs if not r.built]
+        if unbuilt:
+            raise ValueError(
+                f"BatchNormLogger: BatchNormalization layers {unbuilt} are not built; call the model on "
+                "data once before creating the logger"
+            )
+        if not refs:
+            raise ValueError(f"BatchNormLogger: model {model.name!r} has no BatchNormalization layer to log")
+        self.model = model
+        self.log_every_n_steps = log_every_n_steps
+        self.channel_dtype = np.dtype(channel_dtype)
+        self.run_dir = os.path.join(os.fspath(log_dir), run_name)
+        self.optimizer = optimizer
+        strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+        if optimizer is not None:
+            self._counter = None
+            clock = optimizer.iterations
+        else:
+            with strategy.scope():
+                self._counter = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="bn_logger_clock")
+            clock = self._counter
+        self._capture: Optional[StatsCapture] = StatsCapture(refs, clock, strategy)
+        self._capture.install()
+        self._interval = records.snapshot_interval(self._capture.configs, self.channel_dtype, max_bytes_per_log)
+        self._writer: Optional[SummaryWriter] = SummaryWriter(self.run_dir)
+        self._logs_written = 0
+        self._last_logged = -1
+
+    @property
+    def paths(self) -> list[str]:
+        return [c.path for c in self._capture.configs] if self._capture else []
+
+    def _steps_done(self) -> int:
+        if self._counter is None:
+            return int(self.optimizer.iterations.numpy())
+        return int(self._counter.numpy()) + 1
+
+    def log(self, step: Optional[int] = None, force_snapshot: bool = False) -> bool:
+        """Log the state after the latest training step at ``step``, if at the cadence.
+
+        ``step`` defaults to the optimizer's ``iterations`` (or the number of
+        ``log()`` calls so far, this one included). Returns whether it wrote.
+        """
+        if self._capture is None:
+            raise RuntimeError("BatchNormLogger is closed")
+        steps_done = self._steps_done()
+        if step is None:
+            step = steps_done
+        step = int(step)
+        wrote = False
+        if step > self._last_logged and (force_snapshot or step % self.log_every_n_steps == 0):
+            full = force_snapshot or self._logs_written % self._interval == 0
+            write_step(self._writer, self._capture.snapshot(steps_done), step, full, self.channel_dtype)
+            self._logs_written += 1
+            self._last_logged = step
+            wrote = True
+        if self._counter is not None:
+            self._counter.assign_add(1)
+        return wrote
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        """Remove the wrappers (functions traced from now on are plain) and close the event file."""
+        if self._capture is not None:
+            self._capture.uninstall()
+            self._capture = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> "BatchNormLogger":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
