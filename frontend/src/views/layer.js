@@ -1,0 +1,284 @@
+// Layer detail: batch vs moving statistics over steps (summarised across
+// channels with a band, any channel on demand), channel x step heatmaps,
+// gamma/beta, momentum and the EMA's remaining initial weight.
+import { h, messageBox } from "../dom.js";
+import { api } from "../api.js";
+import { seriesChart, heatmap, cssVar } from "../charts.js";
+import { fmt, isNum } from "../format.js";
+import { loadRuns, pickRun, runSelect, errorBox } from "./common.js";
+
+const BANDS = {
+  p: { label: "p05–p95 across channels", lo: "p05", hi: "p95" },
+  m: { label: "min–max across channels", lo: "min", hi: "max" },
+};
+
+function chartCard(key, title, sub, { wide = false } = {}) {
+  const body = h("div", { class: "chart-body", dataset: { chart: key } });
+  const card = h("figure", { class: ["chart-card", wide ? "wide" : null], dataset: { card: key } }, h("figcaption", null, title), sub ? h("div", { class: "chart-sub" }, sub) : null, body);
+  return { card, body };
+}
+
+function summarySeries(summary, stat, label, color, band) {
+  const s = summary && summary[stat];
+  if (!s) return null;
+  return {
+    label,
+    values: s.mean,
+    color,
+    band: band ? { lo: s[band.lo], hi: s[band.hi] } : null,
+  };
+}
+
+export function resolutionFor(panel) {
+  const dpr = Math.min(2, window.devicePixelRatio || 1);
+  const w = (panel.clientWidth || document.documentElement.clientWidth || 1000) * dpr;
+  return Math.max(500, Math.min(2000, Math.round(w)));
+}
+
+export async function renderLayer(panel, ctx) {
+  const runs = await loadRuns(panel, ctx);
+  if (!runs) return;
+  const state = ctx.state;
+  const run = pickRun(runs, state.run, (r) => Array.isArray(r.layers) && r.layers.length > 0);
+  if (!run) {
+    ctx.begin();
+    panel.appendChild(messageBox("empty", "No run has BN layer data yet.", "Layer details appear once BatchNormCallback has logged a step."));
+    panel.dataset.state = "empty";
+    return;
+  }
+  const layers = run.layers.slice().sort((a, b) => a.index - b.index);
+  const layerMeta = layers.find((l) => l.path === state.layer) || layers[0];
+  const missingLayer = state.layer && state.layer !== layerMeta.path ? state.layer : null;
+  let channel = state.channel !== undefined && state.channel !== null && state.channel !== "" ? Number(state.channel) : null;
+  if (channel !== null && (!Number.isInteger(channel) || channel < 0 || channel >= layerMeta.channels)) channel = null;
+  const bandKey = BANDS[state.band] ? state.band : "p";
+  const band = BANDS[bandKey];
+  const resolution = resolutionFor(panel);
+
+  let data;
+  let loadError = null;
+  try {
+    data = await api.layer(run.run, layerMeta.path, resolution, channel);
+  } catch (err) {
+    loadError = err;
+  }
+  if (!ctx.isCurrent()) return;
+  ctx.begin();
+
+  // Controls.
+  const layerSelect = h("select", {
+    dataset: { control: "layer" },
+    on: { change: () => ctx.update({ layer: layerSelect.value, channel: "" }) },
+  });
+  for (const l of layers) {
+    const opt = h("option", { value: l.path }, `${l.index} · ${l.path}`);
+    if (l.path === layerMeta.path) opt.selected = true;
+    layerSelect.appendChild(opt);
+  }
+  const bandSelect = h("select", { dataset: { control: "band" }, on: { change: () => ctx.update({ band: bandSelect.value }) } });
+  for (const [k, b] of Object.entries(BANDS)) bandSelect.appendChild(h("option", { value: k, selected: k === bandKey }, b.label));
+  const chInput = h("input", {
+    type: "number",
+    min: 0,
+    max: Math.max(0, layerMeta.channels - 1),
+    step: 1,
+    placeholder: `0–${Math.max(0, layerMeta.channels - 1)}`,
+    style: { width: "90px" },
+    dataset: { control: "channel" },
+    "aria-label": "Channel index",
+    value: channel === null ? "" : String(channel),
+  });
+  const showChannel = () => {
+    const v = chInput.value.trim();
+    if (v === "") ctx.update({ channel: "" });
+    else {
+      const k = Number(v);
+      if (Number.isInteger(k) && k >= 0 && k < layerMeta.channels) ctx.update({ channel: String(k) });
+      else chInput.setCustomValidity(`Channel must be 0–${layerMeta.channels - 1}`), chInput.reportValidity();
+    }
+  };
+  chInput.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter") showChannel();
+  });
+  chInput.addEventListener("input", () => chInput.setCustomValidity(""));
+  panel.appendChild(h("h2", null, "Layer detail"));
+  panel.appendChild(
+    h(
+      "div",
+      { class: "controls" },
+      runSelect(
+        runs.filter((r) => Array.isArray(r.layers) && r.layers.length),
+        run.run,
+        (v) => ctx.update({ run: v, layer: "", channel: "" }),
+      ),
+      h("label", null, "Layer", layerSelect),
+      h("label", null, "Band", bandSelect),
+      h(
+        "label",
+        null,
+        "Channel",
+        chInput,
+        h("button", { type: "button", class: "btn btn-small", dataset: { action: "show-channel" }, on: { click: showChannel } }, "Show"),
+        channel !== null ? h("button", { type: "button", class: "btn btn-small", dataset: { action: "clear-channel" }, on: { click: () => ctx.update({ channel: "" }) } }, "Clear") : null,
+      ),
+    ),
+  );
+  if (missingLayer) panel.appendChild(messageBox("warning", "Layer not found in this run", `“${missingLayer}” is not logged in run “${run.run}”; showing “${layerMeta.path}”.`));
+  if (loadError) {
+    panel.appendChild(errorBox(loadError, `layer “${layerMeta.path}”`));
+    panel.dataset.state = "error";
+    return;
+  }
+
+  const cfg = data.config || {};
+  const steps = Array.isArray(data.steps) ? data.steps : [];
+  const root = h("div", {
+    class: "layer-detail",
+    dataset: {
+      run: run.run,
+      layer: layerMeta.path,
+      points: steps.length,
+      numSteps: layerMeta.num_steps,
+      resolution,
+      channel: channel === null ? "" : channel,
+    },
+  });
+  const flag = (v) => (v === true ? "yes" : v === false ? "no" : "—");
+  root.appendChild(
+    h(
+      "div",
+      { class: "config-strip", dataset: { role: "config" } },
+      h("span", null, h("b", null, "Layer "), h("code", null, cfg.path || layerMeta.path)),
+      h("span", null, h("b", null, "Index "), String(cfg.index ?? layerMeta.index)),
+      h("span", null, h("b", null, "Channels "), String(cfg.channels ?? layerMeta.channels)),
+      h("span", null, h("b", null, "Axis "), String(cfg.axis ?? layerMeta.axis)),
+      h("span", null, h("b", null, "Momentum "), fmt(cfg.momentum ?? layerMeta.momentum)),
+      h("span", null, h("b", null, "ε "), fmt(cfg.epsilon ?? layerMeta.epsilon)),
+      h("span", null, h("b", null, "Center "), flag(cfg.center)),
+      h("span", null, h("b", null, "Scale "), flag(cfg.scale)),
+      h("span", null, h("b", null, "Synchronized "), flag(cfg.synchronized)),
+      h("span", null, h("b", null, "Renorm "), flag(cfg.renorm)),
+      h("span", null, h("b", null, "Steps "), `${layerMeta.num_steps} logged, ${steps.length} plotted`),
+    ),
+  );
+  panel.appendChild(root);
+  if (!steps.length) {
+    root.appendChild(messageBox("info", "No steps logged for this layer yet."));
+    return;
+  }
+
+  const train = cssVar("--train");
+  const infer = cssVar("--infer");
+  const summary = data.summary || {};
+  const grid = h("div", { class: "chart-grid" });
+  root.appendChild(grid);
+  const sync = "bn-layer";
+  const charts = [];
+  const add = (key, title, sub, series, opts = {}) => {
+    const present = series.filter(Boolean);
+    if (!present.length) return;
+    const c = chartCard(key, title, sub, opts);
+    grid.appendChild(c.card);
+    charts.push(() => seriesChart(c.body, steps, present, { syncKey: sync, ...opts }));
+  };
+  const bandNote = `Line: mean across channels; band: ${band.label}.`;
+  add("mean", "Mean: batch vs moving", bandNote, [
+    summarySeries(summary, "batch_mean", "batch mean", train, band),
+    summarySeries(summary, "moving_mean", "moving mean", infer, band),
+  ]);
+  add("variance", "Variance: batch vs moving", bandNote, [
+    summarySeries(summary, "batch_variance", "batch variance", train, band),
+    summarySeries(summary, "moving_variance", "moving variance", infer, band),
+  ]);
+  add("mean_shift", "Normalised mean shift", "|batch mean − moving mean| / √(moving var + ε). " + bandNote, [
+    summarySeries(summary, "mean_shift", "mean shift", cssVar("--accent"), band),
+  ]);
+  add("log_var_ratio", "Log variance ratio", "log((batch var + ε) / (moving var + ε)); 0 = inference scales like training. " + bandNote, [
+    summarySeries(summary, "log_var_ratio", "log var ratio", "#6a1b9a", band),
+  ]);
+  if (summary.gamma || summary.beta) {
+    add("gamma_beta", "γ (scale) and β (offset)", bandNote, [
+      summarySeries(summary, "gamma", "gamma", "#2e7d32", band),
+      summarySeries(summary, "beta", "beta", "#00838f", band),
+    ]);
+  }
+  const info = data.info || {};
+  add(
+    "momentum",
+    "Momentum and the EMA's remaining initial weight",
+    "momentum^steps: how much the moving statistics still remember their initial values (right axis).",
+    [
+      { label: "momentum", values: info.momentum, color: cssVar("--text-2"), stepped: true },
+      { label: "EMA initial weight", values: data.ema_initial_weight, color: cssVar("--accent"), scale: "y2" },
+    ],
+    { y2: { label: "initial weight", range: [0, 1] }, yRangeFn: (_u, min, max) => [Math.min(isNum(min) ? min : 0.9, 0.9), Math.max(isNum(max) ? max : 1, 1)] },
+  );
+  add(
+    "mode",
+    "Mode",
+    "training = 1 when the step normalised with batch statistics; trainable = 1 when the layer was trainable. Values per channel in the batch on the right axis.",
+    [
+      { label: "training", values: info.training, color: train, stepped: true },
+      { label: "trainable", values: info.trainable, color: infer, stepped: true, dash: [4, 3] },
+      Array.isArray(info.count) ? { label: "count", values: info.count, color: cssVar("--text-2"), scale: "y2", stepped: true } : null,
+    ],
+    { height: 160, yRange: [-0.05, 1.05], y2: Array.isArray(info.count) ? { label: "count" } : undefined },
+  );
+
+  // Heatmaps.
+  const chSteps = Array.isArray(data.channel_steps) ? data.channel_steps : [];
+  const maps = data.heatmaps || {};
+  const pick = (k) => ctx.update({ channel: String(k) });
+  const heat = (key, title, sub, matrix, diverging) => {
+    if (!Array.isArray(matrix) || !matrix.length || !chSteps.length) return;
+    const c = chartCard(`heatmap-${key}`, title, sub, { wide: true });
+    c.body.classList.add("echart-body");
+    c.body.dataset.heatmap = key;
+    grid.appendChild(c.card);
+    charts.push(() => heatmap(c.body, chSteps, matrix, { diverging, label: key, onPick: pick }));
+  };
+  heat("mean_shift", "Channel × step: normalised mean shift", "Click a cell to show that channel.", maps.mean_shift, false);
+  heat("log_var_ratio", "Channel × step: log variance ratio", "Blue: batch variance below moving; red: above. Click a cell to show that channel.", maps.log_var_ratio, true);
+  if (!chSteps.length) {
+    grid.appendChild(h("div", { class: "chart-card wide muted" }, "No per-channel snapshots logged for this layer yet: the heatmaps and the channel selector need them."));
+  }
+
+  // One channel on demand.
+  const ch = data.channel;
+  if (channel !== null && ch && ch.values) {
+    const vals = ch.values;
+    const chGrid = h("div", { class: "chart-grid", dataset: { role: "channel-charts", channel: ch.index } });
+    root.appendChild(h("h3", null, `Channel ${ch.index}`));
+    root.appendChild(chGrid);
+    const addCh = (key, title, series) => {
+      const present = series.filter((s) => s && Array.isArray(s.values));
+      if (!present.length) return;
+      const c = chartCard(key, title, `At the ${chSteps.length} steps with per-channel snapshots.`);
+      chGrid.appendChild(c.card);
+      charts.push(() => seriesChart(c.body, chSteps, present, { syncKey: "bn-channel" }));
+    };
+    addCh("channel-mean", `Channel ${ch.index}: mean`, [
+      { label: "batch mean", values: vals.batch_mean, color: train },
+      { label: "moving mean", values: vals.moving_mean, color: infer },
+    ]);
+    addCh("channel-variance", `Channel ${ch.index}: variance`, [
+      { label: "batch variance", values: vals.batch_variance, color: train },
+      { label: "moving variance", values: vals.moving_variance, color: infer },
+    ]);
+    addCh("channel-drift", `Channel ${ch.index}: drift`, [
+      { label: "mean shift", values: vals.mean_shift, color: cssVar("--accent") },
+      { label: "log var ratio", values: vals.log_var_ratio, color: "#6a1b9a" },
+    ]);
+    addCh("channel-gamma-beta", `Channel ${ch.index}: γ and β`, [
+      vals.gamma ? { label: "gamma", values: vals.gamma, color: "#2e7d32" } : null,
+      vals.beta ? { label: "beta", values: vals.beta, color: "#00838f" } : null,
+    ]);
+  } else if (channel !== null) {
+    root.appendChild(messageBox("warning", `No per-channel values for channel ${channel}`, "The server answered without channel data."));
+  }
+
+  // Draw after the cards are in the DOM (widths known).
+  for (const draw of charts) draw();
+  const main = grid.querySelector('[data-chart="mean"]');
+  if (main && isNum(Number(main.dataset.points))) root.dataset.plotted = main.dataset.points;
+}

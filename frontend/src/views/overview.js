@@ -1,0 +1,240 @@
+// Overview: runs x BN layers in model order, drift sparkline, gaps, badges;
+// sortable by drift / local gap / compound gap; filter by name.
+import { h, whenVisible } from "../dom.js";
+import { sparkline, cssVar } from "../charts.js";
+import { fmt, isNum, severityRank } from "../format.js";
+import { loadRuns, severityBadge, layerLink } from "./common.js";
+
+const SORT_KEYS = {
+  drift: { label: "Drift", title: "Latest mean over channels of the normalised mean shift |batch mean − moving mean| / √(moving var + ε)" },
+  local_gap: { label: "Local gap", title: "Latest local train/inference gap of this layer" },
+  compound_gap: { label: "Compound gap", title: "Latest compound train/inference gap up to this layer" },
+};
+
+function compareRows(key, dir) {
+  return (a, b) => {
+    const va = a.layer[key];
+    const vb = b.layer[key];
+    const na = isNum(va);
+    const nb = isNum(vb);
+    if (!na && !nb) return a.order - b.order;
+    if (!na) return 1; // missing values last, whatever the direction
+    if (!nb) return -1;
+    const d = dir === "asc" ? va - vb : vb - va;
+    return d !== 0 ? d : a.order - b.order;
+  };
+}
+
+function modeText(layer) {
+  const parts = [layer.training ? "batch stats" : "moving stats"];
+  if (layer.trainable === false) parts.push("frozen");
+  return parts.join(", ");
+}
+
+export async function renderOverview(panel, ctx) {
+  const runs = await loadRuns(panel, ctx);
+  if (!runs) return;
+  ctx.begin();
+  const state = ctx.state;
+  let sortKey = SORT_KEYS[state.sort] ? state.sort : null;
+  let sortDir = state.dir === "asc" ? "asc" : "desc";
+
+  // Run summary cards.
+  const cards = h("div", { class: "run-cards" });
+  let total = 0;
+  for (const run of runs) {
+    const layers = Array.isArray(run.layers) ? run.layers : [];
+    total += layers.length;
+    const worst = layers.flatMap((l) => l.diagnostics || []).sort((a, b) => severityRank(a.severity) - severityRank(b.severity));
+    const counts = { error: 0, warning: 0, info: 0 };
+    for (const d of worst) counts[d.severity] = (counts[d.severity] || 0) + 1;
+    const gap = run.gap;
+    cards.appendChild(
+      h(
+        "div",
+        { class: "run-card", dataset: { run: run.run } },
+        h("div", { class: "run-name" }, run.run),
+        h("div", { class: "kv" }, `${layers.length} BN layer${layers.length === 1 ? "" : "s"}`, run.has_graph ? " · graph" : ""),
+        gap
+          ? h(
+              "div",
+              { class: "kv", dataset: { role: "run-gap" } },
+              `step ${gap.step}: train loss ${fmt(gap.train_loss)} · inference loss ${fmt(gap.inference_loss)}`,
+            )
+          : h("div", { class: "kv" }, "no train/inference gap logged"),
+        counts.error || counts.warning || counts.info
+          ? h(
+              "div",
+              { class: "badges", style: { marginTop: "4px" } },
+              counts.error ? severityBadge("error", `${counts.error} layer error${counts.error > 1 ? "s" : ""}`) : null,
+              counts.warning ? severityBadge("warning", `${counts.warning} layer warning${counts.warning > 1 ? "s" : ""}`) : null,
+              counts.info ? severityBadge("info", `${counts.info} layer info`) : null,
+            )
+          : null,
+        run.errors && run.errors.length ? h("ul", { class: "run-errors", dataset: { role: "run-errors" } }, run.errors.map((e) => h("li", null, e))) : null,
+      ),
+    );
+  }
+
+  // Rows.
+  const rows = [];
+  let order = 0;
+  for (const run of runs) {
+    const layers = (Array.isArray(run.layers) ? run.layers : []).slice().sort((a, b) => a.index - b.index);
+    for (const layer of layers) rows.push({ run: run.run, layer, order: order++, tr: null, match: "" });
+  }
+
+  const accent = cssVar("--accent");
+  for (const row of rows) {
+    const { layer } = row;
+    row.match = `${row.run}\u0000${layer.path}`.toLowerCase();
+    const spark = h("div", { class: "sparkline", dataset: { sparkline: "", points: "0" }, role: "img", "aria-label": `drift over steps for ${layer.path}` });
+    const sp = layer.sparkline;
+    if (sp && Array.isArray(sp.steps) && sp.steps.length > 1) {
+      whenVisible(spark, (el) => {
+        if (el.isConnected) sparkline(el, sp.steps, sp.values || [], { color: accent });
+      });
+    } else {
+      spark.className = "sparkline-empty";
+      spark.textContent = "—";
+    }
+    const diags = (layer.diagnostics || []).slice().sort((a, b) => severityRank(a.severity) - severityRank(b.severity));
+    row.tr = h(
+      "tr",
+      {
+        dataset: {
+          run: row.run,
+          layer: layer.path,
+          index: layer.index,
+          drift: isNum(layer.drift) ? layer.drift : "",
+          localGap: isNum(layer.local_gap) ? layer.local_gap : "",
+          compoundGap: isNum(layer.compound_gap) ? layer.compound_gap : "",
+        },
+      },
+      h("td", { class: "run-cell", title: row.run }, row.run),
+      h("td", { class: "num" }, String(layer.index)),
+      h("td", { class: "layer-cell" }, layerLink(ctx, row.run, layer.path)),
+      h("td", { class: "num" }, String(layer.channels)),
+      h("td", { class: "num" }, fmt(layer.momentum)),
+      h("td", { class: "flag" }, modeText(layer)),
+      h("td", { class: "num" }, `${layer.num_steps}`, h("div", { class: "flag" }, `last ${layer.last_step}`)),
+      h("td", null, spark),
+      h("td", { class: "num", dataset: { col: "drift" } }, fmt(layer.drift)),
+      h("td", { class: "num", dataset: { col: "local_gap" } }, fmt(layer.local_gap)),
+      h("td", { class: "num", dataset: { col: "compound_gap" } }, fmt(layer.compound_gap)),
+      h("td", null, h("div", { class: "badges" }, diags.length ? diags.map((d) => severityBadge(d.severity, d.code)) : h("span", { class: "muted" }, "—"))),
+    );
+  }
+
+  // Header with sort buttons.
+  const sortButtons = {};
+  const headCell = (label, key, cls) => {
+    if (!key) return h("th", { class: cls, scope: "col" }, label);
+    const ind = h("span", { class: "sort-ind", "aria-hidden": "true" });
+    const btn = h(
+      "button",
+      {
+        type: "button",
+        class: "sort-btn",
+        dataset: { sort: key },
+        title: `${SORT_KEYS[key].title}. Click to sort.`,
+        on: {
+          click: () => {
+            if (sortKey !== key) {
+              sortKey = key;
+              sortDir = "desc";
+            } else if (sortDir === "desc") sortDir = "asc";
+            else sortKey = null;
+            applySort();
+            ctx.update({ sort: sortKey || "", dir: sortKey ? sortDir : "" }, { rerender: false });
+          },
+        },
+      },
+      label,
+      ind,
+    );
+    const th = h("th", { class: cls, scope: "col", dataset: { sortKey: key } }, btn);
+    sortButtons[key] = { th, ind };
+    return th;
+  };
+  const thead = h(
+    "thead",
+    null,
+    h(
+      "tr",
+      null,
+      headCell("Run"),
+      headCell("#", null, "num"),
+      headCell("Layer"),
+      headCell("Channels", null, "num"),
+      headCell("Momentum", null, "num"),
+      headCell("Mode"),
+      headCell("Steps", null, "num"),
+      headCell("Drift over steps"),
+      headCell(SORT_KEYS.drift.label, "drift", "num"),
+      headCell(SORT_KEYS.local_gap.label, "local_gap", "num"),
+      headCell(SORT_KEYS.compound_gap.label, "compound_gap", "num"),
+      headCell("Diagnostics"),
+    ),
+  );
+  const tbody = h("tbody");
+  const table = h("table", { class: "data overview-table", dataset: { table: "overview" } }, thead, tbody);
+
+  const countEl = h("span", { class: "muted", dataset: { role: "row-count" }, "aria-live": "polite" });
+  const noMatch = h("div", { class: "message message-info", hidden: true, dataset: { role: "no-match" } }, "No layer matches the filter.");
+
+  function applySort() {
+    const sorted = sortKey ? rows.slice().sort(compareRows(sortKey, sortDir)) : rows.slice().sort((a, b) => a.order - b.order);
+    for (const row of sorted) tbody.appendChild(row.tr); // re-appending moves existing rows
+    for (const [key, { th, ind }] of Object.entries(sortButtons)) {
+      const on = key === sortKey;
+      th.setAttribute("aria-sort", on ? (sortDir === "asc" ? "ascending" : "descending") : "none");
+      ind.textContent = on ? (sortDir === "asc" ? "▲" : "▼") : "";
+    }
+    table.dataset.sort = sortKey || "";
+    table.dataset.dir = sortKey ? sortDir : "";
+  }
+
+  function applyFilter(text) {
+    const q = text.trim().toLowerCase();
+    let shown = 0;
+    for (const row of rows) {
+      const hit = !q || row.match.includes(q);
+      row.tr.hidden = !hit;
+      if (hit) shown++;
+    }
+    countEl.textContent = q ? `${shown} of ${rows.length} layers match` : `${rows.length} layers in ${runs.length} run${runs.length === 1 ? "" : "s"}`;
+    noMatch.hidden = shown > 0 || rows.length === 0;
+    table.dataset.shown = String(shown);
+  }
+
+  let filterTimer = null;
+  const filter = h("input", {
+    type: "search",
+    placeholder: "Filter layers by name…",
+    "aria-label": "Filter layers by name (substring, case-insensitive)",
+    dataset: { control: "filter" },
+    value: state.filter || "",
+    on: {
+      input: () => {
+        applyFilter(filter.value);
+        clearTimeout(filterTimer);
+        filterTimer = setTimeout(() => ctx.update({ filter: filter.value }, { rerender: false }), 250);
+      },
+    },
+  });
+
+  applySort();
+  applyFilter(filter.value);
+
+  panel.appendChild(h("h2", null, "Overview"));
+  panel.appendChild(cards);
+  panel.appendChild(h("div", { class: "controls" }, filter, countEl));
+  if (rows.length) {
+    panel.appendChild(h("div", { class: "table-wrap" }, table));
+    panel.appendChild(noMatch);
+  } else {
+    panel.appendChild(h("div", { class: "message message-info" }, "These runs have no BN layer data yet."));
+  }
+  panel.dataset.rows = String(rows.length);
+}
