@@ -1,0 +1,56 @@
+"""The benchmark scripts run (``--smoke``) and write JSON with the expected keys; numbers are not checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+MACHINE_KEYS = {"cpu_model", "cpu_count", "tensorflow_version", "keras_version", "tensorboard_version", "date_utc"}
+
+EXPECTED = {
+    "training_overhead": {"params", "targets", "configs", "callback_signature_defaults"},
+    "log_cost": {"params", "models", "fits"},
+    "storage": {"model", "channels", "scenarios", "target_bytes_per_logged_step"},
+}
+
+
+def _run(name: str, out: str) -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", f"{name}.py"), "--smoke", "--out", out],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(out) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_benchmark_smoke(name, tmp_path):
+    out = str(tmp_path / f"{name}.json")
+    data = _run(name, out)
+    assert data["benchmark"] == name
+    assert data["mode"] == "smoke"
+    assert MACHINE_KEYS <= set(data["machine"])
+    assert EXPECTED[name] <= set(data)
+    if name == "training_overhead":
+        assert set(data["configs"]) == {"bare", "bn_default", "bn_every_step", "tensorboard_hist"}
+        for cfg in data["configs"].values():
+            assert {"steps_per_s", "wall_ratio", "cpu_ratio", "median_wall_s", "median_cpu_s"} <= set(cfg)
+            assert "median" in cfg["wall_ratio"] and "median" in cfg["cpu_ratio"]
+    elif name == "log_cost":
+        assert data["models"]
+        for model in data["models"]:
+            assert {"bn_layers", "channels", "log_full", "snapshot", "records", "write_summary",
+                    "write_channels"} <= set(model)
+        assert {"slope_us_per_channel", "intercept_us", "r2"} <= set(data["fits"]["log_full"]["vs_channels"])
+    else:
+        for scenario in data["scenarios"].values():
+            assert {"slope_bytes_per_logged_step", "avg_bytes_per_logged_step", "snapshot_interval_logged_steps",
+                    "growth_curve", "r2"} <= set(scenario)
