@@ -7,6 +7,14 @@ instance so that, while the train function is traced, it also assigns its
 results to capture variables owned by this module. Nothing the model computes
 changes: the wrapper returns the original tensors, and the capture variables
 are not part of the model.
+
+Under a ``tf.distribute`` strategy the capture variables are mirrored,
+``ON_WRITE`` with ``ONLY_FIRST_REPLICA`` aggregation: every replica assigns,
+the first replica's value is kept. So an unsynchronised layer's logged batch
+statistics and count are those of the first replica's share of the batch
+(what that replica normalised with); a ``synchronized=True`` layer's are the
+global statistics every replica normalised with, and its count is the global
+one (see ``_global_count``).
 """
 
 from __future__ import annotations
@@ -182,7 +190,10 @@ class StatsCapture:
                 )
                 if mask is None:
                     count = tf.cast(tf.size(inputs), tf.float32) / float(channels)
+                    if getattr(layer, "synchronized", False):
+                        count = _global_count(count)
                 else:
+                    # Keras computes masked moments per replica, even when synchronized.
                     count = tf.reduce_sum(tf.cast(mask, tf.float32))
                 slots.stats.assign(stats)
                 slots.count.assign(count)
@@ -237,6 +248,22 @@ class StatsCapture:
                 )
             )
         return out
+
+
+def _global_count(count: tf.Tensor) -> tf.Tensor:
+    """The count over all replicas, as synchronized BatchNormalization normalises with.
+
+    The per-replica count times the number of replicas in sync: exact when the
+    global batch is split evenly across replicas (MirroredStrategy splits
+    evenly; only a last batch that does not divide evenly is approximated).
+    No collective is issued: an extra all-reduce in the step breaks the
+    collective order across replicas ("Shape mismatch in the collective
+    instance" on 2 CPU replicas) and would cost a round trip per layer.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync <= 1:
+        return count
+    return count * float(context.num_replicas_in_sync)
 
 
 class _Paused:

@@ -1,0 +1,56 @@
+"""BatchNormCallback under tf.distribute.MirroredStrategy with 2 logical CPU devices.
+
+Each case runs in a fresh process (``_distribute_worker.py``): logical devices
+must be configured before TensorFlow initialises them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+WORKER = os.path.join(os.path.dirname(__file__), "_distribute_worker.py")
+
+
+def _run(mode: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, WORKER, mode], capture_output=True, text=True, timeout=300,
+    )
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    out["x"] = np.array(out["x"], dtype=np.float64)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["unsync", "sync"])
+def test_mirrored_strategy_two_replicas(mode):
+    out = _run(mode)
+    x = out["x"]
+    assert out["identical"], "training with the callback must give the same weights as without"
+    assert out["steps"] == [1, 2, 3, 4]
+    batch_mean = np.array(out["batch_mean"])
+    batch_variance = np.array(out["batch_variance"])
+    if mode == "unsync":
+        # Each replica normalises its own half of every 16-row batch; the first replica's is logged.
+        shares = [x[0:8], x[16:24], x[0:8], x[16:24]]
+        np.testing.assert_array_equal(out["count"], [8] * 4)
+    else:
+        shares = [x[0:16], x[16:32], x[0:16], x[16:32]]
+        np.testing.assert_array_equal(out["count"], [16] * 4)
+    np.testing.assert_allclose(batch_mean, [s.mean(axis=0) for s in shares], rtol=1e-5)
+    np.testing.assert_allclose(batch_variance, [s.var(axis=0) for s in shares], rtol=1e-4)
+    # The moving statistics follow exactly the logged batch statistics: Keras 3 mirrors BN's moving
+    # variables with first-replica aggregation, so an unsynchronised layer's EMA ingests replica 0's
+    # statistics only, the same ones the callback logs.
+    moving = np.zeros(3)
+    expected = []
+    for row in batch_mean:
+        moving = 0.8 * moving + 0.2 * row
+        expected.append(moving)
+    np.testing.assert_allclose(np.array(out["moving_mean"]), expected, rtol=1e-5)
