@@ -40,10 +40,15 @@ def main(synchronized: bool) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model.fit(ds, epochs=2, verbose=0, callbacks=callbacks)
-        return [w.numpy() for w in model.weights], log_dir
+        return [w.numpy() for w in model.weights], log_dir, model
 
-    plain, _ = run(False)
-    logged, log_dir = run(True)
+    plain, _, _ = run(False)
+    logged, log_dir, model = run(True)
+    from tb_bn_plugin.precise import precise_stats, recalibrate
+
+    precise = precise_stats(model, x, batch_size=16, progress=False)["bn"]
+    recalibrate(model, x, batch_size=16, progress=False)
+    bn = model.get_layer("bn")
     layer = data.load_runs(data.open_logdir(log_dir))["train"].layers["bn"]
     return {
         "identical": all(np.array_equal(a, b) for a, b in zip(plain, logged)),
@@ -52,6 +57,10 @@ def main(synchronized: bool) -> dict:
         "batch_mean": layer.channels["batch_mean"].tolist(),
         "batch_variance": layer.channels["batch_variance"].tolist(),
         "moving_mean": layer.channels["moving_mean"].tolist(),
+        "precise_mean": precise["mean"].tolist(),
+        "precise_variance": precise["variance"].tolist(),
+        "recalibrated_mean": bn.moving_mean.numpy().tolist(),
+        "recalibrated_variance": bn.moving_variance.numpy().tolist(),
         "x": x.tolist(),
     }
 

@@ -54,3 +54,8 @@ def test_mirrored_strategy_two_replicas(mode):
         moving = 0.8 * moving + 0.2 * row
         expected.append(moving)
     np.testing.assert_allclose(np.array(out["moving_mean"]), expected, rtol=1e-5)
+    # precise_stats / recalibrate work on a model built under the strategy.
+    np.testing.assert_allclose(out["precise_mean"], x.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(out["precise_variance"], x.var(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(out["recalibrated_mean"], x.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(out["recalibrated_variance"], x.var(axis=0), rtol=1e-6)
