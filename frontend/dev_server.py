@@ -116,7 +116,15 @@ HOST_JS = r"""
   window.addEventListener("message", function (ev) {
     if (ev.data !== "experimental.bootstrap" || !ev.ports || !ev.ports[0]) return;
     const port = ev.ports[0];
-    port.onmessage = function () {};
+    port.onmessage = function (m) {
+      let msg;
+      try { msg = JSON.parse(m.data); } catch (e) { return; }
+      if (!msg || msg.isReply) return;
+      let payload = null;
+      if (msg.type === "experimental.GetRuns") payload = [];
+      else if (msg.type === "experimental.GetURLPluginData") payload = {};
+      port.postMessage(JSON.stringify({ type: msg.type, id: msg.id, payload: payload, error: null, isReply: true }));
+    };
     port.start();
     ports.push(port);
   });

@@ -255,6 +255,7 @@ def test_layer_detail_plots_every_step_and_channels(tab):
         el = f.locator(f'[data-view=layer] .chart-body[data-chart="{chart}"]')
         assert el.get_attribute("data-points") == "400", chart
         assert el.locator("canvas").count() >= 1
+    f.locator('[data-heatmap="mean_shift"]').scroll_into_view_if_needed()  # drawn when near the viewport
     f.wait_for_selector('[data-heatmap="mean_shift"] canvas')
     assert f.get_attribute('[data-heatmap="mean_shift"]', "data-channels") == "64"
     # a channel on demand
@@ -397,6 +398,8 @@ def test_keyboard_tabs_reload_and_dark_mode(tab, servers):
         with urllib.request.urlopen(servers("small") + "__dev__/stats") as r:
             return json.loads(r.read())["requests"].get("runs", 0)
 
+    # the plugin host answered our probe: no own 30 s timer, TensorBoard drives reloads
+    f.wait_for_function("document.documentElement.dataset.host === 'tensorboard'")
     before = runs_requests()
     t.page.click("#tb-reload")  # TensorBoard's reload button -> experimental.DataReloaded
     f.wait_for_function("document.documentElement.dataset.lastReload === 'tensorboard'")

@@ -275,8 +275,9 @@ export function heatmap(container, steps, matrix, opts = {}) {
       {
         type: "heatmap",
         data,
-        progressive: 20000,
-        emphasis: { itemStyle: { borderColor: cssVar("--accent") || "#f57c00", borderWidth: 1 } },
+        progressive: 4000,
+        progressiveThreshold: 8000,
+        emphasis: { disabled: true },
       },
     ],
   });

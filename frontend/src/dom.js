@@ -139,6 +139,7 @@ export function whenVisible(el, fn) {
           const cb = lazyCallbacks.get(entry.target);
           lazyObserver.unobserve(entry.target);
           lazyCallbacks.delete(entry.target);
+          lazyElements.delete(entry.target);
           if (cb) cb(entry.target);
         }
       },
@@ -146,5 +147,19 @@ export function whenVisible(el, fn) {
     );
   }
   lazyCallbacks.set(el, fn);
+  lazyElements.add(el);
   lazyObserver.observe(el);
+}
+
+const lazyElements = new Set();
+/** Stop watching lazily drawn elements that were removed from the page. */
+export function forgetDetached() {
+  if (!lazyObserver) return;
+  for (const el of [...lazyElements]) {
+    if (!el.isConnected || !lazyCallbacks.has(el)) {
+      lazyObserver.unobserve(el);
+      lazyCallbacks.delete(el);
+      lazyElements.delete(el);
+    }
+  }
 }

@@ -2,12 +2,14 @@
 // (postMessage "experimental.bootstrap" hands over a MessagePort; messages are
 // JSON {type, id, payload, error, isReply}). TensorBoard broadcasts
 // "experimental.DataReloaded" when its reload button (or auto-reload) fires.
+// We probe with "experimental.GetRuns": a reply means the host is there.
 // Also detects TensorBoard's dark mode (body.dark-mode on the parent page).
 
 const DATA_RELOADED = "experimental.DataReloaded";
 const RUNS_CHANGED = "experimental.RunsChanged";
+const GET_RUNS = "experimental.GetRuns";
 
-export function connectHost({ onReload }) {
+export function connectHost({ onReload, onConnected }) {
   const state = { connected: false, lastReload: 0 };
   if (window.parent === window) return state;
   let channel;
@@ -24,7 +26,16 @@ export function connectHost({ onReload }) {
     } catch (_err) {
       return;
     }
-    if (!msg || msg.isReply) return;
+    if (!msg) return;
+    if (msg.isReply) {
+      // Our probe (below) was answered: TensorBoard's plugin host is there and
+      // will tell us about reloads (its button and its own auto-reload).
+      if (!state.connected) {
+        state.connected = true;
+        if (onConnected) onConnected();
+      }
+      return;
+    }
     state.connected = true;
     if (msg.type === DATA_RELOADED || msg.type === RUNS_CHANGED) {
       state.lastReload = Date.now();
@@ -38,6 +49,8 @@ export function connectHost({ onReload }) {
   };
   try {
     window.parent.postMessage("experimental.bootstrap", window.location.origin, [channel.port2]);
+    port.start();
+    port.postMessage(JSON.stringify({ type: GET_RUNS, id: 0, payload: null, error: null, isReply: false }));
   } catch (_err) {
     // cross-origin parent or no postMessage: stay with our own refresh timer.
   }

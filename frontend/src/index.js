@@ -2,7 +2,7 @@
 //   import("./index.js").then((m) => void m.render());
 // inside an iframe; render() builds the whole page.
 import { injectStyles } from "./styles.js";
-import { h, clear, spinner, messageBox } from "./dom.js";
+import { h, clear, spinner, messageBox, forgetDetached } from "./dom.js";
 import { invalidate, describeError } from "./api.js";
 import { connectHost, watchTheme } from "./host.js";
 import { disposeCharts } from "./charts.js";
@@ -161,6 +161,7 @@ class App {
     const begin = () => {
       disposeCharts(panel);
       clear(panel);
+      forgetDetached();
     };
     if (!soft || !panel.firstChild) {
       begin();
@@ -240,13 +241,17 @@ export function render() {
     app.state = parseHash();
     app.show();
   });
-  const host = connectHost({ onReload: (type) => app.reload(type === "experimental.DataReloaded" ? "tensorboard" : "runs-changed") });
-  // Periodic refetch when TensorBoard's reload signal is not reaching us
-  // (TensorBoard auto-reloads every 30 s and tells us; we don't double up).
+  const host = connectHost({
+    onReload: (type) => app.reload(type === "experimental.DataReloaded" ? "tensorboard" : "runs-changed"),
+    onConnected: () => {
+      document.documentElement.dataset.host = "tensorboard";
+    },
+  });
+  // Periodic refetch only without TensorBoard's plugin host (which reloads us
+  // on its reload button and on its own auto-reload, if the user keeps it on).
   setInterval(() => {
-    if (document.hidden) return;
-    const sinceHost = Date.now() - (host.lastReload || 0);
-    if (sinceHost > REFRESH_MS * 1.5 && Date.now() - app.lastRefresh >= REFRESH_MS - 500) app.reload("timer");
+    if (document.hidden || host.connected) return;
+    if (Date.now() - app.lastRefresh >= REFRESH_MS - 500) app.reload("timer");
   }, REFRESH_MS);
   return app;
 }

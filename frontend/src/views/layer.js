@@ -1,7 +1,7 @@
 // Layer detail: batch vs moving statistics over steps (summarised across
 // channels with a band, any channel on demand), channel x step heatmaps,
 // gamma/beta, momentum and the EMA's remaining initial weight.
-import { h, messageBox } from "../dom.js";
+import { h, messageBox, whenVisible } from "../dom.js";
 import { api } from "../api.js";
 import { seriesChart, heatmap, cssVar } from "../charts.js";
 import { fmt, isNum } from "../format.js";
@@ -235,7 +235,11 @@ export async function renderLayer(panel, ctx) {
     c.body.classList.add("echart-body");
     c.body.dataset.heatmap = key;
     grid.appendChild(c.card);
-    charts.push(() => heatmap(c.body, chSteps, matrix, { diverging, label: key, onPick: pick }));
+    // Heatmaps are the costly part and sit below the fold: draw when near the viewport.
+    c.body.style.height = `${Math.min(420, Math.max(180, matrix.length * 6 + 70))}px`;
+    whenVisible(c.body, (el) => {
+      if (el.isConnected) heatmap(el, chSteps, matrix, { diverging, label: key, onPick: pick });
+    });
   };
   heat("mean_shift", "Channel × step: normalised mean shift", "Click a cell to show that channel.", maps.mean_shift, false);
   heat("log_var_ratio", "Channel × step: log variance ratio", "Blue: batch variance below moving; red: above. Click a cell to show that channel.", maps.log_var_ratio, true);
