@@ -16,8 +16,17 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tb_bn_plugin import records
+from tb_bn_plugin import metadata, records
 from tb_bn_plugin.capture import BatchNormRef, StatsCapture, find_batchnorm_layers
+from tb_bn_plugin.probe import (
+    DEFAULT_PROBE_SIZE,
+    SCOPES,
+    FirstBatchStash,
+    GapProbe,
+    GapProbeWarning,
+    ProbeBatch,
+    probe_batch_from_data,
+)
 from tb_bn_plugin.summary import SummaryWriter
 
 keras = tf.keras
@@ -44,6 +53,14 @@ class BatchNormCallback(keras.callbacks.Callback):
     model that is first built by its first training step is captured from
     its second step on.
 
+    It also measures the train/inference gap on a fixed *probe batch* (by
+    default at each epoch end): the compiled loss and metrics of the probe
+    batch in training mode vs. inference mode and, per layer, how much its
+    output differs between the modes (see ``gap_every_n_epochs``). These
+    extra forward passes change no variable: moving statistics, RNG seed
+    state, metric trackers and the captured statistics stay as training left
+    them.
+
     Args:
       log_dir: directory for event files; summaries go to ``log_dir/<run_name>``
         like ``keras.callbacks.TensorBoard``.
@@ -58,6 +75,44 @@ class BatchNormCallback(keras.callbacks.Callback):
       channel_dtype: storage dtype of per-channel snapshots, ``"float32"`` or
         ``"float16"`` (half the bytes, about 3 significant digits).
       run_name: subdirectory of ``log_dir`` that holds this run's events.
+      gap_every_n_epochs: measure the train/inference gap at the end of every
+        n-th epoch (default 1: every epoch); 0 disables epoch-end gaps. Each
+        measurement logs, on the probe batch, the compiled loss (without
+        regularisation penalties; for multi-output models also each output's
+        loss) and the compiled metrics in training and in inference mode, and
+        per logged layer the *compound* gap (relative RMS difference of the
+        layer's output between a full training-mode and a full inference-mode
+        pass), the *local* gap (the difference the layer itself makes when fed
+        its training-mode input, batch vs. moving statistics), and the local
+        gap derived from statistics alone. Cost: two forward passes of the
+        probe batch; the probe functions are traced once per ``fit``.
+      gap_every_n_steps: also measure the gap every n training steps (default
+        None: only at epoch ends). The gap is neither measured nor the probe
+        batch stashed when both cadences are off.
+      gap_attribution: False (default) or True or an int k: at the epoch-end
+        gap measurement of every (k-th) epoch, also attribute the model-level
+        gap to layers: for each logged layer L, one training-mode pass with
+        only L in inference mode, ``attribution_L = (loss_L - loss_train) /
+        (loss_inference - loss_train)`` (about 1 for the layer that accounts
+        for the whole gap, near 0 for one that does not matter). Cost: one
+        forward pass per logged layer; never at step-cadence measurements.
+      gap_scope: which layers run in training mode in the training-mode
+        passes. ``"batchnorm"`` (default): only BatchNormalization layers;
+        Dropout and other layers stay in inference mode, so the gap is that of
+        BatchNormalization alone and deterministic. ``"model"``: the whole
+        model with ``training=True`` as in ``fit`` (dropout included, with the
+        same masks in every pass of one measurement; the RNG state never
+        advances).
+      probe_data: the probe batch, ``(x, y)`` or ``(x, y, sample_weight)`` of
+        arrays or tensors (at most ``probe_size`` samples of it are used).
+        Default: the first ``probe_size`` samples of the first training batch,
+        copied inside the first training step (variables of ``probe_size``
+        samples are reserved on the device for it). Training-mode passes
+        normalise with the statistics of the whole probe batch, so a probe of
+        about the training batch size reflects training best. Pass
+        ``probe_data`` under a tf.distribute strategy, for non-dense inputs,
+        or to measure the gap on held-out data.
+      probe_size: the most samples the probe batch holds (default 256).
     """
 
     def __init__(
@@ -68,6 +123,12 @@ class BatchNormCallback(keras.callbacks.Callback):
         max_bytes_per_log: int = DEFAULT_MAX_BYTES_PER_LOG,
         channel_dtype: str = "float32",
         run_name: str = "train",
+        gap_every_n_epochs: int = 1,
+        gap_every_n_steps: Optional[int] = None,
+        gap_attribution: bool | int = False,
+        gap_scope: str = "batchnorm",
+        probe_data: Any = None,
+        probe_size: int = DEFAULT_PROBE_SIZE,
     ) -> None:
         super().__init__()
         if not isinstance(log_every_n_steps, int) or log_every_n_steps < 1:
@@ -76,6 +137,31 @@ class BatchNormCallback(keras.callbacks.Callback):
             raise ValueError(f"channel_dtype must be 'float32' or 'float16', got {channel_dtype!r}")
         if max_bytes_per_log < 1:
             raise ValueError(f"max_bytes_per_log must be positive, got {max_bytes_per_log!r}")
+        if not isinstance(gap_every_n_epochs, int) or gap_every_n_epochs < 0:
+            raise ValueError(f"gap_every_n_epochs must be a non-negative integer, got {gap_every_n_epochs!r}")
+        if gap_every_n_steps is not None and (not isinstance(gap_every_n_steps, int) or gap_every_n_steps < 1):
+            raise ValueError(f"gap_every_n_steps must be None or a positive integer, got {gap_every_n_steps!r}")
+        if not isinstance(gap_attribution, int) or gap_attribution < 0:
+            raise ValueError(f"gap_attribution must be a bool or a non-negative integer, got {gap_attribution!r}")
+        if gap_scope not in SCOPES:
+            raise ValueError(f"gap_scope must be one of {SCOPES}, got {gap_scope!r}")
+        if not isinstance(probe_size, int) or probe_size < 1:
+            raise ValueError(f"probe_size must be a positive integer, got {probe_size!r}")
+        self.gap_every_n_epochs = gap_every_n_epochs
+        self.gap_every_n_steps = gap_every_n_steps
+        self.gap_attribution = int(gap_attribution)
+        self.gap_scope = gap_scope
+        self.probe_size = probe_size
+        self._probe_batch: Optional[ProbeBatch] = (
+            probe_batch_from_data(probe_data, probe_size) if probe_data is not None else None
+        )
+        if self.gap_attribution and not gap_every_n_epochs:
+            warnings.warn(
+                "BatchNormCallback: gap_attribution is computed at epoch-end gap measurements, "
+                "which gap_every_n_epochs=0 disables.",
+                GapProbeWarning,
+                stacklevel=2,
+            )
         self.log_dir = os.fspath(log_dir)
         self.log_every_n_steps = log_every_n_steps
         self.layer_patterns = tuple(layers) if layers is not None else None
@@ -92,6 +178,15 @@ class BatchNormCallback(keras.callbacks.Callback):
         self._logs_written = 0
         self._last_logged = -1
         self._epoch_base = 0
+        self._stash: Optional[FirstBatchStash] = None
+        self._gap_probe: Optional[GapProbe] = None
+        self._gap_off = False
+        self._last_gap_step = -1
+
+    @property
+    def gap_enabled(self) -> bool:
+        """Whether any gap cadence is on."""
+        return bool(self.gap_every_n_epochs or self.gap_every_n_steps)
 
     @property
     def run_dir(self) -> str:
@@ -104,6 +199,7 @@ class BatchNormCallback(keras.callbacks.Callback):
         self._writer = SummaryWriter(self.run_dir)
         # Steps done before this fit were logged (or not) by whoever ran them.
         self._last_logged = self._steps_done()
+        self._start_gap()
         if not self.model.built:
             # Subclassed models are built by the first traced training step:
             # their layers are discovered right after it.
@@ -146,6 +242,13 @@ class BatchNormCallback(keras.callbacks.Callback):
         steps_done = self._epoch_base + batch
         if steps_done > self._last_logged and steps_done > 0 and steps_done % self.log_every_n_steps == 0:
             self._log(steps_done, force_snapshot=False)
+        if (
+            self.gap_every_n_steps
+            and steps_done > self._last_gap_step
+            and steps_done > 0
+            and steps_done % self.gap_every_n_steps == 0
+        ):
+            self._log_gap(steps_done, attribution=False)
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
         if self._capture is None:
@@ -153,6 +256,9 @@ class BatchNormCallback(keras.callbacks.Callback):
         steps_done = self._steps_done()
         if steps_done > self._last_logged:
             self._log(steps_done, force_snapshot=True)
+        if self.gap_every_n_epochs and (epoch + 1) % self.gap_every_n_epochs == 0 and steps_done > self._last_gap_step:
+            attribution = bool(self.gap_attribution) and (epoch + 1) % self.gap_attribution == 0
+            self._log_gap(steps_done, attribution=attribution)
         self._writer.flush()
 
     def on_train_end(self, logs: Optional[dict] = None) -> None:
@@ -161,6 +267,7 @@ class BatchNormCallback(keras.callbacks.Callback):
             if steps_done > self._last_logged:
                 self._log(steps_done, force_snapshot=True)
             self._stop_capture()
+        self._stop_gap()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -194,6 +301,70 @@ class BatchNormCallback(keras.callbacks.Callback):
         self._capture = None
         # Drop the traced function holding the wrappers; Keras remakes it on demand.
         self.model.train_function = None
+
+    # -- train/inference gap ---------------------------------------------------------
+
+    def _start_gap(self) -> None:
+        self._gap_probe = None
+        self._gap_off = not self.gap_enabled
+        self._last_gap_step = self._steps_done()
+        if self._gap_off or self._probe_batch is not None:
+            return
+        self._stash = FirstBatchStash(self.model, self.probe_size)
+        if self._stash.unsupported is not None:
+            self._disable_gap(f"{self._stash.unsupported}; pass probe_data to measure the gap")
+            return
+        self._stash.install()
+        # Keras binds train_step when it makes the train function: remake it.
+        self.model.make_train_function(force=True)
+
+    def _stop_gap(self) -> None:
+        self._gap_probe = None
+        if self._stash is not None:
+            self._stash.uninstall()
+            self._stash = None
+            # Drop the traced function holding the stash wrapper.
+            self.model.train_function = None
+
+    def _disable_gap(self, reason: str) -> None:
+        self._gap_off = True
+        warnings.warn(f"BatchNormCallback: the train/inference gap is not logged: {reason}.", GapProbeWarning, stacklevel=3)
+
+    def _ensure_gap_probe(self) -> Optional[GapProbe]:
+        if self._gap_probe is not None or self._gap_off or self._capture is None:
+            return self._gap_probe
+        batch = self._probe_batch
+        if batch is None and self._stash is not None:
+            batch = self._stash.probe()
+        if batch is None:
+            reason = self._stash.unsupported if self._stash is not None else None
+            self._disable_gap(f"{reason or 'no probe batch was stashed from the training data'}; pass probe_data")
+            return None
+        try:
+            all_refs = [r for r in find_batchnorm_layers(self.model) if r.built]
+            tapped = [r for r in self._selected_layers() if r.built]
+            self._gap_probe = GapProbe(self.model, all_refs, tapped, batch, self.gap_scope, self._capture)
+        except Exception as err:  # never break training over a diagnostic
+            logger.debug("gap probe construction failed", exc_info=True)
+            self._disable_gap(f"the probe functions could not be built ({type(err).__name__}: {err})")
+            return None
+        for message in self._gap_probe.warnings:
+            warnings.warn(f"BatchNormCallback: {message}.", GapProbeWarning, stacklevel=3)
+        return self._gap_probe
+
+    def _log_gap(self, steps_done: int, attribution: bool) -> None:
+        probe = self._ensure_gap_probe()
+        if probe is None:
+            return
+        try:
+            result = probe.evaluate(attribution=attribution)
+        except Exception as err:  # never break training over a diagnostic
+            logger.debug("gap evaluation failed", exc_info=True)
+            self._gap_probe = None
+            self._disable_gap(f"a gap evaluation failed ({type(err).__name__}: {err})")
+            return
+        self._writer.write(metadata.gap_tag(), result.record(), steps_done, result.content())
+        self._last_gap_step = steps_done
 
     def _steps_done(self) -> int:
         return int(self.model.optimizer.iterations.numpy())

@@ -21,7 +21,7 @@ from tensorboard.backend.event_processing import plugin_event_multiplexer
 from tensorboard.data import provider as tb_provider
 
 from tb_bn_plugin import metadata, records
-from tb_bn_plugin.series import LayerConfig, LayerSeries, RunData
+from tb_bn_plugin.series import GapSeries, LayerConfig, LayerSeries, RunData
 
 logger = logging.getLogger("tb_bn_plugin")
 
@@ -151,6 +151,67 @@ def layer_series(
     )
 
 
+def gap_series(
+    tag: TagInfo, data: list[tb_provider.TensorDatum], layers: Optional[Iterable[str]] = None
+) -> GapSeries:
+    """Assemble a run's ``GapSeries`` from its gap events (layout in ``metadata``).
+
+    ``train_loss``/``inference_loss`` are the ``loss`` entry; further losses
+    (per output of multi-output models) join ``metrics`` under their names.
+    Raises ``ValueError`` when an event's length does not match the layout.
+    """
+    content = tag.content
+    losses = list(content.get("losses", []))
+    metric_names = list(content.get("metrics", []))
+    paths = list(content.get("layers", []))
+    fields = list(content.get("layer_fields", metadata.GAP_LAYER_FIELDS))
+    n_loss, n_metric = len(losses), len(metric_names)
+    expected = 2 * n_loss + 2 * n_metric + len(paths) * len(fields)
+    steps, rows = [], []
+    for datum in _dedupe_steps(data):
+        values = np.asarray(datum.numpy, dtype=np.float64).ravel()
+        if values.size != expected:
+            raise ValueError(f"gap event at step {datum.step} holds {values.size} values, layout expects {expected}")
+        steps.append(datum.step)
+        rows.append(values)
+    table = np.asarray(rows, dtype=np.float64).reshape(len(rows), expected)
+    train_losses, table = table[:, :n_loss], table[:, n_loss:]
+    inference_losses, table = table[:, :n_loss], table[:, n_loss:]
+    train_metrics, table = table[:, :n_metric], table[:, n_metric:]
+    inference_metrics, table = table[:, :n_metric], table[:, n_metric:]
+    per_layer = table.reshape(len(rows), len(paths), len(fields))
+    nan = np.full(len(rows), np.nan)
+
+    def column(names: list[str], matrix: np.ndarray, name: str) -> np.ndarray:
+        return matrix[:, names.index(name)].copy() if name in names else nan.copy()
+
+    metrics = {
+        name: {"train": train_metrics[:, i].copy(), "inference": inference_metrics[:, i].copy()}
+        for i, name in enumerate(metric_names)
+    }
+    for i, name in enumerate(losses):
+        if name != "loss":
+            metrics[name] = {"train": train_losses[:, i].copy(), "inference": inference_losses[:, i].copy()}
+    wanted = set(layers) if layers is not None else None
+
+    def by_layer(field: str) -> dict[str, np.ndarray]:
+        if field not in fields:
+            return {p: nan.copy() for p in paths if wanted is None or p in wanted}
+        j = fields.index(field)
+        return {p: per_layer[:, i, j].copy() for i, p in enumerate(paths) if wanted is None or p in wanted}
+
+    return GapSeries(
+        steps=np.asarray(steps, dtype=np.int64),
+        train_loss=column(losses, train_losses, "loss"),
+        inference_loss=column(losses, inference_losses, "loss"),
+        metrics=metrics,
+        compound=by_layer(metadata.GAP_COMPOUND),
+        local=by_layer(metadata.GAP_LOCAL),
+        local_derived=by_layer(metadata.GAP_LOCAL_DERIVED),
+        attribution=by_layer(metadata.GAP_ATTRIBUTION),
+    )
+
+
 def load_runs(
     source: Source,
     runs: Optional[Iterable[str]] = None,
@@ -158,7 +219,7 @@ def load_runs(
     with_channels: bool = True,
     downsample: int = ALL_SAMPLES,
 ) -> dict[str, RunData]:
-    """Every (or the selected) run's layer series.
+    """Every (or the selected) run's layer series and train/inference gap.
 
     Args:
       runs / layers: restrict to these run names / layer paths.
@@ -168,8 +229,12 @@ def load_runs(
     tags, errors = list_tags(source, runs)
     wanted_layers = set(layers) if layers is not None else None
     by_run: dict[str, dict[str, dict[str, TagInfo]]] = {}
+    gap_tags: dict[str, TagInfo] = {}
     for run, infos in tags.items():
         for info in infos:
+            if info.kind == metadata.KIND_GAP:
+                gap_tags[run] = info
+                continue
             layer = info.layer
             if layer is None or (wanted_layers is not None and layer.path not in wanted_layers):
                 continue
@@ -177,14 +242,20 @@ def load_runs(
                 continue
             if info.kind in (metadata.KIND_LAYER_SUMMARY, metadata.KIND_LAYER_CHANNELS):
                 by_run.setdefault(run, {}).setdefault(layer.path, {})[info.kind] = info
-    data = read_tensors(
-        source,
-        {run: [i.tag for by_kind in layers_.values() for i in by_kind.values()] for run, layers_ in by_run.items()},
-        downsample,
-    )
+    wanted_tags = {
+        run: [i.tag for by_kind in layers_.values() for i in by_kind.values()] for run, layers_ in by_run.items()
+    }
+    for run, info in gap_tags.items():
+        wanted_tags.setdefault(run, []).append(info.tag)
+    data = read_tensors(source, wanted_tags, downsample)
     result: dict[str, RunData] = {}
-    for run in sorted(set(by_run) | set(errors)):
+    for run in sorted(set(by_run) | set(gap_tags) | set(errors)):
         run_data = RunData(run=run, layers={}, errors=list(errors.get(run, [])))
+        if run in gap_tags:
+            try:
+                run_data.gap = gap_series(gap_tags[run], data[run][gap_tags[run].tag], wanted_layers)
+            except (ValueError, KeyError, TypeError) as err:
+                run_data.errors.append(f"gap: unreadable data ({err})")
         for path, by_kind in by_run.get(run, {}).items():
             summary = by_kind.get(metadata.KIND_LAYER_SUMMARY)
             if summary is None:
@@ -224,6 +295,15 @@ def read_stats(logdir: str) -> dict[str, dict[str, dict[str, StatSeries]]]:
         for run, run_data in runs.items()
         if run_data.layers
     }
+
+
+def read_gap(logdir: str) -> dict[str, GapSeries]:
+    """The train/inference gap logged under ``logdir``: ``{run: GapSeries}`` for runs that have one.
+
+    Every measurement is kept (steps in order); see ``series.GapSeries``.
+    """
+    runs = load_runs(open_logdir(logdir), with_channels=False)
+    return {run: run_data.gap for run, run_data in runs.items() if run_data.gap is not None}
 
 
 def _restore_momentum(info: dict[str, np.ndarray], config: LayerConfig) -> dict[str, np.ndarray]:

@@ -7,6 +7,24 @@ tag's ``SummaryMetadata``.
 
 Schema history:
   * version 1: ``layer_summary``, ``layer_channels``, ``gap`` payloads.
+
+The ``gap`` payload (tag ``gap_tag()``, one event per gap evaluation) is a flat
+float32 tensor measured on the probe batch, laid out as described by its
+metadata content::
+
+    {"kind": "gap", "losses": [L names], "metrics": [M names],
+     "layers": [N layer paths], "layer_fields": GAP_LAYER_FIELDS (F names),
+     "probe_size": samples in the probe batch, "scope": "batchnorm" | "model"}
+
+    tensor = [train losses (L), inference losses (L),
+              train metrics (M), inference metrics (M),
+              per-layer values (N x F, row-major: layer by layer)]
+
+``losses[0]`` is ``"loss"``, the compiled loss without regularisation
+penalties; multi-output models add each output's unweighted loss
+(``"<output>_loss"``). Per-layer fields are ``GAP_LAYER_FIELDS``; a value is
+NaN where it was not measured (e.g. ``attribution`` outside attribution
+evaluations, any loss of a model without a compiled loss).
 """
 
 from __future__ import annotations
@@ -38,6 +56,21 @@ CHANNEL_STATS = (BATCH_MEAN, BATCH_VARIANCE, MOVING_MEAN, MOVING_VARIANCE, GAMMA
 MEAN_SHIFT = "mean_shift"
 LOG_VAR_RATIO = "log_var_ratio"
 DRIFT_STATS = (MEAN_SHIFT, LOG_VAR_RATIO)
+
+# Per-layer fields of the ``gap`` payload, in storage order.
+#   compound:      relative RMS difference of the layer's output between a full
+#                  training-mode and a full inference-mode forward pass.
+#   local:         relative RMS difference between the layer's output on its
+#                  training-mode input normalised with batch vs. moving statistics.
+#   local_derived: the same, derived from the probe batch's statistics at the
+#                  layer, the moving statistics and gamma/beta alone.
+#   attribution:   (loss_L - loss_train) / (loss_inference - loss_train), loss_L
+#                  of a training-mode pass with only this layer in inference mode.
+GAP_COMPOUND = "compound"
+GAP_LOCAL = "local"
+GAP_LOCAL_DERIVED = "local_derived"
+GAP_ATTRIBUTION = "attribution"
+GAP_LAYER_FIELDS = (GAP_COMPOUND, GAP_LOCAL, GAP_LOCAL_DERIVED, GAP_ATTRIBUTION)
 
 # Columns of a summary row: statistics of one quantity across channels.
 SUMMARY_COLUMNS = ("mean", "std", "min", "p05", "p50", "p95", "max")
