@@ -124,13 +124,19 @@ def _browser_skip_reason() -> str | None:
     return None
 
 
-browser_only = pytest.mark.skipif(_browser_skip_reason() is not None, reason=_browser_skip_reason() or "")
+# CI sets CI_BROWSER_REQUIRED=1: there a missing browser fails instead of skipping.
+BROWSER_REQUIRED = os.environ.get("CI_BROWSER_REQUIRED") == "1"
+browser_only = pytest.mark.skipif(
+    _browser_skip_reason() is not None and not BROWSER_REQUIRED, reason=_browser_skip_reason() or ""
+)
 
 
 @pytest.fixture(scope="module")
 def browser():
     reason = _browser_skip_reason()
     if reason:
+        if BROWSER_REQUIRED:
+            pytest.fail(f"CI_BROWSER_REQUIRED=1 but {reason}")
         pytest.skip(reason)
     from playwright.sync_api import sync_playwright
 

@@ -179,6 +179,7 @@ table.data td.run-cell { max-width: 160px; white-space: nowrap; overflow: hidden
 .legend-item { display: inline-flex; align-items: center; gap: 6px; }
 .legend svg { overflow: visible; }
 .site { background: var(--card); border: 1px solid var(--border); border-radius: 4px; padding: 10px 14px; margin-bottom: 12px; }
+.site.site-flash { border-color: var(--accent); box-shadow: 0 0 0 2px var(--accent-soft); }
 .site-head { display: flex; flex-wrap: wrap; align-items: baseline; gap: 8px 14px; margin-bottom: 6px; }
 .site-name { font-weight: 500; word-break: break-all; }
 .site-graph-wrap { overflow-x: auto; min-height: 80px; }

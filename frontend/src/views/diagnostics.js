@@ -29,7 +29,28 @@ export function findingCard(ctx, f, { run = f.run, kind = "layers" } = {}) {
               : null,
           );
         })
-      : sites.map((name) => h("code", { class: "affected", dataset: { site: name } }, name));
+      : sites.map((name) =>
+          h(
+            "button",
+            {
+              type: "button",
+              class: "linklike affected site-link",
+              dataset: { site: name },
+              title: "Show this site's graph",
+              on: {
+                click: () => {
+                  const el = [...document.querySelectorAll(".site[data-site]")].find((x) => x.dataset.site === name);
+                  if (el) {
+                    el.scrollIntoView({ block: "start" });
+                    el.classList.add("site-flash");
+                    setTimeout(() => el.classList.remove("site-flash"), 1200);
+                  }
+                },
+              },
+            },
+            name,
+          ),
+        );
   return h(
     "article",
     { class: "finding", dataset: { code: f.code, severity: f.severity, run: run || "" } },

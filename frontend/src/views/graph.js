@@ -34,11 +34,33 @@ function textWidth(text, font) {
   return measureCtx.measureText(text).width;
 }
 
-export function shortName(op, max = 30) {
+/** The last `keep` components of an op name, cut from the left to `max` characters. */
+export function shortName(op, max = 30, keep = 2) {
   const parts = String(op).split("/");
-  let name = parts.length > 2 ? parts.slice(-2).join("/") : String(op);
+  let name = parts.length > keep ? parts.slice(-keep).join("/") : String(op);
   if (name.length > max) name = `…${name.slice(-(max - 1))}`;
   return name;
+}
+
+/** Short labels for a site's nodes, lengthened where two different ops would read the same. */
+function labelNodes(nodes) {
+  for (const n of nodes) n.text = n.label || shortName(n.op);
+  for (let keep = 3; keep <= 6; keep++) {
+    const byText = new Map();
+    for (const n of nodes) {
+      if (n.label) continue;
+      if (!byText.has(n.text)) byText.set(n.text, new Set());
+      byText.get(n.text).add(n.op);
+    }
+    let changed = false;
+    for (const n of nodes) {
+      if (!n.label && byText.get(n.text).size > 1) {
+        n.text = shortName(n.op, 44, keep);
+        changed = true;
+      }
+    }
+    if (!changed) break;
+  }
 }
 
 function graphsHash(run) {
@@ -150,8 +172,8 @@ export function drawSite(site, onSelect) {
   const g = new graphlib.Graph();
   g.setGraph({ rankdir: "LR", nodesep: 14, ranksep: 34, edgesep: 10, marginx: 6, marginy: 6 });
   g.setDefaultEdgeLabel(() => ({}));
+  labelNodes(model.nodes);
   for (const n of model.nodes) {
-    n.text = n.label || shortName(n.op);
     n.roleText = ROLE_TEXT[n.role];
     const w = Math.max(textWidth(n.text, NODE_FONT), textWidth(n.roleText, ROLE_FONT)) + 16;
     g.setNode(n.id, { width: Math.ceil(Math.max(64, w)), height: 34 });
