@@ -373,6 +373,11 @@ class GapProbe:
       scope: ``"batchnorm"`` or ``"model"`` (see ``BatchNormCallback``).
       capture: the callback's ``StatsCapture``; paused while tracing.
 
+    A BN layer called more than once per forward pass (a shared layer) is
+    measured at its first call; attribution switches all its calls. For
+    masked inputs the measured gaps include masked positions, the derived
+    one uses the masked statistics.
+
     Cost of ``evaluate``: two forward passes (plus, per tapped layer, one extra
     BN normalisation and a moments reduction), and with ``attribution`` one
     more forward pass per tapped layer.
@@ -414,7 +419,7 @@ class GapProbe:
     @property
     def can_attribute(self) -> bool:
         """Whether ``evaluate(attribution=True)`` computes attributions (needs a compiled loss)."""
-        return self._compile_loss is not None and bool(self._tapped)
+        return self._compile_loss is not None and self.probe.y is not None and bool(self._tapped)
 
     # -- public ---------------------------------------------------------------
 
