@@ -201,6 +201,8 @@ class Handler(BaseHTTPRequestHandler):
         st = self.state
         if path in ("/", "/index.html"):
             return self._send(200, HOST_HTML.encode("utf-8"), "text/html; charset=utf-8", {"Content-Security-Policy": tensorboard_csp([])})
+        if path == "/favicon.ico":
+            return self._send(204, b"", "image/x-icon")
         if path == "/__dev__/host.js":
             return self._send(200, HOST_JS.encode("utf-8"), "application/javascript; charset=utf-8")
         if path == "/__dev__/scenario":
