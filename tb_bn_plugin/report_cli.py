@@ -350,7 +350,10 @@ def render_table(rows: Sequence[Sequence[str]], header: Sequence[str], indent: s
 
 
 def _wrap(text: str, indent: str, width: int = TEXT_WIDTH) -> list[str]:
-    return textwrap.wrap(text, width=width, initial_indent=indent, subsequent_indent=indent + "  ") or [indent]
+    return textwrap.wrap(
+        text, width=width, initial_indent=indent, subsequent_indent=indent + "  ",
+        break_long_words=False, break_on_hyphens=False,  # keep paths and names whole
+    ) or [indent]
 
 
 def _evidence(evidence: dict[str, Any]) -> str:
