@@ -371,19 +371,7 @@ class BatchNormCallback(keras.callbacks.Callback):
 
     def _log(self, steps_done: int, force_snapshot: bool) -> None:
         snapshot = force_snapshot or self._logs_written % self._snapshot_interval == 0
-        for snap in self._capture.snapshot(steps_done):
-            info = {
-                "training": float(snap.training),
-                "trainable": float(snap.trainable),
-                "count": snap.count,
-                "momentum": snap.momentum,
-                "full": float(snapshot),
-            }
-            self._writer.layer_summary(snap.config, steps_done, records.summary_record(snap.config, snap.values, info))
-            if snapshot:
-                self._writer.layer_channels(
-                    snap.config, steps_done, records.channel_record(snap.config, snap.values, self.channel_dtype)
-                )
+        self._writer.layer_step(self._capture.snapshot(steps_done), steps_done, snapshot, self.channel_dtype)
         self._logs_written += 1
         self._last_logged = steps_done
 

@@ -42,34 +42,10 @@ import numpy as np
 import tensorflow as tf
 
 from tb_bn_plugin import records
-from tb_bn_plugin.capture import LayerSnapshot, StatsCapture
+from tb_bn_plugin.capture import StatsCapture
 from tb_bn_plugin.summary import SummaryWriter
 
 DEFAULT_MAX_BYTES_PER_LOG = 50_000
-
-
-def write_step(
-    writer: SummaryWriter,
-    snapshots: Sequence[LayerSnapshot],
-    step: int,
-    full: bool,
-    channel_dtype: np.dtype,
-) -> None:
-    """Write one logged step: every layer's summary record, and per-channel snapshots if ``full``.
-
-    The same records ``BatchNormCallback._log`` writes.
-    """
-    for snap in snapshots:
-        info = {
-            "training": float(snap.training),
-            "trainable": float(snap.trainable),
-            "count": snap.count,
-            "momentum": snap.momentum,
-            "full": float(full),
-        }
-        writer.layer_summary(snap.config, step, records.summary_record(snap.config, snap.values, info))
-        if full:
-            writer.layer_channels(snap.config, step, records.channel_record(snap.config, snap.values, channel_dtype))
 
 
 class BatchNormLogger:
@@ -159,7 +135,7 @@ class BatchNormLogger:
         wrote = False
         if step > self._last_logged and (force_snapshot or step % self.log_every_n_steps == 0):
             full = force_snapshot or self._logs_written % self._interval == 0
-            write_step(self._writer, self._capture.snapshot(steps_done), step, full, self.channel_dtype)
+            self._writer.layer_step(self._capture.snapshot(steps_done), step, full, self.channel_dtype)
             self._logs_written += 1
             self._last_logged = step
             wrote = True

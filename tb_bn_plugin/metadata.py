@@ -6,7 +6,12 @@ and column layouts of the tensors, and the versioned JSON ``content`` of each
 tag's ``SummaryMetadata``.
 
 Schema history:
-  * version 1: ``layer_summary``, ``layer_channels``, ``gap`` payloads.
+  * version 1: ``layer_summary``, ``layer_channels``, ``gap`` and ``ema_error`` payloads.
+
+The ``ema_error`` payload (tag ``layer_tag(path, "ema_error")``, written by
+``precise.PreciseStatsMonitor``) is a float32 vector of
+``population.EmaError.FIELDS`` with content
+``{"kind": "ema_error", "layer_path": path, "fields": [...]}``.
 
 The ``gap`` payload (tag ``gap_tag()``, one event per gap evaluation) is a flat
 float32 tensor measured on the probe batch, laid out as described by its
@@ -42,6 +47,7 @@ TAG_PREFIX = PLUGIN_NAME
 KIND_LAYER_SUMMARY = "layer_summary"
 KIND_LAYER_CHANNELS = "layer_channels"
 KIND_GAP = "gap"
+KIND_EMA_ERROR = "ema_error"
 
 # Per-channel statistics, in the order they are stored as rows.
 BATCH_MEAN = "batch_mean"

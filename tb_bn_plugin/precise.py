@@ -41,9 +41,6 @@ from tb_bn_plugin.population import EmaError, Moments, RecalibrationReport
 keras = tf.keras
 
 DEFAULT_BATCH_SIZE = 32
-KIND_EMA_ERROR = getattr(metadata, "KIND_EMA_ERROR", "ema_error")
-
-
 def ema_error_tag(layer_path: str) -> str:
     """The tag of one layer's EMA-vs-precise error series."""
     return metadata.layer_tag(layer_path, "ema_error")
@@ -393,7 +390,7 @@ class PreciseStatsMonitor(keras.callbacks.Callback):
             for path, err in errors.items():
                 self._writer.write(
                     ema_error_tag(path), err.as_array(), step,
-                    {"kind": KIND_EMA_ERROR, "layer_path": path, "fields": list(EmaError.FIELDS)},
+                    {"kind": metadata.KIND_EMA_ERROR, "layer_path": path, "fields": list(EmaError.FIELDS)},
                 )
             self._writer.flush()
         return errors

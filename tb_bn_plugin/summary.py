@@ -6,13 +6,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from tb_bn_plugin import metadata, records
 from tb_bn_plugin.series import LayerConfig
+
+if TYPE_CHECKING:
+    from tb_bn_plugin.capture import LayerSnapshot
 
 
 class SummaryWriter:
@@ -42,6 +45,20 @@ class SummaryWriter:
             "layer": config.to_json(),
             "rows": list(config.stats()),
         })
+
+    def layer_step(self, snapshots: Sequence["LayerSnapshot"], step: int, full: bool, channel_dtype: np.dtype) -> None:
+        """Write one logged step: every layer's summary record, and per-channel snapshots if ``full``."""
+        for snap in snapshots:
+            info = {
+                "training": float(snap.training),
+                "trainable": float(snap.trainable),
+                "count": snap.count,
+                "momentum": snap.momentum,
+                "full": float(full),
+            }
+            self.layer_summary(snap.config, step, records.summary_record(snap.config, snap.values, info))
+            if full:
+                self.layer_channels(snap.config, step, records.channel_record(snap.config, snap.values, channel_dtype))
 
     def write(self, tag: str, tensor: np.ndarray, step: int, content: dict[str, Any]) -> None:
         """Write any BN Internals payload; ``content`` describes it (needs a ``kind``)."""
