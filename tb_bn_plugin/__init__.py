@@ -6,27 +6,40 @@ Public API:
   * ``read_stats`` / ``read_gap``: read logged statistics and gaps back as numpy arrays.
   * ``analyze_graph``: find BatchNorm sites and their train/inference switch in a GraphDef.
   * ``precise_stats`` / ``recalibrate`` / ``PreciseStatsMonitor``: population statistics.
+
+Names are imported on first use, so ``import tb_bn_plugin.cli`` (the ``tb-bn``
+command) can configure TensorFlow's logging before TensorFlow loads.
 """
 
-from tb_bn_plugin.callback import BatchNormCallback, NoBatchNormWarning
-from tb_bn_plugin.data import read_gap, read_stats
-from tb_bn_plugin.graph_analysis import analyze_graph
-from tb_bn_plugin.logger import BatchNormLogger
-from tb_bn_plugin.population import EmaError, RecalibrationReport
-from tb_bn_plugin.precise import PreciseStatsMonitor, precise_stats, recalibrate
-from tb_bn_plugin.probe import GapProbeWarning
+import importlib
+from typing import Any
 
-__all__ = [
-    "BatchNormCallback",
-    "BatchNormLogger",
-    "EmaError",
-    "GapProbeWarning",
-    "NoBatchNormWarning",
-    "PreciseStatsMonitor",
-    "RecalibrationReport",
-    "analyze_graph",
-    "precise_stats",
-    "read_gap",
-    "read_stats",
-    "recalibrate",
-]
+_EXPORTS = {
+    "BatchNormCallback": "tb_bn_plugin.callback",
+    "NoBatchNormWarning": "tb_bn_plugin.callback",
+    "BatchNormLogger": "tb_bn_plugin.logger",
+    "read_stats": "tb_bn_plugin.data",
+    "read_gap": "tb_bn_plugin.data",
+    "analyze_graph": "tb_bn_plugin.graph_analysis",
+    "EmaError": "tb_bn_plugin.population",
+    "RecalibrationReport": "tb_bn_plugin.population",
+    "PreciseStatsMonitor": "tb_bn_plugin.precise",
+    "precise_stats": "tb_bn_plugin.precise",
+    "recalibrate": "tb_bn_plugin.precise",
+    "GapProbeWarning": "tb_bn_plugin.probe",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tb_bn_plugin' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
