@@ -90,6 +90,12 @@ _DT_RESOURCE = 20
 # ``cond``/update scopes repeat within one layer (cond_1, AssignMovingAvg_1); a
 # numbered ``batchnorm_1`` is a second tf.nn.batch_normalization call, kept apart.
 _INNER_SCOPE = re.compile(r"(cond|AssignMovingAvg|AssignNewValue)(_\d+)?|batchnorm|moments")
+# A library function's name without TensorFlow's and tf-keras' decorations, e.g.
+# "__inference_bn_layer_call_and_return_conditional_losses_133" -> "bn".
+_FUNCTION_NAME = re.compile(
+    r"(?:__inference_|__forward_|__backward_)?(?P<base>.+?)"
+    r"(?:_layer_call_and_return_conditional_losses|_layer_call_fn)?(?:_\d+)*"
+)
 _SWITCH_SEARCH_DEPTH = 3
 _SEARCH_VISITS = 64
 _TRACE_BUDGET = 64
@@ -624,10 +630,17 @@ class _Library:
         return sorted((self._site(key, p) for key, p in parts.items()), key=lambda s: s.name)
 
     def _key(self, graph: _Graph, name: str, depth: int = 0) -> str:
-        """Layer key; ops in If branches take the scope of the If op calling them."""
+        """Layer key of a node: its layer scope.
+
+        Ops in If branches take the scope of the If op calling them; unscoped
+        ops in other functions (tf-keras SavedModel layer calls) the function's
+        base name.
+        """
         for caller_graph, caller, attr_name in graph.callers:
             if attr_name in _BRANCH_ATTRS and depth < _MAX_CALL_DEPTH:
                 return self._key(caller_graph, caller.name, depth + 1)
+        if graph.function and "/" not in name:
+            return _FUNCTION_NAME.fullmatch(graph.function).group("base")
         return _layer_key(name)
 
     def _add_fused(self, parts: dict[str, _Parts], graph: _Graph, node: Any) -> None:

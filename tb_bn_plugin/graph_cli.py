@@ -49,7 +49,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"run": run_name, **report.to_json()}, indent=2))
     else:
-        print(f"Wrote {report.node_count} nodes and {report.function_count} functions to {run_dir}")
+        print(
+            f"Wrote a graph of {report.node_count} nodes ({report.function_count} library "
+            f"functions) to {run_dir}"
+        )
         print(format_report(report))
     return 0
 
@@ -75,4 +78,8 @@ def format_report(report: graph_analysis.GraphReport) -> str:
 
 
 def _refs(refs: list[graph_analysis.OpRef]) -> str:
-    return ", ".join(f"{ref} ({ref.op})" for ref in refs) or "-"
+    described = (
+        f"{ref.name} ({ref.op}, in {ref.function})" if ref.function else f"{ref.name} ({ref.op})"
+        for ref in refs
+    )
+    return ", ".join(described) or "-"

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,61 +79,62 @@ def load_graph_def(path: str | os.PathLike) -> graph_pb2.GraphDef:
 
 def _parse_graph(data: bytes, saved_model_first: bool) -> graph_pb2.GraphDef | None:
     """Try each container format; binary parsing is lenient, so results are checked."""
-    parsers: list[Callable[[bytes], graph_pb2.GraphDef | None]] = [
-        _graph_from_graph_def,
-        _graph_from_meta_graph,
-        _graph_from_saved_model,
+    extractors: list[Callable[[bytes], Iterator[graph_pb2.GraphDef]]] = [
+        _graphs_from_graph_def,
+        _graphs_from_meta_graph,
+        _graphs_from_saved_model,
     ]
     if saved_model_first:
-        parsers.reverse()
-    for parse in parsers:
-        graph = parse(data)
-        if graph is not None and _plausible(graph):
-            return graph
+        extractors.reverse()
+    for extract in extractors:
+        for graph in extract(data):
+            if _plausible(graph):
+                return graph
     return None
 
 
-def _graph_from_graph_def(data: bytes) -> graph_pb2.GraphDef | None:
-    return _parse(graph_pb2.GraphDef, data)
+def _graphs_from_graph_def(data: bytes) -> Iterator[graph_pb2.GraphDef]:
+    yield from _parses(graph_pb2.GraphDef, data)
 
 
-def _graph_from_meta_graph(data: bytes) -> graph_pb2.GraphDef | None:
-    meta_graph = _parse(meta_graph_pb2.MetaGraphDef, data)
-    return meta_graph.graph_def if meta_graph is not None else None
+def _graphs_from_meta_graph(data: bytes) -> Iterator[graph_pb2.GraphDef]:
+    for meta_graph in _parses(meta_graph_pb2.MetaGraphDef, data):
+        yield meta_graph.graph_def
 
 
-def _graph_from_saved_model(data: bytes) -> graph_pb2.GraphDef | None:
+def _graphs_from_saved_model(data: bytes) -> Iterator[graph_pb2.GraphDef]:
     from tensorflow.core.protobuf import saved_model_pb2
 
-    saved_model = _parse(saved_model_pb2.SavedModel, data)
-    if saved_model is None or not saved_model.meta_graphs:
-        return None
-    meta_graphs = list(saved_model.meta_graphs)
-    for tag in _PREFERRED_TAGS:
-        tagged = [m for m in meta_graphs if tag in m.meta_info_def.tags]
-        if tagged:
-            meta_graphs = tagged
-            break
-    # Convert TensorFlow's proto class to TensorBoard's, like every other path.
-    return graph_pb2.GraphDef.FromString(meta_graphs[0].graph_def.SerializeToString())
+    for saved_model in _parses(saved_model_pb2.SavedModel, data):
+        meta_graphs = list(saved_model.meta_graphs)
+        for tag in _PREFERRED_TAGS:
+            tagged = [m for m in meta_graphs if tag in m.meta_info_def.tags]
+            if tagged:
+                meta_graphs = tagged
+                break
+        if meta_graphs:
+            # TensorFlow's proto class to TensorBoard's, like every other path.
+            yield graph_pb2.GraphDef.FromString(meta_graphs[0].graph_def.SerializeToString())
 
 
-def _parse(proto_class: Any, data: bytes) -> Any | None:
-    """``data`` as a binary or text ``proto_class``, or ``None``."""
-    proto = proto_class()
+def _parses(proto_class: Any, data: bytes) -> Iterator[Any]:
+    """Readings of ``data`` as a text, then a binary ``proto_class``.
+
+    Text first: binary parsing is lenient enough to read text as unknown
+    fields, while binary data essentially never parses as text.
+    """
     try:
-        proto.ParseFromString(data)
-        return proto
+        text = text_format.Parse(data.decode("utf-8"), proto_class())
+    except (UnicodeDecodeError, text_format.ParseError):
+        text = None
+    if text is not None:
+        yield text
+    binary = proto_class()
+    try:
+        binary.ParseFromString(data)
     except message.DecodeError:
-        pass
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    try:
-        return text_format.Parse(text, proto_class())
-    except text_format.ParseError:
-        return None
+        return
+    yield binary
 
 
 def _plausible(graph: graph_pb2.GraphDef) -> bool:
@@ -236,13 +237,14 @@ def _traceable_train_step(
 
     def train_step(*flat):
         inputs, target = flat[: len(specs)], flat[len(specs) :]
-        return model.train_step((pack(inputs), pack_targets(target)))
+        # The class's step: wrappers a callback put on the instance stay out of the graph.
+        return type(model).train_step(model, (pack(inputs), pack_targets(target)))
 
     function = tf.function(train_step)
     train_specs = list(specs) + targets
     try:
         function.get_concrete_function(*train_specs)
-    except Exception as err:
+    except Exception as err:  # a custom train_step can fail to trace in any way
         logger.info("train_step did not trace (%s); using the forward pass", err)
         return None, specs
     return function, train_specs

@@ -22,7 +22,7 @@ from tensorboard.compat.proto import graph_pb2
 
 from tb_bn_plugin import graph_analysis as ga
 from tb_bn_plugin.graph_analysis import analyze_graph, report_graph
-from tb_bn_plugin.graph_io import trace_model_graph
+from tb_bn_plugin.graph_io import load_graph_def, trace_model_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,6 +167,7 @@ LEGACY_GRAPHS = (
     "v2_if_momentum_one",
     "tfkeras_if",
 )
+TFKERAS_SAVED_MODEL = "tfkeras_saved_model"
 
 
 def _legacy_layers_graph(rank: int, wiring: str | None, momentum: float = 0.99):
@@ -194,8 +195,12 @@ def _legacy_layers_graph(rank: int, wiring: str | None, momentum: float = 0.99):
     return graph.as_graph_def()
 
 
-def _tfkeras_if_graph():
-    """tf-keras model called in a ``tf.function`` with a tensor ``training`` argument."""
+def _tfkeras_if_graph(saved_model_dir: Path):
+    """tf-keras model called in a ``tf.function`` with a tensor ``training`` argument.
+
+    Also saves the model as a SavedModel, whose library holds the layer's
+    training and inference calls as separate functions.
+    """
     import tf_keras
 
     model = tf_keras.Sequential(
@@ -210,6 +215,7 @@ def _tfkeras_if_graph():
         tf.TensorSpec((None, 4, 4, 3), tf.float32, name="x"),
         tf.TensorSpec((), tf.bool, name="training"),
     )
+    model.save(str(saved_model_dir), save_format="tf")
     return concrete.graph.as_graph_def()
 
 
@@ -227,7 +233,7 @@ def _build_legacy_graphs(outdir: Path) -> None:
     tf.compat.v1.enable_resource_variables()
     graphs["v2_if_unwired"] = _legacy_layers_graph(4, None)
     graphs["v2_if_momentum_one"] = _legacy_layers_graph(4, "train_op", momentum=1.0)
-    graphs["tfkeras_if"] = _tfkeras_if_graph()
+    graphs["tfkeras_if"] = _tfkeras_if_graph(outdir / TFKERAS_SAVED_MODEL)
     for name, graph_def in graphs.items():
         (outdir / f"{name}.pb").write_bytes(graph_def.SerializeToString())
 
@@ -244,10 +250,12 @@ def legacy(tmp_path_factory):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return {
+    graphs = {
         name: graph_pb2.GraphDef.FromString((outdir / f"{name}.pb").read_bytes())
         for name in LEGACY_GRAPHS
     }
+    graphs[TFKERAS_SAVED_MODEL] = load_graph_def(outdir / TFKERAS_SAVED_MODEL)
+    return graphs
 
 
 # ---------------------------------------------------------------------------
@@ -420,6 +428,20 @@ def test_tfkeras_functional_if(legacy):
     assert site.momentum == pytest.approx(0.99)
     assert site.momentum_source == site.training_path[0]
     assert site.findings == []
+
+
+def test_tfkeras_saved_model_separate_functions(legacy):
+    """A tf-keras SavedModel traces the layer's training and inference calls separately."""
+    sites = {site.name: site for site in analyze_graph(legacy[TFKERAS_SAVED_MODEL])}
+    site = sites["bn"]  # named after __inference_bn_layer_call_and_return_conditional_losses_N
+    assert site.kind == ga.KIND_SEPARATE_FUNCTIONS
+    assert {ref.op for ref in site.training_path + site.inference_path} == {"FusedBatchNormV3"}
+    assert not {r.function for r in site.training_path} & {r.function for r in site.inference_path}
+    assert {ref.name for ref in site.update_ops} == {"AssignNewValue", "AssignNewValue_1"}
+    assert site.updates_wired is True
+    assert site.momentum == pytest.approx(0.99)
+    # The model's own inference function calls the layer with moving statistics only.
+    assert sites["net/bn"].kind == ga.KIND_UNSWITCHED and sites["net/bn"].training_path == []
 
 
 def test_stateless_if():
