@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tb_bn_plugin import metadata, records
+from tb_bn_plugin import graph_io, metadata, records
 from tb_bn_plugin.capture import BatchNormRef, StatsCapture, find_batchnorm_layers
 from tb_bn_plugin.probe import (
     DEFAULT_PROBE_SIZE,
@@ -113,6 +113,9 @@ class BatchNormCallback(keras.callbacks.Callback):
         ``probe_data`` under a tf.distribute strategy, for non-dense inputs,
         or to measure the gap on held-out data.
       probe_size: the most samples the probe batch holds (default 256).
+      write_graph: write the model's training and inference steps (traced,
+        not run) once per ``fit`` as the run graph, for TensorBoard's Graphs
+        tab and the plugin's switch-path view.
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class BatchNormCallback(keras.callbacks.Callback):
         gap_scope: str = "batchnorm",
         probe_data: Any = None,
         probe_size: int = DEFAULT_PROBE_SIZE,
+        write_graph: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(log_every_n_steps, int) or log_every_n_steps < 1:
@@ -168,6 +172,7 @@ class BatchNormCallback(keras.callbacks.Callback):
         self.max_bytes_per_log = max_bytes_per_log
         self.channel_dtype = np.dtype(channel_dtype)
         self.run_name = run_name
+        self.write_graph = write_graph
         # Logging work happens in on_train_batch_begin (state after the previous
         # step), so Keras may dispatch batch-end hooks asynchronously.
         self.async_safe = True
@@ -228,6 +233,8 @@ class BatchNormCallback(keras.callbacks.Callback):
             )
         refs = [r for r in refs if r.built]
         if refs:
+            if self.write_graph:
+                self._write_model_graph()
             self._start_capture(refs)
 
     def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
@@ -295,6 +302,27 @@ class BatchNormCallback(keras.callbacks.Callback):
         # first call; remaking it guarantees the trace sees the wrappers even
         # when this model was fit before.
         self.model.make_train_function(force=True)
+
+    def _write_model_graph(self) -> None:
+        """Trace the training and inference steps (nothing runs) and write them as the run graph."""
+        if not getattr(self.model, "inputs", None):
+            logger.info(
+                "BatchNormCallback: %r has no symbolic inputs (subclassed model); no graph is written. "
+                "Use tb-bn graph with a saved model to see its switch paths.",
+                self.model.name,
+            )
+            return
+        try:
+            graph_def = graph_io.trace_model_graph(self.model)
+        except Exception as err:  # the graph view is optional; never break training over it
+            warnings.warn(
+                f"BatchNormCallback: could not trace the model's steps for the graph view "
+                f"({type(err).__name__}: {err}); statistics are logged as usual. "
+                "Pass write_graph=False to skip this.",
+                stacklevel=4,
+            )
+            return
+        self._writer.graph(graph_def)
 
     def _stop_capture(self) -> None:
         self._capture.uninstall()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tb_bn_plugin import metadata, records
+from tb_bn_plugin import graph_io, metadata, records
 from tb_bn_plugin.series import LayerConfig
 
 if TYPE_CHECKING:
@@ -63,6 +63,10 @@ class SummaryWriter:
     def write(self, tag: str, tensor: np.ndarray, step: int, content: dict[str, Any]) -> None:
         """Write any BN Internals payload; ``content`` describes it (needs a ``kind``)."""
         self._write(tag, tensor, step, lambda: content)
+
+    def graph(self, graph_def: Any) -> None:
+        """Write ``graph_def`` as this run's graph (TensorBoard's Graphs tab; analysed by the plugin)."""
+        graph_io.write_graph(graph_def, self._writer)
 
     def flush(self) -> None:
         self._writer.flush()
