@@ -8,17 +8,21 @@ records by hand.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
 import sys
-from typing import Any, Iterable, Mapping, Optional
+import threading
+from typing import Any, Hashable, Iterable, Mapping, Optional
 
 import numpy as np
 from tensorboard import context as tb_context
 from tensorboard.backend.event_processing import data_provider as tb_data_provider
 from tensorboard.backend.event_processing import plugin_event_multiplexer
+from tensorboard.compat.proto import summary_pb2
 from tensorboard.data import provider as tb_provider
+from tensorboard.util import tensor_util
 
 from tb_bn_plugin import metadata, records
 from tb_bn_plugin.series import GapSeries, LayerConfig, LayerSeries, RunData
@@ -49,8 +53,64 @@ def open_logdir(logdir: str) -> Source:
     )
     multiplexer.AddRunsFromDirectory(logdir)
     multiplexer.Reload()
-    provider = tb_data_provider.MultiplexerDataProvider(multiplexer, logdir)
-    return Source(provider, tb_context.RequestContext(), experiment_id="")
+    return Source(MultiplexerProvider(multiplexer, logdir), tb_context.RequestContext(), experiment_id="")
+
+
+def evenly_spaced(n: int, k: int) -> np.ndarray:
+    """Indices of at most ``k`` of ``n`` items, evenly spaced, always keeping the first and the last.
+
+    All ``n`` when ``k >= n``; only the last when ``k == 1``.
+    """
+    if k >= n:
+        return np.arange(n)
+    if k <= 1:
+        return np.arange(n - k, n)
+    return np.round(np.linspace(0, n - 1, k)).astype(np.int64)
+
+
+class MultiplexerProvider(tb_data_provider.MultiplexerDataProvider):
+    """TensorBoard's multiplexer-backed provider whose downsampled ``read_tensors`` decodes only what it returns.
+
+    TensorBoard's decodes every event of a series before sampling, which is
+    most of the cost of a downsampled read of a long series. Here the sample is
+    ``evenly_spaced`` over the series (TensorBoard's is random, keeping the last).
+    """
+
+    def __init__(self, multiplexer: plugin_event_multiplexer.EventMultiplexer, logdir: str) -> None:
+        super().__init__(multiplexer, logdir)
+        self._events = multiplexer
+
+    def read_tensors(self, ctx=None, *, experiment_id, plugin_name, downsample=None, run_tag_filter=None):
+        runs = run_tag_filter.runs if run_tag_filter is not None else None
+        tags = run_tag_filter.tags if run_tag_filter is not None else None
+        result: dict[str, dict[str, list[tb_provider.TensorDatum]]] = {}
+        for run, by_tag in self._events.AllSummaryMetadata().items():
+            if runs is not None and run not in runs:
+                continue
+            for tag, summary_metadata in by_tag.items():
+                if (
+                    (tags is not None and tag not in tags)
+                    or summary_metadata.plugin_data.plugin_name != plugin_name
+                    or summary_metadata.data_class != summary_pb2.DATA_CLASS_TENSOR
+                ):
+                    continue
+                events = self._events.Tensors(run, tag)
+                result.setdefault(run, {})[tag] = [
+                    tb_provider.TensorDatum(
+                        step=events[i].step,
+                        wall_time=events[i].wall_time,
+                        numpy=tensor_util.make_ndarray(events[i].tensor_proto),
+                    )
+                    for i in evenly_spaced(len(events), downsample)
+                ]
+        return result
+
+
+def plugin_provider(data_provider: tb_provider.DataProvider, multiplexer: Any, logdir: str) -> tb_provider.DataProvider:
+    """What the plugin reads with: TensorBoard's provider, or over the Python loader a ``MultiplexerProvider``."""
+    if multiplexer is not None and isinstance(data_provider, tb_data_provider.MultiplexerDataProvider):
+        return MultiplexerProvider(multiplexer, logdir)
+    return data_provider
 
 
 @dataclasses.dataclass
@@ -59,6 +119,7 @@ class TagInfo:
 
     tag: str
     content: dict[str, Any]
+    max_step: Optional[int] = None
 
     @property
     def kind(self) -> str:
@@ -70,15 +131,17 @@ class TagInfo:
         return LayerConfig.from_json(layer) if isinstance(layer, dict) else None
 
 
-def list_tags(source: Source, runs: Optional[Iterable[str]] = None) -> tuple[dict[str, list[TagInfo]], dict[str, list[str]]]:
-    """BN Internals tags per run, and per-run errors for tags whose metadata cannot be read."""
+def list_tags(
+    source: Source, runs: Optional[Iterable[str]] = None, tags: Optional[Iterable[str]] = None
+) -> tuple[dict[str, list[TagInfo]], dict[str, list[str]]]:
+    """BN Internals tags (all, or only ``tags``) per run, and per-run errors for tags whose metadata cannot be read."""
     listing = source.provider.list_tensors(
         source.ctx,
         experiment_id=source.experiment_id,
         plugin_name=metadata.PLUGIN_NAME,
-        run_tag_filter=tb_provider.RunTagFilter(runs=runs) if runs is not None else None,
+        run_tag_filter=tb_provider.RunTagFilter(runs=runs, tags=tags),
     )
-    tags: dict[str, list[TagInfo]] = {}
+    found: dict[str, list[TagInfo]] = {}
     errors: dict[str, list[str]] = {}
     for run, by_tag in listing.items():
         for tag, series in sorted(by_tag.items()):
@@ -87,8 +150,8 @@ def list_tags(source: Source, runs: Optional[Iterable[str]] = None) -> tuple[dic
             except metadata.MetadataError as err:
                 errors.setdefault(run, []).append(f"tag {tag!r}: {err}")
                 continue
-            tags.setdefault(run, []).append(TagInfo(tag, content))
-    return tags, errors
+            found.setdefault(run, []).append(TagInfo(tag, content, series.max_step))
+    return found, errors
 
 
 def read_tensors(
@@ -118,37 +181,35 @@ def layer_series(
     channels_tag: Optional[TagInfo] = None,
     channels_data: Optional[list[tb_provider.TensorDatum]] = None,
 ) -> LayerSeries:
-    """Assemble one layer's series from its summary (and optional channel) events."""
+    """Assemble one layer's series from its summary (and optional channel) events.
+
+    Raises ``ValueError`` when an event's length does not match the layout.
+    """
     config = summary_tag.layer
-    steps, infos, summaries = [], [], []
-    for datum in _dedupe_steps(summary_data):
-        info, summary = records.split_summary_record(config, np.asarray(datum.numpy).ravel())
-        steps.append(datum.step)
-        infos.append(info)
-        summaries.append(summary)
     stats = records.summary_stats(config)
-    q = len(metadata.SUMMARY_COLUMNS)
-    channel_steps: list[int] = []
-    channel_rows: dict[str, list[np.ndarray]] = {s: [] for s in config.stats()}
-    if channels_tag is not None and channels_data:
-        rows = channels_tag.content.get("rows", list(config.stats()))
-        for datum in _dedupe_steps(channels_data):
-            matrix = np.asarray(datum.numpy, dtype=np.float64).reshape(len(rows), -1)
-            channel_steps.append(datum.step)
-            for stat, row in zip(rows, matrix):
-                if stat in channel_rows:
-                    channel_rows[stat].append(row)
-    c = config.channels
+    n_info, q, c = len(metadata.INFO_FIELDS), len(metadata.SUMMARY_COLUMNS), config.channels
+    summary_data = _dedupe_steps(summary_data)
+    table = _stack(summary_data, n_info + len(stats) * q)
+    rows = list(channels_tag.content.get("rows", config.stats())) if channels_tag is not None else []
+    channels_data = _dedupe_steps(channels_data or []) if rows else []
+    snapshots = _stack(channels_data, len(rows) * c).reshape(len(channels_data), len(rows), c)
     return LayerSeries(
         config=config,
-        steps=np.asarray(steps, dtype=np.int64),
-        info=_restore_momentum(
-            {f: np.asarray([i[f] for i in infos], dtype=np.float64) for f in metadata.INFO_FIELDS}, config
-        ),
-        summary={s: np.asarray([x[s] for x in summaries], dtype=np.float64).reshape(-1, q) for s in stats},
-        channel_steps=np.asarray(channel_steps, dtype=np.int64),
-        channels={s: np.asarray(v, dtype=np.float64).reshape(-1, c) for s, v in channel_rows.items()},
+        steps=np.asarray([d.step for d in summary_data], dtype=np.int64),
+        info=_restore_momentum({f: table[:, i] for i, f in enumerate(metadata.INFO_FIELDS)}, config),
+        summary={s: table[:, n_info + i * q : n_info + (i + 1) * q] for i, s in enumerate(stats)},
+        channel_steps=np.asarray([d.step for d in channels_data], dtype=np.int64),
+        channels={s: snapshots[:, rows.index(s)] if s in rows else np.empty((0, c)) for s in config.stats()},
     )
+
+
+def _stack(data: list[tb_provider.TensorDatum], width: int) -> np.ndarray:
+    """(len(data), width) float64 rows of the events' flattened tensors."""
+    flat = [np.asarray(d.numpy, dtype=np.float64).ravel() for d in data]
+    for datum, values in zip(data, flat):
+        if values.size != width:
+            raise ValueError(f"event at step {datum.step} holds {values.size} values, layout expects {width}")
+    return np.stack(flat) if flat else np.empty((0, width))
 
 
 def gap_series(
@@ -218,6 +279,7 @@ def load_runs(
     layers: Optional[Iterable[str]] = None,
     with_channels: bool = True,
     downsample: int = ALL_SAMPLES,
+    cache: Optional["SeriesCache"] = None,
 ) -> dict[str, RunData]:
     """Every (or the selected) run's layer series and train/inference gap.
 
@@ -225,9 +287,14 @@ def load_runs(
       runs / layers: restrict to these run names / layer paths.
       with_channels: also read per-channel snapshots (the bulk of the data).
       downsample: at most this many events per tag (the provider keeps the last).
+      cache: reuse layer series parsed before from the same tags at the same max_step.
     """
-    tags, errors = list_tags(source, runs)
     wanted_layers = set(layers) if layers is not None else None
+    tag_filter = None
+    if wanted_layers is not None:
+        tag_filter = [metadata.layer_tag(p, k) for p in wanted_layers for k in ("summary", "channels")]
+        tag_filter.append(metadata.gap_tag())
+    tags, errors = list_tags(source, runs, tag_filter)
     by_run: dict[str, dict[str, dict[str, TagInfo]]] = {}
     gap_tags: dict[str, TagInfo] = {}
     for run, infos in tags.items():
@@ -242,8 +309,15 @@ def load_runs(
                 continue
             if info.kind in (metadata.KIND_LAYER_SUMMARY, metadata.KIND_LAYER_CHANNELS):
                 by_run.setdefault(run, {}).setdefault(layer.path, {})[info.kind] = info
+    cached = {
+        (run, path): hit
+        for run, layers_ in by_run.items()
+        for path, by_kind in layers_.items()
+        if cache is not None and (hit := cache.get(_cache_key(run, by_kind, downsample))) is not None
+    }
     wanted_tags = {
-        run: [i.tag for by_kind in layers_.values() for i in by_kind.values()] for run, layers_ in by_run.items()
+        run: [i.tag for path, by_kind in layers_.items() if (run, path) not in cached for i in by_kind.values()]
+        for run, layers_ in by_run.items()
     }
     for run, info in gap_tags.items():
         wanted_tags.setdefault(run, []).append(info.tag)
@@ -257,6 +331,9 @@ def load_runs(
             except (ValueError, KeyError, TypeError) as err:
                 run_data.errors.append(f"gap: unreadable data ({err})")
         for path, by_kind in by_run.get(run, {}).items():
+            if (run, path) in cached:
+                run_data.layers[path] = cached[run, path]
+                continue
             summary = by_kind.get(metadata.KIND_LAYER_SUMMARY)
             if summary is None:
                 run_data.errors.append(f"layer {path!r} has per-channel data but no summary records")
@@ -271,8 +348,49 @@ def load_runs(
                 )
             except (ValueError, KeyError, TypeError) as err:
                 run_data.errors.append(f"layer {path!r}: unreadable data ({err})")
+                continue
+            if cache is not None:
+                cache.put(_cache_key(run, by_kind, downsample), run_data.layers[path])
         result[run] = run_data
     return result
+
+
+class SeriesCache:
+    """A thread-safe LRU of parsed ``LayerSeries``, bounded by their array bytes.
+
+    ``load_runs`` keys entries by run, the layer's tags with their max_step and
+    the downsampling, so data that changed on a reload is never served from it.
+    Cached series are shared: callers must not modify them.
+    """
+
+    def __init__(self, max_bytes: int = 256 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._entries: collections.OrderedDict[Hashable, tuple[LayerSeries, int]] = collections.OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Optional[LayerSeries]:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return entry[0]
+
+    def put(self, key: Hashable, series: LayerSeries) -> None:
+        arrays = [series.steps, series.channel_steps, *series.info.values(), *series.summary.values(), *series.channels.values()]
+        size = sum(a.nbytes for a in arrays)
+        with self._lock:
+            if key in self._entries:
+                self._bytes -= self._entries.pop(key)[1]
+            self._entries[key] = (series, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes and len(self._entries) > 1:
+                self._bytes -= self._entries.popitem(last=False)[1][1]
+
+
+def _cache_key(run: str, by_kind: Mapping[str, TagInfo], downsample: int) -> Hashable:
+    return run, downsample, tuple(sorted((i.tag, i.max_step) for i in by_kind.values()))
 
 
 def read_stats(logdir: str) -> dict[str, dict[str, dict[str, StatSeries]]]:

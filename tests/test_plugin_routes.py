@@ -1,0 +1,424 @@
+"""The plugin's routes through TensorBoard's real WSGI app and data providers.
+
+Event files come from the real ``BatchNormCallback`` in a short ``fit`` (16
+logged steps, more than the 10 samples TensorBoard keeps of an unknown
+plugin's tensors by default). Every route test runs against both loaders:
+the Python ``EventMultiplexer`` and the Rust data server (skipped when
+``tensorboard_data_server`` is not installed). Numbers are checked against
+``read_stats``/``read_gap`` and numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from urllib.parse import urlencode
+
+import numpy as np
+import pytest
+from tensorboard import context, program
+from tensorboard.backend import application
+from tensorboard.backend.event_processing import data_ingester, plugin_event_multiplexer
+from tensorboard.data import server_ingester
+from tensorboard.plugins.core import core_plugin
+from werkzeug.test import Client
+
+from _plugin_logdir import HOSTILE, LAYERS, LOGGED_STEPS, tfrecords, write_logdir
+from tb_bn_plugin import bn_plugin, data, drift, metadata, plugin_routes
+
+PREFIX = "/data/plugin/bn_internals/"
+# Routes round to 7 significant digits (the float32 precision of the records).
+RTOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("logdir"))
+    write_logdir(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def stats(logdir):
+    return data.read_stats(logdir)
+
+
+def tensorboard_flags(logdir: str, *argv: str):
+    """Flags and plugin loaders exactly as ``tensorboard --logdir ...`` makes them (``fix_flags`` included)."""
+    tb = program.TensorBoard(plugins=[core_plugin.CorePluginLoader(), bn_plugin.BNInternalsLoader()])
+    tb.configure(["tensorboard", "--logdir", logdir, "--reload_interval", "0", "--reload_task", "blocking", *argv])
+    return tb.flags, tb.plugin_loaders
+
+
+def _wait_until_loaded(provider, timeout: float = 60.0) -> None:
+    """The data server loads in the background: wait until its listing stops changing."""
+    deadline, previous = time.time() + timeout, None
+    while time.time() < deadline:
+        listing = provider.list_tensors(None, experiment_id="", plugin_name=metadata.PLUGIN_NAME)
+        current = sorted((run, tag, s.max_step) for run, tags in listing.items() for tag, s in tags.items())
+        if current and current == previous:
+            return
+        previous = current
+        time.sleep(0.5)
+    raise TimeoutError("the data server did not finish loading")
+
+
+class App:
+    """TensorBoard's WSGI app over one loader; ``close`` stops a data server."""
+
+    def __init__(self, logdir: str, loader: str, *argv: str) -> None:
+        flags, loaders = tensorboard_flags(logdir, *argv)
+        self._stop = lambda: None
+        if loader == "python":
+            ingester = data_ingester.LocalDataIngester(flags)
+            ingester.start()
+            provider, multiplexer = ingester.data_provider, ingester.deprecated_multiplexer
+        else:
+            try:
+                binary = server_ingester.get_server_binary()
+            except server_ingester.NoDataServerError as err:
+                pytest.skip(f"tensorboard_data_server is not installed: {err}")
+            ingester = server_ingester.SubprocessServerDataIngester(
+                server_binary=binary,
+                logdir=flags.logdir,
+                reload_interval=flags.reload_interval,
+                channel_creds_type=flags.grpc_creds_type,
+                samples_per_plugin=flags.samples_per_plugin,
+            )
+            ingester.start()
+            self._stop = ingester._stdin_handle.close  # the server runs with --die-after-stdin
+            _wait_until_loaded(ingester.data_provider)
+            provider, multiplexer = ingester.data_provider, None
+        self.client = Client(application.TensorBoardWSGIApp(flags, loaders, provider, None, multiplexer))
+
+    def get(self, route: str, expected: int = 200, **params):
+        response = self.client.get(PREFIX + route + ("?" + urlencode(params) if params else ""))
+        assert response.status_code == expected, response.get_data(as_text=True)
+        assert response.headers["Content-Type"] == "application/json"
+        return json.loads(response.get_data(as_text=True), parse_constant=_reject_constant)
+
+    def close(self) -> None:
+        self._stop()
+
+
+def _reject_constant(name: str):
+    raise AssertionError(f"non-standard JSON constant {name}")
+
+
+@pytest.fixture(scope="module", params=["python", "rust"])
+def app(request, logdir):
+    tb = App(logdir, request.param)
+    yield tb
+    tb.close()
+
+
+# -- loading --------------------------------------------------------------------
+
+
+def test_loader_keeps_every_sample_unless_the_user_chose(tmp_path):
+    flags, _ = tensorboard_flags(str(tmp_path))
+    assert flags.samples_per_plugin == {"bn_internals": 0}
+    flags, _ = tensorboard_flags(str(tmp_path), "--samples_per_plugin", "images=3,bn_internals=5")
+    assert flags.samples_per_plugin == {"images": 3, "bn_internals": 5}
+
+
+def test_plugin_is_registered_as_a_dynamic_tensorboard_plugin():
+    from tensorboard import default
+
+    assert bn_plugin.BNInternalsLoader in default.get_dynamic_plugins()
+
+
+@pytest.mark.parametrize("loader", ["python", "rust"])
+def test_user_samples_per_plugin_is_respected(logdir, loader):
+    tb = App(logdir, loader, "--samples_per_plugin", "bn_internals=5")
+    try:
+        body = tb.get("layer", run="train", layer="block1_bn")
+        assert len(body["steps"]) == 5 and body["steps"][-1] == 32
+    finally:
+        tb.close()
+
+
+def test_plugin_listing(app):
+    response = app.client.get("/data/plugins_listing")
+    entry = json.loads(response.get_data())["bn_internals"]
+    assert entry["enabled"] and entry["tab_name"] == "BN Internals"
+    assert entry["loading_mechanism"] == {"type": "IFRAME", "module_path": "/data/plugin/bn_internals/index.js"}
+
+
+# -- runs -----------------------------------------------------------------------
+
+
+def test_runs_overview(app, stats):
+    runs = {r["run"]: r for r in app.get("runs")["runs"]}
+    assert {"train", HOSTILE, "truncated"} <= set(runs)
+    train = runs["train"]
+    assert train["has_graph"] and runs[HOSTILE]["has_graph"] and not runs["truncated"]["has_graph"]
+    assert train["errors"] == []
+    assert [layer["path"] for layer in train["layers"]] == list(LAYERS)
+    assert train["gap"]["step"] == 32 and set(train["gap"]["metrics"]) == {"mae"}
+    for layer in train["layers"]:
+        assert layer["num_steps"] == len(LOGGED_STEPS) and layer["last_step"] == 32
+        assert len(layer["sparkline"]["steps"]) == len(LOGGED_STEPS) <= 64
+        assert {d["severity"] for d in layer["diagnostics"]} <= {"info", "warning", "error"}
+    block1, head, frozen = train["layers"]
+    assert (block1["center"], head["center"], head["momentum"], head["channels"]) == (True, False, 0.9, 4)
+    assert block1["training"] and not frozen["training"] and not frozen["trainable"]
+    s = stats["train"]["block1_bn"]
+    shift = drift.normalized_mean_shift(s["batch_mean"][1], s["moving_mean"][1], s["moving_variance"][1], 1e-3)
+    np.testing.assert_allclose(block1["drift"], shift[-1].mean(), rtol=1e-5)
+    np.testing.assert_allclose(block1["sparkline"]["values"], shift.mean(axis=1), rtol=1e-5)
+    assert frozen["drift"] is None and set(frozen["sparkline"]["values"]) == {None}
+    assert "frozen-bn" in {d["code"] for d in frozen["diagnostics"]}
+    assert block1["local_gap"] is not None and frozen["compound_gap"] is not None
+
+
+def test_overview_counts_every_step_when_it_samples(app, monkeypatch):
+    monkeypatch.setattr(plugin_routes, "OVERVIEW_POINTS", 5)
+    (train,) = [r for r in app.get("runs")["runs"] if r["run"] == "train"]
+    for layer in train["layers"]:
+        assert layer["num_steps"] == len(LOGGED_STEPS) and layer["last_step"] == 32
+
+
+# -- layer ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_layer_route_matches_read_stats(app, stats, layer):
+    body = app.get("layer", run="train", layer=layer, resolution=1000)
+    s = stats["train"][layer]
+    steps = s["moving_mean"][0]
+    assert body["steps"] == body["channel_steps"] == LOGGED_STEPS == steps.tolist()
+    config = body["config"]
+    assert set(config) == {"path", "index", "channels", "axis", "momentum", "epsilon", "center", "scale",
+                           "synchronized", "renorm"}
+    expected_stats = {"batch_mean", "batch_variance", "moving_mean", "moving_variance", "gamma", "beta",
+                      "mean_shift", "log_var_ratio"} - ({"beta"} if layer == "head_bn" else set())
+    assert set(body["summary"]) == expected_stats
+    for stat in ("moving_mean", "moving_variance", "gamma"):
+        values = s[stat][1]
+        summary = body["summary"][stat]
+        np.testing.assert_allclose(summary["mean"], values.mean(axis=1), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(summary["std"], values.std(axis=1), rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(summary["min"], values.min(axis=1), rtol=RTOL)
+        np.testing.assert_allclose(summary["p50"], np.median(values, axis=1), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(summary["max"], values.max(axis=1), rtol=RTOL)
+    eps = config["epsilon"]
+    shift = drift.normalized_mean_shift(s["batch_mean"][1], s["moving_mean"][1], s["moving_variance"][1], eps)
+    ratio = drift.log_variance_ratio(s["batch_variance"][1], s["moving_variance"][1], eps)
+    np.testing.assert_allclose(_floats(body["heatmaps"]["mean_shift"]), shift.T, rtol=1e-5)
+    np.testing.assert_allclose(_floats(body["heatmaps"]["log_var_ratio"]), ratio.T, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(_floats(body["summary"]["mean_shift"]["mean"]), shift.mean(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(body["ema_initial_weight"], np.power(config["momentum"], steps), rtol=RTOL)
+    assert body["info"]["momentum"] == [config["momentum"]] * len(steps)
+    assert body["info"]["training"] == [0.0 if layer == "frozen_bn" else 1.0] * len(steps)
+    assert body["channel"] is None
+
+
+def test_frozen_layer_batch_statistics_are_null(app):
+    body = app.get("layer", run="train", layer="frozen_bn")
+    for stat in ("batch_mean", "mean_shift", "log_var_ratio"):
+        assert all(set(column) == {None} for column in body["summary"][stat].values())
+    assert {v for row in body["heatmaps"]["mean_shift"] for v in row} == {None}
+    assert None not in body["summary"]["moving_mean"]["mean"]
+
+
+def test_layer_channel(app, stats):
+    body = app.get("layer", run="train", layer="block1_bn", resolution=1000, channel=5)
+    assert body["channel"]["index"] == 5
+    values = body["channel"]["values"]
+    assert set(values) == {"batch_mean", "batch_variance", "moving_mean", "moving_variance", "gamma", "beta",
+                           "mean_shift", "log_var_ratio"}
+    for stat in ("batch_mean", "moving_variance", "beta"):
+        np.testing.assert_allclose(values[stat], stats["train"]["block1_bn"][stat][1][:, 5], rtol=RTOL)
+    np.testing.assert_allclose(values["mean_shift"], _floats(body["heatmaps"]["mean_shift"])[5])
+
+
+def test_layer_resolution_keeps_first_and_last_evenly(app):
+    body = app.get("layer", run="train", layer="block1_bn", resolution=4)
+    assert body["steps"] == body["channel_steps"] == [2, 12, 22, 32]
+    assert all(len(column) == 4 for column in body["summary"]["moving_mean"].values())
+    assert len(body["ema_initial_weight"]) == 4 and len(body["info"]["count"]) == 4
+    assert [len(row) for row in body["heatmaps"]["mean_shift"]] == [4] * 6
+    assert app.get("layer", run="train", layer="block1_bn", resolution=4) == body
+    assert app.get("layer", run="train", layer="block1_bn", resolution=2)["steps"] == [2, 32]
+
+
+def test_evenly_spaced():
+    assert data.evenly_spaced(0, 5).tolist() == []
+    assert data.evenly_spaced(3, 5).tolist() == [0, 1, 2]
+    assert data.evenly_spaced(10, 1).tolist() == [9]
+    assert data.evenly_spaced(10, 3).tolist() == [0, 4, 9]
+    picked = data.evenly_spaced(5000, 1000)
+    assert len(picked) == len(set(picked.tolist())) == 1000 and picked[0] == 0 and picked[-1] == 4999
+
+
+# -- errors and hostile input ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "route, params, code",
+    [
+        ("layer", {"layer": "block1_bn"}, 400),
+        ("layer", {"run": "train"}, 400),
+        ("layer", {"run": "train", "layer": ""}, 400),
+        ("layer", {"run": "train", "layer": "block1_bn", "resolution": "abc"}, 400),
+        ("layer", {"run": "train", "layer": "block1_bn", "resolution": "1.5"}, 400),
+        ("layer", {"run": "train", "layer": "block1_bn", "resolution": "1"}, 400),
+        ("layer", {"run": "train", "layer": "block1_bn", "resolution": "10000000"}, 400),
+        ("layer", {"run": "train", "layer": "block1_bn", "channel": "-1"}, 400),
+        ("layer", {"run": "train", "layer": "block1_bn", "channel": "6"}, 400),
+        ("layer", {"run": "train", "layer": "block1_bn", "channel": "x"}, 400),
+        ("layer", {"run": "nope", "layer": "block1_bn"}, 404),
+        ("layer", {"run": "train", "layer": "nope"}, 404),
+        ("layer", {"run": "garbage", "layer": "block1_bn"}, 404),
+        ("gap", {}, 400),
+        ("gap", {"run": "nope"}, 404),
+        ("graph", {}, 400),
+        ("graph", {"run": "nope"}, 404),
+        ("diagnostics", {"run": "nope"}, 404),
+    ],
+)
+def test_bad_requests_answer_json_errors(app, route, params, code):
+    body = app.get(route, code, **params)
+    assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["../bn_plugin.py", "../../setup.py", "%2e%2e/bn_plugin.py", "..%2fbn_plugin.py", "./index.js",
+     "%2fetc%2fpasswd", "static", "nope.js", "index.js%00.png"],
+)
+def test_static_files_stay_inside_static(app, path):
+    response = app.client.get(PREFIX + path)
+    assert response.status_code == 404
+    assert "error" in json.loads(response.get_data())
+
+
+def test_index_js_is_served(app):
+    response = app.client.get(PREFIX + "index.js")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/javascript")
+    with open(os.path.join(bn_plugin.STATIC_DIR, "index.js"), "rb") as f:
+        assert response.get_data() == f.read()
+
+
+def test_hostile_run_name_is_plain_json_text(app, stats):
+    response = app.client.get(PREFIX + "layer?" + urlencode({"run": HOSTILE, "layer": "head_bn"}))
+    assert response.status_code == 200
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.get_data(as_text=True).startswith('{"run": "<img src=x onerror=alert(1)>", "layer": "head_bn"')
+    (run,) = [r for r in app.get("runs")["runs"] if r["run"] == HOSTILE]
+    assert [layer["path"] for layer in run["layers"]] == list(LAYERS)
+    assert {d["run"] for d in app.get("diagnostics", run=HOSTILE)["diagnostics"]} == {HOSTILE}
+
+
+def test_corrupt_event_files_do_not_break_other_runs(app, stats):
+    runs = {r["run"]: r for r in app.get("runs")["runs"]}
+    assert not runs.get("garbage", {"layers": []})["layers"]
+    truncated = app.get("layer", run="truncated", layer="block1_bn")
+    assert 0 < len(truncated["steps"]) < len(LOGGED_STEPS)
+    assert truncated["steps"] == LOGGED_STEPS[: len(truncated["steps"])]
+    full = app.get("layer", run="train", layer="block1_bn")
+    n = len(truncated["steps"])
+    assert truncated["summary"]["moving_mean"]["mean"] == full["summary"]["moving_mean"]["mean"][:n]
+    assert len(full["steps"]) == len(LOGGED_STEPS)
+    # The Python loader lists the garbage run (with no data), the Rust data server does not list it.
+    response = app.client.get(PREFIX + "gap?run=garbage")
+    assert (response.status_code, json.loads(response.get_data()).get("steps")) in ((200, []), (404, None))
+
+
+# -- gap, diagnostics, graph ----------------------------------------------------
+
+
+def test_gap_route_matches_read_gap(app, logdir):
+    gap = data.read_gap(logdir)["train"]
+    body = app.get("gap", run="train")
+    assert body["steps"] == gap.steps.tolist() == [16, 32]
+    np.testing.assert_allclose(body["train_loss"], gap.train_loss, rtol=RTOL)
+    np.testing.assert_allclose(body["inference_loss"], gap.inference_loss, rtol=RTOL)
+    np.testing.assert_allclose(body["metrics"]["mae"]["inference"], gap.metrics["mae"]["inference"], rtol=RTOL)
+    assert set(body["layers"]) == set(LAYERS)
+    for path in LAYERS:
+        assert set(body["layers"][path]) == {"compound", "local", "local_derived", "attribution"}
+        np.testing.assert_allclose(body["layers"][path]["compound"], gap.compound[path], rtol=RTOL)
+        assert body["layers"][path]["attribution"] == [None, None]  # not measured by default
+
+
+def test_diagnostics_route(app):
+    everything = app.get("diagnostics")["diagnostics"]
+    assert {d["run"] for d in everything} >= {"train", HOSTILE}
+    train = app.get("diagnostics", run="train")["diagnostics"]
+    assert train == [d for d in everything if d["run"] == "train"]
+    for finding in train:
+        assert set(finding) == {"run", "code", "severity", "title", "layers", "channels", "evidence", "fix"}
+        assert finding["severity"] in ("info", "warning", "error") and finding["fix"]
+        assert set(finding["layers"]) <= set(LAYERS)
+        assert all(isinstance(v, (int, float, str)) for v in finding["evidence"].values())
+    assert {"frozen-bn", "slow-momentum"} <= {d["code"] for d in train}
+
+
+def test_graph_route_marks_both_paths(app):
+    body = app.get("graph", run="train")
+    assert body["error"] is None and len(body["sites"]) >= len(LAYERS)
+    for site in body["sites"]:
+        assert site["kind"] in ("switch_merge", "functional_if", "separate_functions", "unswitched")
+        assert all(isinstance(op, str) for op in site["training_path"] + site["inference_path"] + site["update_ops"])
+    trained = [s for s in body["sites"] if s["training_path"] and s["inference_path"]]
+    assert trained
+    for finding in body["findings"]:
+        assert isinstance(finding["evidence"], dict) and isinstance(finding["sites"], list)
+    assert app.get("graph", run=HOSTILE)["sites"] == body["sites"]
+    missing = app.get("graph", run="truncated")
+    assert missing["sites"] == [] and "no graph" in missing["error"]
+
+
+# -- pure functions and caching -------------------------------------------------
+
+
+def test_impl_functions_without_http(logdir, stats):
+    source = data.open_logdir(logdir)
+    body = plugin_routes.layer_impl(source, "train", "head_bn", resolution=3, channel=0)
+    assert body["steps"] == [2, 18, 32]  # indices round(linspace(0, 15, 3)) = 0, 8, 15
+    np.testing.assert_allclose(body["channel"]["values"]["gamma"], stats["train"]["head_bn"]["gamma"][1][[0, 8, 15], 0], rtol=RTOL)
+    with pytest.raises(plugin_routes.BadRequest):
+        plugin_routes.layer_impl(source, "train", "head_bn", channel=4)
+    with pytest.raises(plugin_routes.NotFound):
+        plugin_routes.graph_impl(source, "nope")
+    with pytest.raises(plugin_routes.BadRequest):
+        plugin_routes.int_param({"resolution": "0x10"}, "resolution", 5, 2)
+    assert plugin_routes.json_values([1.0, np.nan, np.inf, -np.inf, 0.0]) == [1.0, None, None, None, 0.0]
+    assert plugin_routes.json_values([0.28268021345, -3.14159265e-8, 12345678.9]) == [0.2826802, -3.141593e-08, 12345680.0]
+
+
+def test_cache_never_serves_data_a_reload_replaced(logdir, tmp_path):
+    """A growing events file: after the reload the overview and the layer route show the new steps."""
+    (events,) = os.listdir(os.path.join(logdir, HOSTILE))
+    with open(os.path.join(logdir, HOSTILE, events), "rb") as f:
+        content = f.read()
+    records = tfrecords(content)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / events).write_bytes(b"".join(records[: len(records) // 2]))
+    multiplexer = plugin_event_multiplexer.EventMultiplexer(tensor_size_guidance={metadata.PLUGIN_NAME: 0})
+    multiplexer.AddRunsFromDirectory(str(tmp_path))
+    multiplexer.Reload()
+    source = data.Source(data.MultiplexerProvider(multiplexer, str(tmp_path)), context.RequestContext(), "")
+    cache = data.SeriesCache()
+
+    def block1():
+        (run,) = plugin_routes.runs_impl(source, cache)["runs"]
+        return run["layers"][0]
+
+    before = block1()
+    assert block1() == before  # a cache hit
+    (run_dir / events).write_bytes(content)
+    multiplexer.Reload()
+    after = block1()
+    assert after["num_steps"] == len(LOGGED_STEPS) > before["num_steps"]
+    layer = plugin_routes.layer_impl(source, "run", "block1_bn", cache=cache)
+    assert layer["steps"] == LOGGED_STEPS
+
+
+def _floats(values):
+    return np.array(values, dtype=np.float64)
