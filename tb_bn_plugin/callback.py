@@ -179,8 +179,7 @@ class BatchNormCallback(keras.callbacks.Callback):
         self._capture: Optional[StatsCapture] = None
         self._writer: Optional[SummaryWriter] = None
         self._awaiting_build = False
-        self._snapshot_interval = 1
-        self._logs_written = 0
+        self._cadence = records.SnapshotCadence(1)
         self._last_logged = -1
         self._epoch_base = 0
         self._stash: Optional[FirstBatchStash] = None
@@ -290,13 +289,13 @@ class BatchNormCallback(keras.callbacks.Callback):
     def _start_capture(self, refs: list[BatchNormRef]) -> None:
         self._capture = StatsCapture(refs, self.model.optimizer.iterations, self.model.distribute_strategy)
         self._capture.install()
-        self._snapshot_interval = records.snapshot_interval(
-            self._capture.configs, self.channel_dtype, self.max_bytes_per_log
+        self._cadence = records.SnapshotCadence(
+            records.snapshot_interval(self._capture.configs, self.channel_dtype, self.max_bytes_per_log)
         )
         logger.info(
             "BatchNormCallback: logging %d BatchNormalization layers to %s "
             "(per-channel snapshot every %d logged steps)",
-            len(refs), self.run_dir, self._snapshot_interval,
+            len(refs), self.run_dir, self._cadence.interval,
         )
         # The train function was made before on_train_begin but is traced on its
         # first call; remaking it guarantees the trace sees the wrappers even
@@ -398,9 +397,8 @@ class BatchNormCallback(keras.callbacks.Callback):
         return int(self.model.optimizer.iterations.numpy())
 
     def _log(self, steps_done: int, force_snapshot: bool) -> None:
-        snapshot = force_snapshot or self._logs_written % self._snapshot_interval == 0
+        snapshot = self._cadence.next(force_snapshot)
         self._writer.layer_step(self._capture.snapshot(steps_done), steps_done, snapshot, self.channel_dtype)
-        self._logs_written += 1
         self._last_logged = steps_done
 
 

@@ -106,9 +106,10 @@ class BatchNormLogger:
             clock = self._counter
         self._capture: Optional[StatsCapture] = StatsCapture(refs, clock, strategy)
         self._capture.install()
-        self._interval = records.snapshot_interval(self._capture.configs, self.channel_dtype, max_bytes_per_log)
+        self._cadence = records.SnapshotCadence(
+            records.snapshot_interval(self._capture.configs, self.channel_dtype, max_bytes_per_log)
+        )
         self._writer: Optional[SummaryWriter] = SummaryWriter(self.run_dir)
-        self._logs_written = 0
         self._last_logged = -1
 
     @property
@@ -134,9 +135,8 @@ class BatchNormLogger:
         step = int(step)
         wrote = False
         if step > self._last_logged and (force_snapshot or step % self.log_every_n_steps == 0):
-            full = force_snapshot or self._logs_written % self._interval == 0
+            full = self._cadence.next(force_snapshot)
             self._writer.layer_step(self._capture.snapshot(steps_done), step, full, self.channel_dtype)
-            self._logs_written += 1
             self._last_logged = step
             wrote = True
         if self._counter is not None:

@@ -114,3 +114,22 @@ def snapshot_interval(configs: Sequence[LayerConfig], dtype: np.dtype, budget_by
     """
     remaining = max(budget_bytes - summary_bytes(configs), budget_bytes // 10, 1)
     return max(1, math.ceil(channel_bytes(configs, dtype) / remaining))
+
+
+class SnapshotCadence:
+    """Which logged steps carry a per-channel snapshot.
+
+    Every ``interval``-th logged step, counted from the latest snapshot (forced
+    ones, e.g. at epoch ends, included, so the average stays within budget);
+    the first logged step always snapshots.
+    """
+
+    def __init__(self, interval: int) -> None:
+        self.interval = interval
+        self._since = interval
+
+    def next(self, force: bool = False) -> bool:
+        """Whether the next logged step snapshots; ``force`` makes it one."""
+        snapshot = force or self._since + 1 >= self.interval
+        self._since = 0 if snapshot else self._since + 1
+        return snapshot

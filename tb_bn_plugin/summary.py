@@ -1,7 +1,7 @@
 """Writing BN Internals summaries with ``tf.summary``.
 
-``SummaryWriter`` owns one run's ``tf.summary`` file writer and the
-``SummaryMetadata`` of every tag it writes (built once per tag).
+``SummaryWriter`` owns one run's ``tf.summary`` file writer and writes every
+tag's ``SummaryMetadata`` once, with the tag's first event in its file.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class SummaryWriter:
     def __init__(self, logdir: str, max_queue: int = 100, flush_millis: int = 30_000) -> None:
         self.logdir = logdir
         self._writer = tf.summary.create_file_writer(logdir, max_queue=max_queue, flush_millis=flush_millis)
-        self._metadata: dict[str, bytes] = {}
+        self._written_tags: set[str] = set()
 
     def layer_summary(self, config: LayerConfig, step: int, record: np.ndarray) -> None:
         """Write one layer's summary record (see ``records.summary_record``)."""
@@ -75,9 +75,12 @@ class SummaryWriter:
         self._writer.close()
 
     def _write(self, tag: str, tensor: np.ndarray, step: int, content) -> None:
-        serialized = self._metadata.get(tag)
-        if serialized is None:
+        # Metadata goes with a tag's first event in this file only: TensorBoard's
+        # loaders (Python and Rust) take a time series' metadata from its first
+        # event, and repeating it would multiply the bytes of small records.
+        serialized = b""
+        if tag not in self._written_tags:
             serialized = metadata.create_summary_metadata(content()).SerializeToString()
-            self._metadata[tag] = serialized
+            self._written_tags.add(tag)
         with self._writer.as_default():
             tf.summary.write(tag=tag, tensor=tensor, step=step, metadata=serialized)

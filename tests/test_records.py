@@ -90,3 +90,10 @@ def test_drift_functions():
     np.testing.assert_allclose(drift.normalized_mean_shift(np.array([2.0]), np.array([0.0]), np.array([4.0]), 0.0), [1.0])
     np.testing.assert_allclose(drift.log_variance_ratio(np.array([4.0]), np.array([1.0]), 0.0), [np.log(4.0)])
     np.testing.assert_allclose(drift.ema_initial_weight(0.999, [0, 1000]), [1.0, 0.999 ** 1000])
+
+
+def test_snapshot_cadence_counts_from_latest_snapshot_including_forced_ones():
+    cadence = records.SnapshotCadence(3)
+    got = [cadence.next(force) for force in [False, False, False, False, True, False, False, False]]
+    assert got == [True, False, False, True, True, False, False, True]
+    assert all(records.SnapshotCadence(1).next() for _ in range(3))
