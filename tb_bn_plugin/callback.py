@@ -6,7 +6,6 @@ Framework glue around ``capture`` (what the layers computed), ``records``
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
 import tempfile
@@ -135,12 +134,7 @@ class BatchNormCallback(keras.callbacks.Callback):
         write_graph: bool = True,
     ) -> None:
         super().__init__()
-        if not isinstance(log_every_n_steps, int) or log_every_n_steps < 1:
-            raise ValueError(f"log_every_n_steps must be a positive integer, got {log_every_n_steps!r}")
-        if channel_dtype not in ("float32", "float16"):
-            raise ValueError(f"channel_dtype must be 'float32' or 'float16', got {channel_dtype!r}")
-        if max_bytes_per_log < 1:
-            raise ValueError(f"max_bytes_per_log must be positive, got {max_bytes_per_log!r}")
+        records.check_logging_options(log_every_n_steps, channel_dtype, max_bytes_per_log)
         if not isinstance(gap_every_n_epochs, int) or gap_every_n_epochs < 0:
             raise ValueError(f"gap_every_n_epochs must be a non-negative integer, got {gap_every_n_epochs!r}")
         if gap_every_n_steps is not None and (not isinstance(gap_every_n_steps, int) or gap_every_n_steps < 1):
@@ -281,10 +275,7 @@ class BatchNormCallback(keras.callbacks.Callback):
     # -- internals ----------------------------------------------------------------
 
     def _selected_layers(self) -> list[BatchNormRef]:
-        refs = find_batchnorm_layers(self.model)
-        if self.layer_patterns is not None:
-            refs = [r for r in refs if any(fnmatch.fnmatchcase(r.path, p) for p in self.layer_patterns)]
-        return refs
+        return find_batchnorm_layers(self.model, self.layer_patterns)
 
     def _start_capture(self, refs: list[BatchNormRef]) -> None:
         self._capture = StatsCapture(refs, self.model.optimizer.iterations, self.model.distribute_strategy)

@@ -20,8 +20,9 @@ one (see ``_global_count``).
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -48,13 +49,15 @@ class BatchNormRef:
         return bool(self.layer.built) and getattr(self.layer, "moving_mean", None) is not None
 
 
-def find_batchnorm_layers(model: Any) -> list[BatchNormRef]:
+def find_batchnorm_layers(model: Any, patterns: Optional[Sequence[str]] = None) -> list[BatchNormRef]:
     """Every BatchNormalization layer reachable from ``model``, in model order.
 
     Walks sub-models, custom layers and subclassed models depth first. A
     layer's path joins the names of its ancestors below ``model`` with ``/``
     (``encoder/bn``), so equally named layers in different sub-models stay
     apart. A layer reachable twice is reported once, under its first path.
+    ``patterns``: optional glob patterns; only layers whose path matches one
+    are returned.
     """
     refs: list[BatchNormRef] = []
     seen: set[int] = set()
@@ -70,6 +73,8 @@ def find_batchnorm_layers(model: Any) -> list[BatchNormRef]:
             walk(child, path)
 
     walk(model, "")
+    if patterns is not None:
+        refs = [r for r in refs if any(fnmatch.fnmatchcase(r.path, p) for p in patterns)]
     return refs
 
 

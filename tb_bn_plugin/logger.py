@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from tb_bn_plugin import records
-from tb_bn_plugin.capture import StatsCapture
+from tb_bn_plugin.capture import StatsCapture, find_batchnorm_layers
 from tb_bn_plugin.summary import SummaryWriter
 
 DEFAULT_MAX_BYTES_PER_LOG = 50_000
@@ -70,19 +70,8 @@ class BatchNormLogger:
         run_name: str = "train",
         optimizer: Any = None,
     ) -> None:
-        import fnmatch
-
-        from tb_bn_plugin.capture import find_batchnorm_layers
-
-        if not isinstance(log_every_n_steps, int) or log_every_n_steps < 1:
-            raise ValueError(f"log_every_n_steps must be a positive integer, got {log_every_n_steps!r}")
-        if channel_dtype not in ("float32", "float16"):
-            raise ValueError(f"channel_dtype must be 'float32' or 'float16', got {channel_dtype!r}")
-        if max_bytes_per_log < 1:
-            raise ValueError(f"max_bytes_per_log must be positive, got {max_bytes_per_log!r}")
-        refs = find_batchnorm_layers(model)
-        if layers is not None:
-            refs = [r for r in refs if any(fnmatch.fnmatchcase(r.path, p) for p in layers)]
+        records.check_logging_options(log_every_n_steps, channel_dtype, max_bytes_per_log)
+        refs = find_batchnorm_layers(model, layers)
         unbuilt = [r.path for r in refs if not r.built]
         if unbuilt:
             raise ValueError(

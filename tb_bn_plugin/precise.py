@@ -28,8 +28,7 @@ reaching the layer) count only the unmasked positions, like the layer does.
 
 from __future__ import annotations
 
-import math
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -161,11 +160,7 @@ class _InputRecorder:
 
 
 def _selected(model: Any, layers: Optional[Sequence[str]]) -> list[BatchNormRef]:
-    import fnmatch
-
-    refs = find_batchnorm_layers(model)
-    if layers is not None:
-        refs = [r for r in refs if any(fnmatch.fnmatchcase(r.path, p) for p in layers)]
+    refs = find_batchnorm_layers(model, layers)
     unbuilt = [r.path for r in refs if not r.built]
     if unbuilt:
         raise ValueError(

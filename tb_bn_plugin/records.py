@@ -106,6 +106,16 @@ def channel_bytes(configs: Sequence[LayerConfig], dtype: np.dtype) -> int:
     return sum(EVENT_OVERHEAD_BYTES + item * len(c.stats()) * c.channels for c in configs)
 
 
+def check_logging_options(log_every_n_steps: int, channel_dtype: str, max_bytes_per_log: int) -> None:
+    """Raise ``ValueError`` naming the first invalid logging option."""
+    if not isinstance(log_every_n_steps, int) or log_every_n_steps < 1:
+        raise ValueError(f"log_every_n_steps must be a positive integer, got {log_every_n_steps!r}")
+    if channel_dtype not in ("float32", "float16"):
+        raise ValueError(f"channel_dtype must be 'float32' or 'float16', got {channel_dtype!r}")
+    if not isinstance(max_bytes_per_log, int) or max_bytes_per_log < 1:
+        raise ValueError(f"max_bytes_per_log must be a positive integer, got {max_bytes_per_log!r}")
+
+
 def snapshot_interval(configs: Sequence[LayerConfig], dtype: np.dtype, budget_bytes: int) -> int:
     """Every how many logged steps a per-channel snapshot fits ``budget_bytes`` per logged step on average.
 
