@@ -140,5 +140,6 @@ def _static_file(name: str) -> str | None:
 
 
 def _json(request: wrappers.Request, body: dict[str, Any], code: int) -> wrappers.Response:
-    # Serialised here (strict JSON; the routes already turned NaN/Inf into null).
-    return http_util.Respond(request, json.dumps(body, allow_nan=False), "application/json", code=code)
+    # Serialised here: strict (the routes already turned NaN/Inf into null) and compact.
+    text = json.dumps(body, allow_nan=False, separators=(",", ":"))
+    return http_util.Respond(request, text, "application/json", code=code)

@@ -205,11 +205,11 @@ def layer_series(
 
 def _stack(data: list[tb_provider.TensorDatum], width: int) -> np.ndarray:
     """(len(data), width) float64 rows of the events' flattened tensors."""
-    flat = [np.asarray(d.numpy, dtype=np.float64).ravel() for d in data]
-    for datum, values in zip(data, flat):
-        if values.size != width:
-            raise ValueError(f"event at step {datum.step} holds {values.size} values, layout expects {width}")
-    return np.stack(flat) if flat else np.empty((0, width))
+    rows = [np.ravel(d.numpy) for d in data]
+    for datum, row in zip(data, rows):
+        if row.size != width:
+            raise ValueError(f"event at step {datum.step} holds {row.size} values, layout expects {width}")
+    return np.concatenate(rows).astype(np.float64).reshape(len(rows), width) if rows else np.empty((0, width))
 
 
 def gap_series(

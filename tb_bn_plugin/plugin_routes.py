@@ -25,7 +25,7 @@ from tb_bn_plugin import data, diagnostics, drift, graph_analysis, graph_io, met
 from tb_bn_plugin.series import GapSeries, LayerSeries, RunData
 
 # Events per tag read for the overview and the diagnostics.
-OVERVIEW_POINTS = 256
+OVERVIEW_POINTS = 128
 SPARKLINE_POINTS = 64
 DEFAULT_RESOLUTION = 1000
 MAX_RESOLUTION = 100_000
@@ -101,8 +101,8 @@ def round_significant(x: np.ndarray, digits: int = SIGNIFICANT_DIGITS) -> np.nda
     """``x`` rounded to ``digits`` significant decimal digits (the nearest doubles, so they print short)."""
     magnitude = np.floor(np.log10(np.abs(x), out=np.zeros_like(x), where=x != 0))
     decimals = digits - 1 - magnitude
-    scale = 10.0 ** np.abs(decimals)  # exact up to 10**22
     with np.errstate(over="ignore", invalid="ignore"):
+        scale = 10.0 ** np.abs(decimals)  # exact up to 10**22; beyond, x stays as it is
         rounded = np.where(decimals >= 0, np.round(x * scale) / scale, np.round(x / scale) * scale)
     return np.where(np.abs(decimals) <= 22, rounded, x)
 

@@ -25,7 +25,8 @@ from tensorboard.plugins.core import core_plugin
 from werkzeug.test import Client
 
 from _plugin_logdir import HOSTILE, LAYERS, LOGGED_STEPS, tfrecords, write_logdir
-from tb_bn_plugin import bn_plugin, data, drift, metadata, plugin_routes
+from tb_bn_plugin import bn_plugin, data, drift, metadata, plugin_routes, records
+from tb_bn_plugin.series import LayerConfig
 
 PREFIX = "/data/plugin/bn_internals/"
 # Routes round to 7 significant digits (the float32 precision of the records).
@@ -67,8 +68,10 @@ def _wait_until_loaded(provider, timeout: float = 60.0) -> None:
 class App:
     """TensorBoard's WSGI app over one loader; ``close`` stops a data server."""
 
-    def __init__(self, logdir: str, loader: str, *argv: str) -> None:
+    def __init__(self, logdir: str, loader: str, *argv: str, sampling_fix: bool = True) -> None:
         flags, loaders = tensorboard_flags(logdir, *argv)
+        if not sampling_fix:  # as if BNInternalsLoader.fix_flags had not run
+            del flags.samples_per_plugin[metadata.PLUGIN_NAME]
         self._stop = lambda: None
         if loader == "python":
             ingester = data_ingester.LocalDataIngester(flags)
@@ -127,6 +130,37 @@ def test_plugin_is_registered_as_a_dynamic_tensorboard_plugin():
     from tensorboard import default
 
     assert bn_plugin.BNInternalsLoader in default.get_dynamic_plugins()
+
+
+@pytest.fixture(scope="module")
+def long_logdir(tmp_path_factory):
+    """One layer, 150 logged steps (summary records only), written with the plugin's SummaryWriter."""
+    from tb_bn_plugin.summary import SummaryWriter
+
+    root = str(tmp_path_factory.mktemp("long"))
+    config = LayerConfig(path="bn", index=0, channels=2, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True)
+    writer = SummaryWriter(os.path.join(root, "train"))
+    rng = np.random.default_rng(0)
+    info = {"training": 1.0, "trainable": 1.0, "count": 64.0, "momentum": 0.99, "full": 0.0}
+    for step in range(1, 151):
+        values = {stat: rng.uniform(0.5, 1.5, 2) for stat in config.stats()}
+        writer.layer_summary(config, step, records.summary_record(config, values, info))
+    writer.close()
+    return root
+
+
+@pytest.mark.parametrize("loader, default_samples", [("python", 10), ("rust", 100)])
+def test_the_loader_keeps_every_sample_tensorboard_would_drop(long_logdir, loader, default_samples):
+    """TensorBoard's own default keeps 10 (Python loader) or 100 (data server) samples per tag."""
+    for sampling_fix, expected in ((False, default_samples), (True, 150)):
+        tb = App(long_logdir, loader, sampling_fix=sampling_fix)
+        try:
+            steps = tb.get("layer", run="train", layer="bn")["steps"]
+            assert len(steps) == expected and steps[-1] == 150
+            (run,) = tb.get("runs")["runs"]
+            assert run["layers"][0]["num_steps"] == expected
+        finally:
+            tb.close()
 
 
 @pytest.mark.parametrize("loader", ["python", "rust"])
@@ -307,7 +341,7 @@ def test_hostile_run_name_is_plain_json_text(app, stats):
     response = app.client.get(PREFIX + "layer?" + urlencode({"run": HOSTILE, "layer": "head_bn"}))
     assert response.status_code == 200
     assert response.headers["X-Content-Type-Options"] == "nosniff"
-    assert response.get_data(as_text=True).startswith('{"run": "<img src=x onerror=alert(1)>", "layer": "head_bn"')
+    assert response.get_data(as_text=True).startswith('{"run":"<img src=x onerror=alert(1)>","layer":"head_bn"')
     (run,) = [r for r in app.get("runs")["runs"] if r["run"] == HOSTILE]
     assert [layer["path"] for layer in run["layers"]] == list(LAYERS)
     assert {d["run"] for d in app.get("diagnostics", run=HOSTILE)["diagnostics"]} == {HOSTILE}

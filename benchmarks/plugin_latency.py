@@ -1,0 +1,342 @@
+"""Latency of the BN Internals plugin on a large synthetic logdir.
+
+Synthesises one run of BatchNormalization layers x logged steps (written with
+``tb_bn_plugin.summary.SummaryWriter`` and ``records`` straight from numpy
+data, no training; 8 channels per layer, per-channel snapshots at the cadence
+the callback's default byte budget picks), then, for each TensorBoard loader
+(Python ``EventMultiplexer``; Rust data server when installed) measures:
+
+* load: ``LocalDataIngester`` (``EventMultiplexer.Reload``), or the data
+  server from start until every series is loaded; plus a real
+  ``tensorboard --load_fast=true`` process from launch until the ``runs``
+  route lists every layer with every step;
+* the ``runs`` (overview) route and one layer's ``layer`` route
+  (``resolution=1000``) through TensorBoard's real WSGI app: *cold* is the
+  first request of a fresh plugin (empty cache; median over fresh plugins /
+  different layers), *warm* the median of repeated requests.
+
+Targets (full size): overview < 1 s, one layer's detail < 200 ms.
+Prints a table and writes ``benchmarks/results/plugin_latency.json``.
+
+    python benchmarks/plugin_latency.py            # 100 layers x 5,000 steps
+    python benchmarks/plugin_latency.py --quick    # 20 layers x 1,000 steps, < 2 min
+    python benchmarks/plugin_latency.py --smoke    # 4 layers x 100 steps
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+harness.quiet_tensorflow()
+
+import numpy as np  # noqa: E402
+from tensorboard import program  # noqa: E402
+from tensorboard.backend import application  # noqa: E402
+from tensorboard.backend.event_processing import data_ingester  # noqa: E402
+from tensorboard.data import server_ingester  # noqa: E402
+from tensorboard.plugins.core import core_plugin  # noqa: E402
+from werkzeug.test import Client  # noqa: E402
+
+from tb_bn_plugin import bn_plugin, metadata, records  # noqa: E402
+from tb_bn_plugin.series import LayerConfig  # noqa: E402
+
+LOG_EVERY = 50
+SIZES = {"full": (100, 5000), "quick": (20, 1000), "smoke": (4, 100)}  # layers, logged steps
+REPEATS = {"full": 7, "quick": 5, "smoke": 2}
+PREFIX = "/data/plugin/bn_internals/"
+RESOLUTION = 1000
+TARGETS = {"overview_s": 1.0, "layer_s": 0.2}
+LOAD_TIMEOUT_S = 600
+
+
+def layer_configs(num_layers: int, channels: int) -> list[LayerConfig]:
+    return [
+        LayerConfig(
+            path=f"block{i // 2}/bn{i % 2}", index=i, channels=channels, axis=-1,
+            momentum=0.99, epsilon=1e-3, center=True, scale=True, rank=4,
+        )
+        for i in range(num_layers)
+    ]
+
+
+def synthetic_stats(num_layers: int, num_steps: int, channels: int, momentum: float, seed: int) -> dict[str, np.ndarray]:
+    """Per-channel statistics, stat -> (steps, layers, channels): noisy batch stats and their EMA."""
+    rng = np.random.default_rng(seed)
+    shape = (num_steps, num_layers, channels)
+    drift = np.cumsum(rng.normal(0.0, 0.01, shape), axis=0)
+    batch_mean = drift + rng.normal(0.0, 0.1, shape)
+    batch_variance = np.exp(0.1 * drift + rng.normal(0.0, 0.05, shape))
+    moving_mean = np.empty(shape)
+    moving_variance = np.empty(shape)
+    mean, var = np.zeros(shape[1:]), np.ones(shape[1:])
+    decay = momentum**LOG_EVERY  # the EMA after LOG_EVERY training steps of similar batches
+    for t in range(num_steps):
+        mean = decay * mean + (1 - decay) * batch_mean[t]
+        var = decay * var + (1 - decay) * batch_variance[t]
+        moving_mean[t], moving_variance[t] = mean, var
+    return {
+        metadata.BATCH_MEAN: batch_mean,
+        metadata.BATCH_VARIANCE: batch_variance,
+        metadata.MOVING_MEAN: moving_mean,
+        metadata.MOVING_VARIANCE: moving_variance,
+        metadata.GAMMA: 1.0 + np.cumsum(rng.normal(0.0, 1e-3, shape), axis=0),
+        metadata.BETA: np.cumsum(rng.normal(0.0, 1e-3, shape), axis=0),
+    }
+
+
+def summary_records(config: LayerConfig, values: dict[str, np.ndarray], info: dict[str, np.ndarray]) -> np.ndarray:
+    """(steps, record) ``records.summary_record`` of every step at once.
+
+    ``summarize_across_channels`` and the drift functions work on stacked rows,
+    so all steps go through them in one call; spot-checked against
+    ``records.summary_record`` below.
+    """
+    steps = len(info[metadata.INFO_FIELDS[0]])
+    rows = {**values, **records.drift_rows(values, config.epsilon)}
+    stats = records.summary_stats(config)
+    stacked = np.stack([rows[s] for s in stats], axis=1).reshape(steps * len(stats), config.channels)
+    summary = records.summarize_across_channels(stacked).reshape(steps, -1)
+    head = np.stack([info[f] for f in metadata.INFO_FIELDS], axis=1)
+    out = np.concatenate([head, summary], axis=1).astype(np.float32)
+    for t in (0, steps - 1):
+        expected = records.summary_record(
+            config, {s: v[t] for s, v in values.items()}, {f: v[t] for f, v in info.items()}
+        )
+        np.testing.assert_allclose(out[t], expected, rtol=1e-6, atol=1e-6)
+    return out
+
+
+def synthesize(logdir: str, num_layers: int, num_steps: int, channels: int = 8, seed: int = 0) -> dict:
+    """Write one run ``train`` under ``logdir``; returns what was written."""
+    import tensorflow as tf
+
+    from tb_bn_plugin.callback import DEFAULT_MAX_BYTES_PER_LOG
+    from tb_bn_plugin.summary import SummaryWriter
+
+    configs = layer_configs(num_layers, channels)
+    stats = synthetic_stats(num_layers, num_steps, channels, configs[0].momentum, seed)
+    steps = (np.arange(num_steps, dtype=np.int64) + 1) * LOG_EVERY
+    interval = records.snapshot_interval(configs, np.dtype(np.float32), DEFAULT_MAX_BYTES_PER_LOG)
+    full = (np.arange(num_steps) % interval == 0) | (np.arange(num_steps) == num_steps - 1)
+    info = {
+        "training": np.ones(num_steps), "trainable": np.ones(num_steps), "count": np.full(num_steps, 32.0 * 64),
+        "momentum": np.full(num_steps, configs[0].momentum), "full": full.astype(np.float64),
+    }
+    summaries = np.stack(
+        [summary_records(c, {s: v[:, i] for s, v in stats.items()}, info) for i, c in enumerate(configs)], axis=1
+    )  # (steps, layers, record)
+    channel_data = np.stack([stats[s] for s in metadata.CHANNEL_STATS], axis=2).astype(np.float32)  # (S, L, R, C)
+
+    writer = SummaryWriter(os.path.join(logdir, "train"), max_queue=10_000)
+
+    @tf.function
+    def write_block(block_steps, block_summaries, block_channels, block_full):
+        # One graph writes a block of steps, in step order (TensorBoard purges
+        # events "orphaned" by a step that goes backwards).
+        for t in tf.range(tf.shape(block_steps)[0]):
+            for i, config in enumerate(configs):
+                writer.layer_summary(config, block_steps[t], block_summaries[t, i])
+            if block_full[t]:
+                for i, config in enumerate(configs):
+                    writer.layer_channels(config, block_steps[t], block_channels[t, i])
+
+    block = 500
+    for start in range(0, num_steps, block):
+        end = min(start + block, num_steps)
+        write_block(steps[start:end], summaries[start:end], channel_data[start:end], full[start:end])
+    writer.close()
+    return {
+        "layers": num_layers, "steps": num_steps, "channels": channels, "snapshot_interval": interval,
+        "snapshots": int(full.sum()), "bytes": _dir_bytes(logdir),
+    }
+
+
+def _dir_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def tensorboard_flags(logdir: str):
+    """Flags and loaders as ``tensorboard --logdir logdir`` makes them (the plugin's ``fix_flags`` included)."""
+    tb = program.TensorBoard(plugins=[core_plugin.CorePluginLoader(), bn_plugin.BNInternalsLoader()])
+    tb.configure(["tensorboard", "--logdir", logdir, "--reload_interval", "0", "--reload_task", "blocking"])
+    return tb.flags, tb.plugin_loaders
+
+
+def start_loader(logdir: str, loader: str, expected: dict[str, int]):
+    """(provider, multiplexer, stop) once every BN Internals series is loaded."""
+    flags, _ = tensorboard_flags(logdir)
+    if loader == "python":
+        ingester = data_ingester.LocalDataIngester(flags)
+        ingester.start()  # blocking reload
+        return ingester.data_provider, ingester.deprecated_multiplexer, lambda: None
+    ingester = server_ingester.SubprocessServerDataIngester(
+        server_binary=server_ingester.get_server_binary(), logdir=flags.logdir, reload_interval=flags.reload_interval,
+        channel_creds_type=flags.grpc_creds_type, samples_per_plugin=flags.samples_per_plugin,
+    )
+    ingester.start()
+    stop = ingester._stdin_handle.close  # the data server runs with --die-after-stdin
+    deadline = time.perf_counter() + LOAD_TIMEOUT_S
+    while time.perf_counter() < deadline:
+        listing = ingester.data_provider.list_tensors(None, experiment_id="", plugin_name=metadata.PLUGIN_NAME)
+        loaded = {tag: series.max_step for tags in listing.values() for tag, series in tags.items()}
+        if loaded == expected:
+            return ingester.data_provider, None, stop
+        time.sleep(0.05)
+    stop()
+    raise TimeoutError(f"the data server did not load every series within {LOAD_TIMEOUT_S} s")
+
+
+def route_latency(logdir: str, provider, multiplexer, info: dict, repeats: int) -> dict[str, Any]:
+    """Cold and warm latency of the runs route and of one layer's layer route."""
+    flags, loaders = tensorboard_flags(logdir)
+
+    def fresh_client() -> Client:
+        return Client(application.TensorBoardWSGIApp(flags, loaders, provider, None, multiplexer))
+
+    def get(client: Client, route: str) -> dict:
+        # As a browser asks: TensorBoard then gzips the JSON, part of the latency.
+        response = client.get(PREFIX + route, headers={"Accept-Encoding": "gzip"})
+        assert response.status_code == 200, response.get_data(as_text=True)[:500]
+        return json.loads(gzip.decompress(response.get_data()))
+
+    layer_paths = [c.path for c in layer_configs(info["layers"], info["channels"])]
+
+    def layer_route(path: str) -> str:
+        return f"layer?run=train&layer={path}&resolution={RESOLUTION}"
+
+    cold_overview, cold_layer = [], []
+    for i in range(repeats):
+        client = fresh_client()
+        wall, _, body = harness.time_call(lambda: get(client, "runs"))
+        cold_overview.append(wall)
+        (run,) = body["runs"]
+        assert len(run["layers"]) == info["layers"]
+        assert {layer["num_steps"] for layer in run["layers"]} == {info["steps"]}, "overview lost steps"
+        path = layer_paths[(i * 7) % len(layer_paths)]
+        wall, _, detail = harness.time_call(lambda: get(client, layer_route(path)))
+        cold_layer.append(wall)
+        assert len(detail["steps"]) == min(info["steps"], RESOLUTION) and detail["steps"][-1] == info["last_step"]
+    client = fresh_client()
+    get(client, "runs")
+    get(client, layer_route(layer_paths[0]))
+    return {
+        "overview_cold_s": harness.median(cold_overview),
+        "overview_warm": harness.repeat_median(lambda: get(client, "runs"), repeats),
+        "layer_cold_s": harness.median(cold_layer),
+        "layer_warm": harness.repeat_median(lambda: get(client, layer_route(layer_paths[0])), repeats),
+        "overview_cold_samples_s": cold_overview,
+        "layer_cold_samples_s": cold_layer,
+    }
+
+
+def tensorboard_process_load(logdir: str, info: dict, timeout_s: float = LOAD_TIMEOUT_S) -> Optional[float]:
+    """Seconds from launching ``tensorboard --load_fast=true`` until ``runs`` shows every layer and step."""
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--host", "127.0.0.1", "--port", "0",
+         "--load_fast=true"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    started = time.perf_counter()
+    try:
+        url = None
+        for line in proc.stderr:
+            match = re.search(r"http://127\.0\.0\.1:\d+/", line)
+            if match:
+                url = match.group(0)
+                break
+        if url is None:
+            return None
+        while time.perf_counter() - started < timeout_s:
+            with urllib.request.urlopen(url + PREFIX.lstrip("/") + "runs", timeout=timeout_s) as response:
+                runs = json.loads(response.read())["runs"]
+            if runs and len(runs[0]["layers"]) == info["layers"] and all(
+                layer["num_steps"] == info["steps"] for layer in runs[0]["layers"]
+            ):
+                return time.perf_counter() - started
+            time.sleep(0.2)
+        return None
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def loaders() -> list[str]:
+    try:
+        server_ingester.get_server_binary()
+        return ["python", "rust"]
+    except server_ingester.NoDataServerError:
+        return ["python"]
+
+
+def main(argv=None) -> int:
+    args = harness.parse_args("plugin_latency", __doc__.splitlines()[0], argv)
+    started = time.perf_counter()
+    num_layers, num_steps = SIZES[args.mode]
+    repeats = REPEATS[args.mode]
+    logdir = tempfile.mkdtemp(prefix="bn_plugin_latency_")
+    try:
+        print(f"synthesising {num_layers} layers x {num_steps} logged steps ...", flush=True)
+        wall, _, info = harness.time_call(lambda: synthesize(logdir, num_layers, num_steps))
+        info.update(write_s=wall, last_step=num_steps * LOG_EVERY)
+        print(f"  {info['bytes'] / 1e6:.1f} MB in {wall:.1f} s", flush=True)
+        expected = {
+            metadata.layer_tag(c.path, kind): info["last_step"]
+            for c in layer_configs(num_layers, info["channels"]) for kind in ("summary", "channels")
+        }
+        results: dict[str, Any] = {}
+        for loader in loaders():
+            print(f"{loader} loader ...", flush=True)
+            load_s, _, (provider, multiplexer, stop) = harness.time_call(lambda: start_loader(logdir, loader, expected))
+            try:
+                results[loader] = {"load_s": load_s, **route_latency(logdir, provider, multiplexer, info, repeats)}
+            finally:
+                stop()
+                del provider, multiplexer
+        if "rust" in results:
+            results["rust"]["tensorboard_process_load_s"] = tensorboard_process_load(logdir, info)
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+
+    rows = [
+        [
+            loader,
+            r["load_s"],
+            r["overview_cold_s"],
+            r["overview_warm"]["median_wall_s"],
+            r["layer_cold_s"],
+            r["layer_warm"]["median_wall_s"],
+        ]
+        for loader, r in results.items()
+    ]
+    print(f"\n{num_layers} layers x {num_steps} logged steps, {info['bytes'] / 1e6:.0f} MB; seconds, medians of {repeats}")
+    print(harness.format_table(
+        ["loader", "load", "overview cold", "overview warm", "layer cold", "layer warm"], rows
+    ))
+    if "rust" in results:
+        print(f"tensorboard --load_fast=true until runs lists every step: {results['rust']['tensorboard_process_load_s']} s")
+    harness.write_json(args, {"params": {**info, "resolution": RESOLUTION, "repeats": repeats},
+                              "targets": TARGETS, "loaders": results}, started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
