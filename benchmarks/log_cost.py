@@ -91,13 +91,14 @@ class _Probe(keras.callbacks.Callback):
             parts[key]["wall"].append(wall)
             parts[key]["cpu"].append(cpu)
 
-        interval = cb._snapshot_interval
+        cadence = cb._cadence
         for _ in range(self.repeats):
             add("log_full", *harness.time_call(lambda: cb._log(step, force_snapshot=True))[:2])
             # A logged step with no snapshot due (what most default-cadence logs are when snapshots are spaced).
-            cb._snapshot_interval, cb._logs_written = 10**9, 1
+            cb._cadence = records.SnapshotCadence(10**9)
+            cb._cadence.next()  # the first log snapshots; the next ones do not
             add("log_summary_only", *harness.time_call(lambda: cb._log(step, force_snapshot=False))[:2])
-            cb._snapshot_interval = interval
+            cb._cadence = cadence
             # Breakdown of a full log, step by step as BatchNormCallback._log does it.
             wall, cpu, snaps = harness.time_call(lambda: cb._capture.snapshot(step))
             add("snapshot", wall, cpu)
@@ -121,7 +122,7 @@ class _Probe(keras.callbacks.Callback):
         self.result = {
             "first_log_wall_s": first_wall,
             "first_log_cpu_s": first_cpu,
-            "snapshot_interval": interval,
+            "snapshot_interval": cadence.interval,
             **{k: {"median_wall_s": harness.median(v["wall"]), "median_cpu_s": harness.median(v["cpu"]),
                    "min_wall_s": min(v["wall"])} for k, v in parts.items()},
         }

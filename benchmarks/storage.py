@@ -86,9 +86,9 @@ def run_scenario(model, log_dir: str, steps_per_epoch, logged_target: int) -> di
             if logged >= logged_target:
                 break
             iterations.assign(step + batch)
-            before = cb._logs_written
+            before = cb._last_logged
             cb.on_train_batch_begin(batch)
-            if cb._logs_written > before:
+            if cb._last_logged > before:
                 logged += 1
                 cb._writer.flush()
                 curve.append((logged, dir_bytes(log_dir)))
@@ -96,14 +96,14 @@ def run_scenario(model, log_dir: str, steps_per_epoch, logged_target: int) -> di
             break
         step += epoch_steps
         iterations.assign(step)
-        before = cb._logs_written
+        before = cb._last_logged
         cb.on_epoch_end(epoch)
-        if cb._logs_written > before:
+        if cb._last_logged > before:
             logged += 1
             curve.append((logged, dir_bytes(log_dir)))
         epoch += 1
     elapsed = time.perf_counter() - t0
-    interval = cb._snapshot_interval
+    interval = cb._cadence.interval
     configs = cb._capture.configs
     cb.on_train_end()
     final = dir_bytes(log_dir)
