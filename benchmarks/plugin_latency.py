@@ -142,10 +142,8 @@ def synthesize(logdir: str, num_layers: int, num_steps: int, channels: int = 8, 
 
     writer = SummaryWriter(os.path.join(logdir, "train"), max_queue=10_000)
 
-    @tf.function
-    def write_block(block_steps, block_summaries, block_channels, block_full):
-        # One graph writes a block of steps, in step order (TensorBoard purges
-        # events "orphaned" by a step that goes backwards).
+    def write_steps(block_steps, block_summaries, block_channels, block_full):
+        # In step order: TensorBoard purges events "orphaned" by a step that goes backwards.
         for t in tf.range(tf.shape(block_steps)[0]):
             for i, config in enumerate(configs):
                 writer.layer_summary(config, block_steps[t], block_summaries[t, i])
@@ -153,8 +151,17 @@ def synthesize(logdir: str, num_layers: int, num_steps: int, channels: int = 8, 
                 for i, config in enumerate(configs):
                     writer.layer_channels(config, block_steps[t], block_channels[t, i])
 
+    # The first step eagerly: the writer puts each tag's metadata on its first
+    # event only. The rest in graph blocks (fast), without metadata.
+    write_steps(steps[:1], summaries[:1], channel_data[:1], full[:1])
+    write_block = tf.function(write_steps, input_signature=[
+        tf.TensorSpec((None,), tf.int64),
+        tf.TensorSpec((None,) + summaries.shape[1:], tf.float32),
+        tf.TensorSpec((None,) + channel_data.shape[1:], tf.float32),
+        tf.TensorSpec((None,), tf.bool),
+    ])
     block = 500
-    for start in range(0, num_steps, block):
+    for start in range(1, num_steps, block):
         end = min(start + block, num_steps)
         write_block(steps[start:end], summaries[start:end], channel_data[start:end], full[start:end])
     writer.close()

@@ -81,29 +81,35 @@ class MultiplexerProvider(tb_data_provider.MultiplexerDataProvider):
         self._events = multiplexer
 
     def read_tensors(self, ctx=None, *, experiment_id, plugin_name, downsample=None, run_tag_filter=None):
+        result: dict[str, dict[str, list[tb_provider.TensorDatum]]] = {}
+        for run, tag in self._tensor_series(plugin_name, run_tag_filter):
+            events = self._events.Tensors(run, tag)
+            result.setdefault(run, {})[tag] = [
+                tb_provider.TensorDatum(
+                    step=events[i].step,
+                    wall_time=events[i].wall_time,
+                    numpy=tensor_util.make_ndarray(events[i].tensor_proto),
+                )
+                for i in evenly_spaced(len(events), downsample)
+            ]
+        return result
+
+    def _tensor_series(
+        self, plugin_name: str, run_tag_filter: Optional[tb_provider.RunTagFilter]
+    ) -> Iterable[tuple[str, str]]:
+        """(run, tag) of the plugin's tensor series that pass the filter."""
         runs = run_tag_filter.runs if run_tag_filter is not None else None
         tags = run_tag_filter.tags if run_tag_filter is not None else None
-        result: dict[str, dict[str, list[tb_provider.TensorDatum]]] = {}
         for run, by_tag in self._events.AllSummaryMetadata().items():
             if runs is not None and run not in runs:
                 continue
             for tag, summary_metadata in by_tag.items():
                 if (
-                    (tags is not None and tag not in tags)
-                    or summary_metadata.plugin_data.plugin_name != plugin_name
-                    or summary_metadata.data_class != summary_pb2.DATA_CLASS_TENSOR
+                    (tags is None or tag in tags)
+                    and summary_metadata.plugin_data.plugin_name == plugin_name
+                    and summary_metadata.data_class == summary_pb2.DATA_CLASS_TENSOR
                 ):
-                    continue
-                events = self._events.Tensors(run, tag)
-                result.setdefault(run, {})[tag] = [
-                    tb_provider.TensorDatum(
-                        step=events[i].step,
-                        wall_time=events[i].wall_time,
-                        numpy=tensor_util.make_ndarray(events[i].tensor_proto),
-                    )
-                    for i in evenly_spaced(len(events), downsample)
-                ]
-        return result
+                    yield run, tag
 
 
 def plugin_provider(data_provider: tb_provider.DataProvider, multiplexer: Any, logdir: str) -> tb_provider.DataProvider:
