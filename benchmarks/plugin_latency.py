@@ -130,7 +130,8 @@ def synthesize(logdir: str, num_layers: int, num_steps: int, channels: int = 8, 
     stats = synthetic_stats(num_layers, num_steps, channels, configs[0].momentum, seed)
     steps = (np.arange(num_steps, dtype=np.int64) + 1) * LOG_EVERY
     interval = records.snapshot_interval(configs, np.dtype(np.float32), DEFAULT_MAX_BYTES_PER_LOG)
-    full = (np.arange(num_steps) % interval == 0) | (np.arange(num_steps) == num_steps - 1)
+    cadence = records.SnapshotCadence(interval)  # the callback's; the last (epoch-end) step forces one
+    full = np.array([cadence.next(force=t == num_steps - 1) for t in range(num_steps)])
     info = {
         "training": np.ones(num_steps), "trainable": np.ones(num_steps), "count": np.full(num_steps, 32.0 * 64),
         "momentum": np.full(num_steps, configs[0].momentum), "full": full.astype(np.float64),
