@@ -6,7 +6,7 @@ serve every logged step (16, not TensorBoard's default 10), and, when
 ``/usr/bin/chromium`` and the ``playwright`` package exist, headless Chromium
 shows the BN Internals tab: the overview lists the layers, a layer's charts
 plot every logged step, the graph view draws both paths. Screenshots go to the
-test's tmp folder; with ``TB_BN_UPDATE_SCREENSHOT=1`` the overview's is copied
+test's tmp folder; with ``TB_BN_UPDATE_SCREENSHOT=1`` the layer detail's is copied
 to ``docs/screenshot.png``.
 """
 
@@ -181,7 +181,7 @@ def test_tab_in_headless_chromium(server, tmp_path):
     assert not errors, f"uncaught errors in the page: {errors}"
     if os.environ.get("TB_BN_UPDATE_SCREENSHOT") == "1":
         (REPO / "docs").mkdir(exist_ok=True)
-        shutil.copy(tmp_path / f"overview-{load_fast}.png", REPO / "docs" / "screenshot.png")
+        shutil.copy(tmp_path / f"layer-{load_fast}.png", REPO / "docs" / "screenshot.png")
 
 
 def _plugin_frame(page):
