@@ -70,7 +70,7 @@ class BatchNormCallback(keras.callbacks.Callback):
       max_bytes_per_log: average budget in bytes per logged step. Summary
         records (statistics across channels) are written at every logged step;
         full per-channel snapshots at every logged step when they fit the
-        budget, otherwise at every k-th logged step and at each epoch end.
+        budget, otherwise at every k-th logged step and at the end of training.
       channel_dtype: storage dtype of per-channel snapshots, ``"float32"`` or
         ``"float16"`` (half the bytes, about 3 significant digits).
       run_name: subdirectory of ``log_dir`` that holds this run's events.
@@ -175,6 +175,7 @@ class BatchNormCallback(keras.callbacks.Callback):
         self._awaiting_build = False
         self._cadence = records.SnapshotCadence(1)
         self._last_logged = -1
+        self._last_snapshot = -1
         self._epoch_base = 0
         self._stash: Optional[FirstBatchStash] = None
         self._gap_probe: Optional[GapProbe] = None
@@ -196,7 +197,7 @@ class BatchNormCallback(keras.callbacks.Callback):
         _check_writable(self.run_dir)
         self._writer = SummaryWriter(self.run_dir)
         # Steps done before this fit were logged (or not) by whoever ran them.
-        self._last_logged = self._steps_done()
+        self._last_logged = self._last_snapshot = self._steps_done()
         self._start_gap()
         if not self.model.built:
             # Subclassed models are built by the first traced training step:
@@ -255,7 +256,7 @@ class BatchNormCallback(keras.callbacks.Callback):
             return
         steps_done = self._steps_done()
         if steps_done > self._last_logged:
-            self._log(steps_done, force_snapshot=True)
+            self._log(steps_done, force_snapshot=False)
         if self.gap_every_n_epochs and (epoch + 1) % self.gap_every_n_epochs == 0 and steps_done > self._last_gap_step:
             attribution = bool(self.gap_attribution) and (epoch + 1) % self.gap_attribution == 0
             self._log_gap(steps_done, attribution=attribution)
@@ -264,7 +265,8 @@ class BatchNormCallback(keras.callbacks.Callback):
     def on_train_end(self, logs: Optional[dict] = None) -> None:
         if self._capture is not None:
             steps_done = self._steps_done()
-            if steps_done > self._last_logged:
+            if steps_done > self._last_snapshot:
+                # The final state always has per-channel detail.
                 self._log(steps_done, force_snapshot=True)
             self._stop_capture()
         self._stop_gap()
@@ -390,6 +392,8 @@ class BatchNormCallback(keras.callbacks.Callback):
     def _log(self, steps_done: int, force_snapshot: bool) -> None:
         snapshot = self._cadence.next(force_snapshot)
         self._writer.layer_step(self._capture.snapshot(steps_done), steps_done, snapshot, self.channel_dtype)
+        if snapshot:
+            self._last_snapshot = steps_done
         self._last_logged = steps_done
 
 
