@@ -251,3 +251,20 @@ def test_layer_filter_and_snapshot_budget(keras, tmp_path):
     gaps = np.diff(layer.channel_steps)
     assert len(set(gaps[:-1].tolist())) == 1 and gaps[-1] <= gaps[0]  # a steady cadence within budget
     np.testing.assert_array_equal(layer.info["full"], np.isin(layer.steps, layer.channel_steps))
+
+
+def test_run_graph_holds_training_and_inference_steps_of_each_bn(keras, tmp_path):
+    from tb_bn_plugin import analyze_graph, data, graph_io
+
+    x, y = _data((6, 6, 3), n=16)
+    inp = keras.Input((6, 6, 3))
+    h = keras.layers.BatchNormalization(name="bn_a")(keras.layers.Conv2D(4, 3)(inp))
+    h = keras.layers.BatchNormalization(name="bn_b")(keras.layers.Conv2D(4, 3)(h))
+    model = keras.Model(inp, keras.layers.Dense(1)(keras.layers.Flatten()(h)))
+    _fit(model, x, y, tmp_path, epochs=1)
+    source = data.open_logdir(str(tmp_path))
+    graph = graph_io.read_run_graph(source.provider, source.ctx, source.experiment_id, "train")
+    sites = analyze_graph(graph)
+    assert len(sites) == 2
+    assert all(s.kind == "separate_functions" and s.training_path and s.inference_path for s in sites)
+    assert all(s.updates_wired and s.momentum == pytest.approx(0.99) for s in sites)
