@@ -112,9 +112,9 @@ class BatchNormCallback(keras.callbacks.Callback):
         ``probe_data`` under a tf.distribute strategy, for non-dense inputs,
         or to measure the gap on held-out data.
       probe_size: the most samples the probe batch holds (default 256).
-      write_graph: write the model's training and inference steps (traced,
-        not run) once per ``fit`` as the run graph, for TensorBoard's Graphs
-        tab and the plugin's switch-path view.
+      write_graph: write the model's training-mode and inference-mode forward
+        passes (traced, not run) once per ``fit`` as the run graph, for
+        TensorBoard's Graphs tab and the plugin's switch-path view.
     """
 
     def __init__(
@@ -305,7 +305,9 @@ class BatchNormCallback(keras.callbacks.Callback):
             )
             return
         try:
-            graph_def = graph_io.trace_model_graph(self.model)
+            # Forward passes only: the BN sites and updates without the gradient
+            # ops, which would multiply the graph's bytes in the event file.
+            graph_def = graph_io.trace_model_graph(self.model, train_step=False)
         except Exception as err:  # the graph view is optional; never break training over it
             warnings.warn(
                 f"BatchNormCallback: could not trace the model's steps for the graph view "

@@ -150,6 +150,7 @@ def trace_model_graph(
     model: Any,
     input_signature: Sequence[Any] | None = None,
     target_signature: Any | None = None,
+    train_step: bool = True,
 ) -> graph_pb2.GraphDef:
     """One ``GraphDef`` holding a Keras 3 model's training and inference steps.
 
@@ -165,6 +166,9 @@ def trace_model_graph(
 
     ``input_signature`` is a list of ``tf.TensorSpec`` (default: from
     ``model.inputs``); a single spec passes a tensor, several pass a list.
+    ``train_step=False`` always uses the forward pass with ``training=True``
+    (no gradient or optimizer ops: a much smaller graph with the same
+    BatchNorm sites and updates).
     """
     import tensorflow as tf
 
@@ -177,7 +181,9 @@ def trace_model_graph(
     def forward_train_step(*inputs):
         return model(pack(inputs), training=True)
 
-    train_fn, train_specs = _traceable_train_step(model, specs, target_signature, pack)
+    train_fn, train_specs = (
+        _traceable_train_step(model, specs, target_signature, pack) if train_step else (None, specs)
+    )
     if train_fn is None:
         train_fn, train_specs = tf.function(forward_train_step), specs
     inference_fn = tf.function(inference_step)
