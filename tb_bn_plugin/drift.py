@@ -18,7 +18,8 @@ def normalized_mean_shift(
     How many inference-time standard deviations the batch's mean sits away from
     the mean used at inference.
     """
-    return np.abs(batch_mean - moving_mean) / np.sqrt(np.maximum(moving_variance, 0.0) + epsilon)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf statistics stay NaN/Inf
+        return np.abs(batch_mean - moving_mean) / np.sqrt(np.maximum(moving_variance, 0.0) + epsilon)
 
 
 def log_variance_ratio(
@@ -29,9 +30,10 @@ def log_variance_ratio(
     Zero when inference scales like training; ``epsilon`` (the layer's own)
     keeps collapsed channels finite, exactly as the layer itself does.
     """
-    return np.log(
-        (np.maximum(batch_variance, 0.0) + epsilon) / (np.maximum(moving_variance, 0.0) + epsilon)
-    )
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        return np.log(
+            (np.maximum(batch_variance, 0.0) + epsilon) / (np.maximum(moving_variance, 0.0) + epsilon)
+        )
 
 
 def ema_initial_weight(momentum: np.ndarray | float, steps_done: np.ndarray | int) -> np.ndarray:
