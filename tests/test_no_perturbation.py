@@ -10,6 +10,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from tb_bn_plugin import read_gap
+
 # Runs in a fresh process: op determinism is process-global.
 _SCRIPT = textwrap.dedent(
     """
@@ -39,16 +41,23 @@ _SCRIPT = textwrap.dedent(
         model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
         callbacks = [BatchNormCallback(os.path.join(sys.argv[1], "with"), **kwargs)] if with_callback else []
-        model.fit(x, y, batch_size=16, epochs=3, validation_split=0.25, verbose=0, callbacks=callbacks)
-        return [v.numpy().tolist() for v in model.weights] + [float(model.optimizer.iterations.numpy())]
+        history = model.fit(x, y, batch_size=16, epochs=3, validation_split=0.25, verbose=0, callbacks=callbacks)
+        state = model.variables + model.optimizer.variables + model.metrics_variables
+        return {"state": [np.asarray(v.numpy()).tolist() for v in state], "history": history.history}
 
     print(json.dumps({"without": train(False), "with": train(True)}))
     """
 )
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"log_every_n_steps": 1}], ids=["defaults", "every-step"])
-def test_weights_and_moving_stats_identical_with_and_without_callback(tmp_path, kwargs):
+GAP_HEAVY = {"gap_every_n_steps": 2, "gap_attribution": True, "gap_scope": "model", "probe_size": 16}
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"log_every_n_steps": 1}, GAP_HEAVY], ids=["defaults", "every-step", "gap-heavy"]
+)
+def test_training_identical_with_and_without_callback(tmp_path, kwargs):
+    """Weights, moving statistics, optimizer and metric state and history, bit for bit."""
     proc = subprocess.run(
         [sys.executable, "-c", _SCRIPT, str(tmp_path), json.dumps(kwargs)],
         capture_output=True, text=True, timeout=600,
@@ -56,7 +65,16 @@ def test_weights_and_moving_stats_identical_with_and_without_callback(tmp_path, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     without, with_cb = result["without"], result["with"]
-    assert len(without) == len(with_cb) > 8
-    for a, b in zip(without, with_cb):
+    assert len(without["state"]) == len(with_cb["state"]) > 10
+    for a, b in zip(without["state"], with_cb["state"]):
         assert np.array_equal(np.asarray(a), np.asarray(b))
-    assert (tmp_path / "with" / "train").is_dir()
+    assert without["history"] == with_cb["history"]
+    gap = read_gap(str(tmp_path / "with"))["train"]
+    if kwargs is GAP_HEAVY:
+        # 72 training samples in batches of 16: epochs end at steps 5, 10, 15.
+        np.testing.assert_array_equal(gap.steps, [2, 4, 5, 6, 8, 10, 12, 14, 15])
+        at_epoch_end = np.isin(gap.steps, [5, 10, 15])
+        for values in gap.attribution.values():
+            assert np.isfinite(values[at_epoch_end]).all() and np.isnan(values[~at_epoch_end]).all()
+    else:
+        np.testing.assert_array_equal(gap.steps, [5, 10, 15])
