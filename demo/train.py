@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tb_bn_plugin import BatchNormCallback  # noqa: E402
+from tb_bn_plugin import BatchNormCallback, PreciseStatsMonitor  # noqa: E402
 
 keras = tf.keras
 
@@ -199,8 +199,10 @@ def slow_momentum(run_dir: str, verbose: int, size: Size = DEMO) -> None:
     """momentum=0.999 (TF1's default decay) for a few dozen steps: the EMA lags far behind."""
     x, y = synthetic_images(size.samples, size=size.image)
     model = _compile(conv_net(size.image, momentum=0.999, width=size.width))
+    # The EMA-vs-precise error on a held sample each epoch shows how far the EMA lags.
+    monitor = PreciseStatsMonitor(run_dir, x[: 4 * size.batch], run_name=".", batch_size=size.batch)
     model.fit(x, y, batch_size=size.batch, epochs=size.epochs, verbose=verbose,
-              callbacks=[bn_callback(run_dir, size.log_every())])
+              callbacks=[bn_callback(run_dir, size.log_every()), monitor])
 
 
 def tiny_batch(run_dir: str, verbose: int, size: Size = DEMO) -> None:
@@ -323,7 +325,7 @@ SCENARIOS = {s.name: s for s in [
     Scenario("momentum-one", "BatchNormalization(momentum=1.0): moving statistics never move",
              momentum_one, ("momentum-one",)),
     Scenario("slow-momentum", "momentum 0.999 for a few dozen steps: the EMA lags", slow_momentum,
-             ("slow-momentum",)),
+             ("slow-momentum", "ema-error")),
     Scenario("tiny-batch", "batch size 2 on a dense/BN net: 2 values per channel", tiny_batch, ("tiny-batch",)),
     Scenario("train-inference-gap", "per-batch brightness offsets: batch stats differ from the population",
              train_inference_gap, ("train-inference-gap",)),

@@ -303,10 +303,14 @@ def load_runs(
     tags, errors = list_tags(source, runs, tag_filter)
     by_run: dict[str, dict[str, dict[str, TagInfo]]] = {}
     gap_tags: dict[str, TagInfo] = {}
+    ema_tags: dict[str, dict[str, TagInfo]] = {}
     for run, infos in tags.items():
         for info in infos:
             if info.kind == metadata.KIND_GAP:
                 gap_tags[run] = info
+                continue
+            if info.kind == metadata.KIND_EMA_ERROR:
+                ema_tags.setdefault(run, {})[str(info.content.get("layer_path"))] = info
                 continue
             layer = info.layer
             if layer is None or (wanted_layers is not None and layer.path not in wanted_layers):
@@ -327,10 +331,20 @@ def load_runs(
     }
     for run, info in gap_tags.items():
         wanted_tags.setdefault(run, []).append(info.tag)
+    for run, by_path in ema_tags.items():
+        wanted_tags.setdefault(run, []).extend(i.tag for i in by_path.values())
     data = read_tensors(source, wanted_tags, downsample)
     result: dict[str, RunData] = {}
     for run in sorted(set(by_run) | set(gap_tags) | set(errors)):
         run_data = RunData(run=run, layers={}, errors=list(errors.get(run, [])))
+        for path, info in ema_tags.get(run, {}).items():
+            events = _dedupe_steps(data[run][info.tag])
+            fields = len(info.content.get("fields", ()))
+            values = np.asarray([np.asarray(d.numpy, dtype=np.float64).ravel() for d in events])
+            if values.ndim != 2 or values.shape[1] != fields:
+                run_data.errors.append(f"ema_error of layer {path!r}: unexpected layout")
+                continue
+            run_data.ema_error[path] = (np.asarray([d.step for d in events], dtype=np.int64), values)
         if run in gap_tags:
             try:
                 run_data.gap = gap_series(gap_tags[run], data[run][gap_tags[run].tag], wanted_layers)

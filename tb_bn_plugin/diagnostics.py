@@ -51,6 +51,10 @@ Rules (``Thresholds`` field = default):
 ``non-finite`` (error)
     A NaN or Inf in a logged statistic where a value is expected: batch and
     drift statistics at trained steps, every other statistic at every step.
+``ema-error`` (warning)
+    At the latest ``PreciseStatsMonitor`` measurement, some channel's moving
+    statistics mismatch the layer's precise population statistics (same
+    mismatch thresholds); recommends ``tb_bn_plugin.recalibrate``.
 """
 
 from __future__ import annotations
@@ -706,6 +710,26 @@ def _steps_with(steps: np.ndarray, masks: dict[str, np.ndarray]) -> set[int]:
     return {int(steps[i]) for mask in masks.values() for i in np.flatnonzero(mask.any(axis=1))}
 
 
+def ema_error(run: RunData, thresholds: Thresholds = Thresholds()) -> list[Finding]:
+    """``ema-error``: the EMA is off the precise population statistics (see module docstring)."""
+    from tb_bn_plugin.population import EmaError, ema_error_finding
+
+    if not run.ema_error:
+        return []
+    order = _layer_index(run)
+    latest = {
+        path: (int(steps[-1]), EmaError(*(float(v) for v in values[-1])))
+        for path, (steps, values) in sorted(run.ema_error.items(), key=lambda kv: order.get(kv[0], math.inf))
+        if len(steps)
+    }
+    return ema_error_finding(
+        {path: error for path, (_, error) in latest.items()},
+        max_mean_shift=thresholds.mismatch_shift,
+        max_abs_log_var=thresholds.mismatch_log_var,
+        step=max((step for step, _ in latest.values()), default=None),
+    )
+
+
 def non_finite(run: RunData, thresholds: Thresholds = Thresholds()) -> list[Finding]:
     """``non-finite``: NaN/Inf where a statistic should have a value."""
     findings = []
@@ -748,6 +772,7 @@ DIAGNOSTICS: tuple[Callable[[RunData, Thresholds], list[Finding]], ...] = (
     uninitialized_moving_stats,
     dead_channels,
     non_finite,
+    ema_error,
 )
 
 

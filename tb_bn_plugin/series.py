@@ -111,6 +111,9 @@ class RunData:
     layers: dict[str, LayerSeries]
     gap: Optional[GapSeries] = None
     errors: list[str] = dataclasses.field(default_factory=list)
+    # layer path -> (steps (E,), values (E, 4) in ``population.EmaError.FIELDS`` order),
+    # the EMA-vs-precise error logged by ``precise.PreciseStatsMonitor``.
+    ema_error: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
 
     def ordered_layers(self) -> list[LayerSeries]:
         """Layers in model order."""

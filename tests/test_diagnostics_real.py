@@ -28,6 +28,7 @@ EXPECTED = {
     "uninitialized-moving-stats": ("uninitialized-moving-stats", ["input_bn"], {}),
     "dead-channels": ("dead-channels", ["input_bn"], {"input_bn": [3]}),  # the constant alpha channel
     "non-finite": ("non-finite", ["input_bn"], {}),
+    "ema-error": ("slow-momentum", ["input_bn"], {}),
 }
 
 
