@@ -78,6 +78,15 @@ def find_batchnorm_layers(model: Any, patterns: Optional[Sequence[str]] = None) 
     return refs
 
 
+def require_built(refs: Sequence[BatchNormRef], before: str) -> None:
+    """Raise ``UnsupportedLayerError`` naming any unbuilt layer; ``before`` says what needs them built."""
+    unbuilt = [r.path for r in refs if not r.built]
+    if unbuilt:
+        raise UnsupportedLayerError(
+            f"BatchNormalization layers {unbuilt} are not built: call the model on data once before {before}"
+        )
+
+
 def layer_config(ref: BatchNormRef, index: int) -> LayerConfig:
     """Static facts of a built BN layer; raises ``UnsupportedLayerError`` if it cannot be captured."""
     layer = ref.layer

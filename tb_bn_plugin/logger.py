@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from tb_bn_plugin import records
-from tb_bn_plugin.capture import StatsCapture, find_batchnorm_layers
+from tb_bn_plugin.capture import StatsCapture, find_batchnorm_layers, require_built
 from tb_bn_plugin.summary import SummaryWriter
 
 DEFAULT_MAX_BYTES_PER_LOG = 50_000
@@ -72,12 +72,7 @@ class BatchNormLogger:
     ) -> None:
         records.check_logging_options(log_every_n_steps, channel_dtype, max_bytes_per_log)
         refs = find_batchnorm_layers(model, layers)
-        unbuilt = [r.path for r in refs if not r.built]
-        if unbuilt:
-            raise ValueError(
-                f"BatchNormLogger: BatchNormalization layers {unbuilt} are not built; call the model on "
-                "data once before creating the logger"
-            )
+        require_built(refs, "creating the BatchNormLogger")
         if not refs:
             raise ValueError(f"BatchNormLogger: model {model.name!r} has no BatchNormalization layer to log")
         self.model = model

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from tb_bn_plugin import metadata, population
-from tb_bn_plugin.capture import BatchNormRef, find_batchnorm_layers, layer_config
+from tb_bn_plugin.capture import BatchNormRef, find_batchnorm_layers, layer_config, require_built
 from tb_bn_plugin.population import EmaError, Moments, RecalibrationReport
 
 keras = tf.keras
@@ -161,12 +161,7 @@ class _InputRecorder:
 
 def _selected(model: Any, layers: Optional[Sequence[str]]) -> list[BatchNormRef]:
     refs = find_batchnorm_layers(model, layers)
-    unbuilt = [r.path for r in refs if not r.built]
-    if unbuilt:
-        raise ValueError(
-            f"BatchNormalization layers {unbuilt} are not built: call the model on data once "
-            "(or fit it) before measuring precise statistics"
-        )
+    require_built(refs, "measuring precise statistics (or fit it)")
     for i, ref in enumerate(refs):
         layer_config(ref, i)  # raises UnsupportedLayerError for odd axes
     return refs
