@@ -192,18 +192,17 @@ def layer_series(
     Raises ``ValueError`` when an event's length does not match the layout.
     """
     config = summary_tag.layer
-    stats = records.summary_stats(config)
-    n_info, q, c = len(metadata.INFO_FIELDS), len(metadata.SUMMARY_COLUMNS), config.channels
+    c = config.channels
     summary_data = _dedupe_steps(summary_data)
-    table = _stack(summary_data, n_info + len(stats) * q)
+    info, summary = records.split_summary_record(config, _stack(summary_data, records.summary_record_width(config)))
     rows = list(channels_tag.content.get("rows", config.stats())) if channels_tag is not None else []
     channels_data = _dedupe_steps(channels_data or []) if rows else []
     snapshots = _stack(channels_data, len(rows) * c).reshape(len(channels_data), len(rows), c)
     return LayerSeries(
         config=config,
         steps=np.asarray([d.step for d in summary_data], dtype=np.int64),
-        info=_restore_momentum({f: table[:, i] for i, f in enumerate(metadata.INFO_FIELDS)}, config),
-        summary={s: table[:, n_info + i * q : n_info + (i + 1) * q] for i, s in enumerate(stats)},
+        info=_restore_momentum(info, config),
+        summary=summary,
         channel_steps=np.asarray([d.step for d in channels_data], dtype=np.int64),
         channels={s: snapshots[:, rows.index(s)] if s in rows else np.empty((0, c)) for s in config.stats()},
     )
@@ -234,20 +233,15 @@ def gap_series(
     fields = list(content.get("layer_fields", metadata.GAP_LAYER_FIELDS))
     n_loss, n_metric = len(losses), len(metric_names)
     expected = 2 * n_loss + 2 * n_metric + len(paths) * len(fields)
-    steps, rows = [], []
-    for datum in _dedupe_steps(data):
-        values = np.asarray(datum.numpy, dtype=np.float64).ravel()
-        if values.size != expected:
-            raise ValueError(f"gap event at step {datum.step} holds {values.size} values, layout expects {expected}")
-        steps.append(datum.step)
-        rows.append(values)
-    table = np.asarray(rows, dtype=np.float64).reshape(len(rows), expected)
+    data = _dedupe_steps(data)
+    steps = [d.step for d in data]
+    table = _stack(data, expected)
     train_losses, table = table[:, :n_loss], table[:, n_loss:]
     inference_losses, table = table[:, :n_loss], table[:, n_loss:]
     train_metrics, table = table[:, :n_metric], table[:, n_metric:]
     inference_metrics, table = table[:, :n_metric], table[:, n_metric:]
-    per_layer = table.reshape(len(rows), len(paths), len(fields))
-    nan = np.full(len(rows), np.nan)
+    per_layer = table.reshape(len(steps), len(paths), len(fields))
+    nan = np.full(len(steps), np.nan)
 
     def column(names: list[str], matrix: np.ndarray, name: str) -> np.ndarray:
         return matrix[:, names.index(name)].copy() if name in names else nan.copy()

@@ -76,13 +76,21 @@ def summary_record(
     return np.concatenate([head, summary.ravel()]).astype(np.float32)
 
 
-def split_summary_record(config: LayerConfig, record: np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Inverse of ``summary_record``: (info, {stat: (Q,) summary})."""
-    n_info = len(metadata.INFO_FIELDS)
-    info = dict(zip(metadata.INFO_FIELDS, record[:n_info].astype(np.float64)))
-    stats = summary_stats(config)
-    summary = record[n_info:].astype(np.float64).reshape(len(stats), len(metadata.SUMMARY_COLUMNS))
-    return info, dict(zip(stats, summary))
+def summary_record_width(config: LayerConfig) -> int:
+    """Values in one summary record of ``config``'s layer."""
+    return len(metadata.INFO_FIELDS) + len(summary_stats(config)) * len(metadata.SUMMARY_COLUMNS)
+
+
+def split_summary_record(config: LayerConfig, record: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Inverse of ``summary_record``, for one record (W,) or a stack of them (S, W).
+
+    Returns (info: field -> () or (S,), summary: stat -> (Q,) or (S, Q)), float64.
+    """
+    record = np.asarray(record, dtype=np.float64)
+    n_info, q = len(metadata.INFO_FIELDS), len(metadata.SUMMARY_COLUMNS)
+    info = {f: record[..., i] for i, f in enumerate(metadata.INFO_FIELDS)}
+    summary = {s: record[..., n_info + i * q : n_info + (i + 1) * q] for i, s in enumerate(summary_stats(config))}
+    return info, summary
 
 
 def channel_record(config: LayerConfig, values: Mapping[str, np.ndarray], dtype: np.dtype) -> np.ndarray:
