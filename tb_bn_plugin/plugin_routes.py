@@ -5,12 +5,16 @@ returns a JSON-safe dict (NaN and Inf become ``None``), following the contract
 in ``frontend/API.md``. Bad parameters raise ``BadRequest`` (400), unknown runs
 or layers ``NotFound`` (404); ``bn_plugin`` turns both into ``{"error": ...}``.
 
-Downsampling: series are cut to the requested number of points with
-``data.evenly_spaced`` (evenly spaced indices, first and last logged step
-always kept), so a response is deterministic for the same data. The overview,
-its diagnostics and the ``diagnostics`` route read at most ``OVERVIEW_POINTS``
-events per tag (sampled by the data provider) to stay fast on long runs; the
-``layer`` and ``gap`` routes read every logged step of what they show.
+Downsampling happens where the data is read: the data provider returns at
+most the requested number of events per tag, always keeping the last logged
+step, so a long run costs what is shown rather than what was logged. Over
+TensorBoard's Python loader the sample is evenly spaced and keeps the first
+step too (``data.MultiplexerProvider``); the Rust data server's is a seeded
+random sample, deterministic for the same data. The ``layer`` route reads
+``resolution`` summary records and at most that many per-channel snapshots
+(fewer for wide layers, ``HEATMAP_CELLS``); the overview, its diagnostics and
+the ``diagnostics`` route read ``OVERVIEW_POINTS`` events per tag; the ``gap``
+route reads every measurement.
 """
 
 from __future__ import annotations
@@ -225,7 +229,14 @@ def layer_impl(
     cache: Optional[data.SeriesCache] = None,
 ) -> dict[str, Any]:
     """One layer's statistics over every logged step, downsampled to ``resolution`` points."""
-    run_data = data.load_runs(source, runs=[run], layers=[layer], cache=cache).get(run)
+    run_data = data.load_runs(
+        source,
+        runs=[run],
+        layers=[layer],
+        downsample=resolution,
+        channel_downsample=lambda config: _heatmap_columns(config.channels, resolution),
+        cache=cache,
+    ).get(run)
     series = run_data.layers.get(layer) if run_data is not None else None
     if series is None:
         _check_run(source, run)
@@ -240,8 +251,7 @@ def layer_impl(
     momentum = series.info["momentum"][picked]
     columns = list(enumerate(metadata.SUMMARY_COLUMNS))
 
-    snapshot_points = min(resolution, max(2, HEATMAP_CELLS // max(config.channels, 1)))
-    snapshots = data.evenly_spaced(len(series.channel_steps), snapshot_points)
+    snapshots = data.evenly_spaced(len(series.channel_steps), _heatmap_columns(config.channels, resolution))
     values = {stat: v[snapshots] for stat, v in series.channels.items()}
     if len(snapshots):
         values.update(records.drift_rows(values, config.epsilon))
@@ -264,6 +274,11 @@ def layer_impl(
         if channel is None
         else {"index": channel, "values": {stat: json_values(v[:, channel]) for stat, v in values.items()}},
     }
+
+
+def _heatmap_columns(channels: int, resolution: int) -> int:
+    """Snapshot steps shown in a layer's heatmap: at most ``resolution``, fewer for wide layers."""
+    return min(resolution, max(2, HEATMAP_CELLS // max(channels, 1)))
 
 
 # -- gap ----------------------------------------------------------------------

@@ -70,6 +70,7 @@ class App:
 
     def __init__(self, logdir: str, loader: str, *argv: str, sampling_fix: bool = True) -> None:
         flags, loaders = tensorboard_flags(logdir, *argv)
+        self.loader = loader
         if not sampling_fix:  # as if BNInternalsLoader.fix_flags had not run
             del flags.samples_per_plugin[metadata.PLUGIN_NAME]
         self._stop = lambda: None
@@ -268,14 +269,26 @@ def test_layer_channel(app, stats):
     np.testing.assert_allclose(values["mean_shift"], _floats(body["heatmaps"]["mean_shift"])[5])
 
 
-def test_layer_resolution_keeps_first_and_last_evenly(app):
+def test_layer_resolution_samples_at_read_keeping_the_last(app, stats):
+    logged = stats["train"]["block1_bn"]["moving_mean"][0].tolist()
     body = app.get("layer", run="train", layer="block1_bn", resolution=4)
-    assert body["steps"] == body["channel_steps"] == [2, 12, 22, 32]
+    assert len(body["steps"]) == len(body["channel_steps"]) == 4
+    assert body["steps"][-1] == body["channel_steps"][-1] == logged[-1]
+    assert body["steps"] == sorted(set(body["steps"])) and set(body["steps"]) <= set(logged)
+    if app.loader == "python":  # evenly spaced over TensorBoard's Python loader
+        assert body["steps"] == body["channel_steps"] == [2, 12, 22, 32]
     assert all(len(column) == 4 for column in body["summary"]["moving_mean"].values())
     assert len(body["ema_initial_weight"]) == 4 and len(body["info"]["count"]) == 4
     assert [len(row) for row in body["heatmaps"]["mean_shift"]] == [4] * 6
+    # The values at the sampled steps are those logged there.
+    moving = _floats(body["summary"]["moving_mean"]["mean"])
+    at = [logged.index(step) for step in body["steps"]]
+    np.testing.assert_allclose(
+        moving, stats["train"]["block1_bn"]["moving_mean"][1][at].mean(axis=1), rtol=1e-5, atol=1e-6
+    )
     assert app.get("layer", run="train", layer="block1_bn", resolution=4) == body
-    assert app.get("layer", run="train", layer="block1_bn", resolution=2)["steps"] == [2, 32]
+    two = app.get("layer", run="train", layer="block1_bn", resolution=2)["steps"]
+    assert len(two) == 2 and two[-1] == logged[-1]
 
 
 def test_evenly_spaced():
