@@ -69,7 +69,13 @@ function emaErrorChart(ema, syncKey) {
     color: colors[quantity],
     dash: isMax ? [5, 4] : undefined,
   }));
-  return { card: c.card, draw: () => seriesChart(c.body, ema.steps, series, { syncKey, xLabel: "step", yLabel: "error (std; |log ratio|)" }) };
+  const opts = {
+    syncKey,
+    xLabel: "step",
+    yLabel: "error (std; |log ratio|)",
+    yRangeFn: (_u, _min, max) => [0, isNum(max) && max > 0 ? max * 1.05 : 1], // errors are >= 0
+  };
+  return { card: c.card, draw: () => seriesChart(c.body, ema.steps, series, opts) };
 }
 
 export function resolutionFor(panel) {
