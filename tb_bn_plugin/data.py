@@ -343,7 +343,7 @@ def load_runs(
     wanted_layers = set(layers) if layers is not None else None
     tag_filter = None
     if wanted_layers is not None:
-        tag_filter = [metadata.layer_tag(p, k) for p in wanted_layers for k in ("summary", "channels")]
+        tag_filter = [metadata.layer_tag(p, k) for p in wanted_layers for k in ("summary", "channels", "ema_error")]
         tag_filter.append(metadata.gap_tag())
     tags, errors = list_tags(source, runs, tag_filter)
     by_run: dict[str, dict[str, dict[str, TagInfo]]] = {}

@@ -25,7 +25,7 @@ import numpy as np
 from tensorboard.data import provider as tb_provider
 from tensorboard.plugins.graph import metadata as graph_metadata
 
-from tb_bn_plugin import data, diagnostics, drift, graph_analysis, graph_io, metadata, records
+from tb_bn_plugin import data, diagnostics, drift, graph_analysis, graph_io, metadata, population, records
 from tb_bn_plugin.series import GapSeries, LayerSeries, RunData
 
 # Events per tag read for the overview and the diagnostics.
@@ -273,6 +273,21 @@ def layer_impl(
         "channel": None
         if channel is None
         else {"index": channel, "values": {stat: json_values(v[:, channel]) for stat, v in values.items()}},
+        "ema_error": _ema_error_json(run_data.ema_error.get(layer), resolution),
+    }
+
+
+def _ema_error_json(series: Optional[tuple[np.ndarray, np.ndarray]], resolution: int) -> Optional[dict[str, Any]]:
+    """A layer's ``PreciseStatsMonitor`` measurements (``None`` when not logged) and the ``ema-error`` thresholds."""
+    if series is None:
+        return None
+    steps, values = series
+    picked = data.evenly_spaced(len(steps), resolution)
+    thresholds = diagnostics.Thresholds()
+    return {
+        "steps": steps[picked].tolist(),
+        "fields": {name: json_values(values[picked, j]) for j, name in enumerate(population.EmaError.FIELDS)},
+        "thresholds": {"max_mean_shift": thresholds.mismatch_shift, "max_abs_log_var_ratio": thresholds.mismatch_log_var},
     }
 
 

@@ -71,6 +71,10 @@ def test_fixture_routes_follow_the_contract():
     assert len(layer["heatmaps"]["mean_shift"]) == 16
     assert len(layer["heatmaps"]["mean_shift"][0]) == len(layer["channel_steps"])
     assert layer["channel"]["index"] == 2
+    ema = layer["ema_error"]
+    assert len(ema["steps"]) == 10 and set(ema["fields"]) == {"mean_shift", "max_mean_shift", "abs_log_var_ratio", "max_abs_log_var_ratio"}
+    assert all(len(v) == 10 and _finite_or_null(v) for v in ema["fields"].values())
+    assert ds.layer_route(fixtures.HOSTILE_RUN, "normal/bn", 50)["ema_error"] is None
     assert "gamma" not in ds.layer_route("cnn_baseline", "model/block4/conv1_bn", 50)["summary"]
     with pytest.raises(fixtures.RouteError) as e:
         ds.layer_route("cnn_baseline", "model/block1/conv1_bn", 100, 99)
@@ -272,6 +276,31 @@ def test_layer_detail_plots_every_step_and_channels(tab):
     t.go(view="layer", run=fixtures.HOSTILE_RUN, layer=HOSTILE)
     f.wait_for_selector(f'.layer-detail[data-layer="{HOSTILE}"]')
     assert HOSTILE in f.locator("[data-role=config]").inner_text()
+
+
+@browser_only
+def test_layer_detail_ema_error_chart_hint_and_note(tab):
+    t = tab("small")
+    f = t.frame
+    ds = fixtures.Dataset("small")
+    for layer, large in (("model/block1/conv1_bn", False), ("model/head/bn_final", True)):
+        t.go(view="layer", run="cnn_baseline", layer=layer)
+        f.wait_for_selector(f'.layer-detail[data-layer="{layer}"] [data-chart="ema_error"] canvas')
+        logged = ds.layer_route("cnn_baseline", layer, 1000)["ema_error"]["steps"]
+        assert f.get_attribute('[data-chart="ema_error"]', "data-points") == str(len(logged)) == "10"
+        card = f.locator('[data-card="ema_error"]')
+        assert card.locator("figcaption").inner_text() == "EMA error vs precise statistics"
+        assert "PreciseStatsMonitor" in card.locator(".chart-sub").inner_text()
+        hint = card.locator("[data-hint=recalibrate]")
+        assert hint.count() == int(large)
+        if large:
+            assert "run tb_bn_plugin.recalibrate(" in hint.inner_text() and "max_mean_shift 3.913 > 0.5" in hint.inner_text()
+        assert f.locator("[data-note=ema-error]").count() == 0
+    # no PreciseStatsMonitor in this run: a note on how to enable it, no empty chart
+    t.go(view="layer", run=fixtures.HOSTILE_RUN, layer=HOSTILE)
+    note = f.wait_for_selector(f'.layer-detail[data-layer="{HOSTILE}"] [data-note=ema-error]')
+    assert "PreciseStatsMonitor(log_dir, held_out_x)" in note.inner_text()
+    assert f.locator('[data-chart="ema_error"]').count() == 0
 
 
 @browser_only

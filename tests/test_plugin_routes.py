@@ -11,6 +11,7 @@ the Python ``EventMultiplexer`` and the Rust data server (skipped when
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from urllib.parse import urlencode
@@ -26,6 +27,7 @@ from werkzeug.test import Client
 
 from _plugin_logdir import HOSTILE, LAYERS, LOGGED_STEPS, tfrecords, write_logdir
 from tb_bn_plugin import bn_plugin, data, drift, metadata, plugin_routes, records
+from tb_bn_plugin.population import EmaError
 from tb_bn_plugin.series import LayerConfig
 
 PREFIX = "/data/plugin/bn_internals/"
@@ -248,6 +250,7 @@ def test_layer_route_matches_read_stats(app, stats, layer):
     assert body["info"]["momentum"] == [config["momentum"]] * len(steps)
     assert body["info"]["training"] == [0.0 if layer == "frozen_bn" else 1.0] * len(steps)
     assert body["channel"] is None
+    assert body["ema_error"] is None  # no PreciseStatsMonitor in this run
 
 
 def test_frozen_layer_batch_statistics_are_null(app):
@@ -289,6 +292,76 @@ def test_layer_resolution_samples_at_read_keeping_the_last(app, stats):
     assert app.get("layer", run="train", layer="block1_bn", resolution=4) == body
     two = app.get("layer", run="train", layer="block1_bn", resolution=2)["steps"]
     assert len(two) == 2 and two[-1] == logged[-1]
+
+
+@pytest.fixture(scope="module")
+def monitor_run(tmp_path_factory):
+    """A 3-epoch fit logged by ``BatchNormCallback`` and ``PreciseStatsMonitor`` (each epoch, on a held sample).
+
+    Returns (logdir, the monitor, layer ``bn1`` (it normalises the input), the held sample).
+    """
+    import tensorflow as tf
+
+    from tb_bn_plugin import BatchNormCallback, PreciseStatsMonitor
+
+    keras = tf.keras
+    keras.utils.set_random_seed(0)
+    root = str(tmp_path_factory.mktemp("monitor"))
+    inp = keras.Input((4,))
+    h = keras.layers.BatchNormalization(name="bn1", momentum=0.9)(inp)
+    h = keras.layers.Dense(3)(h)
+    h = keras.layers.BatchNormalization(name="bn2", momentum=0.9)(h)
+    model = keras.Model(inp, keras.layers.Dense(1)(h))
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(64, 4)) * [1, 2, 3, 4] + [5, -1, 0, 2]).astype("float32")
+    held = x[:24]
+    monitor = PreciseStatsMonitor(root, held, batch_size=8)
+    model.fit(x, rng.normal(size=(64, 1)).astype("float32"), batch_size=8, epochs=3, verbose=0,
+              callbacks=[BatchNormCallback(root, log_every_n_steps=2), monitor])
+    return root, monitor, model.get_layer("bn1"), held
+
+
+@pytest.mark.parametrize("loader", ["python", "rust"])
+def test_layer_route_ema_error_matches_the_monitor(monitor_run, loader):
+    root, monitor, bn1, held = monitor_run
+    tb = App(root, loader)
+    try:
+        bodies = {path: tb.get("layer", run="train", layer=path) for path in ("bn1", "bn2")}
+        thinned = tb.get("layer", run="train", layer="bn1", resolution=2)["ema_error"]
+    finally:
+        tb.close()
+    steps = [step for step, _ in monitor.history]
+    assert steps == [8, 16, 24]
+    for path, body in bodies.items():
+        ema = body["ema_error"]
+        assert ema["steps"] == steps and list(ema["fields"]) == list(EmaError.FIELDS)
+        logged = np.column_stack([ema["fields"][field] for field in EmaError.FIELDS])
+        np.testing.assert_allclose(logged, [errors[path].as_array() for _, errors in monitor.history], rtol=RTOL)
+        assert ema["thresholds"] == {"max_mean_shift": 0.5, "max_abs_log_var_ratio": math.log(2.0)}
+    # Independent numpy: bn1's input is the held sample itself; the last measurement ends training.
+    x, eps = held.astype(np.float64), bn1.epsilon
+    shift = np.abs(bn1.moving_mean.numpy() - x.mean(axis=0)) / np.sqrt(x.var(axis=0) + eps)
+    log_ratio = np.abs(np.log((bn1.moving_variance.numpy() + eps) / (x.var(axis=0) + eps)))
+    last = [bodies["bn1"]["ema_error"]["fields"][field][-1] for field in EmaError.FIELDS]
+    np.testing.assert_allclose(last, [shift.mean(), shift.max(), log_ratio.mean(), log_ratio.max()], rtol=1e-5)
+    assert thinned["steps"] == [8, 24]
+    assert thinned["fields"]["mean_shift"] == [bodies["bn1"]["ema_error"]["fields"]["mean_shift"][i] for i in (0, 2)]
+
+
+def test_layer_impl_reads_only_the_layers_own_tags(monitor_run, monkeypatch):
+    source = data.open_logdir(monitor_run[0])
+    asked: list[str] = []
+    read = source.provider.read_tensors
+
+    def spy(*args, **kwargs):
+        asked.extend(kwargs["run_tag_filter"].tags)
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(source.provider, "read_tensors", spy)
+    assert plugin_routes.layer_impl(source, "train", "bn2")["ema_error"]["steps"] == [8, 16, 24]
+    assert metadata.layer_tag("bn2", "ema_error") in asked
+    assert all(tag.startswith("bn_internals/bn2/") or tag == metadata.gap_tag() for tag in asked), asked
 
 
 def test_evenly_spaced():

@@ -5,7 +5,10 @@ data server, skipped when not installed): the plugin is listed, its routes
 serve every logged step (16, not TensorBoard's default 10), and, when
 ``/usr/bin/chromium`` and the ``playwright`` package exist, headless Chromium
 shows the BN Internals tab: the overview lists the layers, a layer's charts
-plot every logged step, the graph view draws both paths. Screenshots go to the
+plot every logged step, the graph view draws both paths, the EMA-vs-precise
+error chart plots every measurement of the demo's ``slow-momentum`` run (which
+has a ``PreciseStatsMonitor``) and a run without the monitor shows how to
+enable it. Screenshots go to the
 test's tmp folder; with ``TB_BN_UPDATE_SCREENSHOT=1`` the layer detail's is copied
 to ``docs/screenshot.png``.
 """
@@ -32,6 +35,7 @@ import pytest
 from tensorboard.data import server_ingester
 
 from _plugin_logdir import HOSTILE, LAYERS, LOGGED_STEPS, write_logdir
+from demo_runs import demo
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -39,12 +43,21 @@ LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking
                "--no-first-run"]
 STARTUP_TIMEOUT_S = 180
 TIMEOUT_MS = 60_000
+SLOW = "slow-momentum"  # the demo scenario with a PreciseStatsMonitor
+SLOW_LAYER = "input_bn"
+
+
+def monitor_steps() -> list[int]:
+    """The steps of the slow-momentum monitor's measurements: each epoch's end at TEST size."""
+    size = demo().TEST
+    return [(epoch + 1) * (size.samples // size.batch) for epoch in range(size.epochs)]
 
 
 @pytest.fixture(scope="module")
 def logdir(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("logdir"))
     write_logdir(root, corrupt_runs=False)
+    demo().run_scenario(SLOW, root, verbose=0, size=demo().TEST)
     return root
 
 
@@ -89,18 +102,29 @@ def get_json(url: str):
 
 
 def wait_for_layers(base: str) -> dict:
-    """Poll the ``runs`` route until both runs show every logged step (TensorBoard loads in the background)."""
+    """Poll until both runs show every logged step and the slow-momentum run every monitor measurement.
+
+    TensorBoard loads in the background.
+    """
     deadline, body = time.time() + STARTUP_TIMEOUT_S, None
     while time.time() < deadline:
         body = get_json(base + "data/plugin/bn_internals/runs")
         runs = {r["run"]: r for r in body["runs"]}
-        if {"train", HOSTILE} <= set(runs) and all(
+        if {"train", HOSTILE, SLOW} <= set(runs) and all(
             len(runs[r]["layers"]) == len(LAYERS) and {l["num_steps"] for l in runs[r]["layers"]} == {len(LOGGED_STEPS)}
             for r in ("train", HOSTILE)
-        ):
+        ) and (ema_error(base, SLOW, SLOW_LAYER) or {}).get("steps") == monitor_steps():
             return runs
         time.sleep(1)
     pytest.fail(f"the runs route never listed every layer and step: {body}")
+
+
+def ema_error(base: str, run: str, layer: str) -> dict | None:
+    """The layer route's ``ema_error`` (None when not logged, or the layer is not loaded yet)."""
+    try:
+        return get_json(base + "data/plugin/bn_internals/layer?" + urlencode({"run": run, "layer": layer}))["ema_error"]
+    except urllib.error.HTTPError:
+        return None
 
 
 def _browser_skip_reason() -> str | None:
@@ -132,7 +156,8 @@ def test_routes_serve_every_logged_step(server):
     assert [l["path"] for l in runs["train"]["layers"]] == list(LAYERS) and runs["train"]["has_graph"]
     for layer in LAYERS:
         detail = get_json(base + "data/plugin/bn_internals/layer?" + urlencode({"run": "train", "layer": layer}))
-        assert detail["steps"] == LOGGED_STEPS
+        assert detail["steps"] == LOGGED_STEPS and detail["ema_error"] is None
+    assert ema_error(base, SLOW, SLOW_LAYER)["steps"] == monitor_steps()
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(base + "data/plugin/bn_internals/layer?run=train&layer=nope", timeout=60)
     assert err.value.code == 404 and "error" in json.loads(err.value.read())
@@ -161,7 +186,8 @@ def test_tab_in_headless_chromium(server, tmp_path):
             rows = frame.eval_on_selector_all(
                 "[data-view=overview] tr[data-layer]", "rs => rs.map(r => [r.dataset.run, r.dataset.layer])"
             )
-            assert sorted(rows) == sorted([[run, layer] for run in ("train", HOSTILE) for layer in LAYERS])
+            assert sorted(r for r in rows if r[0] != SLOW) == sorted([[run, layer] for run in ("train", HOSTILE) for layer in LAYERS])
+            assert [SLOW, SLOW_LAYER] in rows
             page.screenshot(path=str(tmp_path / f"overview-{load_fast}.png"))
 
             frame.evaluate("h => { location.hash = h; }", urlencode({"view": "layer", "run": "train", "layer": "block1_bn"}))
@@ -169,7 +195,17 @@ def test_tab_in_headless_chromium(server, tmp_path):
             frame.wait_for_selector('.layer-detail[data-layer="block1_bn"] .chart-body[data-chart=mean] canvas')
             assert detail.get_attribute("data-points") == detail.get_attribute("data-num-steps") == str(len(LOGGED_STEPS))
             assert frame.get_attribute(".chart-body[data-chart=mean]", "data-points") == str(len(LOGGED_STEPS))
+            assert "PreciseStatsMonitor" in detail.query_selector("[data-note=ema-error]").inner_text()
+            assert not detail.query_selector("[data-chart=ema_error]")
             page.screenshot(path=str(tmp_path / f"layer-{load_fast}.png"))
+
+            frame.evaluate("h => { location.hash = h; }", urlencode({"view": "layer", "run": SLOW, "layer": SLOW_LAYER}))
+            chart = frame.wait_for_selector(f'.layer-detail[data-run="{SLOW}"][data-layer="{SLOW_LAYER}"] .chart-body[data-chart=ema_error] canvas')
+            assert chart.evaluate("c => c.closest('[data-chart]').dataset.points") == str(len(monitor_steps()))
+            assert not frame.query_selector("[data-note=ema-error]")
+            assert "tb_bn_plugin.recalibrate(" in frame.inner_text("[data-card=ema_error] [data-hint=recalibrate]")
+            frame.locator("[data-card=ema_error]").scroll_into_view_if_needed()
+            page.screenshot(path=str(tmp_path / f"ema-error-{load_fast}.png"))
 
             frame.evaluate("h => { location.hash = h; }", urlencode({"view": "graph", "run": "train"}))
             site = frame.wait_for_selector('.site[data-site*="block1_bn"] svg.site-graph')

@@ -147,6 +147,7 @@ table.data td.run-cell { max-width: 160px; white-space: nowrap; overflow: hidden
 .chart-card.wide { grid-column: 1 / -1; }
 .chart-card figcaption { font-weight: 500; font-size: 12.5px; margin-bottom: 2px; }
 .chart-card .chart-sub { color: var(--text-2); font-size: 11.5px; margin-bottom: 4px; }
+.chart-card .chart-hint { color: var(--sev-warning); background: var(--sev-warning-bg); font-size: 11.5px; padding: 3px 6px; border-radius: 3px; margin: 0 0 4px; }
 .chart-body { width: 100%; min-height: 40px; }
 .echart-body { width: 100%; }
 .uplot { font-family: var(--font); }

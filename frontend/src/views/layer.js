@@ -1,6 +1,7 @@
 // Layer detail: batch vs moving statistics over steps (summarised across
 // channels with a band, any channel on demand), channel x step heatmaps,
-// gamma/beta, momentum and the EMA's remaining initial weight.
+// gamma/beta, momentum and the EMA's remaining initial weight, and the EMA's
+// error against precise statistics when a PreciseStatsMonitor logged it.
 import { h, messageBox, whenVisible } from "../dom.js";
 import { api } from "../api.js";
 import { seriesChart, heatmap, cssVar } from "../charts.js";
@@ -27,6 +28,54 @@ function summarySeries(summary, stat, label, color, band) {
     color,
     band: band ? { lo: s[band.lo], hi: s[band.hi] } : null,
   };
+}
+
+// population.EmaError fields: [key, label, quantity (colour), max over channels (dashed)].
+const EMA_FIELDS = [
+  ["mean_shift", "mean shift", "shift", false],
+  ["max_mean_shift", "max mean shift", "shift", true],
+  ["abs_log_var_ratio", "|log var ratio|", "variance", false],
+  ["max_abs_log_var_ratio", "max |log var ratio|", "variance", true],
+];
+
+/**
+ * The EMA-vs-precise error chart (ema: the layer route's `ema_error`), with a
+ * recalibrate hint when the latest measurement is over the ema-error thresholds.
+ * Returns the card and a function drawing the chart once the card is in the DOM.
+ */
+function emaErrorChart(ema, syncKey) {
+  const fields = ema.fields || {};
+  const c = chartCard(
+    "ema_error",
+    "EMA error vs precise statistics",
+    "PreciseStatsMonitor: moving statistics against the precise population statistics of its held sample. " +
+      "|moving − precise mean| / √(precise var + ε) and |log variance ratio|; solid: mean over channels, dashed: max.",
+  );
+  const latest = (key) => (Array.isArray(fields[key]) ? fields[key][ema.steps.length - 1] : null);
+  const over = Object.entries(ema.thresholds || {})
+    .map(([key, limit]) => [key, latest(key), limit])
+    .filter(([, value, limit]) => isNum(value) && isNum(limit) && value > limit);
+  if (over.length) {
+    const detail = over.map(([key, value, limit]) => `${key} ${fmt(value)} > ${fmt(limit)}`).join(", ");
+    c.card.insertBefore(
+      h("p", { class: "chart-hint", dataset: { hint: "recalibrate" } }, `Large EMA error (${detail}): run tb_bn_plugin.recalibrate(model, train_data) to replace the moving statistics with precise ones.`),
+      c.body,
+    );
+  }
+  const colors = { shift: cssVar("--accent"), variance: "#6a1b9a" };
+  const series = EMA_FIELDS.map(([key, label, quantity, isMax]) => ({
+    label,
+    values: fields[key],
+    color: colors[quantity],
+    dash: isMax ? [5, 4] : undefined,
+  }));
+  const opts = {
+    syncKey,
+    xLabel: "step",
+    yLabel: "error (std; |log ratio|)",
+    yRangeFn: (_u, _min, max) => [0, isNum(max) && max > 0 ? max * 1.05 : 1], // errors are >= 0
+  };
+  return { card: c.card, draw: () => seriesChart(c.body, ema.steps, series, opts) };
 }
 
 export function resolutionFor(panel) {
@@ -224,6 +273,17 @@ export async function renderLayer(panel, ctx) {
     ],
     { height: 160, yRange: [-0.05, 1.05], y2: Array.isArray(info.count) ? { label: "count" } : undefined },
   );
+
+  const ema = data.ema_error;
+  if (ema && Array.isArray(ema.steps) && ema.steps.length) {
+    const chart = emaErrorChart(ema, sync);
+    grid.appendChild(chart.card);
+    charts.push(chart.draw);
+  } else {
+    grid.appendChild(
+      h("div", { class: "chart-card wide muted", dataset: { note: "ema-error" } }, "No EMA-vs-precise error logged for this layer: add tb_bn_plugin.PreciseStatsMonitor(log_dir, held_out_x) to model.fit's callbacks to measure it on a held sample each epoch."),
+    );
+  }
 
   // Heatmaps.
   const chSteps = Array.isArray(data.channel_steps) ? data.channel_steps : [];
