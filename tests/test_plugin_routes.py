@@ -345,8 +345,12 @@ def test_layer_route_ema_error_matches_the_monitor(monitor_run, loader):
     log_ratio = np.abs(np.log((bn1.moving_variance.numpy() + eps) / (x.var(axis=0) + eps)))
     last = [bodies["bn1"]["ema_error"]["fields"][field][-1] for field in EmaError.FIELDS]
     np.testing.assert_allclose(last, [shift.mean(), shift.max(), log_ratio.mean(), log_ratio.max()], rtol=1e-5)
-    assert thinned["steps"] == [8, 24]
-    assert thinned["fields"]["mean_shift"] == [bodies["bn1"]["ema_error"]["fields"]["mean_shift"][i] for i in (0, 2)]
+    # Sampled at read like every series of the route: the last kept, evenly spaced over the Python loader.
+    assert len(thinned["steps"]) == 2 and thinned["steps"][-1] == 24 and set(thinned["steps"]) <= set(steps)
+    if loader == "python":
+        assert thinned["steps"] == [8, 24]
+    kept = [steps.index(step) for step in thinned["steps"]]
+    assert thinned["fields"]["mean_shift"] == [bodies["bn1"]["ema_error"]["fields"]["mean_shift"][i] for i in kept]
 
 
 def test_layer_impl_reads_only_the_layers_own_tags(monitor_run, monkeypatch):
