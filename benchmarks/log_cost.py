@@ -15,9 +15,10 @@ a first log), repeated log events of the last step:
 * ``log_summary_only``: ``_log`` on a step where no snapshot is due;
 * the breakdown of a full log, done the way ``_log`` does it: ``snapshot``
   (``StatsCapture.snapshot``: one tf.function call, one device round trip for
-  all layers, then numpy slicing), ``records`` (numpy summary/channel records),
-  ``write_summary`` and ``write_channels`` (one ``tf.summary.write`` per layer
-  each), and ``flush``.
+  all layers, then numpy slicing), ``records`` (``summary.layer_items``: numpy
+  summary records of all layers at once, per-channel records), ``write``
+  (``SummaryWriter.write_items``: one traced call writing every tag), and
+  ``flush``.
 
 Median over repeats (wall and process CPU). Then cost vs total channels:
 linear fit (slope µs/channel, intercept, R²), and a two-variable fit
@@ -42,7 +43,7 @@ harness.quiet_tensorflow()
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tb_bn_plugin import BatchNormCallback, records  # noqa: E402
+from tb_bn_plugin import BatchNormCallback, records, summary  # noqa: E402
 
 keras = tf.keras
 
@@ -85,7 +86,7 @@ class _Probe(keras.callbacks.Callback):
         step = cb._steps_done()
         first_wall, first_cpu, _ = harness.time_call(lambda: cb._log(step, force_snapshot=True))
         parts = {k: {"wall": [], "cpu": []} for k in
-                 ("log_full", "log_summary_only", "snapshot", "records", "write_summary", "write_channels", "flush")}
+                 ("log_full", "log_summary_only", "snapshot", "records", "write", "flush")}
 
         def add(key, wall, cpu):
             parts[key]["wall"].append(wall)
@@ -103,21 +104,9 @@ class _Probe(keras.callbacks.Callback):
             wall, cpu, snaps = harness.time_call(lambda: cb._capture.snapshot(step))
             add("snapshot", wall, cpu)
 
-            def make_records():
-                out = []
-                for snap in snaps:
-                    info = {"training": float(snap.training), "trainable": float(snap.trainable),
-                            "count": snap.count, "momentum": snap.momentum, "full": 1.0}
-                    out.append((snap.config, records.summary_record(snap.config, snap.values, info),
-                                records.channel_record(snap.config, snap.values, cb.channel_dtype)))
-                return out
-
-            wall, cpu, recs = harness.time_call(make_records)
+            wall, cpu, items = harness.time_call(lambda: summary.layer_items(snaps, True, cb.channel_dtype))
             add("records", wall, cpu)
-            add("write_summary", *harness.time_call(
-                lambda: [cb._writer.layer_summary(c, step, s) for c, s, _ in recs])[:2])
-            add("write_channels", *harness.time_call(
-                lambda: [cb._writer.layer_channels(c, step, ch) for c, _, ch in recs])[:2])
+            add("write", *harness.time_call(lambda: cb._writer.write_items(step, items))[:2])
             add("flush", *harness.time_call(cb._writer.flush)[:2])
         self.result = {
             "first_log_wall_s": first_wall,
@@ -170,19 +159,19 @@ def main(argv=None) -> int:
     for r in results:
         total = ms(r, "log_full")
         rows.append([r["model"], r["bn_layers"], r["channels"], total, ms(r, "log_summary_only"),
-                     ms(r, "snapshot"), ms(r, "records"), ms(r, "write_summary"), ms(r, "write_channels"),
+                     ms(r, "snapshot"), ms(r, "records"), ms(r, "write"),
                      ms(r, "flush"), 1e3 * total / r["bn_layers"], r["snapshot_interval"]])
-        parts = ("snapshot", "records", "write_summary", "write_channels", "flush")
+        parts = ("snapshot", "records", "write", "flush")
         r["breakdown_share"] = {k: r[k]["median_wall_s"] / sum(r[q]["median_wall_s"] for q in parts) for k in parts}
     print()
     print(harness.format_table(
         ["model", "bn", "channels", "full_ms", "summary_only_ms", "snapshot_ms", "records_ms",
-         "write_sum_ms", "write_ch_ms", "flush_ms", "us/layer", "snap_every"], rows))
+         "write_ms", "flush_ms", "us/layer", "snap_every"], rows))
 
     chans = [r["channels"] for r in results]
     layers = [r["bn_layers"] for r in results]
     fits = {}
-    for key in ("log_full", "log_summary_only", "snapshot", "records", "write_summary", "write_channels"):
+    for key in ("log_full", "log_summary_only", "snapshot", "records", "write"):
         costs = [1e6 * r[key]["median_wall_s"] for r in results]
         one = harness.linear_fit(chans, costs)
         two = harness.linear_fit2(chans, layers, costs)

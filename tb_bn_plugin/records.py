@@ -21,8 +21,11 @@ _QUANTILES = (0.05, 0.5, 0.95)
 EVENT_OVERHEAD_BYTES = 96
 
 
-def drift_rows(values: Mapping[str, np.ndarray], epsilon: float) -> dict[str, np.ndarray]:
-    """Per-channel drift quantities (``metadata.DRIFT_STATS``) from one step's statistics."""
+def drift_rows(values: Mapping[str, np.ndarray], epsilon: float | np.ndarray) -> dict[str, np.ndarray]:
+    """Per-channel drift quantities (``metadata.DRIFT_STATS``) from statistics of any leading shape.
+
+    ``epsilon`` is a float or an array broadcasting against the statistics.
+    """
     return {
         metadata.MEAN_SHIFT: drift.normalized_mean_shift(
             values[metadata.BATCH_MEAN], values[metadata.MOVING_MEAN], values[metadata.MOVING_VARIANCE], epsilon
@@ -70,10 +73,40 @@ def summary_record(
     Layout: ``INFO_FIELDS`` values, then the (R, Q) summary of
     ``summary_stats(config)`` in row-major order.
     """
-    rows = {**values, **drift_rows(values, config.epsilon)}
-    summary = summarize_across_channels(np.stack([rows[s] for s in summary_stats(config)]))
-    head = np.array([info[f] for f in metadata.INFO_FIELDS], dtype=np.float64)
-    return np.concatenate([head, summary.ravel()]).astype(np.float32)
+    return summary_records([config], [values], [info])[0]
+
+
+def summary_records(
+    configs: Sequence[LayerConfig],
+    values: Sequence[Mapping[str, np.ndarray]],
+    infos: Sequence[Mapping[str, float]],
+) -> list[np.ndarray]:
+    """``summary_record`` of many layers at once.
+
+    Layers of equal width are summarised together in one call per width, so
+    the cost grows with the number of channels and of distinct widths, not
+    with one numpy round per layer.
+    """
+    out: list[np.ndarray] = [np.empty(0, np.float32)] * len(configs)
+    by_width: dict[int, list[int]] = {}
+    for i, config in enumerate(configs):
+        by_width.setdefault(config.channels, []).append(i)
+    for members in by_width.values():
+        stacked = {
+            stat: np.stack([values[i][stat] for i in members])
+            for stat in (metadata.BATCH_MEAN, metadata.BATCH_VARIANCE, metadata.MOVING_MEAN, metadata.MOVING_VARIANCE)
+        }
+        epsilon = np.array([[configs[i].epsilon] for i in members])
+        drifts = drift_rows(stacked, epsilon)
+        matrices = [
+            np.stack([values[i][stat] for stat in configs[i].stats()] + [drifts[stat][k] for stat in metadata.DRIFT_STATS])
+            for k, i in enumerate(members)
+        ]
+        summaries = np.split(summarize_across_channels(np.concatenate(matrices)), np.cumsum([len(m) for m in matrices])[:-1])
+        for i, summary in zip(members, summaries):
+            head = np.array([infos[i][f] for f in metadata.INFO_FIELDS], dtype=np.float64)
+            out[i] = np.concatenate([head, summary.ravel()]).astype(np.float32)
+    return out
 
 
 def summary_record_width(config: LayerConfig) -> int:

@@ -47,8 +47,7 @@ def test_benchmark_smoke(name, tmp_path):
     elif name == "log_cost":
         assert data["models"]
         for model in data["models"]:
-            assert {"bn_layers", "channels", "log_full", "snapshot", "records", "write_summary",
-                    "write_channels"} <= set(model)
+            assert {"bn_layers", "channels", "log_full", "snapshot", "records", "write"} <= set(model)
         assert {"slope_us_per_channel", "intercept_us", "r2"} <= set(data["fits"]["log_full"]["vs_channels"])
     else:
         for scenario in data["scenarios"].values():

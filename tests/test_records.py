@@ -97,3 +97,28 @@ def test_snapshot_cadence_counts_from_latest_snapshot_including_forced_ones():
     got = [cadence.next(force) for force in [False, False, False, False, True, False, False, False]]
     assert got == [True, False, False, True, True, False, False, True]
     assert all(records.SnapshotCadence(1).next() for _ in range(3))
+
+
+def test_summary_records_of_many_layers_match_each_layer_alone():
+    """Layers are summarised in groups of equal width: grouping must not change any record."""
+    configs = [
+        _config(channels=5, path="a"), _config(channels=7, scale=False, path="b"),
+        _config(channels=5, center=False, path="c"), _config(channels=5, scale=False, center=False, path="d"),
+    ]
+    values = [_values(c, seed=i) for i, c in enumerate(configs)]
+    values[2]["batch_mean"] = np.full(5, np.nan)  # a layer that did not train at this step
+    values[2]["batch_variance"] = np.full(5, np.nan)
+    infos = [dict.fromkeys(metadata.INFO_FIELDS, float(i)) for i in range(len(configs))]
+    together = records.summary_records(configs, values, infos)
+    for config, value, info, record in zip(configs, values, infos, together):
+        assert record.dtype == np.float32 and record.shape == (records.summary_record_width(config),)
+        np.testing.assert_array_equal(record, records.summary_record(config, value, info))
+        got_info, summary = records.split_summary_record(config, record)
+        assert got_info["count"] == info["count"]
+        moving = value["moving_variance"]
+        np.testing.assert_allclose(summary["moving_variance"], [
+            moving.mean(), moving.std(), moving.min(), np.quantile(moving, 0.05), np.median(moving),
+            np.quantile(moving, 0.95), moving.max()], rtol=1e-6)
+        ratio = np.log((value["batch_variance"] + 1e-3) / (moving + 1e-3))
+        np.testing.assert_allclose(summary["log_var_ratio"][6], ratio.max(), rtol=1e-6)
+    assert np.isnan(records.split_summary_record(configs[2], together[2])[1]["mean_shift"]).all()
