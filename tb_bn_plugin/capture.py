@@ -96,6 +96,11 @@ def find_batchnorm_layers(model: Any, patterns: Optional[Sequence[str]] = None) 
     return refs
 
 
+def channel_axis(layer: Any) -> Any:
+    """A built layer's channel axis in its input's coordinates: an int, or a list/tuple for several axes."""
+    return legacy_keras.channel_axis(layer) if legacy_keras.is_legacy(layer) else layer.axis
+
+
 def require_built(refs: Sequence[BatchNormRef], before: str) -> None:
     """Raise ``UnsupportedLayerError`` naming any unbuilt layer; ``before`` says what needs them built."""
     unbuilt = [r.path for r in refs if not r.built]
@@ -110,7 +115,7 @@ def layer_config(ref: BatchNormRef, index: int) -> LayerConfig:
     layer = ref.layer
     if not ref.built:
         raise UnsupportedLayerError(f"BatchNormalization layer {ref.path!r} is not built yet")
-    axis = legacy_keras.channel_axis(layer) if ref.legacy else layer.axis
+    axis = channel_axis(layer)
     if not isinstance(axis, int):
         raise UnsupportedLayerError(
             f"BatchNormalization layer {ref.path!r} normalises over axis={axis!r}; "

@@ -180,6 +180,17 @@ class ProbeAdapter:
     def stateless(self) -> contextlib.AbstractContextManager:
         return restoring(_state_variables(self._model))
 
+    @staticmethod
+    def check_probe(refs: Sequence[Any], size: int) -> None:
+        """Raise ``ValueError`` when a layer cannot run in training mode on ``size`` samples."""
+        for ref in refs:
+            virtual = ref.layer.virtual_batch_size
+            if virtual is not None and size % virtual:
+                raise ValueError(
+                    f"the probe batch of {size} samples is not a multiple of virtual_batch_size={virtual} "
+                    f"of layer {ref.path!r}; pass probe_size or probe_data with a multiple of it"
+                )
+
 
 def _state_variables(model: Any) -> list[tf.Variable]:
     """Every variable a forward pass or a metric update may assign: non-trainable and metric variables."""

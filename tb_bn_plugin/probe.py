@@ -374,6 +374,10 @@ class _Keras3:
     def stateless() -> contextlib.AbstractContextManager:
         return keras.StatelessScope()
 
+    @staticmethod
+    def check_probe(refs: Sequence[BatchNormRef], size: int) -> None:
+        """Any probe batch size works for Keras 3 layers."""
+
 
 def _adapter(model: Any) -> Any:
     """The framework adapter for ``model``: ``_Keras3`` or ``legacy_keras.ProbeAdapter``."""
@@ -448,6 +452,7 @@ class GapProbe:
         self.scope = scope
         self.probe = probe
         self._tapped = list(tapped)
+        self._framework.check_probe(all_refs, probe.size)
         self._tap = _Tap(all_refs, tapped, self._framework.moments)
         self._capture = capture
         self._compile_loss, self._compile_metrics = self._compiled_objects()

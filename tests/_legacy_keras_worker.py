@@ -1,7 +1,9 @@
 """Run by tests/test_legacy_keras.py in a fresh process with ``TF_USE_LEGACY_KERAS=1`` (tf.keras is tf-keras).
 
 ``stats <layer kwargs as JSON>``: one BatchNormalization layer on the model input, trained
-with the callback on known batches; prints what was logged and what the layer holds.
+with the callback on known batches; prints what was logged, what the layer holds, and its
+precise statistics before / moving statistics after ``recalibrate`` and, for virtual batches,
+why a 6-sample probe batch is refused.
 ``identical``: a model with every BN variant trained with and without the callback under
 op determinism; prints whether the state matches bit for bit.
 """
@@ -21,7 +23,9 @@ import tensorflow as tf  # noqa: E402
 keras = tf.keras
 assert keras.__name__.startswith("tf_keras"), keras.__name__
 
-from tb_bn_plugin import BatchNormCallback, data  # noqa: E402
+from tb_bn_plugin import BatchNormCallback, data, precise_stats, recalibrate  # noqa: E402
+from tb_bn_plugin.capture import find_batchnorm_layers  # noqa: E402
+from tb_bn_plugin.probe import GapProbe, probe_batch_from_data  # noqa: E402
 
 
 def _data(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,16 +49,31 @@ def stats(layer_kwargs: dict) -> dict:
                   callbacks=[BatchNormCallback(log_dir, log_every_n_steps=1)])
     run = data.load_runs(data.open_logdir(log_dir))["train"]
     layer, gap = run.layers["bn"], run.gap
+    logged = {
+        "layer_moving_mean": bn.moving_mean.numpy().ravel().tolist(),
+        "layer_moving_variance": bn.moving_variance.numpy().ravel().tolist(),
+        "layer_gamma": bn.gamma.numpy().ravel().tolist(),
+        "layer_beta": bn.beta.numpy().ravel().tolist(),
+    }
+    if "virtual_batch_size" in layer_kwargs:
+        refs = find_batchnorm_layers(model)
+        try:
+            GapProbe(model, refs, refs, probe_batch_from_data((x[:6], y[:6]), 6))
+        except ValueError as err:
+            logged["probe_error"] = str(err)
+    precise = precise_stats(model, x, batch_size=16, progress=False)["bn"]
+    recalibrate(model, x, batch_size=16, progress=False)
     return {
+        **logged,
+        "precise_mean": precise["mean"].tolist(),
+        "precise_variance": precise["variance"].tolist(),
+        "recalibrated_mean": bn.moving_mean.numpy().ravel().tolist(),
+        "recalibrated_variance": bn.moving_variance.numpy().ravel().tolist(),
         "fused": bool(bn.fused),
         "warnings": [str(w.message) for w in caught if "BatchNormCallback" in str(w.message)],
         "steps": layer.steps.tolist(),
         "count": layer.info["count"].tolist(),
         **{stat: layer.channels[stat].tolist() for stat in ("batch_mean", "batch_variance", "moving_mean", "moving_variance")},
-        "layer_moving_mean": bn.moving_mean.numpy().ravel().tolist(),
-        "layer_moving_variance": bn.moving_variance.numpy().ravel().tolist(),
-        "layer_gamma": bn.gamma.numpy().ravel().tolist(),
-        "layer_beta": bn.beta.numpy().ravel().tolist(),
         "gap_steps": gap.steps.tolist(),
         "gap_local": gap.local["bn"].tolist(),
         "gap_local_derived": gap.local_derived["bn"].tolist(),

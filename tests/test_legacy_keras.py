@@ -81,6 +81,11 @@ def test_logged_statistics_match_numpy(case):
             np.testing.assert_allclose(out["moving_mean"][step], moving_mean, rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(out["moving_variance"][step], moving_variance, rtol=1e-5)
 
+    # Precise statistics of the layer's input (all 32 samples) and recalibration.
+    for key in ("precise", "recalibrated"):
+        np.testing.assert_allclose(out[f"{key}_mean"], x.mean(axis=(0, 1, 2)), rtol=1e-6)
+        np.testing.assert_allclose(out[f"{key}_variance"], x.var(axis=(0, 1, 2)), rtol=1e-6)
+
     # The gap at each epoch end on the stashed first batch (the BN layer is the first layer).
     assert out["gap_steps"] == [2, 4]
     assert np.isfinite(out["gap_local"]).all() and np.all(np.array(out["gap_local"]) > 0)
@@ -99,6 +104,8 @@ def test_logged_statistics_match_numpy(case):
     else:
         # Renorm's r/d correction and ghost batches are not a plain batch normalisation.
         assert np.isnan(out["gap_local_derived"]).all()
+    if case == "virtual":
+        assert "not a multiple of virtual_batch_size=4" in out["probe_error"]
 
 
 def test_training_identical_with_and_without_callback():
