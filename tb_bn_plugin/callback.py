@@ -101,7 +101,8 @@ class BatchNormCallback(keras.callbacks.Callback):
         BatchNormalization alone and deterministic. ``"model"``: the whole
         model with ``training=True`` as in ``fit`` (dropout included, with the
         same masks in every pass of one measurement; the RNG state never
-        advances).
+        advances). tf-keras models support ``"batchnorm"`` only: ``"model"``
+        falls back to it with a ``GapProbeWarning``.
       probe_data: the probe batch, ``(x, y)`` or ``(x, y, sample_weight)`` of
         arrays or tensors (at most ``probe_size`` samples of it are used).
         Default: the first ``probe_size`` samples of the first training batch,

@@ -1,4 +1,4 @@
-"""Find a Keras 3 model's BatchNormalization layers and capture their batch statistics.
+"""Find a Keras model's BatchNormalization layers and capture their batch statistics.
 
 Framework glue, kept thin. Batch statistics are captured inside the real
 training step: each BN layer's ``_moments`` (which computes exactly the mean
@@ -6,7 +6,8 @@ and biased variance the layer then normalises with) is wrapped on the layer
 instance so that, while the train function is traced, it also assigns its
 results to capture variables owned by this module. Nothing the model computes
 changes: the wrapper returns the original tensors, and the capture variables
-are not part of the model.
+are not part of the model. tf-keras (legacy Keras 2) layers are captured by
+the wrappers in ``legacy_keras`` (which also explains its fused path).
 
 Under a ``tf.distribute`` strategy the capture variables are mirrored,
 ``ON_WRITE`` with ``ONLY_FIRST_REPLICA`` aggregation: every replica assigns,
@@ -27,7 +28,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tb_bn_plugin import metadata
+from tb_bn_plugin import legacy_keras, metadata
 from tb_bn_plugin.series import LayerConfig
 
 keras = tf.keras
@@ -48,6 +49,22 @@ class BatchNormRef:
     def built(self) -> bool:
         return bool(self.layer.built) and getattr(self.layer, "moving_mean", None) is not None
 
+    @property
+    def channels(self) -> int:
+        """Number of channels of a built layer (tf-keras keeps broadcast-shaped variables)."""
+        return math.prod(int(d) for d in self.layer.moving_mean.shape)
+
+    @property
+    def legacy(self) -> bool:
+        """Whether the layer is a tf-keras (legacy Keras 2) layer."""
+        return legacy_keras.is_legacy(self.layer)
+
+    def normalises_with_batch_moments(self) -> bool:
+        """Whether training mode is a plain normalisation with the captured batch moments (no renorm etc.)."""
+        if self.legacy:
+            return legacy_keras.normalises_with_batch_moments(self.layer)
+        return not getattr(self.layer, "renorm", False)
+
 
 def find_batchnorm_layers(model: Any, patterns: Optional[Sequence[str]] = None) -> list[BatchNormRef]:
     """Every BatchNormalization layer reachable from ``model``, in model order.
@@ -63,12 +80,13 @@ def find_batchnorm_layers(model: Any, patterns: Optional[Sequence[str]] = None) 
     seen: set[int] = set()
 
     def walk(layer: Any, prefix: str) -> None:
-        for child in getattr(layer, "_layers", ()):
+        children = legacy_keras.child_layers(layer) if legacy_keras.is_legacy(layer) else getattr(layer, "_layers", ())
+        for child in children:
             if id(child) in seen:
                 continue
             seen.add(id(child))
             path = f"{prefix}/{child.name}" if prefix else child.name
-            if isinstance(child, keras.layers.BatchNormalization):
+            if isinstance(child, keras.layers.BatchNormalization) or legacy_keras.is_batchnorm(child):
                 refs.append(BatchNormRef(path, child))
             walk(child, path)
 
@@ -76,6 +94,11 @@ def find_batchnorm_layers(model: Any, patterns: Optional[Sequence[str]] = None) 
     if patterns is not None:
         refs = [r for r in refs if any(fnmatch.fnmatchcase(r.path, p) for p in patterns)]
     return refs
+
+
+def channel_axis(layer: Any) -> Any:
+    """A built layer's channel axis in its input's coordinates: an int, or a list/tuple for several axes."""
+    return legacy_keras.channel_axis(layer) if legacy_keras.is_legacy(layer) else layer.axis
 
 
 def require_built(refs: Sequence[BatchNormRef], before: str) -> None:
@@ -92,7 +115,7 @@ def layer_config(ref: BatchNormRef, index: int) -> LayerConfig:
     layer = ref.layer
     if not ref.built:
         raise UnsupportedLayerError(f"BatchNormalization layer {ref.path!r} is not built yet")
-    axis = layer.axis
+    axis = channel_axis(layer)
     if not isinstance(axis, int):
         raise UnsupportedLayerError(
             f"BatchNormalization layer {ref.path!r} normalises over axis={axis!r}; "
@@ -104,7 +127,7 @@ def layer_config(ref: BatchNormRef, index: int) -> LayerConfig:
     return LayerConfig(
         path=ref.path,
         index=index,
-        channels=int(layer.moving_mean.shape[0]),
+        channels=ref.channels,
         axis=int(axis if axis >= 0 or rank is None else axis + rank),
         momentum=float(layer.momentum),
         epsilon=float(layer.epsilon),
@@ -165,21 +188,30 @@ class StatsCapture:
         self._clock = clock
         self._slots = [_CaptureSlots(c.channels, strategy) for c in self.configs]
         self._installed = False
+        self._wrapped: list[tuple[Any, str]] = []
         self._enabled = True
         self._snapshot_fn = tf.function(self._gather, autograph=False)
 
     # -- wrapping ---------------------------------------------------------------
 
     def install(self) -> None:
-        """Wrap each layer's ``_moments``; takes effect in functions traced afterwards."""
+        """Wrap each layer's statistics method; takes effect in functions traced afterwards."""
+        self._wrapped = []
         for ref, slots in zip(self._refs, self._slots):
-            object.__setattr__(ref.layer, "_moments", self._wrap(ref.layer, slots))
+            record = self._recorder(ref.layer, slots)
+            if ref.legacy:
+                name = legacy_keras.install_capture(ref.layer, record)
+            else:
+                name = "_moments"
+                object.__setattr__(ref.layer, name, _wrap_moments(ref.layer, record))
+            self._wrapped.append((ref.layer, name))
         self._installed = True
 
     def uninstall(self) -> None:
-        """Restore the layers' own ``_moments``."""
-        for ref in self._refs:
-            ref.layer.__dict__.pop("_moments", None)
+        """Restore the layers' own methods."""
+        for layer, name in self._wrapped:
+            layer.__dict__.pop(name, None)
+        self._wrapped = []
         self._installed = False
 
     @property
@@ -190,31 +222,27 @@ class StatsCapture:
         """Context manager: functions traced inside it do not write the capture variables."""
         return _Paused(self)
 
-    def _wrap(self, layer: Any, slots: _CaptureSlots):
-        original = type(layer)._moments.__get__(layer)
+    def _recorder(self, layer: Any, slots: _CaptureSlots) -> legacy_keras.Record:
+        """What a wrapper calls with the (C,) mean, (C,) biased variance and count it saw."""
         capture = self
 
-        def _moments(inputs, mask):
-            mean, variance = original(inputs, mask)
-            if capture._enabled:
-                channels = slots.stats.shape[1]
-                stats = tf.stack(
+        def record(mean: tf.Tensor, variance: tf.Tensor, count: tf.Tensor, masked: bool) -> None:
+            if not capture._enabled:
+                return
+            channels = slots.stats.shape[1]
+            slots.stats.assign(
+                tf.stack(
                     [tf.reshape(tf.cast(mean, tf.float32), [channels]),
                      tf.reshape(tf.cast(variance, tf.float32), [channels])]
                 )
-                if mask is None:
-                    count = tf.cast(tf.size(inputs), tf.float32) / float(channels)
-                    if getattr(layer, "synchronized", False):
-                        count = _global_count(count)
-                else:
-                    # Keras computes masked moments per replica, even when synchronized.
-                    count = tf.reduce_sum(tf.cast(mask, tf.float32))
-                slots.stats.assign(stats)
-                slots.count.assign(count)
-                slots.step.assign(tf.cast(tf.convert_to_tensor(capture._clock), tf.int64))
-            return mean, variance
+            )
+            # Keras computes masked moments per replica, even when synchronized.
+            if not masked and getattr(layer, "synchronized", False):
+                count = _global_count(count)
+            slots.count.assign(count)
+            slots.step.assign(tf.cast(tf.convert_to_tensor(capture._clock), tf.int64))
 
-        return _moments
+        return record
 
     # -- reading ----------------------------------------------------------------
 
@@ -262,6 +290,22 @@ class StatsCapture:
                 )
             )
         return out
+
+
+def _wrap_moments(layer: Any, record: legacy_keras.Record):
+    """A Keras 3 layer's ``_moments(inputs, mask)`` that also records what it returns."""
+    original = type(layer)._moments.__get__(layer)
+
+    def _moments(inputs, mask):
+        mean, variance = original(inputs, mask)
+        if mask is None:
+            count = tf.cast(tf.size(inputs), tf.float32) / float(layer.moving_mean.shape[0])
+        else:
+            count = tf.reduce_sum(tf.cast(mask, tf.float32))
+        record(mean, variance, count, mask is not None)
+        return mean, variance
+
+    return _moments
 
 
 def _global_count(count: tf.Tensor) -> tf.Tensor:

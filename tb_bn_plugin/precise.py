@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from tb_bn_plugin import metadata, population
-from tb_bn_plugin.capture import BatchNormRef, find_batchnorm_layers, layer_config, require_built
+from tb_bn_plugin.capture import BatchNormRef, channel_axis, find_batchnorm_layers, layer_config, require_built
 from tb_bn_plugin.population import EmaError, Moments, RecalibrationReport
 
 keras = tf.keras
@@ -99,7 +99,7 @@ def _is_batch_list(obj: Any) -> bool:
 
 
 def _channel_axis(layer: Any, rank: int) -> int:
-    axis = layer.axis
+    axis = channel_axis(layer)
     if not isinstance(axis, int):
         raise ValueError(f"BatchNormalization axis={axis!r} is not a single integer channel axis")
     return axis + rank if axis < 0 else axis
@@ -187,7 +187,7 @@ def _measure(
     batches, known = iterate_batches(dataset, batch_size)
     target = num_batches if num_batches is not None else known
     bar = keras.utils.Progbar(target, unit_name="batch") if progress else None
-    totals = [Moments.empty(int(r.layer.moving_mean.shape[0])) for r in refs]
+    totals = [Moments.empty(r.channels) for r in refs]
     done = 0
     with recorder:
         for x in batches:
@@ -245,10 +245,7 @@ def ema_errors(model: Any, stats: Mapping[str, Mapping[str, Any]]) -> dict[str, 
         s = stats.get(ref.path)
         if s is None or s["count"] == 0:
             continue
-        layer = ref.layer
-        out[ref.path] = population.ema_error(
-            layer.moving_mean.numpy(), layer.moving_variance.numpy(), s["mean"], s["variance"], float(layer.epsilon)
-        )
+        out[ref.path] = population.ema_error(*_moving(ref.layer), s["mean"], s["variance"], float(ref.layer.epsilon))
     return out
 
 
@@ -276,7 +273,7 @@ def recalibrate(
     refs = _selected(model, layers)
     if not refs:
         return RecalibrationReport([], 0, 0)
-    before = [(r.layer.moving_mean.numpy().copy(), r.layer.moving_variance.numpy().copy()) for r in refs]
+    before = [_moving(r.layer) for r in refs]
     limit = max_passes if max_passes is not None else len(refs) + 1
     passes = batches = 0
     counts = [0] * len(refs)
@@ -291,19 +288,16 @@ def recalibrate(
                 continue
             layer = ref.layer
             shift, log_ratio = population.ema_error_channels(
-                layer.moving_mean.numpy(), layer.moving_variance.numpy(),
-                result["mean"], result["variance"], float(layer.epsilon),
+                *_moving(layer), result["mean"], result["variance"], float(layer.epsilon),
             )
             moved = max(moved, float(np.max(shift)), float(np.max(log_ratio)))
-            layer.moving_mean.assign(result["mean"].astype(_np_dtype(layer.moving_mean)))
-            layer.moving_variance.assign(result["variance"].astype(_np_dtype(layer.moving_variance)))
+            _assign(layer.moving_mean, result["mean"])
+            _assign(layer.moving_variance, result["variance"])
         if moved <= tolerance:
             break
     report_layers = [
         population.layer_recalibration(
-            ref.path, old_mean, old_var,
-            ref.layer.moving_mean.numpy(), ref.layer.moving_variance.numpy(),
-            float(ref.layer.epsilon), count,
+            ref.path, old_mean, old_var, *_moving(ref.layer), float(ref.layer.epsilon), count,
         )
         for ref, (old_mean, old_var), count in zip(refs, before, counts)
         if count > 0
@@ -311,9 +305,14 @@ def recalibrate(
     return RecalibrationReport(report_layers, batches, passes)
 
 
-def _np_dtype(variable: Any) -> np.dtype:
+def _moving(layer: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A layer's (C,) moving mean and variance (tf-keras may keep them broadcast-shaped)."""
+    return layer.moving_mean.numpy().ravel().copy(), layer.moving_variance.numpy().ravel().copy()
+
+
+def _assign(variable: Any, values: np.ndarray) -> None:
     dtype = variable.dtype
-    return np.dtype(getattr(dtype, "name", dtype))
+    variable.assign(np.reshape(values, variable.shape).astype(np.dtype(getattr(dtype, "name", dtype))))
 
 
 # -- logging during fit --------------------------------------------------------------

@@ -23,6 +23,12 @@ batch statistics either. The layers' inputs and outputs are collected by
 wrapping each BN layer instance's ``call`` only while the probe functions are
 traced.
 
+tf-keras (legacy Keras 2) models have no ``StatelessScope``: there each pass
+runs inside ``legacy_keras.restoring``, which assigns the non-trainable and
+metric variables back to the values read before the pass (bit-exact), and
+``gap_scope="model"`` falls back to ``"batchnorm"`` with a warning (tf-keras
+dropout draws from stateful RNG ops no scope can rewind).
+
 The probe batch is either given (``probe_data``) or stashed from the first
 training batch by ``FirstBatchStash`` (a wrapper around ``train_step`` that
 copies at most ``probe_size`` samples of the first batch into variables owned
@@ -39,7 +45,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tb_bn_plugin import gap, metadata
+from tb_bn_plugin import gap, legacy_keras, metadata
 from tb_bn_plugin.capture import BatchNormRef, StatsCapture
 
 keras = tf.keras
@@ -270,8 +276,9 @@ class _Pass:
 class _Tap:
     """Wraps the ``call`` of every BN layer instance (only while probe functions are traced)."""
 
-    def __init__(self, all_refs: Sequence[BatchNormRef], tapped: Sequence[BatchNormRef]) -> None:
+    def __init__(self, all_refs: Sequence[BatchNormRef], tapped: Sequence[BatchNormRef], moments: Any) -> None:
         slots = {id(r.layer): i for i, r in enumerate(tapped)}
+        self._moments = moments
         self._layers = [(r.layer, slots.get(id(r.layer))) for r in all_refs]
         self.current: Optional[_Pass] = None
 
@@ -310,7 +317,7 @@ class _Tap:
                 return out
             wants_inference = slot is not None and (first or p.kind == "attribution")
             # The inference-mode output first: the training-mode call assigns the
-            # moving statistics (into the StatelessScope), later reads would see that.
+            # moving statistics (inside the stateless scope), later reads would see that.
             out_inference = original(inputs, training=False, **kwargs) if wants_inference else None
             out_train = original(inputs, training=True, **kwargs)
             if p.kind == "train":
@@ -318,7 +325,7 @@ class _Tap:
                     p.records[slot] = {
                         "out": out_train,
                         "local_inference": out_inference,
-                        "moments": _moments(layer, inputs, mask),
+                        "moments": tap._moments(layer, inputs, mask),
                         "masked": mask is not None,
                     }
                 return out_train
@@ -329,13 +336,52 @@ class _Tap:
         return call
 
 
-def _moments(layer: Any, inputs: Any, mask: Any) -> tuple[tf.Tensor, tf.Tensor]:
-    """The (mean, biased variance) a BN layer normalises ``inputs`` with, as (C,) float32."""
-    compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
-    inputs = tf.cast(inputs, compute_dtype)
-    # The class's own _moments: the capture wrapper on the instance stays out of this.
-    mean, variance = type(layer)._moments(layer, inputs, mask)
-    return tf.reshape(tf.cast(mean, tf.float32), [-1]), tf.reshape(tf.cast(variance, tf.float32), [-1])
+class _Keras3:
+    """How ``GapProbe`` reaches a Keras 3 model's compiled loss/metrics and keeps its state.
+
+    ``legacy_keras.ProbeAdapter`` is the tf-keras counterpart.
+    """
+
+    supports_model_scope = True
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    def compiled_loss(self) -> Any:
+        return getattr(self._model, "_compile_loss", None)
+
+    def compiled_metrics(self) -> Any:
+        return getattr(self._model, "_compile_metrics", None)
+
+    @staticmethod
+    def is_built(container: Any) -> bool:
+        return bool(getattr(container, "built", False))
+
+    @staticmethod
+    def metric_results(container: Any) -> dict[str, Any]:
+        return container.result()
+
+    @staticmethod
+    def moments(layer: Any, inputs: Any, mask: Any) -> tuple[tf.Tensor, tf.Tensor]:
+        """The (mean, biased variance) a BN layer normalises ``inputs`` with, as (C,) float32."""
+        compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
+        inputs = tf.cast(inputs, compute_dtype)
+        # The class's own _moments: the capture wrapper on the instance stays out of this.
+        mean, variance = type(layer)._moments(layer, inputs, mask)
+        return tf.reshape(tf.cast(mean, tf.float32), [-1]), tf.reshape(tf.cast(variance, tf.float32), [-1])
+
+    @staticmethod
+    def stateless() -> contextlib.AbstractContextManager:
+        return keras.StatelessScope()
+
+    @staticmethod
+    def check_probe(refs: Sequence[BatchNormRef], size: int) -> None:
+        """Any probe batch size works for Keras 3 layers."""
+
+
+def _adapter(model: Any) -> Any:
+    """The framework adapter for ``model``: ``_Keras3`` or ``legacy_keras.ProbeAdapter``."""
+    return legacy_keras.ProbeAdapter(model) if legacy_keras.is_legacy(model) else _Keras3(model)
 
 
 def _sums_of_squares(reference: Any, other: Any) -> tuple[tf.Tensor, tf.Tensor]:
@@ -365,7 +411,7 @@ class GapProbe:
     layer set and probe batch are then fixed).
 
     Args:
-      model: a built Keras 3 model; the compiled loss/metrics are used when the
+      model: a built Keras 3 or tf-keras model; the compiled loss/metrics are used when the
         model is compiled and has trained a step (else losses/metrics are NaN).
       all_refs: every BatchNormalization layer of the model (all switch modes).
       tapped: the layers per-layer gaps are measured for (a subset of ``all_refs``).
@@ -395,12 +441,20 @@ class GapProbe:
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
         self.model = model
+        self._framework = _adapter(model)
+        self.warnings: list[str] = []
+        if scope == SCOPE_MODEL and not self._framework.supports_model_scope:
+            self.warnings.append(
+                'gap_scope="model" is not supported for tf-keras models (their dropout RNG state cannot be '
+                'left untouched); the gap is measured with gap_scope="batchnorm"'
+            )
+            scope = SCOPE_BATCHNORM
         self.scope = scope
         self.probe = probe
         self._tapped = list(tapped)
-        self._tap = _Tap(all_refs, tapped)
+        self._framework.check_probe(all_refs, probe.size)
+        self._tap = _Tap(all_refs, tapped, self._framework.moments)
         self._capture = capture
-        self.warnings: list[str] = []
         self._compile_loss, self._compile_metrics = self._compiled_objects()
         self.loss_names = ["loss"]
         if self._compile_loss is not None and len(self._compile_loss.metrics) > 1:
@@ -433,8 +487,8 @@ class GapProbe:
         values[:, col(metadata.GAP_LOCAL)] = _root_ratio(out["local_diff_sq"], out["local_ref_sq"])
         for i, ref in enumerate(self._tapped):
             stats = out["stats"][i]
-            if ref.layer.renorm or not np.isfinite(stats["batch_mean"]).all():
-                continue  # renorm: training mode is not a plain batch-statistics normalisation
+            if not ref.normalises_with_batch_moments() or not np.isfinite(stats["batch_mean"]).all():
+                continue  # e.g. renorm: training mode is not a plain batch-statistics normalisation
             values[i, col(metadata.GAP_LOCAL_DERIVED)] = gap.local_gap_from_stats(
                 stats["batch_mean"],
                 stats["batch_variance"],
@@ -493,7 +547,7 @@ class GapProbe:
         stats = []
         for ref in self._tapped:
             layer = ref.layer
-            channels = int(layer.moving_mean.shape[0])
+            channels = ref.channels
             read = lambda v: tf.reshape(tf.cast(tf.convert_to_tensor(v), tf.float32), [-1])  # noqa: E731
             stats.append(
                 {
@@ -504,11 +558,11 @@ class GapProbe:
                 }
             )
         inference = _Pass("inference")
-        with self._tap.active(inference), keras.StatelessScope():
+        with self._tap.active(inference), self._framework.stateless():
             y_pred = self.model(x, training=False)
             inference_losses, inference_metrics = self._score(y, y_pred, sample_weight, record_names=True)
         train = _Pass("train")
-        with self._tap.active(train), keras.StatelessScope():
+        with self._tap.active(train), self._framework.stateless():
             y_pred = self.model(x, training=self.scope == SCOPE_MODEL)
             train_losses, train_metrics = self._score(y, y_pred, sample_weight)
         compound, local = [], []
@@ -539,7 +593,7 @@ class GapProbe:
 
     def _attribution_pass(self, index: tf.Tensor, *args: tf.Tensor) -> tf.Tensor:
         x, y, sample_weight = self._unpack(args)
-        with self._tap.active(_Pass("attribution", index)), keras.StatelessScope():
+        with self._tap.active(_Pass("attribution", index)), self._framework.stateless():
             y_pred = self.model(x, training=self.scope == SCOPE_MODEL)
             losses, _ = self._score(y, y_pred, sample_weight, with_metrics=False)
         return losses[0]
@@ -547,7 +601,7 @@ class GapProbe:
     def _score(
         self, y: Any, y_pred: Any, sample_weight: Any, with_metrics: bool = True, record_names: bool = False
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        """(losses (L,), metrics (M,)) float32; only call inside a StatelessScope.
+        """(losses (L,), metrics (M,)) float32; only call inside ``self._framework.stateless()``.
 
         The model's own compiled loss and metric objects are used, reset first:
         inside the scope their updates are intercepted, so the model's trackers
@@ -568,7 +622,7 @@ class GapProbe:
             compiled.reset_state()
             compiled.update_state(y, y_pred, sample_weight)
             names = []
-            for name, value in compiled.result().items():
+            for name, value in self._framework.metric_results(compiled).items():
                 value = tf.convert_to_tensor(value)
                 if value.shape.rank != 0:
                     continue  # non-scalar metric results are not logged
@@ -580,17 +634,17 @@ class GapProbe:
 
     def _compiled_objects(self) -> tuple[Any, Any]:
         """The model's built CompileLoss / CompileMetrics, or None with a warning why not."""
-        model = self.model
-        loss = getattr(model, "_compile_loss", None)
+        framework = self._framework
+        loss = framework.compiled_loss()
         if loss is None:
             self.warnings.append(
                 "the model has no compiled loss (compile(loss=...)); the probe losses are NaN and no attribution is computed"
             )
-        elif not getattr(loss, "built", False):
+        elif not framework.is_built(loss):
             self.warnings.append("the compiled loss was not built by a training step; the probe losses are NaN")
             loss = None
-        metrics = getattr(model, "_compile_metrics", None)
-        if metrics is not None and not getattr(metrics, "built", False):
+        metrics = framework.compiled_metrics()
+        if metrics is not None and not framework.is_built(metrics):
             self.warnings.append("the compiled metrics were not built by a training step; they are not logged")
             metrics = None
         return loss, metrics
