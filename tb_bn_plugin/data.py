@@ -325,6 +325,7 @@ def load_runs(
     downsample: int = ALL_SAMPLES,
     cache: Optional["SeriesCache"] = None,
     channel_downsample: Optional[int | Callable[[LayerConfig], int]] = None,
+    with_gap: bool = True,
 ) -> dict[str, RunData]:
     """Every (or the selected) run's layer series and train/inference gap.
 
@@ -336,6 +337,7 @@ def load_runs(
       cache: reuse layer series parsed before from the same tags at the same max_step.
       channel_downsample: at most this many per-channel snapshots per layer,
         or a function of the layer's config giving it (default: ``downsample``).
+      with_gap: also read the train/inference gap.
     """
     if channel_downsample is None:
         channel_downsample = downsample
@@ -344,7 +346,8 @@ def load_runs(
     tag_filter = None
     if wanted_layers is not None:
         tag_filter = [metadata.layer_tag(p, k) for p in wanted_layers for k in ("summary", "channels", "ema_error")]
-        tag_filter.append(metadata.gap_tag())
+        if with_gap:
+            tag_filter.append(metadata.gap_tag())
     tags, errors = list_tags(source, runs, tag_filter)
     by_run: dict[str, dict[str, dict[str, TagInfo]]] = {}
     gap_tags: dict[str, TagInfo] = {}
@@ -352,7 +355,8 @@ def load_runs(
     for run, infos in tags.items():
         for info in infos:
             if info.kind == metadata.KIND_GAP:
-                gap_tags[run] = info
+                if with_gap:
+                    gap_tags[run] = info
                 continue
             if info.kind == metadata.KIND_EMA_ERROR:
                 ema_tags.setdefault(run, {})[str(info.content.get("layer_path"))] = info
@@ -375,24 +379,26 @@ def load_runs(
         for key, by_kind in ((k, by_run[k[0]][k[1]]) for k in sampling)
         if cache is not None and (hit := cache.get(_cache_key(key[0], by_kind, sampling[key]))) is not None
     }
-    wanted_tags: dict[str, list[str]] = {}
-    channel_tags: dict[int, dict[str, list[str]]] = {}  # by snapshots per layer
+    reads: dict[int, dict[str, list[str]]] = {}  # downsample -> run -> tags, one provider call each
+
+    def want(run: str, tag: str, sample: int) -> None:
+        reads.setdefault(sample, {}).setdefault(run, []).append(tag)
+
     for run, layers_ in by_run.items():
         for path, by_kind in layers_.items():
             if (run, path) in cached:
                 continue
             for kind, info in by_kind.items():
-                if kind == metadata.KIND_LAYER_CHANNELS and (run, path) in sampling:
-                    channel_tags.setdefault(sampling[run, path][1], {}).setdefault(run, []).append(info.tag)
-                else:
-                    wanted_tags.setdefault(run, []).append(info.tag)
+                channels = kind == metadata.KIND_LAYER_CHANNELS and (run, path) in sampling
+                want(run, info.tag, sampling[run, path][1] if channels else downsample)
     for run, info in gap_tags.items():
-        wanted_tags.setdefault(run, []).append(info.tag)
+        want(run, info.tag, downsample)
     for run, by_path in ema_tags.items():
-        wanted_tags.setdefault(run, []).extend(i.tag for i in by_path.values())
-    data = read_tensors(source, wanted_tags, downsample)
-    for snapshots, run_tags in channel_tags.items():
-        for run, by_tag in read_tensors(source, run_tags, snapshots).items():
+        for info in by_path.values():
+            want(run, info.tag, downsample)
+    data: dict[str, dict[str, list[tb_provider.TensorDatum]]] = {}
+    for sample, run_tags in reads.items():
+        for run, by_tag in read_tensors(source, run_tags, sample).items():
             data.setdefault(run, {}).update(by_tag)
     result: dict[str, RunData] = {}
     for run in sorted(set(by_run) | set(gap_tags) | set(errors)):

@@ -158,7 +158,9 @@ def _logged_steps(
         capped = [layer for layer in run.ordered_layers() if len(layer.steps) >= OVERVIEW_POINTS]
         if capped:
             reference = capped[0].config.path
-            full = data.load_runs(source, runs=[name], layers=[reference], with_channels=False, cache=cache).get(name)
+            full = data.load_runs(
+                source, runs=[name], layers=[reference], with_channels=False, with_gap=False, cache=cache
+            ).get(name)
             if full is not None and reference in full.layers:
                 steps[name] = full.layers[reference].steps
     return steps
@@ -235,6 +237,7 @@ def layer_impl(
         layers=[layer],
         downsample=resolution,
         channel_downsample=lambda config: _heatmap_columns(config.channels, resolution),
+        with_gap=False,
         cache=cache,
     ).get(run)
     series = run_data.layers.get(layer) if run_data is not None else None
