@@ -46,8 +46,8 @@ keras = tf.keras
 
 TARGETS = {"bn_default": 1.02, "bn_every_step": 1.15}
 MODES = {
-    # steps per epoch K (a multiple of the default log cadence 50; the 2nd epoch is timed), rounds
-    "full": dict(steps=50, rounds=4, batch=64, blocks=3, width=16),
+    # steps per epoch K (a multiple of the default log cadence 50), rounds of one timed epoch each
+    "full": dict(steps=100, rounds=4, batch=64, blocks=3, width=16),
     "quick": dict(steps=50, rounds=2, batch=16, blocks=3, width=16),
     "smoke": dict(steps=4, rounds=2, batch=8, blocks=1, width=4, image=16),
 }
