@@ -283,7 +283,9 @@ class BatchNormCallback(keras.callbacks.Callback):
         self._capture = StatsCapture(refs, self.model.optimizer.iterations, self.model.distribute_strategy)
         self._capture.install()
         self._cadence = records.SnapshotCadence(
-            records.snapshot_interval(self._capture.configs, self.channel_dtype, self.max_bytes_per_log)
+            records.snapshot_interval(
+                self._capture.configs, self.channel_dtype, self.max_bytes_per_log, self._capture.replicas
+            )
         )
         logger.info(
             "BatchNormCallback: logging %d BatchNormalization layers to %s "

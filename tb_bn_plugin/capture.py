@@ -8,13 +8,17 @@ results to capture variables owned by this module. Nothing the model computes
 changes: the wrapper returns the original tensors, and the capture variables
 are not part of the model.
 
-Under a ``tf.distribute`` strategy the capture variables are mirrored,
-``ON_WRITE`` with ``ONLY_FIRST_REPLICA`` aggregation: every replica assigns,
-the first replica's value is kept. So an unsynchronised layer's logged batch
-statistics and count are those of the first replica's share of the batch
-(what that replica normalised with); a ``synchronized=True`` layer's are the
-global statistics every replica normalised with, and its count is the global
-one (see ``_global_count``).
+Under a ``tf.distribute`` strategy the capture variables are replica-local
+(``ON_READ``, no aggregation): every replica assigns its own copy, with no
+cross-replica communication in the step, and a snapshot reads every local
+copy (``experimental_local_results``) in the same one traced function. The
+layer's logged batch statistics and count are the first replica's (what it
+normalised with, and what Keras' first-replica moving statistics ingest); an
+unsynchronised layer on several replicas also gets every replica's
+statistics (``LayerSnapshot.replicas``). A ``synchronized=True`` layer's
+statistics are the global ones every replica normalised with, and its count is
+the global one (see ``_global_count``). Under MultiWorkerMirroredStrategy the
+local copies are this worker's replicas.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tb_bn_plugin import metadata
+from tb_bn_plugin import metadata, records
 from tb_bn_plugin.series import LayerConfig
 
 keras = tf.keras
@@ -131,16 +135,19 @@ class LayerSnapshot:
     trainable: bool
     count: float
     momentum: float
+    # Unsynchronised layers on several replicas, at training steps: (count (R,), mean (R, C),
+    # variance (R, C)) of every local replica; replica 0's are also in ``values``/``count``.
+    replicas: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None
 
 
 class _CaptureSlots:
-    """Variables one layer's wrapped ``_moments`` writes to in every training step."""
+    """Replica-local variables one layer's wrapped ``_moments`` writes to in every training step."""
 
     def __init__(self, channels: int, strategy: tf.distribute.Strategy) -> None:
         kwargs = dict(
             trainable=False,
-            synchronization=tf.VariableSynchronization.ON_WRITE,
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.NONE,
         )
         with strategy.scope():
             self.stats = tf.Variable(tf.zeros([2, channels], tf.float32), name="bn_capture_stats", **kwargs)
@@ -163,7 +170,13 @@ class StatsCapture:
         self.configs = [layer_config(ref, i) for i, ref in enumerate(refs)]
         self._refs = list(refs)
         self._clock = clock
+        self._local = strategy.experimental_local_results
         self._slots = [_CaptureSlots(c.channels, strategy) for c in self.configs]
+        self.replicas = len(self._local(self._slots[0].count)) if self._slots else 1
+        # Layers whose every replica's statistics are read: unsynchronised, on several replicas.
+        self._per_replica = [
+            i for i, c in enumerate(self.configs) if self.replicas > 1 and not c.synchronized
+        ]
         self._installed = False
         self._enabled = True
         self._snapshot_fn = tf.function(self._gather, autograph=False)
@@ -219,29 +232,37 @@ class StatsCapture:
     # -- reading ----------------------------------------------------------------
 
     def _gather(self):
+        first = [[self._local(v)[0] for v in (s.stats, s.count, s.step)] for s in self._slots]
         floats = []
-        for ref, slots in zip(self._refs, self._slots):
+        for ref, (stats, _, _) in zip(self._refs, first):
             layer = ref.layer
-            parts = [slots.stats, layer.moving_mean, layer.moving_variance]
+            parts = [stats, layer.moving_mean, layer.moving_variance]
             if layer.scale:
                 parts.append(layer.gamma)
             if layer.center:
                 parts.append(layer.beta)
-            floats.extend(tf.reshape(tf.cast(tf.convert_to_tensor(p), tf.float32), [-1]) for p in parts)
-        counts = tf.stack([s.count for s in self._slots]) if self._slots else tf.zeros([0])
-        steps = tf.stack([s.step for s in self._slots]) if self._slots else tf.zeros([0], tf.int64)
-        return tf.concat(floats, 0) if floats else tf.zeros([0]), counts, steps
-
+            floats.extend(_flat(p) for p in parts)
+        # Per replica: [count, batch mean (C), batch variance (C)], as in a ``layer_replicas`` row.
+        replica_floats = [
+            _flat(v)
+            for i in self._per_replica
+            for count, stats in zip(self._local(self._slots[i].count), self._local(self._slots[i].stats))
+            for v in (count, stats)
+        ]
+        counts = tf.stack([c for _, c, _ in first]) if first else tf.zeros([0])
+        steps = tf.stack([t for _, _, t in first]) if first else tf.zeros([0], tf.int64)
+        return _concat(floats), counts, steps, _concat(replica_floats)
     def snapshot(self, steps_done: int) -> list[LayerSnapshot]:
         """Every layer's statistics after the step that brought the clock to ``steps_done``.
 
         One device round trip for all layers.
         """
-        floats, counts, captured_at = (t.numpy() for t in self._snapshot_fn())
+        floats, counts, captured_at, replica_floats = (t.numpy() for t in self._snapshot_fn())
         floats = floats.astype(np.float64)
+        replicas = self._split_replicas(replica_floats)
         out = []
         offset = 0
-        for config, ref, count, at in zip(self.configs, self._refs, counts, captured_at):
+        for i, (config, ref, count, at) in enumerate(zip(self.configs, self._refs, counts, captured_at)):
             c = config.channels
             training = bool(at == steps_done - 1)
             values: dict[str, np.ndarray] = {}
@@ -259,9 +280,29 @@ class StatsCapture:
                     trainable=bool(ref.layer.trainable),
                     count=float(count) if training else math.nan,
                     momentum=float(ref.layer.momentum),
+                    replicas=replicas.get(i) if training else None,
                 )
             )
         return out
+
+    def _split_replicas(self, floats: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Layer index -> (count (R,), mean (R, C), variance (R, C)) from the flat per-replica read."""
+        out = {}
+        offset = 0
+        for i in self._per_replica:
+            width = 1 + 2 * self.configs[i].channels
+            rows = floats[offset : offset + self.replicas * width].astype(np.float64).reshape(self.replicas, width)
+            out[i] = records.split_replica_record(rows, self.configs[i].channels)
+            offset += self.replicas * width
+        return out
+
+
+def _flat(value: Any) -> tf.Tensor:
+    return tf.reshape(tf.cast(tf.convert_to_tensor(value), tf.float32), [-1])
+
+
+def _concat(parts: list) -> tf.Tensor:
+    return tf.concat(parts, 0) if parts else tf.zeros([0])
 
 
 def _global_count(count: tf.Tensor) -> tf.Tensor:

@@ -91,7 +91,7 @@ class BatchNormLogger:
         self._capture: Optional[StatsCapture] = StatsCapture(refs, clock, strategy)
         self._capture.install()
         self._cadence = records.SnapshotCadence(
-            records.snapshot_interval(self._capture.configs, self.channel_dtype, max_bytes_per_log)
+            records.snapshot_interval(self._capture.configs, self.channel_dtype, max_bytes_per_log, self._capture.replicas)
         )
         self._writer: Optional[SummaryWriter] = SummaryWriter(self.run_dir)
         self._last_logged = -1

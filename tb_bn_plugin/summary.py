@@ -46,8 +46,19 @@ class SummaryWriter:
             "rows": list(config.stats()),
         })
 
+    def layer_replicas(self, config: LayerConfig, step: int, record: np.ndarray) -> None:
+        """Write one layer's per-replica batch statistics (see ``records.replica_record``)."""
+        tag = metadata.layer_tag(config.path, "replicas")
+        self._write(tag, record, step, lambda: {
+            "kind": metadata.KIND_LAYER_REPLICAS,
+            "layer": config.to_json(),
+            "replicas": int(record.shape[0]),
+            "columns": list(metadata.REPLICA_COLUMNS),
+        })
+
     def layer_step(self, snapshots: Sequence["LayerSnapshot"], step: int, full: bool, channel_dtype: np.dtype) -> None:
-        """Write one logged step: every layer's summary record, and per-channel snapshots if ``full``."""
+        """Write one logged step: every layer's summary record, and per-channel snapshots
+        (with per-replica statistics where captured) if ``full``."""
         for snap in snapshots:
             info = {
                 "training": float(snap.training),
@@ -59,6 +70,8 @@ class SummaryWriter:
             self.layer_summary(snap.config, step, records.summary_record(snap.config, snap.values, info))
             if full:
                 self.layer_channels(snap.config, step, records.channel_record(snap.config, snap.values, channel_dtype))
+            if full and snap.replicas is not None:
+                self.layer_replicas(snap.config, step, records.replica_record(*snap.replicas))
 
     def write(self, tag: str, tensor: np.ndarray, step: int, content: dict[str, Any]) -> None:
         """Write any BN Internals payload; ``content`` describes it (needs a ``kind``)."""

@@ -45,6 +45,29 @@ def test_mirrored_strategy_two_replicas(mode):
         np.testing.assert_array_equal(out["count"], [16] * 4)
     np.testing.assert_allclose(batch_mean, [s.mean(axis=0) for s in shares], rtol=1e-5)
     np.testing.assert_allclose(batch_variance, [s.var(axis=0) for s in shares], rtol=1e-4)
+    batches = [x[0:16], x[16:32], x[0:16], x[16:32]]
+    if mode == "sync":
+        assert out["replicas"] is None  # the logged statistics are global already
+        assert "replica-batch-too-small" not in out["findings"]
+    else:
+        # Every replica's own half of the batch, and the whole batch combined from them.
+        replicas = out["replicas"]
+        assert replicas["steps"] == [1, 2, 3, 4]
+        np.testing.assert_array_equal(replicas["count"], [[8, 8]] * 4)
+        halves = [[b[:8], b[8:]] for b in batches]
+        np.testing.assert_allclose(replicas["mean"], [[h.mean(axis=0) for h in b] for b in halves], rtol=1e-5)
+        np.testing.assert_allclose(replicas["variance"], [[h.var(axis=0) for h in b] for b in halves], rtol=1e-4)
+        np.testing.assert_array_equal(replicas["global_count"], np.full((4, 3), 16.0))
+        np.testing.assert_allclose(replicas["global_mean"], [b.mean(axis=0) for b in batches], rtol=1e-5)
+        np.testing.assert_allclose(replicas["global_variance"], [b.var(axis=0) for b in batches], rtol=1e-4)
+        # 8 values per replica: the diagnostic fires, with the spread of the halves' means in global stds.
+        evidence = out["findings"]["replica-batch-too-small"]
+        assert (evidence["replicas"], evidence["per_replica_count"], evidence["global_count"]) == (2, 8, 16)
+        spread = [
+            (np.std([h.mean(axis=0) for h in halves_], axis=0) / np.sqrt(b.var(axis=0) + 1e-3)).mean()
+            for b, halves_ in zip(batches, halves)
+        ]
+        np.testing.assert_allclose(evidence["replica_mean_spread"], np.median(spread), rtol=1e-4)
     # The moving statistics follow exactly the logged batch statistics: Keras 3 mirrors BN's moving
     # variables with first-replica aggregation, so an unsynchronised layer's EMA ingests replica 0's
     # statistics only, the same ones the callback logs.
