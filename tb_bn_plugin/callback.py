@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from typing import Any, Optional, Sequence
@@ -172,6 +173,7 @@ class BatchNormCallback(keras.callbacks.Callback):
         self.async_safe = True
         self._capture: Optional[StatsCapture] = None
         self._writer: Optional[SummaryWriter] = None
+        self._worker_dir: Optional[str] = None
         self._awaiting_build = False
         self._cadence = records.SnapshotCadence(1)
         self._last_logged = -1
@@ -194,8 +196,7 @@ class BatchNormCallback(keras.callbacks.Callback):
     # -- Keras hooks --------------------------------------------------------------
 
     def on_train_begin(self, logs: Optional[dict] = None) -> None:
-        _check_writable(self.run_dir)
-        self._writer = SummaryWriter(self.run_dir)
+        self._writer = SummaryWriter(self._summary_dir())
         # Steps done before this fit were logged (or not) by whoever ran them.
         self._last_logged = self._last_snapshot = self._steps_done()
         self._start_gap()
@@ -273,8 +274,25 @@ class BatchNormCallback(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._worker_dir is not None:
+            shutil.rmtree(self._worker_dir, ignore_errors=True)
+            self._worker_dir = None
 
     # -- internals ----------------------------------------------------------------
+
+    def _summary_dir(self) -> str:
+        """Where this process writes: ``run_dir``, or on a non-chief worker a temporary directory.
+
+        TensorFlow's multi-worker convention: only the chief writes summaries
+        (``strategy.extended.should_save_summary``). Other workers do all the
+        same work (the strategy's collectives need every worker) and write to a
+        temporary directory that ``on_train_end`` deletes.
+        """
+        if _writes_summaries(self.model.distribute_strategy):
+            _check_writable(self.run_dir)
+            return self.run_dir
+        self._worker_dir = tempfile.mkdtemp(prefix="tb_bn_worker_")
+        return self._worker_dir
 
     def _selected_layers(self) -> list[BatchNormRef]:
         return find_batchnorm_layers(self.model, self.layer_patterns)
@@ -399,6 +417,14 @@ class BatchNormCallback(keras.callbacks.Callback):
         if snapshot:
             self._last_snapshot = steps_done
         self._last_logged = steps_done
+
+
+def _writes_summaries(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes summaries under ``strategy``: all but non-chief workers do."""
+    try:
+        return bool(strategy.extended.should_save_summary)
+    except NotImplementedError:  # strategies without the notion
+        return True
 
 
 def _check_writable(directory: str) -> None:

@@ -1,13 +1,15 @@
-"""BatchNormCallback under tf.distribute.MirroredStrategy with 2 logical CPU devices.
+"""BatchNormCallback under tf.distribute: MirroredStrategy with 2 logical CPU devices, and
+MultiWorkerMirroredStrategy with 2 worker processes on 127.0.0.1.
 
-Each case runs in a fresh process (``_distribute_worker.py``): logical devices
-must be configured before TensorFlow initialises them.
+Each case runs in fresh processes (``_distribute_worker.py``, ``_multi_worker.py``):
+logical devices and TF_CONFIG must be set before TensorFlow initialises.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 
 WORKER = os.path.join(os.path.dirname(__file__), "_distribute_worker.py")
+MULTI_WORKER = os.path.join(os.path.dirname(__file__), "_multi_worker.py")
 
 
 def _run(mode: str) -> dict:
@@ -82,3 +85,70 @@ def test_mirrored_strategy_two_replicas(mode):
     np.testing.assert_allclose(out["precise_variance"], x.var(axis=0), rtol=1e-6)
     np.testing.assert_allclose(out["recalibrated_mean"], x.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(out["recalibrated_variance"], x.var(axis=0), rtol=1e-6)
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _run_workers(tmp_path, log_dir: str, n: int = 2, timeout: float = 120) -> list[dict]:
+    """Run ``n`` ``_multi_worker.py`` processes as one cluster; kill them all on failure or timeout."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(n)]}
+    procs = []
+    try:
+        for i in range(n):
+            temp = tmp_path / f"worker{i}_tmp"
+            temp.mkdir()
+            env = dict(
+                os.environ,
+                TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+                TMPDIR=str(temp),
+                TF_CPP_MIN_LOG_LEVEL="2",
+            )
+            procs.append(subprocess.Popen(
+                [sys.executable, MULTI_WORKER, log_dir, str(tmp_path / f"worker{i}.json")],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            ))
+        logs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for i, (p, log) in enumerate(zip(procs, logs)):
+        assert p.returncode == 0, f"worker {i} failed:\n{log[-3000:]}"
+    outs = []
+    for i in range(n):
+        with open(tmp_path / f"worker{i}.json") as f:
+            outs.append(json.load(f))
+    return outs
+
+
+def test_multi_worker_chief_writes_and_training_is_unchanged(tmp_path):
+    from tb_bn_plugin import data
+
+    log_dir = str(tmp_path / "logs")
+    chief, worker = _run_workers(tmp_path, log_dir)
+    assert chief["identical"] and worker["identical"], "training with the callback must give the same weights"
+    # Gradients are all-reduced; an unsynchronised layer's moving statistics follow each worker's own share.
+    for a, b in zip(chief["trainable_weights"], worker["trainable_weights"]):
+        np.testing.assert_array_equal(a, b)
+    # Only the chief wrote, under log_dir; the other worker's temporary directory is gone.
+    written = {os.path.relpath(os.path.join(d, f), log_dir) for d, _, files in os.walk(log_dir) for f in files}
+    assert len(written) == 1 and next(iter(written)).startswith("train/events.out.tfevents.")
+    assert os.listdir(tmp_path / "worker1_tmp") == []
+    # The chief's replica normalises the first half of every 16-row global batch (DATA auto-sharding).
+    x = np.array(chief["x"], dtype=np.float64)
+    layer = data.load_runs(data.open_logdir(log_dir))["train"].layers["bn"]
+    np.testing.assert_array_equal(layer.steps, [1, 2, 3, 4])
+    np.testing.assert_array_equal(layer.info["count"], [8] * 4)
+    shares = [x[0:8], x[16:24], x[0:8], x[16:24]]
+    np.testing.assert_allclose(layer.channels["batch_mean"], [s.mean(axis=0) for s in shares], rtol=1e-5)
+    np.testing.assert_allclose(layer.channels["batch_variance"], [s.var(axis=0) for s in shares], rtol=1e-4)

@@ -1,0 +1,81 @@
+"""One worker of tests/test_distribute.py's MultiWorkerMirroredStrategy test (TF_CONFIG set by the test).
+
+Usage: ``_multi_worker.py LOG_DIR OUT_JSON``. Trains the same model twice under
+one strategy, without and with ``BatchNormCallback(LOG_DIR)``, and writes
+whether all weights are identical, the final trainable weights and the data to OUT_JSON.
+
+Two workarounds for Keras 3.15's ``fit`` under MultiWorkerMirroredStrategy,
+which fails without them before the callback is involved: the data set yields
+inputs only and the model adds its own loss (``_maybe_symbolic_build`` passes
+an ``(x, y)`` batch to ``strategy.reduce``, which cannot reduce a nest across
+workers), and ``train_step`` returns rank-1 logs (``reduce_per_replica``
+reduces every log with ``strategy.reduce("MEAN", v, axis=0)``, which fails on
+scalars).
+"""
+
+import json
+import os
+import sys
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+keras = tf.keras
+
+from tb_bn_plugin import BatchNormCallback  # noqa: E402
+
+
+def data() -> np.ndarray:
+    """The global data set; rows 8:16 are shifted so the workers' shares differ."""
+    rng = np.random.RandomState(0)
+    x = (rng.randn(32, 3) * [1, 2, 3] + [1, 2, 3]).astype("float32")
+    x[8:16] += 5
+    return x
+
+
+class SquaredOutputLoss(keras.layers.Layer):
+    """Adds mean(output**2) as the model's loss."""
+
+    def call(self, h):
+        self.add_loss(tf.reduce_mean(tf.square(h)))
+        return h
+
+
+class RankOneLogsModel(keras.Model):
+    def train_step(self, data):
+        return {k: tf.reshape(v, [1]) for k, v in super().train_step(data).items()}
+
+
+def main(log_dir: str, out: str) -> None:
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    x = data()
+
+    def run(callbacks: list) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        keras.utils.set_random_seed(1)
+        with strategy.scope():
+            inp = keras.Input((3,))
+            h = keras.layers.BatchNormalization(name="bn", momentum=0.8)(inp)
+            model = RankOneLogsModel(inp, SquaredOutputLoss()(keras.layers.Dense(1)(h)))
+            model.compile("sgd")
+        ds = tf.data.Dataset.from_tensor_slices(x).batch(16)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.fit(ds, epochs=2, verbose=0, callbacks=callbacks)
+        return [w.numpy() for w in model.weights], [w.numpy() for w in model.trainable_weights]
+
+    plain, _ = run([])
+    logged, trainable = run([BatchNormCallback(log_dir, log_every_n_steps=1)])
+    with open(out, "w") as f:
+        json.dump({
+            "identical": all(np.array_equal(a, b) for a, b in zip(plain, logged)),
+            "x": x.tolist(),
+            "trainable_weights": [w.tolist() for w in trainable],
+        }, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
