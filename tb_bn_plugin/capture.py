@@ -18,7 +18,8 @@ unsynchronised layer on several replicas also gets every replica's
 statistics (``LayerSnapshot.replicas``). A ``synchronized=True`` layer's
 statistics are the global ones every replica normalised with, and its count is
 the global one (see ``_global_count``). Under MultiWorkerMirroredStrategy the
-local copies are this worker's replicas.
+other workers' replicas are read with one all-gather per snapshot (not per
+training step).
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ class LayerSnapshot:
     count: float
     momentum: float
     # Unsynchronised layers on several replicas, at training steps: (count (R,), mean (R, C),
-    # variance (R, C)) of every local replica; replica 0's are also in ``values``/``count``.
+    # variance (R, C)) of every replica; replica 0's are also in ``values``/``count``.
     replicas: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None
 
 
@@ -170,9 +171,13 @@ class StatsCapture:
         self.configs = [layer_config(ref, i) for i, ref in enumerate(refs)]
         self._refs = list(refs)
         self._clock = clock
+        self._strategy = strategy
         self._local = strategy.experimental_local_results
         self._slots = [_CaptureSlots(c.channels, strategy) for c in self.configs]
-        self.replicas = len(self._local(self._slots[0].count)) if self._slots else 1
+        local_replicas = len(self._local(self._slots[0].count)) if self._slots else 1
+        # Multi-worker: the other workers' replicas are read with one all-gather per snapshot.
+        self._cross_worker = strategy.num_replicas_in_sync > local_replicas
+        self.replicas = strategy.num_replicas_in_sync
         # Layers whose every replica's statistics are read: unsynchronised, on several replicas.
         self._per_replica = [
             i for i, c in enumerate(self.configs) if self.replicas > 1 and not c.synchronized
@@ -242,24 +247,34 @@ class StatsCapture:
             if layer.center:
                 parts.append(layer.beta)
             floats.extend(_flat(p) for p in parts)
-        # Per replica: [count, batch mean (C), batch variance (C)], as in a ``layer_replicas`` row.
-        replica_floats = [
-            _flat(v)
-            for i in self._per_replica
-            for count, stats in zip(self._local(self._slots[i].count), self._local(self._slots[i].stats))
-            for v in (count, stats)
-        ]
         counts = tf.stack([c for _, c, _ in first]) if first else tf.zeros([0])
         steps = tf.stack([t for _, _, t in first]) if first else tf.zeros([0], tf.int64)
-        return _concat(floats), counts, steps, _concat(replica_floats)
+        return _concat(floats), counts, steps, self._replica_rows()
+
+    def _replica_rows(self) -> tf.Tensor:
+        """(R, W): per replica, each ``_per_replica`` layer's [count, batch mean (C), batch variance (C)]."""
+        if not self._per_replica:
+            return tf.zeros([0, 0])
+
+        def row(count_stats: list) -> tf.Tensor:
+            return tf.expand_dims(_concat([_flat(v) for v in count_stats]), 0)
+
+        slots = [v for i in self._per_replica for v in (self._slots[i].count, self._slots[i].stats)]
+        if self._cross_worker:
+            # In replica context a replica-local variable reads as that replica's own copy.
+            return self._strategy.gather(self._strategy.run(lambda: row(slots)), axis=0)
+        local = [self._local(v) for v in slots]
+        return tf.concat([row([values[r] for values in local]) for r in range(len(local[0]))], 0)
     def snapshot(self, steps_done: int) -> list[LayerSnapshot]:
         """Every layer's statistics after the step that brought the clock to ``steps_done``.
 
-        One device round trip for all layers.
+        One device round trip for all layers; under MultiWorkerMirroredStrategy
+        with unsynchronised layers, one all-gather of the per-replica statistics,
+        so every worker must take snapshots at the same steps.
         """
-        floats, counts, captured_at, replica_floats = (t.numpy() for t in self._snapshot_fn())
+        floats, counts, captured_at, replica_rows = (t.numpy() for t in self._snapshot_fn())
         floats = floats.astype(np.float64)
-        replicas = self._split_replicas(replica_floats)
+        replicas = self._split_replicas(replica_rows.astype(np.float64))
         out = []
         offset = 0
         for i, (config, ref, count, at) in enumerate(zip(self.configs, self._refs, counts, captured_at)):
@@ -285,15 +300,14 @@ class StatsCapture:
             )
         return out
 
-    def _split_replicas(self, floats: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Layer index -> (count (R,), mean (R, C), variance (R, C)) from the flat per-replica read."""
+    def _split_replicas(self, rows: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Layer index -> (count (R,), mean (R, C), variance (R, C)) from ``_replica_rows``."""
         out = {}
         offset = 0
         for i in self._per_replica:
             width = 1 + 2 * self.configs[i].channels
-            rows = floats[offset : offset + self.replicas * width].astype(np.float64).reshape(self.replicas, width)
-            out[i] = records.split_replica_record(rows, self.configs[i].channels)
-            offset += self.replicas * width
+            out[i] = records.split_replica_record(rows[:, offset : offset + width], self.configs[i].channels)
+            offset += width
         return out
 
 

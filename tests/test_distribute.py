@@ -31,6 +31,30 @@ def _run(mode: str) -> dict:
     return out
 
 
+def _check_replicas(replicas: dict, findings: dict, x: np.ndarray) -> None:
+    """2 replicas x 8 rows of 16-row batches over ``x`` (2 epochs): per-replica and global statistics, diagnostic.
+
+    ``replicas``: ``ReplicaSeries`` fields plus its ``global_moments()`` as ``global_*``;
+    ``findings``: code -> evidence.
+    """
+    batches = [x[0:16], x[16:32], x[0:16], x[16:32]]
+    halves = [[b[:8], b[8:]] for b in batches]
+    np.testing.assert_array_equal(replicas["count"], [[8, 8]] * 4)
+    np.testing.assert_allclose(replicas["mean"], [[h.mean(axis=0) for h in b] for b in halves], rtol=1e-5)
+    np.testing.assert_allclose(replicas["variance"], [[h.var(axis=0) for h in b] for b in halves], rtol=1e-4)
+    np.testing.assert_array_equal(replicas["global_count"], np.full((4, 3), 16.0))
+    np.testing.assert_allclose(replicas["global_mean"], [b.mean(axis=0) for b in batches], rtol=1e-5)
+    np.testing.assert_allclose(replicas["global_variance"], [b.var(axis=0) for b in batches], rtol=1e-4)
+    # 8 values per replica: the diagnostic fires, with the spread of the halves' means in global stds.
+    evidence = findings["replica-batch-too-small"]
+    assert (evidence["replicas"], evidence["per_replica_count"], evidence["global_count"]) == (2, 8, 16)
+    spread = [
+        (np.std([h.mean(axis=0) for h in halves_], axis=0) / np.sqrt(b.var(axis=0) + 1e-3)).mean()
+        for b, halves_ in zip(batches, halves)
+    ]
+    np.testing.assert_allclose(evidence["replica_mean_spread"], np.median(spread), rtol=1e-4)
+
+
 @pytest.mark.parametrize("mode", ["unsync", "sync"])
 def test_mirrored_strategy_two_replicas(mode):
     out = _run(mode)
@@ -48,29 +72,13 @@ def test_mirrored_strategy_two_replicas(mode):
         np.testing.assert_array_equal(out["count"], [16] * 4)
     np.testing.assert_allclose(batch_mean, [s.mean(axis=0) for s in shares], rtol=1e-5)
     np.testing.assert_allclose(batch_variance, [s.var(axis=0) for s in shares], rtol=1e-4)
-    batches = [x[0:16], x[16:32], x[0:16], x[16:32]]
     if mode == "sync":
         assert out["replicas"] is None  # the logged statistics are global already
         assert "replica-batch-too-small" not in out["findings"]
     else:
-        # Every replica's own half of the batch, and the whole batch combined from them.
         replicas = out["replicas"]
         assert replicas["steps"] == [1, 2, 3, 4]
-        np.testing.assert_array_equal(replicas["count"], [[8, 8]] * 4)
-        halves = [[b[:8], b[8:]] for b in batches]
-        np.testing.assert_allclose(replicas["mean"], [[h.mean(axis=0) for h in b] for b in halves], rtol=1e-5)
-        np.testing.assert_allclose(replicas["variance"], [[h.var(axis=0) for h in b] for b in halves], rtol=1e-4)
-        np.testing.assert_array_equal(replicas["global_count"], np.full((4, 3), 16.0))
-        np.testing.assert_allclose(replicas["global_mean"], [b.mean(axis=0) for b in batches], rtol=1e-5)
-        np.testing.assert_allclose(replicas["global_variance"], [b.var(axis=0) for b in batches], rtol=1e-4)
-        # 8 values per replica: the diagnostic fires, with the spread of the halves' means in global stds.
-        evidence = out["findings"]["replica-batch-too-small"]
-        assert (evidence["replicas"], evidence["per_replica_count"], evidence["global_count"]) == (2, 8, 16)
-        spread = [
-            (np.std([h.mean(axis=0) for h in halves_], axis=0) / np.sqrt(b.var(axis=0) + 1e-3)).mean()
-            for b, halves_ in zip(batches, halves)
-        ]
-        np.testing.assert_allclose(evidence["replica_mean_spread"], np.median(spread), rtol=1e-4)
+        _check_replicas(replicas, out["findings"], x)
     # The moving statistics follow exactly the logged batch statistics: Keras 3 mirrors BN's moving
     # variables with first-replica aggregation, so an unsynchronised layer's EMA ingests replica 0's
     # statistics only, the same ones the callback logs.
@@ -133,6 +141,7 @@ def _run_workers(tmp_path, log_dir: str, n: int = 2, timeout: float = 120) -> li
 
 def test_multi_worker_chief_writes_and_training_is_unchanged(tmp_path):
     from tb_bn_plugin import data
+    from tb_bn_plugin.diagnostics import diagnose
 
     log_dir = str(tmp_path / "logs")
     chief, worker = _run_workers(tmp_path, log_dir)
@@ -146,9 +155,18 @@ def test_multi_worker_chief_writes_and_training_is_unchanged(tmp_path):
     assert os.listdir(tmp_path / "worker1_tmp") == []
     # The chief's replica normalises the first half of every 16-row global batch (DATA auto-sharding).
     x = np.array(chief["x"], dtype=np.float64)
-    layer = data.load_runs(data.open_logdir(log_dir))["train"].layers["bn"]
+    run = data.load_runs(data.open_logdir(log_dir))["train"]
+    layer = run.layers["bn"]
     np.testing.assert_array_equal(layer.steps, [1, 2, 3, 4])
     np.testing.assert_array_equal(layer.info["count"], [8] * 4)
     shares = [x[0:8], x[16:24], x[0:8], x[16:24]]
     np.testing.assert_allclose(layer.channels["batch_mean"], [s.mean(axis=0) for s in shares], rtol=1e-5)
     np.testing.assert_allclose(layer.channels["batch_variance"], [s.var(axis=0) for s in shares], rtol=1e-4)
+    # Both workers' replicas, gathered by the chief's snapshots.
+    np.testing.assert_array_equal(layer.replicas.steps, [1, 2, 3, 4])
+    moments = layer.replicas.global_moments()
+    replicas = {
+        "count": layer.replicas.count, "mean": layer.replicas.mean, "variance": layer.replicas.variance,
+        "global_count": moments.count, "global_mean": moments.mean, "global_variance": moments.variance,
+    }
+    _check_replicas(replicas, {f.code: f.evidence for f in diagnose(run)}, x)
