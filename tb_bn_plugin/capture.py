@@ -265,6 +265,7 @@ class StatsCapture:
             return self._strategy.gather(self._strategy.run(lambda: row(slots)), axis=0)
         local = [self._local(v) for v in slots]
         return tf.concat([row([values[r] for values in local]) for r in range(len(local[0]))], 0)
+
     def snapshot(self, steps_done: int) -> list[LayerSnapshot]:
         """Every layer's statistics after the step that brought the clock to ``steps_done``.
 
