@@ -27,7 +27,7 @@ from tb_bn_plugin.probe import (
     ProbeBatch,
     probe_batch_from_data,
 )
-from tb_bn_plugin.summary import SummaryWriter
+from tb_bn_plugin.summary import SummaryWriter, worker_temp_dir
 
 keras = tf.keras
 logger = logging.getLogger("tb_bn_plugin")
@@ -281,18 +281,12 @@ class BatchNormCallback(keras.callbacks.Callback):
     # -- internals ----------------------------------------------------------------
 
     def _summary_dir(self) -> str:
-        """Where this process writes: ``run_dir``, or on a non-chief worker a temporary directory.
-
-        TensorFlow's multi-worker convention: only the chief writes summaries
-        (``strategy.extended.should_save_summary``). Other workers do all the
-        same work (the strategy's collectives need every worker) and write to a
-        temporary directory that ``on_train_end`` deletes.
-        """
-        if _writes_summaries(self.model.distribute_strategy):
-            _check_writable(self.run_dir)
-            return self.run_dir
-        self._worker_dir = tempfile.mkdtemp(prefix="tb_bn_worker_")
-        return self._worker_dir
+        """``run_dir``, or on a non-chief worker a temporary directory (``summary.worker_temp_dir``)."""
+        self._worker_dir = worker_temp_dir(self.model.distribute_strategy)
+        if self._worker_dir is not None:
+            return self._worker_dir
+        _check_writable(self.run_dir)
+        return self.run_dir
 
     def _selected_layers(self) -> list[BatchNormRef]:
         return find_batchnorm_layers(self.model, self.layer_patterns)
@@ -417,14 +411,6 @@ class BatchNormCallback(keras.callbacks.Callback):
         if snapshot:
             self._last_snapshot = steps_done
         self._last_logged = steps_done
-
-
-def _writes_summaries(strategy: tf.distribute.Strategy) -> bool:
-    """Whether this process writes summaries under ``strategy``: all but non-chief workers do."""
-    try:
-        return bool(strategy.extended.should_save_summary)
-    except NotImplementedError:  # strategies without the notion
-        return True
 
 
 def _check_writable(directory: str) -> None:

@@ -6,7 +6,8 @@ tag's ``SummaryMetadata`` once, with the tag's first event in its file.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+import tempfile
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -97,3 +98,18 @@ class SummaryWriter:
             self._written_tags.add(tag)
         with self._writer.as_default():
             tf.summary.write(tag=tag, tensor=tensor, step=step, metadata=serialized)
+
+
+def worker_temp_dir(strategy: tf.distribute.Strategy) -> Optional[str]:
+    """None where this process writes summaries; on a non-chief worker a new temporary directory.
+
+    TensorFlow's multi-worker convention: only the chief writes summaries
+    (``strategy.extended.should_save_summary``). Other workers do the same work
+    (the strategy's collectives need every worker) into a temporary directory
+    that the caller deletes when done.
+    """
+    try:
+        chief = bool(strategy.extended.should_save_summary)
+    except NotImplementedError:  # strategies without the notion
+        chief = True
+    return None if chief else tempfile.mkdtemp(prefix="tb_bn_worker_")

@@ -1,8 +1,10 @@
 """One worker of tests/test_distribute.py's MultiWorkerMirroredStrategy test (TF_CONFIG set by the test).
 
-Usage: ``_multi_worker.py LOG_DIR OUT_JSON``. Trains the same model twice under
-one strategy, without and with ``BatchNormCallback(LOG_DIR)``, and writes
-whether all weights are identical, the final trainable weights and the data to OUT_JSON.
+Usage: ``_multi_worker.py fit|loop LOG_DIR OUT_JSON``. Trains the same model
+twice under one strategy, without and with logging to LOG_DIR
+(``BatchNormCallback`` in ``model.fit``, or ``BatchNormLogger`` in a custom
+loop), and writes whether all weights are identical, the final trainable
+weights and the data to OUT_JSON.
 
 Two workarounds for Keras 3.15's ``fit`` under MultiWorkerMirroredStrategy,
 which fails without them before the callback is involved: the data set yields
@@ -17,6 +19,7 @@ import json
 import os
 import sys
 import warnings
+from typing import Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
@@ -26,7 +29,7 @@ import tensorflow as tf  # noqa: E402
 
 keras = tf.keras
 
-from tb_bn_plugin import BatchNormCallback  # noqa: E402
+from tb_bn_plugin import BatchNormCallback, BatchNormLogger  # noqa: E402
 
 
 def data() -> np.ndarray:
@@ -50,25 +53,59 @@ class RankOneLogsModel(keras.Model):
         return {k: tf.reshape(v, [1]) for k, v in super().train_step(data).items()}
 
 
-def main(log_dir: str, out: str) -> None:
+def build(strategy: tf.distribute.Strategy) -> keras.Model:
+    keras.utils.set_random_seed(1)
+    with strategy.scope():
+        inp = keras.Input((3,))
+        h = keras.layers.BatchNormalization(name="bn", momentum=0.8)(inp)
+        model = RankOneLogsModel(inp, SquaredOutputLoss()(keras.layers.Dense(1)(h)))
+        model.compile("sgd")
+    return model
+
+
+def fit(strategy: tf.distribute.Strategy, ds: tf.data.Dataset, log_dir: Optional[str]) -> keras.Model:
+    model = build(strategy)
+    callbacks = [BatchNormCallback(log_dir, log_every_n_steps=1)] if log_dir else []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(ds, epochs=2, verbose=0, callbacks=callbacks)
+    return model
+
+
+def loop(strategy: tf.distribute.Strategy, ds: tf.data.Dataset, log_dir: Optional[str]) -> keras.Model:
+    """Two epochs of a custom loop (GradientTape in ``strategy.run``), logged with ``BatchNormLogger``."""
+    model = build(strategy)
+    optimizer = model.optimizer
+    with strategy.scope():
+        optimizer.build(model.trainable_variables)
+    bn_log = BatchNormLogger(model, log_dir, optimizer=optimizer) if log_dir else None
+
+    @tf.function
+    def train_step(batch):
+        def step(x):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.square(model(x, training=True)))
+            optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+
+        strategy.run(step, args=(batch,))
+
+    for batch in strategy.experimental_distribute_dataset(ds.repeat(2)):
+        train_step(batch)
+        if bn_log is not None:
+            bn_log.log()
+    if bn_log is not None:
+        bn_log.close()
+    return model
+
+
+def main(mode: str, log_dir: str, out: str) -> None:
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     x = data()
-
-    def run(callbacks: list) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        keras.utils.set_random_seed(1)
-        with strategy.scope():
-            inp = keras.Input((3,))
-            h = keras.layers.BatchNormalization(name="bn", momentum=0.8)(inp)
-            model = RankOneLogsModel(inp, SquaredOutputLoss()(keras.layers.Dense(1)(h)))
-            model.compile("sgd")
-        ds = tf.data.Dataset.from_tensor_slices(x).batch(16)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model.fit(ds, epochs=2, verbose=0, callbacks=callbacks)
-        return [w.numpy() for w in model.weights], [w.numpy() for w in model.trainable_weights]
-
-    plain, _ = run([])
-    logged, trainable = run([BatchNormCallback(log_dir, log_every_n_steps=1)])
+    ds = tf.data.Dataset.from_tensor_slices(x).batch(16)
+    train = {"fit": fit, "loop": loop}[mode]
+    plain = [w.numpy() for w in train(strategy, ds, None).weights]
+    model = train(strategy, ds, log_dir)
+    logged, trainable = [w.numpy() for w in model.weights], [w.numpy() for w in model.trainable_weights]
     with open(out, "w") as f:
         json.dump({
             "identical": all(np.array_equal(a, b) for a, b in zip(plain, logged)),
@@ -78,4 +115,4 @@ def main(log_dir: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])

@@ -106,8 +106,8 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _run_workers(tmp_path, log_dir: str, n: int = 2, timeout: float = 120) -> list[dict]:
-    """Run ``n`` ``_multi_worker.py`` processes as one cluster; kill them all on failure or timeout."""
+def _run_workers(tmp_path, mode: str, log_dir: str, n: int = 2, timeout: float = 120) -> list[dict]:
+    """Run ``n`` ``_multi_worker.py MODE`` processes as one cluster; kill them all on failure or timeout."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(n)]}
     procs = []
     try:
@@ -121,7 +121,7 @@ def _run_workers(tmp_path, log_dir: str, n: int = 2, timeout: float = 120) -> li
                 TF_CPP_MIN_LOG_LEVEL="2",
             )
             procs.append(subprocess.Popen(
-                [sys.executable, MULTI_WORKER, log_dir, str(tmp_path / f"worker{i}.json")],
+                [sys.executable, MULTI_WORKER, mode, log_dir, str(tmp_path / f"worker{i}.json")],
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             ))
         logs = [p.communicate(timeout=timeout)[0] for p in procs]
@@ -139,12 +139,13 @@ def _run_workers(tmp_path, log_dir: str, n: int = 2, timeout: float = 120) -> li
     return outs
 
 
-def test_multi_worker_chief_writes_and_training_is_unchanged(tmp_path):
+@pytest.mark.parametrize("mode", ["fit", "loop"])  # BatchNormCallback in fit, BatchNormLogger in a custom loop
+def test_multi_worker_chief_writes_and_training_is_unchanged(tmp_path, mode):
     from tb_bn_plugin import data
     from tb_bn_plugin.diagnostics import diagnose
 
     log_dir = str(tmp_path / "logs")
-    chief, worker = _run_workers(tmp_path, log_dir)
+    chief, worker = _run_workers(tmp_path, mode, log_dir)
     assert chief["identical"] and worker["identical"], "training with the callback must give the same weights"
     # Gradients are all-reduced; an unsynchronised layer's moving statistics follow each worker's own share.
     for a, b in zip(chief["trainable_weights"], worker["trainable_weights"]):
