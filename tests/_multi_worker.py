@@ -4,7 +4,7 @@ Usage: ``_multi_worker.py fit|loop LOG_DIR OUT_JSON``. Trains the same model
 twice under one strategy, without and with logging to LOG_DIR
 (``BatchNormCallback`` in ``model.fit``, or ``BatchNormLogger`` in a custom
 loop), and writes whether all weights are identical, the final trainable
-weights and the data to OUT_JSON.
+weights, the data and (loop) the collective ops per train step to OUT_JSON.
 
 Two workarounds for Keras 3.15's ``fit`` under MultiWorkerMirroredStrategy,
 which fails without them before the callback is involved: the data set yields
@@ -63,17 +63,27 @@ def build(strategy: tf.distribute.Strategy) -> keras.Model:
     return model
 
 
-def fit(strategy: tf.distribute.Strategy, ds: tf.data.Dataset, log_dir: Optional[str]) -> keras.Model:
+def fit(strategy: tf.distribute.Strategy, ds: tf.data.Dataset, log_dir: Optional[str]) -> tuple[keras.Model, dict]:
     model = build(strategy)
     callbacks = [BatchNormCallback(log_dir, log_every_n_steps=1)] if log_dir else []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(ds, epochs=2, verbose=0, callbacks=callbacks)
-    return model
+    return model, {}
 
 
-def loop(strategy: tf.distribute.Strategy, ds: tf.data.Dataset, log_dir: Optional[str]) -> keras.Model:
-    """Two epochs of a custom loop (GradientTape in ``strategy.run``), logged with ``BatchNormLogger``."""
+def collective_ops(fn: tf.types.experimental.PolymorphicFunction, *args) -> int:
+    """Collective ops in the graph ``fn`` traced for ``args``, nested functions included."""
+    graph_def = fn.get_concrete_function(*args).graph.as_graph_def()
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    return sum("Collective" in n.op for n in nodes)
+
+
+def loop(strategy: tf.distribute.Strategy, ds: tf.data.Dataset, log_dir: Optional[str]) -> tuple[keras.Model, dict]:
+    """Two epochs of a custom loop (GradientTape in ``strategy.run``), logged with ``BatchNormLogger``.
+
+    Also returns the number of collective ops in the traced train step.
+    """
     model = build(strategy)
     optimizer = model.optimizer
     with strategy.scope():
@@ -93,9 +103,10 @@ def loop(strategy: tf.distribute.Strategy, ds: tf.data.Dataset, log_dir: Optiona
         train_step(batch)
         if bn_log is not None:
             bn_log.log()
+    collectives = collective_ops(train_step, batch)
     if bn_log is not None:
         bn_log.close()
-    return model
+    return model, {"collective_ops": collectives}
 
 
 def main(mode: str, log_dir: str, out: str) -> None:
@@ -103,14 +114,17 @@ def main(mode: str, log_dir: str, out: str) -> None:
     x = data()
     ds = tf.data.Dataset.from_tensor_slices(x).batch(16)
     train = {"fit": fit, "loop": loop}[mode]
-    plain = [w.numpy() for w in train(strategy, ds, None).weights]
-    model = train(strategy, ds, log_dir)
+    bare, bare_info = train(strategy, ds, None)
+    plain = [w.numpy() for w in bare.weights]
+    model, info = train(strategy, ds, log_dir)
     logged, trainable = [w.numpy() for w in model.weights], [w.numpy() for w in model.trainable_weights]
     with open(out, "w") as f:
         json.dump({
             "identical": all(np.array_equal(a, b) for a, b in zip(plain, logged)),
             "x": x.tolist(),
             "trainable_weights": [w.tolist() for w in trainable],
+            "bare": bare_info,
+            "logged": info,
         }, f)
 
 
