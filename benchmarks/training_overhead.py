@@ -24,6 +24,7 @@ Run: ``python benchmarks/training_overhead.py [--quick | --smoke] [--out PATH]``
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import shutil
@@ -139,37 +140,25 @@ class _Stop(keras.callbacks.Callback):
         self.turns.done[self.name].set()
 
 
-def main(argv=None) -> int:
-    started = time.perf_counter()
-    args = harness.parse_args("training_overhead", __doc__.splitlines()[0], argv)
-    p = MODES[args.mode]
-    image = p.get("image", 32)
+def measure(callbacks: dict, p: dict, image: int, scope=contextlib.nullcontext) -> dict:
+    """Time ``fit`` per configuration (name -> log_dir -> callbacks), alternating epoch by epoch.
+
+    Models are built and compiled inside ``scope()`` (e.g. a strategy's scope).
+    Returns ``{"configs": summary with ratios to "bare", "bn_layers": ..., "params": ...}``.
+    """
     steps = p["steps"]
     tmp = tempfile.mkdtemp(prefix="bench_overhead_")
-    signature = {
-        name: (repr(par.default) if par.default is not inspect.Parameter.empty else None)
-        for name, par in inspect.signature(BatchNormCallback.__init__).parameters.items()
-        if name != "self"
-    }
-    print(f"mode={args.mode} steps/epoch={steps} rounds={p['rounds']} batch={p['batch']}")
-    print(f"BatchNormCallback signature defaults: {signature}")
-
     data = dataset(p["batch"], image)
-    callbacks = {
-        "bare": lambda d: [],
-        "bn_default": lambda d: [BatchNormCallback(d)],
-        "bn_every_step": lambda d: [BatchNormCallback(d, log_every_n_steps=1)],
-        "tensorboard_hist": lambda d: [keras.callbacks.TensorBoard(d, histogram_freq=1)],
-    }
     epochs = p["rounds"] + 1  # epoch 0 warms up (traces), then one timed epoch per round
     turns = _Turns(list(callbacks))
     threads, errors, first_epoch = {}, {}, {}
     n_bn = n_params = None
     for name, make in callbacks.items():
         keras.utils.set_random_seed(0)
-        model = resnet(p["blocks"], p["width"], image)
-        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        with scope():
+            model = resnet(p["blocks"], p["width"], image)
+            model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         n_bn = sum(isinstance(l, keras.layers.BatchNormalization) for l in model.layers)
         n_params = model.count_params()
         start = _Start(turns, name)
@@ -227,12 +216,41 @@ def main(argv=None) -> int:
         ["config", "steps/s", "wall_ratio", "cpu_ratio", "wall_range", "warmup_epoch_s", "target"], rows
     ))
     shutil.rmtree(tmp, ignore_errors=True)
+    return {"configs": summary, "bn_layers": n_bn, "parameters": n_params}
+
+
+def callback_defaults() -> dict:
+    """``BatchNormCallback``'s constructor defaults, as reprs."""
+    return {
+        name: (repr(par.default) if par.default is not inspect.Parameter.empty else None)
+        for name, par in inspect.signature(BatchNormCallback.__init__).parameters.items()
+        if name != "self"
+    }
+
+
+WINDOW = "one epoch of K steps of a long fit, incl. all on_epoch_begin/end hooks; epoch 0 untimed warm-up"
+
+
+def main(argv=None) -> int:
+    started = time.perf_counter()
+    args = harness.parse_args("training_overhead", __doc__.splitlines()[0], argv)
+    p = MODES[args.mode]
+    image = p.get("image", 32)
+    signature = callback_defaults()
+    print(f"mode={args.mode} steps/epoch={p['steps']} rounds={p['rounds']} batch={p['batch']}")
+    print(f"BatchNormCallback signature defaults: {signature}")
+    result = measure({
+        "bare": lambda d: [],
+        "bn_default": lambda d: [BatchNormCallback(d)],
+        "bn_every_step": lambda d: [BatchNormCallback(d, log_every_n_steps=1)],
+        "tensorboard_hist": lambda d: [keras.callbacks.TensorBoard(d, histogram_freq=1)],
+    }, p, image)
     harness.write_json(args, {
-        "params": {**p, "image": image, "model": f"ResNet-{6 * p['blocks'] + 2}", "bn_layers": n_bn,
-                   "window": "one epoch of K steps of a long fit, incl. all on_epoch_begin/end hooks; epoch 0 untimed warm-up"},
+        "params": {**p, "image": image, "model": f"ResNet-{6 * p['blocks'] + 2}", "bn_layers": result["bn_layers"],
+                   "window": WINDOW},
         "callback_signature_defaults": signature,
         "targets": TARGETS,
-        "configs": summary,
+        "configs": result["configs"],
     }, started)
     return 0
 

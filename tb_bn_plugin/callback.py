@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from typing import Any, Optional, Sequence
@@ -26,7 +27,7 @@ from tb_bn_plugin.probe import (
     ProbeBatch,
     probe_batch_from_data,
 )
-from tb_bn_plugin.summary import SummaryWriter
+from tb_bn_plugin.summary import SummaryWriter, worker_temp_dir
 
 keras = tf.keras
 logger = logging.getLogger("tb_bn_plugin")
@@ -173,6 +174,7 @@ class BatchNormCallback(keras.callbacks.Callback):
         self.async_safe = True
         self._capture: Optional[StatsCapture] = None
         self._writer: Optional[SummaryWriter] = None
+        self._worker_dir: Optional[str] = None
         self._awaiting_build = False
         self._cadence = records.SnapshotCadence(1)
         self._last_logged = -1
@@ -195,8 +197,7 @@ class BatchNormCallback(keras.callbacks.Callback):
     # -- Keras hooks --------------------------------------------------------------
 
     def on_train_begin(self, logs: Optional[dict] = None) -> None:
-        _check_writable(self.run_dir)
-        self._writer = SummaryWriter(self.run_dir)
+        self._writer = SummaryWriter(self._summary_dir())
         # Steps done before this fit were logged (or not) by whoever ran them.
         self._last_logged = self._last_snapshot = self._steps_done()
         self._start_gap()
@@ -274,8 +275,19 @@ class BatchNormCallback(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._worker_dir is not None:
+            shutil.rmtree(self._worker_dir, ignore_errors=True)
+            self._worker_dir = None
 
     # -- internals ----------------------------------------------------------------
+
+    def _summary_dir(self) -> str:
+        """``run_dir``, or on a non-chief worker a temporary directory (``summary.worker_temp_dir``)."""
+        self._worker_dir = worker_temp_dir(self.model.distribute_strategy)
+        if self._worker_dir is not None:
+            return self._worker_dir
+        _check_writable(self.run_dir)
+        return self.run_dir
 
     def _selected_layers(self) -> list[BatchNormRef]:
         return find_batchnorm_layers(self.model, self.layer_patterns)
@@ -284,7 +296,9 @@ class BatchNormCallback(keras.callbacks.Callback):
         self._capture = StatsCapture(refs, self.model.optimizer.iterations, self.model.distribute_strategy)
         self._capture.install()
         self._cadence = records.SnapshotCadence(
-            records.snapshot_interval(self._capture.configs, self.channel_dtype, self.max_bytes_per_log)
+            records.snapshot_interval(
+                self._capture.configs, self.channel_dtype, self.max_bytes_per_log, self._capture.replicas
+            )
         )
         logger.info(
             "BatchNormCallback: logging %d BatchNormalization layers to %s "

@@ -9,13 +9,18 @@ changes: the wrapper returns the original tensors, and the capture variables
 are not part of the model. tf-keras (legacy Keras 2) layers are captured by
 the wrappers in ``legacy_keras`` (which also explains its fused path).
 
-Under a ``tf.distribute`` strategy the capture variables are mirrored,
-``ON_WRITE`` with ``ONLY_FIRST_REPLICA`` aggregation: every replica assigns,
-the first replica's value is kept. So an unsynchronised layer's logged batch
-statistics and count are those of the first replica's share of the batch
-(what that replica normalised with); a ``synchronized=True`` layer's are the
-global statistics every replica normalised with, and its count is the global
-one (see ``_global_count``).
+Under a ``tf.distribute`` strategy the capture variables are replica-local
+(``ON_READ``, no aggregation): every replica assigns its own copy, with no
+cross-replica communication in the step, and a snapshot reads every local
+copy (``experimental_local_results``) in the same one traced function. The
+layer's logged batch statistics and count are the first replica's (what it
+normalised with, and what Keras' first-replica moving statistics ingest); an
+unsynchronised layer on several replicas also gets every replica's
+statistics (``LayerSnapshot.replicas``). A ``synchronized=True`` layer's
+statistics are the global ones every replica normalised with, and its count is
+the global one (see ``_global_count``). Under MultiWorkerMirroredStrategy the
+other workers' replicas are read with one all-gather per snapshot (not per
+training step).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tb_bn_plugin import legacy_keras, metadata
+from tb_bn_plugin import legacy_keras, metadata, records
 from tb_bn_plugin.series import LayerConfig
 
 keras = tf.keras
@@ -154,16 +159,19 @@ class LayerSnapshot:
     trainable: bool
     count: float
     momentum: float
+    # Unsynchronised layers on several replicas, at training steps: (count (R,), mean (R, C),
+    # variance (R, C)) of every replica; replica 0's are also in ``values``/``count``.
+    replicas: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None
 
 
 class _CaptureSlots:
-    """Variables one layer's wrapped ``_moments`` writes to in every training step."""
+    """Replica-local variables one layer's wrapped ``_moments`` writes to in every training step."""
 
     def __init__(self, channels: int, strategy: tf.distribute.Strategy) -> None:
         kwargs = dict(
             trainable=False,
-            synchronization=tf.VariableSynchronization.ON_WRITE,
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.NONE,
         )
         with strategy.scope():
             self.stats = tf.Variable(tf.zeros([2, channels], tf.float32), name="bn_capture_stats", **kwargs)
@@ -186,7 +194,17 @@ class StatsCapture:
         self.configs = [layer_config(ref, i) for i, ref in enumerate(refs)]
         self._refs = list(refs)
         self._clock = clock
+        self._strategy = strategy
+        self._local = strategy.experimental_local_results
         self._slots = [_CaptureSlots(c.channels, strategy) for c in self.configs]
+        local_replicas = len(self._local(self._slots[0].count)) if self._slots else 1
+        # Multi-worker: the other workers' replicas are read with one all-gather per snapshot.
+        self._cross_worker = strategy.num_replicas_in_sync > local_replicas
+        self.replicas = strategy.num_replicas_in_sync
+        # Layers whose every replica's statistics are read: unsynchronised, on several replicas.
+        self._per_replica = [
+            i for i, c in enumerate(self.configs) if self.replicas > 1 and not c.synchronized
+        ]
         self._installed = False
         self._wrapped: list[tuple[Any, str]] = []
         self._enabled = True
@@ -247,29 +265,48 @@ class StatsCapture:
     # -- reading ----------------------------------------------------------------
 
     def _gather(self):
+        first = [[self._local(v)[0] for v in (s.stats, s.count, s.step)] for s in self._slots]
         floats = []
-        for ref, slots in zip(self._refs, self._slots):
+        for ref, (stats, _, _) in zip(self._refs, first):
             layer = ref.layer
-            parts = [slots.stats, layer.moving_mean, layer.moving_variance]
+            parts = [stats, layer.moving_mean, layer.moving_variance]
             if layer.scale:
                 parts.append(layer.gamma)
             if layer.center:
                 parts.append(layer.beta)
-            floats.extend(tf.reshape(tf.cast(tf.convert_to_tensor(p), tf.float32), [-1]) for p in parts)
-        counts = tf.stack([s.count for s in self._slots]) if self._slots else tf.zeros([0])
-        steps = tf.stack([s.step for s in self._slots]) if self._slots else tf.zeros([0], tf.int64)
-        return tf.concat(floats, 0) if floats else tf.zeros([0]), counts, steps
+            floats.extend(_flat(p) for p in parts)
+        counts = tf.stack([c for _, c, _ in first]) if first else tf.zeros([0])
+        steps = tf.stack([t for _, _, t in first]) if first else tf.zeros([0], tf.int64)
+        return _concat(floats), counts, steps, self._replica_rows()
+
+    def _replica_rows(self) -> tf.Tensor:
+        """(R, W): per replica, each ``_per_replica`` layer's [count, batch mean (C), batch variance (C)]."""
+        if not self._per_replica:
+            return tf.zeros([0, 0])
+
+        def row(count_stats: list) -> tf.Tensor:
+            return tf.expand_dims(_concat([_flat(v) for v in count_stats]), 0)
+
+        slots = [v for i in self._per_replica for v in (self._slots[i].count, self._slots[i].stats)]
+        if self._cross_worker:
+            # In replica context a replica-local variable reads as that replica's own copy.
+            return self._strategy.gather(self._strategy.run(lambda: row(slots)), axis=0)
+        local = [self._local(v) for v in slots]
+        return tf.concat([row([values[r] for values in local]) for r in range(len(local[0]))], 0)
 
     def snapshot(self, steps_done: int) -> list[LayerSnapshot]:
         """Every layer's statistics after the step that brought the clock to ``steps_done``.
 
-        One device round trip for all layers.
+        One device round trip for all layers; under MultiWorkerMirroredStrategy
+        with unsynchronised layers, one all-gather of the per-replica statistics,
+        so every worker must take snapshots at the same steps.
         """
-        floats, counts, captured_at = (t.numpy() for t in self._snapshot_fn())
+        floats, counts, captured_at, replica_rows = (t.numpy() for t in self._snapshot_fn())
         floats = floats.astype(np.float64)
+        replicas = self._split_replicas(replica_rows.astype(np.float64))
         out = []
         offset = 0
-        for config, ref, count, at in zip(self.configs, self._refs, counts, captured_at):
+        for i, (config, ref, count, at) in enumerate(zip(self.configs, self._refs, counts, captured_at)):
             c = config.channels
             training = bool(at == steps_done - 1)
             values: dict[str, np.ndarray] = {}
@@ -287,9 +324,28 @@ class StatsCapture:
                     trainable=bool(ref.layer.trainable),
                     count=float(count) if training else math.nan,
                     momentum=float(ref.layer.momentum),
+                    replicas=replicas.get(i) if training else None,
                 )
             )
         return out
+
+    def _split_replicas(self, rows: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Layer index -> (count (R,), mean (R, C), variance (R, C)) from ``_replica_rows``."""
+        out = {}
+        offset = 0
+        for i in self._per_replica:
+            width = 1 + 2 * self.configs[i].channels
+            out[i] = records.split_replica_record(rows[:, offset : offset + width], self.configs[i].channels)
+            offset += width
+        return out
+
+
+def _flat(value: Any) -> tf.Tensor:
+    return tf.reshape(tf.cast(tf.convert_to_tensor(value), tf.float32), [-1])
+
+
+def _concat(parts: list) -> tf.Tensor:
+    return tf.concat(parts, 0) if parts else tf.zeros([0])
 
 
 def _wrap_moments(layer: Any, record: legacy_keras.Record):

@@ -25,7 +25,7 @@ from tensorboard.data import provider as tb_provider
 from tensorboard.util import tensor_util
 
 from tb_bn_plugin import metadata, records
-from tb_bn_plugin.series import GapSeries, LayerConfig, LayerSeries, RunData
+from tb_bn_plugin.series import GapSeries, LayerConfig, LayerSeries, ReplicaSeries, RunData
 
 logger = logging.getLogger("tb_bn_plugin")
 
@@ -230,8 +230,10 @@ def layer_series(
     summary_data: list[tb_provider.TensorDatum],
     channels_tag: Optional[TagInfo] = None,
     channels_data: Optional[list[tb_provider.TensorDatum]] = None,
+    replicas_tag: Optional[TagInfo] = None,
+    replicas_data: Optional[list[tb_provider.TensorDatum]] = None,
 ) -> LayerSeries:
-    """Assemble one layer's series from its summary (and optional channel) events.
+    """Assemble one layer's series from its summary (and optional channel and per-replica) events.
 
     Raises ``ValueError`` when an event's length does not match the layout.
     """
@@ -249,7 +251,17 @@ def layer_series(
         summary=summary,
         channel_steps=np.asarray([d.step for d in channels_data], dtype=np.int64),
         channels={s: snapshots[:, rows.index(s)] if s in rows else np.empty((0, c)) for s in config.stats()},
+        replicas=replica_series(replicas_tag, replicas_data or []) if replicas_tag is not None else None,
     )
+
+
+def replica_series(tag: TagInfo, data: list[tb_provider.TensorDatum]) -> ReplicaSeries:
+    """Assemble a layer's ``ReplicaSeries`` from its ``layer_replicas`` events (layout in ``metadata``)."""
+    c, r = tag.layer.channels, int(tag.content["replicas"])
+    data = _dedupe_steps(data)
+    rows = _stack(data, r * (1 + 2 * c)).reshape(len(data), r, 1 + 2 * c)
+    count, mean, variance = records.split_replica_record(rows, c)
+    return ReplicaSeries(np.asarray([d.step for d in data], dtype=np.int64), count, mean, variance)
 
 
 def _stack(data: list[tb_provider.TensorDatum], width: int) -> np.ndarray:
@@ -345,7 +357,8 @@ def load_runs(
     wanted_layers = set(layers) if layers is not None else None
     tag_filter = None
     if wanted_layers is not None:
-        tag_filter = [metadata.layer_tag(p, k) for p in wanted_layers for k in ("summary", "channels", "ema_error")]
+        kinds = ("summary", "channels", "replicas", "ema_error")
+        tag_filter = [metadata.layer_tag(p, k) for p in wanted_layers for k in kinds]
         if with_gap:
             tag_filter.append(metadata.gap_tag())
     tags, errors = list_tags(source, runs, tag_filter)
@@ -364,9 +377,9 @@ def load_runs(
             layer = info.layer
             if layer is None or (wanted_layers is not None and layer.path not in wanted_layers):
                 continue
-            if info.kind == metadata.KIND_LAYER_CHANNELS and not with_channels:
+            if info.kind in (metadata.KIND_LAYER_CHANNELS, metadata.KIND_LAYER_REPLICAS) and not with_channels:
                 continue
-            if info.kind in (metadata.KIND_LAYER_SUMMARY, metadata.KIND_LAYER_CHANNELS):
+            if info.kind in (metadata.KIND_LAYER_SUMMARY, metadata.KIND_LAYER_CHANNELS, metadata.KIND_LAYER_REPLICAS):
                 by_run.setdefault(run, {}).setdefault(layer.path, {})[info.kind] = info
     sampling = {
         (run, path): (downsample, snapshots_of(by_kind[metadata.KIND_LAYER_SUMMARY].layer))
@@ -425,12 +438,15 @@ def load_runs(
                 run_data.errors.append(f"layer {path!r} has per-channel data but no summary records")
                 continue
             channels = by_kind.get(metadata.KIND_LAYER_CHANNELS)
+            replicas = by_kind.get(metadata.KIND_LAYER_REPLICAS)
             try:
                 run_data.layers[path] = layer_series(
                     summary,
                     data[run][summary.tag],
                     channels,
                     data[run].get(channels.tag) if channels else None,
+                    replicas,
+                    data[run].get(replicas.tag) if replicas else None,
                 )
             except (ValueError, KeyError, TypeError) as err:
                 run_data.errors.append(f"layer {path!r}: unreadable data ({err})")
@@ -465,6 +481,8 @@ class SeriesCache:
 
     def put(self, key: Hashable, series: LayerSeries) -> None:
         arrays = [series.steps, series.channel_steps, *series.info.values(), *series.summary.values(), *series.channels.values()]
+        if series.replicas is not None:
+            arrays += [series.replicas.count, series.replicas.mean, series.replicas.variance]
         size = sum(a.nbytes for a in arrays)
         with self._lock:
             if key in self._entries:

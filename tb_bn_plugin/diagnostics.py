@@ -31,6 +31,13 @@ Rules (``Thresholds`` field = default):
 ``tiny-batch`` (warning)
     A trained step whose batch statistics came from fewer than
     ``min_count = 8`` values per channel.
+``replica-batch-too-small`` (warning)
+    An unsynchronised layer trained on several replicas (per-replica
+    statistics logged, ``LayerSeries.replicas``) normalised over fewer than
+    ``min_replica_count = 16`` values per channel on some replica at a logged
+    step. Evidence includes the spread of the replicas' batch means relative
+    to the global batch std (about ``1/sqrt(count)`` for evenly shuffled
+    data). Never fires for ``synchronized=True`` layers or single-device runs.
 ``train-inference-gap`` (warning)
     At the latest gap measurement with finite losses,
     ``|inference - train| / max(|train|, loss_floor = 1e-8) > relative_loss_gap = 0.25``
@@ -68,7 +75,7 @@ import numpy as np
 from tb_bn_plugin import metadata
 from tb_bn_plugin.drift import ema_initial_weight, log_variance_ratio, normalized_mean_shift
 from tb_bn_plugin.gap import gap_summary
-from tb_bn_plugin.series import LayerSeries, RunData
+from tb_bn_plugin.series import LayerSeries, ReplicaSeries, RunData
 
 SEVERITY_ORDER = ("error", "warning", "info")
 
@@ -95,6 +102,7 @@ class Thresholds:
     initial_atol: float = 1e-6
     initial_weight: float = 0.05
     min_count: float = 8
+    min_replica_count: float = 16
     relative_loss_gap: float = 0.25
     compound_gap: float = 0.5
     loss_floor: float = 1e-8
@@ -193,6 +201,17 @@ _RULES = {
         "replace the layer with keras.layers.GroupNormalization or LayerNormalization, which "
         "do not depend on the batch. When fine-tuning with small batches, freeze the layer "
         "(trainable = False).",
+    ),
+    "replica-batch-too-small": _Rule(
+        "warning",
+        "Under tf.distribute each replica of an unsynchronised BatchNormalization layer "
+        "normalises with the statistics of its own share of the global batch, so the effective "
+        "BN batch is the per-replica batch, however large the global one: noisy statistics, a "
+        "larger train/inference gap, and moving statistics that follow the first replica's "
+        "share only. Use BatchNormalization(synchronized=True), which normalises with the "
+        "global batch statistics (one all-reduce per layer and step), or a larger per-replica "
+        "batch (global batch = per-replica batch x replicas), or GroupNormalization, which "
+        "does not depend on the batch.",
     ),
     "train-inference-gap": _Rule(
         "warning",
@@ -548,6 +567,48 @@ def tiny_batch(run: RunData, thresholds: Thresholds = Thresholds()) -> list[Find
     return findings
 
 
+def replica_mean_spread(replicas: ReplicaSeries, epsilon: float) -> np.ndarray:
+    """(P, C) std of the replicas' batch means over the global batch std ``sqrt(var + eps)``."""
+    global_variance = replicas.global_moments().variance
+    return np.std(replicas.mean, axis=1) / np.sqrt(global_variance + epsilon)
+
+
+def replica_batch_too_small(run: RunData, thresholds: Thresholds = Thresholds()) -> list[Finding]:
+    """``replica-batch-too-small``: an unsynchronised layer normalises over small per-replica batches."""
+    findings = []
+    for layer in run.ordered_layers():
+        replicas = layer.replicas
+        if layer.config.synchronized or replicas is None or replicas.replicas < 2 or not len(replicas.steps):
+            continue
+        smallest = replicas.count.min(axis=1)
+        small = smallest < thresholds.min_replica_count
+        if not small.any():
+            continue
+        spread = np.mean(replica_mean_spread(replicas, layer.config.epsilon), axis=1)
+        per_replica = float(np.median(smallest))
+        evidence = {
+            "replicas": replicas.replicas,
+            "per_replica_count": per_replica,
+            "min_per_replica_count": float(smallest.min()),
+            "global_count": float(np.median(replicas.count.sum(axis=1))),
+            "small_steps": int(small.sum()),
+            "replica_steps": len(replicas.steps),
+            "count_threshold": thresholds.min_replica_count,
+            "replica_mean_spread": float(np.median(spread)),
+            "iid_mean_spread": 1.0 / math.sqrt(per_replica) if per_replica > 0 else math.inf,
+        }
+        findings.append(
+            _finding(
+                "replica-batch-too-small",
+                f"unsynchronised: each of {replicas.replicas} replicas normalises over {per_replica:g} "
+                f"values per channel (global batch {evidence['global_count']:g})",
+                [layer.config.path],
+                evidence,
+            )
+        )
+    return findings
+
+
 def train_inference_gap(run: RunData, thresholds: Thresholds = Thresholds()) -> list[Finding]:
     """``train-inference-gap``: the probe batch behaves markedly differently in inference mode."""
     summary = None if run.gap is None else gap_summary(run.gap, thresholds.loss_floor)
@@ -767,6 +828,7 @@ DIAGNOSTICS: tuple[Callable[[RunData, Thresholds], list[Finding]], ...] = (
     momentum_one,
     slow_momentum,
     tiny_batch,
+    replica_batch_too_small,
     train_inference_gap,
     frozen_bn,
     uninitialized_moving_stats,

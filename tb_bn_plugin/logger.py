@@ -31,11 +31,17 @@ its current value, exactly like the callback. Without an optimizer, an
 internal counter advanced by every ``log()`` call: a layer counts as trained
 when it normalised with batch statistics since the previous ``log()`` call,
 so call ``log()`` once per training step.
+
+Under ``tf.distribute`` it behaves like the callback (README, "tf.distribute"):
+only the chief of a multi-worker cluster writes to ``log_dir``, and every
+worker must call ``log()`` at the same steps (a snapshot gathers the other
+workers' per-replica statistics).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -43,7 +49,7 @@ import tensorflow as tf
 
 from tb_bn_plugin import records
 from tb_bn_plugin.capture import StatsCapture, find_batchnorm_layers, require_built
-from tb_bn_plugin.summary import SummaryWriter
+from tb_bn_plugin.summary import SummaryWriter, worker_temp_dir
 
 DEFAULT_MAX_BYTES_PER_LOG = 50_000
 
@@ -91,9 +97,11 @@ class BatchNormLogger:
         self._capture: Optional[StatsCapture] = StatsCapture(refs, clock, strategy)
         self._capture.install()
         self._cadence = records.SnapshotCadence(
-            records.snapshot_interval(self._capture.configs, self.channel_dtype, max_bytes_per_log)
+            records.snapshot_interval(self._capture.configs, self.channel_dtype, max_bytes_per_log, self._capture.replicas)
         )
-        self._writer: Optional[SummaryWriter] = SummaryWriter(self.run_dir)
+        # On a non-chief worker: the same work into a temporary directory (``summary.worker_temp_dir``).
+        self._worker_dir = worker_temp_dir(strategy)
+        self._writer: Optional[SummaryWriter] = SummaryWriter(self._worker_dir or self.run_dir)
         self._last_logged = -1
 
     @property
@@ -139,6 +147,9 @@ class BatchNormLogger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._worker_dir is not None:
+            shutil.rmtree(self._worker_dir, ignore_errors=True)
+            self._worker_dir = None
 
     def __enter__(self) -> "BatchNormLogger":
         return self

@@ -6,7 +6,21 @@ and column layouts of the tensors, and the versioned JSON ``content`` of each
 tag's ``SummaryMetadata``.
 
 Schema history:
-  * version 1: ``layer_summary``, ``layer_channels``, ``gap`` and ``ema_error`` payloads.
+  * version 1: ``layer_summary``, ``layer_channels``, ``gap`` and ``ema_error`` payloads;
+    ``layer_replicas`` added later within version 1 (readers skip kinds they do not know).
+
+The ``layer_replicas`` payload (tag ``layer_tag(path, "replicas")``) holds the
+per-replica batch statistics of an unsynchronised layer trained on more than
+one replica of a ``tf.distribute`` strategy (the replicas of the writing
+worker). It is written with the layer's per-channel snapshots, at steps where
+the layer trained, and never for single-device training or
+``synchronized=True`` layers (whose statistics are global already). Content
+``{"kind": "layer_replicas", "layer": LayerConfig JSON, "replicas": R,
+"columns": REPLICA_COLUMNS}``; the tensor is float32 of shape (R, 1 + 2C),
+one row per replica: ``[count, batch_mean (C), batch_variance (C)]``
+(``count``: values per channel the replica normalised over; variance biased).
+The global batch statistics follow exactly from these rows
+(``population.combine_replicas``).
 
 The ``ema_error`` payload (tag ``layer_tag(path, "ema_error")``, written by
 ``precise.PreciseStatsMonitor``) is a float32 vector of
@@ -48,6 +62,7 @@ KIND_LAYER_SUMMARY = "layer_summary"
 KIND_LAYER_CHANNELS = "layer_channels"
 KIND_GAP = "gap"
 KIND_EMA_ERROR = "ema_error"
+KIND_LAYER_REPLICAS = "layer_replicas"
 
 # Per-channel statistics, in the order they are stored as rows.
 BATCH_MEAN = "batch_mean"
@@ -78,6 +93,9 @@ GAP_LOCAL_DERIVED = "local_derived"
 GAP_ATTRIBUTION = "attribution"
 GAP_LAYER_FIELDS = (GAP_COMPOUND, GAP_LOCAL, GAP_LOCAL_DERIVED, GAP_ATTRIBUTION)
 
+# Column groups of a ``layer_replicas`` row: a count, then C means, then C variances.
+REPLICA_COLUMNS = ("count", BATCH_MEAN, BATCH_VARIANCE)
+
 # Columns of a summary row: statistics of one quantity across channels.
 SUMMARY_COLUMNS = ("mean", "std", "min", "p05", "p50", "p95", "max")
 
@@ -91,7 +109,7 @@ INFO_FIELDS = ("training", "trainable", "count", "momentum", "full")
 
 
 def layer_tag(layer_path: str, kind: str) -> str:
-    """The tag for one layer's payload of ``kind`` (``summary`` or ``channels``)."""
+    """The tag for one layer's payload of ``kind`` (``summary``, ``channels`` or ``replicas``)."""
     return f"{TAG_PREFIX}/{layer_path}/{kind}"
 
 

@@ -74,6 +74,22 @@ def combine_moments(parts: Iterable[Moments | tuple]) -> Moments:
     return total
 
 
+def combine_replicas(count: np.ndarray, mean: np.ndarray, variance: np.ndarray) -> Moments:
+    """The global moments of batches split across replicas, from each replica's moments.
+
+    ``count`` (..., R) values per channel on each replica, ``mean`` and biased
+    ``variance`` (..., R, C); returns ``Moments`` of shape (..., C), exactly
+    those of the concatenated replica batches (Chan's combination in float64).
+    """
+    count = np.asarray(count, dtype=np.float64)
+    mean = np.asarray(mean, dtype=np.float64)
+    variance = np.asarray(variance, dtype=np.float64)
+    return combine_moments(
+        (count[..., r, None], mean[..., r, :], variance[..., r, :] * count[..., r, None])
+        for r in range(count.shape[-1])
+    )
+
+
 def batch_moments(x: np.ndarray, axis: int = -1, mask: Optional[np.ndarray] = None) -> Moments:
     """Reference moments of one batch computed in numpy (channels along ``axis``)."""
     x = np.moveaxis(np.asarray(x, dtype=np.float64), axis, -1)

@@ -131,6 +131,28 @@ def channel_record(config: LayerConfig, values: Mapping[str, np.ndarray], dtype:
     return np.stack([values[s] for s in config.stats()]).astype(dtype)
 
 
+def replica_record(count: np.ndarray, mean: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """The (R, 1 + 2C) float32 ``layer_replicas`` record from per-replica (R,) counts and (R, C) moments."""
+    count = np.asarray(count, dtype=np.float64)[:, None]
+    return np.concatenate([count, np.asarray(mean), np.asarray(variance)], axis=1).astype(np.float32)
+
+
+def split_replica_record(record: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inverse of ``replica_record`` for one record (R, W) or a stack (S, R, W): count, mean, variance (float64)."""
+    record = np.asarray(record, dtype=np.float64)
+    return record[..., 0], record[..., 1 : 1 + channels], record[..., 1 + channels : 1 + 2 * channels]
+
+
+def replica_bytes(configs: Sequence[LayerConfig], replicas: int) -> int:
+    """Bytes the ``layer_replicas`` records of all layers add to a per-channel snapshot (0 on one replica)."""
+    if replicas <= 1:
+        return 0
+    per_value = np.dtype(np.float32).itemsize
+    return sum(
+        EVENT_OVERHEAD_BYTES + per_value * replicas * (1 + 2 * c.channels) for c in configs if not c.synchronized
+    )
+
+
 def summary_bytes(configs: Sequence[LayerConfig]) -> int:
     """Bytes the summary records of all layers take per logged step."""
     per_value = np.dtype(np.float32).itemsize
@@ -157,14 +179,16 @@ def check_logging_options(log_every_n_steps: int, channel_dtype: str, max_bytes_
         raise ValueError(f"max_bytes_per_log must be a positive integer, got {max_bytes_per_log!r}")
 
 
-def snapshot_interval(configs: Sequence[LayerConfig], dtype: np.dtype, budget_bytes: int) -> int:
+def snapshot_interval(configs: Sequence[LayerConfig], dtype: np.dtype, budget_bytes: int, replicas: int = 1) -> int:
     """Every how many logged steps a per-channel snapshot fits ``budget_bytes`` per logged step on average.
 
     1 when snapshots fit at every logged step. When even summaries exceed
     the budget, snapshots are spaced as if a tenth of the budget remained.
+    A snapshot on ``replicas`` > 1 replicas includes the ``layer_replicas`` records.
     """
     remaining = max(budget_bytes - summary_bytes(configs), budget_bytes // 10, 1)
-    return max(1, math.ceil(channel_bytes(configs, dtype) / remaining))
+    snapshot = channel_bytes(configs, dtype) + replica_bytes(configs, replicas)
+    return max(1, math.ceil(snapshot / remaining))
 
 
 class SnapshotCadence:

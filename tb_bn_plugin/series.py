@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from tb_bn_plugin import metadata
+from tb_bn_plugin import metadata, population
 
 
 @dataclasses.dataclass
@@ -50,6 +50,30 @@ class LayerConfig:
 
 
 @dataclasses.dataclass
+class ReplicaSeries:
+    """Per-replica batch statistics of an unsynchronised layer trained on several replicas.
+
+    Attributes:
+      steps: (P,) int64 steps with per-replica statistics (trained snapshot steps).
+      count: (P, R) values per channel each replica normalised over.
+      mean / variance: (P, R, C) each replica's batch mean and biased variance.
+    """
+
+    steps: np.ndarray
+    count: np.ndarray
+    mean: np.ndarray
+    variance: np.ndarray
+
+    @property
+    def replicas(self) -> int:
+        return int(self.count.shape[1])
+
+    def global_moments(self) -> "population.Moments":
+        """(P, C) moments of the whole batch across replicas (``population.combine_replicas``)."""
+        return population.combine_replicas(self.count, self.mean, self.variance)
+
+
+@dataclasses.dataclass
 class LayerSeries:
     """Everything logged for one layer in one run.
 
@@ -62,6 +86,9 @@ class LayerSeries:
         Batch statistics are NaN at steps where the layer did not train.
       channel_steps: (T,) int64 steps with a per-channel snapshot (T <= S).
       channels: stat name -> (T, C) float64 per-channel values at ``channel_steps``.
+      replicas: per-replica batch statistics, only for an unsynchronised layer
+        trained on more than one replica (then ``batch_mean``/``batch_variance``
+        and ``info["count"]`` are the first replica's).
     """
 
     config: LayerConfig
@@ -70,6 +97,7 @@ class LayerSeries:
     summary: dict[str, np.ndarray]
     channel_steps: np.ndarray
     channels: dict[str, np.ndarray]
+    replicas: Optional[ReplicaSeries] = None
 
     def summary_column(self, stat: str, column: str) -> np.ndarray:
         """(S,) one column (e.g. ``"mean"``) of a stat's across-channel summary."""

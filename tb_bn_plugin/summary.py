@@ -8,7 +8,8 @@ Logged steps are written in one traced call for all layers.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+import tempfile
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -46,8 +47,14 @@ class SummaryWriter:
         """Write one layer's per-channel snapshot (see ``records.channel_record``)."""
         self._write(metadata.layer_tag(config.path, "channels"), record, step, lambda: _channels_content(config))
 
+    def layer_replicas(self, config: LayerConfig, step: int, record: np.ndarray) -> None:
+        """Write one layer's per-replica batch statistics (see ``records.replica_record``)."""
+        tag = metadata.layer_tag(config.path, "replicas")
+        self._write(tag, record, step, lambda: _replicas_content(config, int(record.shape[0])))
+
     def layer_step(self, snapshots: Sequence["LayerSnapshot"], step: int, full: bool, channel_dtype: np.dtype) -> None:
-        """Write one logged step: every layer's summary record, and per-channel snapshots if ``full``."""
+        """Write one logged step: every layer's summary record, and per-channel snapshots
+        (with per-replica statistics where captured) if ``full``."""
         self.write_items(step, layer_items(snapshots, full, channel_dtype))
 
     def write(self, tag: str, tensor: np.ndarray, step: int, content: dict[str, Any]) -> None:
@@ -125,6 +132,15 @@ def layer_items(snapshots: Sequence["LayerSnapshot"], full: bool, channel_dtype:
             )
             for c, snap in zip(configs, snapshots)
         ]
+        items += [
+            (
+                metadata.layer_tag(c.path, "replicas"),
+                records.replica_record(*snap.replicas),
+                functools.partial(_replicas_content, c, len(snap.replicas[0])),
+            )
+            for c, snap in zip(configs, snapshots)
+            if snap.replicas is not None
+        ]
     return items
 
 
@@ -144,3 +160,27 @@ def _channels_content(config: LayerConfig) -> dict[str, Any]:
         "layer": config.to_json(),
         "rows": list(config.stats()),
     }
+
+
+def _replicas_content(config: LayerConfig, replicas: int) -> dict[str, Any]:
+    return {
+        "kind": metadata.KIND_LAYER_REPLICAS,
+        "layer": config.to_json(),
+        "replicas": replicas,
+        "columns": list(metadata.REPLICA_COLUMNS),
+    }
+
+
+def worker_temp_dir(strategy: tf.distribute.Strategy) -> Optional[str]:
+    """None where this process writes summaries; on a non-chief worker a new temporary directory.
+
+    TensorFlow's multi-worker convention: only the chief writes summaries
+    (``strategy.extended.should_save_summary``). Other workers do the same work
+    (the strategy's collectives need every worker) into a temporary directory
+    that the caller deletes when done.
+    """
+    try:
+        chief = bool(strategy.extended.should_save_summary)
+    except NotImplementedError:  # strategies without the notion
+        chief = True
+    return None if chief else tempfile.mkdtemp(prefix="tb_bn_worker_")

@@ -18,6 +18,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 keras = tf.keras
 
 from tb_bn_plugin import BatchNormCallback, data  # noqa: E402
+from tb_bn_plugin.diagnostics import diagnose  # noqa: E402
 
 
 def main(synchronized: bool) -> dict:
@@ -49,8 +50,21 @@ def main(synchronized: bool) -> dict:
     precise = precise_stats(model, x, batch_size=16, progress=False)["bn"]
     recalibrate(model, x, batch_size=16, progress=False)
     bn = model.get_layer("bn")
-    layer = data.load_runs(data.open_logdir(log_dir))["train"].layers["bn"]
+    run = data.load_runs(data.open_logdir(log_dir))["train"]
+    layer = run.layers["bn"]
+    replicas = layer.replicas
+    global_moments = replicas.global_moments() if replicas is not None else None
     return {
+        "findings": {f.code: f.evidence for f in diagnose(run)},
+        "replicas": None if replicas is None else {
+            "steps": replicas.steps.tolist(),
+            "count": replicas.count.tolist(),
+            "mean": replicas.mean.tolist(),
+            "variance": replicas.variance.tolist(),
+            "global_count": global_moments.count.tolist(),
+            "global_mean": global_moments.mean.tolist(),
+            "global_variance": global_moments.variance.tolist(),
+        },
         "identical": all(np.array_equal(a, b) for a, b in zip(plain, logged)),
         "steps": layer.steps.tolist(),
         "count": layer.info["count"].tolist(),

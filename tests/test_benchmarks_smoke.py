@@ -15,6 +15,7 @@ MACHINE_KEYS = {"cpu_model", "cpu_count", "tensorflow_version", "keras_version",
 
 EXPECTED = {
     "training_overhead": {"params", "targets", "configs", "callback_signature_defaults"},
+    "mirrored_overhead": {"params", "targets", "configs", "callback_signature_defaults"},
     "log_cost": {"params", "models", "fits"},
     "storage": {"model", "channels", "scenarios", "target_bytes_per_logged_step"},
 }
@@ -39,8 +40,9 @@ def test_benchmark_smoke(name, tmp_path):
     assert data["mode"] == "smoke"
     assert MACHINE_KEYS <= set(data["machine"])
     assert EXPECTED[name] <= set(data)
-    if name == "training_overhead":
-        assert set(data["configs"]) == {"bare", "bn_default", "bn_every_step", "tensorboard_hist"}
+    if name in ("training_overhead", "mirrored_overhead"):
+        expected = {"bare", "bn_default"} | ({"bn_every_step", "tensorboard_hist"} if name == "training_overhead" else set())
+        assert set(data["configs"]) == expected
         for cfg in data["configs"].values():
             assert {"steps_per_s", "wall_ratio", "cpu_ratio", "median_wall_s", "median_cpu_s"} <= set(cfg)
             assert "median" in cfg["wall_ratio"] and "median" in cfg["cpu_ratio"]

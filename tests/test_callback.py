@@ -117,6 +117,10 @@ def test_layer_facts_logged_in_summary_records(keras, tmp_path):
     np.testing.assert_array_equal(f.info["trainable"], [0, 0])
     assert np.isnan(f.channels["batch_mean"]).all()
     np.testing.assert_array_equal(f.channels["moving_mean"], 0.0)
+    # Single device: no per-replica payload.
+    assert a.replicas is None and f.replicas is None
+    tags, _ = data.list_tags(data.open_logdir(str(tmp_path)))
+    assert "layer_replicas" not in {t.kind for t in tags["train"]}
 
 
 def test_nested_submodels_custom_layers_and_lazy_subclassed_model(keras, tmp_path):

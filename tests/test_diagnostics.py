@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from typing import Optional, Sequence
@@ -12,7 +13,7 @@ import pytest
 from tb_bn_plugin import diagnostics, metadata
 from tb_bn_plugin.diagnostics import SEVERITY_ORDER, Finding, Thresholds, diagnose
 from tb_bn_plugin.drift import log_variance_ratio, normalized_mean_shift
-from tb_bn_plugin.series import GapSeries, LayerConfig, LayerSeries, RunData
+from tb_bn_plugin.series import GapSeries, LayerConfig, LayerSeries, ReplicaSeries, RunData
 
 RNG_MEAN = np.array([1.5, -2.0, 0.3, 4.0, -0.7, 2.2, -3.1, 0.9])
 RNG_STD = np.array([0.8, 2.0, 1.2, 0.5, 3.0, 1.0, 1.7, 2.5])
@@ -261,6 +262,58 @@ def test_tiny_batch_from_a_size_one_last_batch():
     [tiny] = diagnostics.tiny_batch(run_of(simulate_layer(count=counts)))
     assert tiny.evidence["small_batch_steps"] == 2
     assert tiny.evidence["median_count"] == 64
+
+
+def with_replicas(
+    layer: LayerSeries, replicas: int, per_replica: int, shift: float = 0.0, synchronized: bool = False
+) -> tuple[LayerSeries, np.ndarray]:
+    """``layer`` with per-replica statistics at its last 10 snapshot steps, and the (10, R, n, C) samples.
+
+    Replica r's samples are N(mean + r * shift * std, std**2).
+    """
+    rng = np.random.default_rng(7)
+    offsets = np.arange(replicas)[:, None, None] * shift * RNG_STD
+    samples = rng.normal(RNG_MEAN + offsets, RNG_STD, size=(10, replicas, per_replica, len(RNG_MEAN)))
+    series = ReplicaSeries(
+        steps=layer.channel_steps[-10:],
+        count=np.full((10, replicas), float(per_replica)),
+        mean=samples.mean(axis=2),
+        variance=samples.var(axis=2),
+    )
+    config = dataclasses.replace(layer.config, synchronized=synchronized)
+    return dataclasses.replace(layer, config=config, replicas=series), samples
+
+
+@pytest.mark.parametrize("shift", [0.0, 1.0])
+def test_replica_batch_too_small_with_spread_of_replica_means(shift):
+    layer, samples = with_replicas(simulate_layer(), replicas=4, per_replica=8, shift=shift)
+    [finding] = by_code(diagnose(run_of(layer)), "replica-batch-too-small")
+    assert finding.severity == "warning" and finding.layers == ["bn"]
+    evidence = finding.evidence
+    assert (evidence["replicas"], evidence["per_replica_count"], evidence["global_count"]) == (4, 8, 32)
+    assert evidence["small_steps"] == evidence["replica_steps"] == 10
+    whole = samples.reshape(10, 32, -1)  # every step's global batch
+    spread = samples.mean(axis=2).std(axis=1) / np.sqrt(whole.var(axis=1) + 1e-3)
+    assert evidence["replica_mean_spread"] == pytest.approx(np.median(spread.mean(axis=1)), rel=1e-9)
+    assert evidence["iid_mean_spread"] == pytest.approx(8**-0.5)
+    if shift:  # replicas that see differently distributed data spread far more than sampling noise
+        assert evidence["replica_mean_spread"] > 2 * evidence["iid_mean_spread"]
+    else:
+        assert evidence["replica_mean_spread"] < 1.5 * evidence["iid_mean_spread"]
+    assert "synchronized=True" in finding.fix
+
+
+def test_replica_batch_too_small_silent_for_large_replica_batches_synchronized_or_one_replica():
+    layer = simulate_layer()
+    silent = [
+        with_replicas(layer, replicas=2, per_replica=16)[0],
+        with_replicas(layer, replicas=4, per_replica=8, synchronized=True)[0],
+        with_replicas(layer, replicas=1, per_replica=8)[0],
+        layer,  # single device: no per-replica statistics
+    ]
+    for case in silent:
+        assert diagnostics.replica_batch_too_small(run_of(case)) == []
+    assert diagnostics.replica_batch_too_small(run_of(silent[0]), Thresholds(min_replica_count=17))
 
 
 def test_train_inference_gap_names_layers_with_largest_local_gap():

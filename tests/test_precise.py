@@ -36,6 +36,21 @@ def test_combine_moments_stable_for_large_mean():
     assert np.max(np.abs(naive - x.var(axis=0))) > 1e-3  # the test data does defeat the naive formula
 
 
+def test_combine_replicas_gives_the_whole_batch_per_step():
+    rng = np.random.RandomState(2)
+    sizes = (8, 3, 8, 5)  # uneven shares, e.g. a last batch that does not divide evenly
+    steps = [rng.randn(sum(sizes), 4) * [1, 2, 3, 4] + [1e4, 0, -5, 2] for _ in range(3)]
+    shares = [np.split(x, np.cumsum(sizes)[:-1]) for x in steps]
+    total = population.combine_replicas(
+        count=[list(sizes)] * 3,
+        mean=[[s.mean(axis=0) for s in step] for step in shares],
+        variance=[[s.var(axis=0) for s in step] for step in shares],
+    )
+    np.testing.assert_array_equal(total.count, np.full((3, 4), sum(sizes)))
+    np.testing.assert_allclose(total.mean, [x.mean(axis=0) for x in steps], rtol=1e-12)
+    np.testing.assert_allclose(total.variance, [x.var(axis=0) for x in steps], rtol=1e-9)
+
+
 def test_ema_error_math():
     err = population.ema_error(
         moving_mean=np.array([1.0, 0.0]), moving_variance=np.array([4.0, 1.0]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -72,6 +73,23 @@ def test_snapshot_interval_keeps_resnet50_within_budget():
     assert k > 1 and per_log <= budget
     small = [_config(channels=16, path=f"s{i}") for i in range(4)]
     assert records.snapshot_interval(small, np.float32, budget) == 1
+
+
+def test_replica_record_round_trip_and_bytes():
+    rng = np.random.RandomState(3)
+    count, mean, variance = np.array([8.0, 7.0]), rng.randn(2, 5), rng.rand(2, 5)
+    record = records.replica_record(count, mean, variance)
+    assert record.shape == (2, 11) and record.dtype == np.float32
+    for got, want in zip(records.split_replica_record(record, 5), (count, mean, variance)):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    stacked = records.split_replica_record(np.stack([record, record]), 5)
+    assert [a.shape for a in stacked] == [(2, 2), (2, 2, 5), (2, 2, 5)]
+    configs = [_config(channels=5), dataclasses.replace(_config(channels=9, path="sync"), synchronized=True)]
+    assert records.replica_bytes(configs, 1) == 0
+    assert records.replica_bytes(configs, 2) == records.EVENT_OVERHEAD_BYTES + record.nbytes  # sync layers: none
+    budget = records.summary_bytes(configs) + records.channel_bytes(configs, np.float32)
+    assert records.snapshot_interval(configs, np.float32, budget) == 1
+    assert records.snapshot_interval(configs, np.float32, budget, replicas=2) == 2
 
 
 def test_metadata_content_versions():
