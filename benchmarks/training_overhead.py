@@ -19,6 +19,17 @@ reported). A timed window is one whole epoch, from before every callback's
 steps plus the per-epoch work (epoch-end log, histograms). Ratios to ``bare`` are taken pair by pair
 within each round (wall clock and process CPU time) and summarised by medians.
 
+Components, because a 1-2% overhead is below the run-to-run noise of whole
+epochs on a shared machine (the same bare epoch's CPU time varies by ±10%):
+
+* per-step capture cost: the train function of a model with the capture
+  wrappers installed vs. one without, called in alternating blocks of a few
+  steps (CPU ratio, median over blocks);
+* per-epoch callback work: process CPU time inside ``BatchNormCallback``'s
+  logs and gap evaluations during the timed epochs of the ``bn_*`` runs above;
+* composed ratio for an epoch of K steps: ``step_ratio + epoch_work / (K *
+  bare step CPU)``, at the timed K and at a CIFAR-10 epoch (782 steps at batch 64).
+
 Run: ``python benchmarks/training_overhead.py [--quick | --smoke] [--out PATH]``.
 """
 
@@ -42,6 +53,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tb_bn_plugin import BatchNormCallback  # noqa: E402
+from tb_bn_plugin.capture import StatsCapture, find_batchnorm_layers  # noqa: E402
 
 keras = tf.keras
 
@@ -52,6 +64,9 @@ MODES = {
     "quick": dict(steps=50, rounds=2, batch=16, blocks=3, width=16),
     "smoke": dict(steps=4, rounds=2, batch=8, blocks=1, width=4, image=16),
 }
+# Per-step capture cost: alternating blocks of this many train-function calls, this many rounds.
+STEP_BLOCKS = {"full": (5, 8), "quick": (5, 8), "smoke": (2, 2)}
+CIFAR_EPOCH_STEPS = 782  # CIFAR-10's 50,000 images at batch 64
 
 
 def resnet(blocks_per_stage: int = 3, width: int = 16, image: int = 32, classes: int = 10, seed: int = 0):
@@ -219,6 +234,81 @@ def measure(callbacks: dict, p: dict, image: int, scope=contextlib.nullcontext) 
     return {"configs": summary, "bn_layers": n_bn, "parameters": n_params}
 
 
+class EpochWork:
+    """Process CPU seconds spent in a ``BatchNormCallback``'s logs and gap evaluations, per epoch."""
+
+    def __init__(self, callback: BatchNormCallback, steps_per_epoch: int) -> None:
+        self.by_epoch: dict[int, float] = {}
+        for name in ("_log", "_log_gap"):
+            original = getattr(callback, name)
+
+            def timed(steps_done, *args, _original=original, **kwargs):
+                start = time.process_time()
+                try:
+                    return _original(steps_done, *args, **kwargs)
+                finally:
+                    epoch = max(steps_done - 1, 0) // steps_per_epoch
+                    self.by_epoch[epoch] = self.by_epoch.get(epoch, 0.0) + time.process_time() - start
+
+            setattr(callback, name, timed)
+
+    def timed_epochs(self, rounds: int) -> list[float]:
+        """Per timed epoch (1..rounds; epoch 0 is the warm-up)."""
+        return [self.by_epoch.get(epoch, 0.0) for epoch in range(1, rounds + 1)]
+
+
+def step_capture_ratio(p: dict, image: int, block: int, rounds: int) -> dict:
+    """Train-function CPU with the capture wrappers vs without, alternating blocks of ``block`` steps."""
+    data = dataset(p["batch"], image)
+    functions = {}
+    for name in ("bare", "capture"):
+        keras.utils.set_random_seed(0)
+        model = resnet(p["blocks"], p["width"], image)
+        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(data, epochs=1, steps_per_epoch=1, verbose=0)  # builds the model and optimizer
+        if name == "capture":
+            StatsCapture(find_batchnorm_layers(model), model.optimizer.iterations, model.distribute_strategy).install()
+        model.make_train_function(force=True)
+        train = model.train_function
+        iterator = iter(data)
+        train(iterator)  # traces
+        functions[name] = (train, iterator)
+
+    def run(name: str) -> None:
+        train, iterator = functions[name]
+        for _ in range(block):
+            train(iterator)
+
+    for name in functions:  # warm-up block: first calls after tracing run slower
+        run(name)
+    samples = harness.alternate({name: (lambda n=name: run(n)) for name in functions}, rounds, progress=False)
+    summary = harness.summarize(samples, "bare")
+    return {
+        "block_steps": block,
+        "rounds": rounds,
+        "bare_step_cpu_s": summary["bare"]["median_cpu_s"] / block,
+        "cpu_ratio": summary["capture"]["cpu_ratio"],
+        "wall_ratio": summary["capture"]["wall_ratio"],
+    }
+
+
+def composed_ratios(step: dict, work: dict[str, list[float]], steps: int) -> dict:
+    """``step_ratio + epoch_work / (K * bare step CPU)`` at the timed K and at a CIFAR-10 epoch."""
+    out = {}
+    for name, per_epoch in work.items():
+        epoch_s = harness.median(per_epoch)
+        out[name] = {
+            "epoch_work_cpu_s": epoch_s,
+            "epoch_work_cpu_s_per_round": per_epoch,
+            **{
+                f"ratio_at_{k}_steps": step["cpu_ratio"]["median"] + epoch_s / (k * step["bare_step_cpu_s"])
+                for k in (steps, CIFAR_EPOCH_STEPS)
+            },
+        }
+    return out
+
+
 def callback_defaults() -> dict:
     """``BatchNormCallback``'s constructor defaults, as reprs."""
     return {
@@ -239,18 +329,41 @@ def main(argv=None) -> int:
     signature = callback_defaults()
     print(f"mode={args.mode} steps/epoch={p['steps']} rounds={p['rounds']} batch={p['batch']}")
     print(f"BatchNormCallback signature defaults: {signature}")
+    work: dict[str, EpochWork] = {}
+
+    def bn(name: str, **kwargs):
+        def make(log_dir: str) -> list:
+            callback = BatchNormCallback(log_dir, **kwargs)
+            work[name] = EpochWork(callback, p["steps"])
+            return [callback]
+
+        return make
+
     result = measure({
         "bare": lambda d: [],
-        "bn_default": lambda d: [BatchNormCallback(d)],
-        "bn_every_step": lambda d: [BatchNormCallback(d, log_every_n_steps=1)],
+        "bn_default": bn("bn_default"),
+        "bn_every_step": bn("bn_every_step", log_every_n_steps=1),
         "tensorboard_hist": lambda d: [keras.callbacks.TensorBoard(d, histogram_freq=1)],
     }, p, image)
+    print("\ncomponents: per-step capture cost (alternating blocks of train-function calls) ...", flush=True)
+    block, rounds = STEP_BLOCKS[args.mode]
+    step = step_capture_ratio(p, image, block, rounds)
+    composed = composed_ratios(step, {n: w.timed_epochs(p["rounds"]) for n, w in work.items()}, p["steps"])
+    print(harness.format_table(
+        ["config", "step_cpu_ratio", "epoch_work_cpu_s", f"ratio_{p['steps']}_steps",
+         f"ratio_{CIFAR_EPOCH_STEPS}_steps", "target"],
+        [[name, step["cpu_ratio"]["median"], c["epoch_work_cpu_s"], c[f"ratio_at_{p['steps']}_steps"],
+          c[f"ratio_at_{CIFAR_EPOCH_STEPS}_steps"], TARGETS[name]] for name, c in composed.items()],
+    ))
+    print(f"bare step: {1e3 * step['bare_step_cpu_s']:.1f} ms CPU; capture step CPU ratio per round: "
+          f"{step['cpu_ratio']['min']:.3f}..{step['cpu_ratio']['max']:.3f}")
     harness.write_json(args, {
         "params": {**p, "image": image, "model": f"ResNet-{6 * p['blocks'] + 2}", "bn_layers": result["bn_layers"],
                    "window": WINDOW},
         "callback_signature_defaults": signature,
         "targets": TARGETS,
         "configs": result["configs"],
+        "components": {"step_capture": step, "composed": composed},
     }, started)
     return 0
 
