@@ -35,9 +35,13 @@ Rules (``Thresholds`` field = default):
     An unsynchronised layer trained on several replicas (per-replica
     statistics logged, ``LayerSeries.replicas``) normalised over fewer than
     ``min_replica_count = 16`` values per channel on some replica at a logged
-    step. Evidence includes the spread of the replicas' batch means relative
-    to the global batch std (about ``1/sqrt(count)`` for evenly shuffled
-    data). Never fires for ``synchronized=True`` layers or single-device runs.
+    step, or whose replicas' batch means spread by more than
+    ``max_replica_mean_spread = 0.5`` of the global batch std (median over
+    steps of the mean over channels; about ``1/sqrt(count)`` for evenly
+    shuffled independent values, far more for the correlated values of a conv
+    feature map from few samples per replica, or for replicas fed differently
+    distributed data). Never fires for ``synchronized=True`` layers or
+    single-device runs.
 ``train-inference-gap`` (warning)
     At the latest gap measurement with finite losses,
     ``|inference - train| / max(|train|, loss_floor = 1e-8) > relative_loss_gap = 0.25``
@@ -103,6 +107,7 @@ class Thresholds:
     initial_weight: float = 0.05
     min_count: float = 8
     min_replica_count: float = 16
+    max_replica_mean_spread: float = 0.5
     relative_loss_gap: float = 0.25
     compound_gap: float = 0.5
     loss_floor: float = 1e-8
@@ -581,10 +586,13 @@ def replica_batch_too_small(run: RunData, thresholds: Thresholds = Thresholds())
         if layer.config.synchronized or replicas is None or replicas.replicas < 2 or not len(replicas.steps):
             continue
         smallest = replicas.count.min(axis=1)
-        small = smallest < thresholds.min_replica_count
-        if not small.any():
-            continue
         spread = np.mean(replica_mean_spread(replicas, layer.config.epsilon), axis=1)
+        small = smallest < thresholds.min_replica_count
+        # Values of a conv feature map are correlated: many values per channel from few samples
+        # still give replica means that disagree far beyond 1/sqrt(count).
+        spread_out = float(np.median(spread)) > thresholds.max_replica_mean_spread
+        if not (small.any() or spread_out):
+            continue
         per_replica = float(np.median(smallest))
         evidence = {
             "replicas": replicas.replicas,
@@ -596,12 +604,19 @@ def replica_batch_too_small(run: RunData, thresholds: Thresholds = Thresholds())
             "count_threshold": thresholds.min_replica_count,
             "replica_mean_spread": float(np.median(spread)),
             "iid_mean_spread": 1.0 / math.sqrt(per_replica) if per_replica > 0 else math.inf,
+            "spread_threshold": thresholds.max_replica_mean_spread,
         }
+        reason = (
+            f"normalises over {per_replica:g} values per channel"
+            if small.any()
+            else f"has batch means {evidence['replica_mean_spread']:.2g} global std apart from the others' "
+            f"(sampling noise alone: about {evidence['iid_mean_spread']:.2g})"
+        )
         findings.append(
             _finding(
                 "replica-batch-too-small",
-                f"unsynchronised: each of {replicas.replicas} replicas normalises over {per_replica:g} "
-                f"values per channel (global batch {evidence['global_count']:g})",
+                f"unsynchronised: each of {replicas.replicas} replicas {reason} "
+                f"(global batch {evidence['global_count']:g} values per channel)",
                 [layer.config.path],
                 evidence,
             )

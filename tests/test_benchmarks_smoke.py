@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MACHINE_KEYS = {"cpu_model", "cpu_count", "tensorflow_version", "keras_version", "tensorboard_version", "date_utc"}
 
 EXPECTED = {
-    "training_overhead": {"params", "targets", "configs", "callback_signature_defaults"},
+    "training_overhead": {"params", "targets", "configs", "callback_signature_defaults", "components"},
     "mirrored_overhead": {"params", "targets", "configs", "callback_signature_defaults"},
     "log_cost": {"params", "models", "fits"},
     "storage": {"model", "channels", "scenarios", "target_bytes_per_logged_step"},
@@ -45,6 +45,12 @@ def test_benchmark_smoke(name, tmp_path):
         assert set(data["configs"]) == expected
         for cfg in data["configs"].values():
             assert {"steps_per_s", "wall_ratio", "cpu_ratio", "median_wall_s", "median_cpu_s"} <= set(cfg)
+        if name == "training_overhead":
+            components = data["components"]
+            assert "median" in components["step_capture"]["cpu_ratio"]
+            assert set(components["composed"]) == {"bn_default", "bn_every_step"}
+            for composed in components["composed"].values():
+                assert {"epoch_work_cpu_s", "ratio_at_4_steps", "ratio_at_782_steps"} <= set(composed)
             assert "median" in cfg["wall_ratio"] and "median" in cfg["cpu_ratio"]
     elif name == "log_cost":
         assert data["models"]

@@ -303,10 +303,24 @@ def test_replica_batch_too_small_with_spread_of_replica_means(shift):
     assert "synchronized=True" in finding.fix
 
 
+def test_replica_batch_too_small_from_the_spread_of_replica_means_at_many_values_per_channel():
+    """A conv feature map gives many correlated values per channel: the replicas' means show the few samples."""
+    layer, samples = with_replicas(simulate_layer(), replicas=4, per_replica=256, shift=1.0)
+    [finding] = by_code(diagnose(run_of(layer)), "replica-batch-too-small")
+    evidence = finding.evidence
+    assert evidence["per_replica_count"] == 256 and evidence["small_steps"] == 0
+    whole = samples.reshape(10, 4 * 256, -1)
+    spread = samples.mean(axis=2).std(axis=1) / np.sqrt(whole.var(axis=1) + 1e-3)
+    assert evidence["replica_mean_spread"] == pytest.approx(np.median(spread.mean(axis=1)), rel=1e-9)
+    assert evidence["replica_mean_spread"] > evidence["spread_threshold"] == 0.5
+    assert "global std apart" in finding.title
+
+
 def test_replica_batch_too_small_silent_for_large_replica_batches_synchronized_or_one_replica():
     layer = simulate_layer()
     silent = [
         with_replicas(layer, replicas=2, per_replica=16)[0],
+        with_replicas(layer, replicas=4, per_replica=256)[0],
         with_replicas(layer, replicas=4, per_replica=8, synchronized=True)[0],
         with_replicas(layer, replicas=1, per_replica=8)[0],
         layer,  # single device: no per-replica statistics
