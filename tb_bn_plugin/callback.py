@@ -252,6 +252,13 @@ class BatchNormCallback(keras.callbacks.Callback):
             and steps_done % self.gap_every_n_steps == 0
         ):
             self._log_gap(steps_done, attribution=False)
+        if self._capture.gated:
+            self._capture.capture_next_steps(self._logs_after(steps_done, batch))
+
+    def _logs_after(self, steps_done: int, batch: int) -> bool:
+        """Whether the state after the step about to run (batch ``batch``) will be logged."""
+        steps = (self.params or {}).get("steps")
+        return steps is None or (steps_done + 1) % self.log_every_n_steps == 0 or batch + 1 >= steps
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
         if self._capture is None:

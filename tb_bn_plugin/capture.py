@@ -205,6 +205,15 @@ class StatsCapture:
         self._per_replica = [
             i for i, c in enumerate(self.configs) if self.replicas > 1 and not c.synchronized
         ]
+        with strategy.scope():
+            self._due = tf.Variable(
+                True,
+                trainable=False,
+                name="bn_capture_due",
+                synchronization=tf.VariableSynchronization.ON_WRITE,
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+        self._due_value = True
         self._installed = False
         self._wrapped: list[tuple[Any, str]] = []
         self._enabled = True
@@ -218,7 +227,7 @@ class StatsCapture:
         for ref, slots in zip(self._refs, self._slots):
             record = self._recorder(ref.layer, slots)
             if ref.legacy:
-                name = legacy_keras.install_capture(ref.layer, record)
+                name = legacy_keras.install_capture(ref.layer, record, self._due)
             else:
                 name = "_moments"
                 object.__setattr__(ref.layer, name, _wrap_moments(ref.layer, record))
@@ -235,6 +244,22 @@ class StatsCapture:
     @property
     def installed(self) -> bool:
         return self._installed
+
+    @property
+    def gated(self) -> bool:
+        """Whether some installed wrapper does extra work that ``capture_next_steps`` can skip."""
+        return any(name == "_fused_batch_norm" for _, name in self._wrapped)
+
+    def capture_next_steps(self, due: bool) -> None:
+        """Whether the training steps run from now on must capture (default: True).
+
+        Only wrappers that add computation (tf-keras' fused path) honour it; a
+        step run while it is False leaves those layers' captured statistics as
+        they were (a snapshot then reports them as not trained at that step).
+        """
+        if self._due_value != due:
+            self._due.assign(due)
+            self._due_value = due
 
     def paused(self) -> "_Paused":
         """Context manager: functions traced inside it do not write the capture variables."""

@@ -19,7 +19,8 @@ one of two paths:
   already-updated moving statistics instead of the batch statistics. Neither
   output is the batch statistic, so the capture wrapper computes the batch
   moments of the layer's input itself with the class's ``_moments`` (one
-  extra reduction over the input per layer and training step). The moving
+  extra reduction over the input per layer), only in the steps whose
+  statistics will be logged (``StatsCapture.capture_next_steps``). The moving
   variance of a fused layer therefore follows the unbiased batch variance:
   it settles n/(n-1) above the mean logged (biased) batch variance.
 
@@ -90,10 +91,14 @@ def _flat(t: tf.Tensor) -> tf.Tensor:
     return tf.reshape(tf.cast(t, tf.float32), [-1])
 
 
-def install_capture(layer: Any, record: Record) -> str:
-    """Wrap the method that yields ``layer``'s training-mode statistics; returns its name."""
+def install_capture(layer: Any, record: Record, due: tf.Variable) -> str:
+    """Wrap the method that yields ``layer``'s training-mode statistics; returns its name.
+
+    ``due`` (a boolean variable) gates the fused path's extra moments
+    computation: steps that run while it is False capture nothing there.
+    """
     if layer.fused:
-        name, wrapper = "_fused_batch_norm", _wrap_fused(layer, record)
+        name, wrapper = "_fused_batch_norm", _wrap_fused(layer, record, due)
     else:
         name, wrapper = "_moments", _wrap_moments(layer, record)
     object.__setattr__(layer, name, wrapper)
@@ -125,18 +130,21 @@ def _wrap_moments(layer: Any, record: Record):
     return _moments
 
 
-def _wrap_fused(layer: Any, record: Record):
+def _wrap_fused(layer: Any, record: Record, due: tf.Variable):
     original = type(layer)._fused_batch_norm.__get__(layer)
 
     def _fused_batch_norm(inputs, mask, training):
         outputs = original(inputs, mask=mask, training=training)
 
-        def capture() -> tf.Tensor:
+        def measure() -> tf.Tensor:
             # The kernel ignores the mask: so do its statistics.
             mean, variance = batch_moments(layer, inputs)
             count = tf.cast(tf.size(inputs, out_type=tf.int64) // tf.size(mean, out_type=tf.int64), tf.float32)
             record(mean, variance, count, False)
             return tf.constant(True)
+
+        def capture() -> tf.Tensor:
+            return tf.cond(due, measure, lambda: tf.constant(False))
 
         tf.__internal__.smart_cond.smart_cond(training, capture, lambda: tf.constant(False))
         return outputs

@@ -1,6 +1,6 @@
 """Run by tests/test_legacy_keras.py in a fresh process with ``TF_USE_LEGACY_KERAS=1`` (tf.keras is tf-keras).
 
-``stats <layer kwargs as JSON>``: one BatchNormalization layer on the model input, trained
+``stats <[layer kwargs, log_every_n_steps] as JSON>``: one BatchNormalization layer on the model input, trained
 with the callback on known batches; prints what was logged, what the layer holds, and its
 precise statistics before / moving statistics after ``recalibrate`` and, for virtual batches,
 why a 6-sample probe batch is refused.
@@ -34,7 +34,7 @@ def _data(n: int) -> tuple[np.ndarray, np.ndarray]:
     return x, rng.randn(n, 1).astype("float32")
 
 
-def stats(layer_kwargs: dict) -> dict:
+def stats(layer_kwargs: dict, log_every_n_steps: int = 1) -> dict:
     x, y = _data(32)
     keras.utils.set_random_seed(1)
     inp = keras.Input((4, 4, 3))
@@ -43,10 +43,16 @@ def stats(layer_kwargs: dict) -> dict:
     model = keras.Model(inp, out)
     model.compile("sgd", "mse", metrics=["mae"])
     log_dir = tempfile.mkdtemp()
+    callback = BatchNormCallback(log_dir, log_every_n_steps=log_every_n_steps)
+    due: list[bool] = []  # per step: did the fused path measure the batch moments?
+
+    class Due(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            due.append(callback._capture._due_value)
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
-                  callbacks=[BatchNormCallback(log_dir, log_every_n_steps=1)])
+        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[callback, Due()])
     run = data.load_runs(data.open_logdir(log_dir))["train"]
     layer, gap = run.layers["bn"], run.gap
     logged = {
@@ -70,6 +76,7 @@ def stats(layer_kwargs: dict) -> dict:
         "recalibrated_mean": bn.moving_mean.numpy().ravel().tolist(),
         "recalibrated_variance": bn.moving_variance.numpy().ravel().tolist(),
         "fused": bool(bn.fused),
+        "due": due,
         "warnings": [str(w.message) for w in caught if "BatchNormCallback" in str(w.message)],
         "steps": layer.steps.tolist(),
         "count": layer.info["count"].tolist(),
@@ -135,5 +142,5 @@ def identical() -> dict:
 
 if __name__ == "__main__":
     mode = sys.argv[1]
-    result = stats(json.loads(sys.argv[2])) if mode == "stats" else identical()
+    result = stats(*json.loads(sys.argv[2])) if mode == "stats" else identical()
     print("RESULT " + json.dumps(result))

@@ -29,6 +29,18 @@ def _run(*args: str) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
+def test_fused_path_measures_batch_moments_only_for_logged_steps():
+    # 2 steps per epoch, 2 epochs, a log every 3 steps: the states after steps 2 (epoch end), 3 and
+    # 4 (epoch and training end) are logged, so only step 1 skips the fused path's extra moments.
+    out = _run("stats", json.dumps([{}, 3]))
+    assert out["fused"] and out["due"] == [False, True, True, True]
+    x = np.array(out["x"], dtype=np.float64)
+    assert out["steps"] == [2, 3, 4]
+    batches = [x[16:], x[:16], x[16:]]
+    np.testing.assert_allclose(out["batch_mean"], [b.mean(axis=(0, 1, 2)) for b in batches], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["batch_variance"], [b.var(axis=(0, 1, 2)) for b in batches], rtol=1e-5)
+
+
 def _virtual_moments(batch: np.ndarray, virtual_batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """tf-keras' ghost batches: reshape to [virtual_batch_size, G, ...], moments per virtual batch, averaged."""
     groups = batch.reshape((virtual_batch_size, -1) + batch.shape[1:])
@@ -47,7 +59,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_logged_statistics_match_numpy(case):
     kwargs = CASES[case]
-    out = _run("stats", json.dumps(kwargs))
+    out = _run("stats", json.dumps([kwargs, 1]))
     assert out["fused"] == (case == "fused")
     assert out["warnings"] == []
     x = np.array(out["x"], dtype=np.float64)
