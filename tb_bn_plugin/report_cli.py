@@ -314,6 +314,10 @@ def _fmt(value: Any, spec: str = ".3g") -> str:
         return "yes" if value else "no"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, dict):  # nested evidence, e.g. per layer
+        return "{" + ", ".join(f"{k}: {_fmt(v, spec)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt(v, spec) for v in value) + "]"
     return format(value, spec)
 
 

@@ -62,6 +62,18 @@ def test_human_output_names_layers_findings_and_fixes(tmp_path, tmp_path_factory
     assert max(len(line) for line in out.splitlines() if line.lstrip().startswith(("fix:", "evidence:"))) <= 100
 
 
+def test_human_output_renders_nested_evidence(tmp_path, tmp_path_factory, capsys):
+    """The slow-momentum demo's ema-error finding holds evidence per layer (a nested mapping)."""
+    logdir = logdir_with(tmp_path, tmp_path_factory, "slow-momentum")
+    status, out, err = report(capsys, logdir, "--fail-on", "never")
+    assert status == 0 and err == ""
+    text = " ".join(out.split())  # undo the wrapping
+    status, out, _ = report(capsys, logdir, "--json", "--fail-on", "never")
+    (finding,) = [f for f in json.loads(out)["runs"][0]["findings"] if f["code"] == "ema-error"]
+    shift = finding["evidence"]["layers"]["input_bn"]["mean_shift"]
+    assert f"layers={{input_bn: {{mean_shift: {shift:.4g}," in text
+
+
 def test_json_matches_schema(tmp_path, tmp_path_factory, capsys):
     logdir = logdir_with(tmp_path, tmp_path_factory, "healthy", "momentum-one", "frozen-bn")
     status, out, _ = report(capsys, logdir, "--json")
