@@ -207,6 +207,12 @@ def test_tab_in_headless_chromium(server, tmp_path):
             frame.locator("[data-card=ema_error]").scroll_into_view_if_needed()
             page.screenshot(path=str(tmp_path / f"ema-error-{load_fast}.png"))
 
+            # Its ema-error finding holds evidence per layer: spelled out, not "[object Object]".
+            frame.evaluate("h => { location.hash = h; }", urlencode({"view": "diagnostics", "run": SLOW}))
+            finding = frame.wait_for_selector(f'.finding[data-code=ema-error][data-run="{SLOW}"]')
+            layers = finding.query_selector('.evidence tr[data-key=layers] td.mono').inner_text()
+            assert layers.startswith(f"{{{SLOW_LAYER}: {{mean_shift: ") and "[object" not in finding.inner_text()
+
             frame.evaluate("h => { location.hash = h; }", urlencode({"view": "graph", "run": "train"}))
             site = frame.wait_for_selector('.site[data-site*="block1_bn"] svg.site-graph')
             assert site.query_selector(".node.path-training") and site.query_selector(".node.path-inference")

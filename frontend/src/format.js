@@ -14,6 +14,14 @@ export function fmt(v, digits = 4) {
   return String(Number(v.toPrecision(digits)));
 }
 
+/** An evidence value: numbers to 6 significant digits, nested mappings/lists spelled out. */
+export function fmtEvidence(v) {
+  if (typeof v === "number") return String(Number(v.toPrecision(6)));
+  if (Array.isArray(v)) return `[${v.map(fmtEvidence).join(", ")}]`;
+  if (v && typeof v === "object") return `{${Object.entries(v).map(([k, x]) => `${k}: ${fmtEvidence(x)}`).join(", ")}}`;
+  return String(v);
+}
+
 export function fmtSigned(v) {
   if (!isNum(v)) return "—";
   const t = fmt(v);

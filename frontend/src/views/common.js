@@ -1,6 +1,7 @@
 // Pieces shared by the views.
 import { h, messageBox } from "../dom.js";
 import { api, describeError, ApiError } from "../api.js";
+import { fmtEvidence } from "../format.js";
 
 export const EMPTY_GUIDANCE = "No BN Internals data yet: add BatchNormCallback(log_dir=...) to model.fit";
 
@@ -103,7 +104,7 @@ export function evidenceTable(evidence) {
       "tbody",
       null,
       entries.map(([k, v]) =>
-        h("tr", { dataset: { key: k } }, h("td", null, k), h("td", { class: "mono" }, typeof v === "number" ? String(Number(v.toPrecision(6))) : String(v))),
+        h("tr", { dataset: { key: k } }, h("td", null, k), h("td", { class: "mono" }, fmtEvidence(v))),
       ),
     ),
   );
