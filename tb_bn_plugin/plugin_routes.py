@@ -29,7 +29,7 @@ from tb_bn_plugin import data, diagnostics, drift, graph_analysis, graph_io, met
 from tb_bn_plugin.series import GapSeries, LayerSeries, RunData
 
 # Events per tag read for the overview and the diagnostics.
-OVERVIEW_POINTS = 128
+OVERVIEW_POINTS = 64
 SPARKLINE_POINTS = 64
 DEFAULT_RESOLUTION = 1000
 MAX_RESOLUTION = 100_000

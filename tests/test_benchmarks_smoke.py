@@ -18,6 +18,7 @@ EXPECTED = {
     "mirrored_overhead": {"params", "targets", "configs", "callback_signature_defaults"},
     "log_cost": {"params", "models", "fits"},
     "storage": {"model", "channels", "scenarios", "target_bytes_per_logged_step"},
+    "plugin_latency": {"params", "targets", "loaders"},
 }
 
 
@@ -45,18 +46,22 @@ def test_benchmark_smoke(name, tmp_path):
         assert set(data["configs"]) == expected
         for cfg in data["configs"].values():
             assert {"steps_per_s", "wall_ratio", "cpu_ratio", "median_wall_s", "median_cpu_s"} <= set(cfg)
+            assert "median" in cfg["wall_ratio"] and "median" in cfg["cpu_ratio"]
         if name == "training_overhead":
             components = data["components"]
             assert "median" in components["step_capture"]["cpu_ratio"]
             assert set(components["composed"]) == {"bn_default", "bn_every_step"}
             for composed in components["composed"].values():
                 assert {"epoch_work_cpu_s", "ratio_at_4_steps", "ratio_at_782_steps"} <= set(composed)
-            assert "median" in cfg["wall_ratio"] and "median" in cfg["cpu_ratio"]
     elif name == "log_cost":
         assert data["models"]
         for model in data["models"]:
             assert {"bn_layers", "channels", "log_full", "snapshot", "records", "write"} <= set(model)
         assert {"slope_us_per_channel", "intercept_us", "r2"} <= set(data["fits"]["log_full"]["vs_channels"])
+    elif name == "plugin_latency":
+        assert "python" in data["loaders"]
+        for loader in data["loaders"].values():
+            assert {"load_s", "overview_cold_s", "layer_cold_s", "overview_warm", "layer_warm"} <= set(loader)
     else:
         for scenario in data["scenarios"].values():
             assert {"slope_bytes_per_logged_step", "avg_bytes_per_logged_step", "snapshot_interval_logged_steps",
