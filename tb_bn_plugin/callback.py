@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from typing import Any, Optional, Sequence
 
@@ -27,7 +25,7 @@ from tb_bn_plugin.probe import (
     ProbeBatch,
     probe_batch_from_data,
 )
-from tb_bn_plugin.summary import SummaryWriter, worker_temp_dir
+from tb_bn_plugin.summary import SummaryWriter
 
 keras = tf.keras
 logger = logging.getLogger("tb_bn_plugin")
@@ -174,7 +172,6 @@ class BatchNormCallback(keras.callbacks.Callback):
         self.async_safe = True
         self._capture: Optional[StatsCapture] = None
         self._writer: Optional[SummaryWriter] = None
-        self._worker_dir: Optional[str] = None
         self._awaiting_build = False
         self._cadence = records.SnapshotCadence(1)
         self._last_logged = -1
@@ -197,7 +194,7 @@ class BatchNormCallback(keras.callbacks.Callback):
     # -- Keras hooks --------------------------------------------------------------
 
     def on_train_begin(self, logs: Optional[dict] = None) -> None:
-        self._writer = SummaryWriter(self._summary_dir())
+        self._writer = SummaryWriter.for_run(self.run_dir, self.model.distribute_strategy)
         # Steps done before this fit were logged (or not) by whoever ran them.
         self._last_logged = self._last_snapshot = self._steps_done()
         self._start_gap()
@@ -282,19 +279,8 @@ class BatchNormCallback(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        if self._worker_dir is not None:
-            shutil.rmtree(self._worker_dir, ignore_errors=True)
-            self._worker_dir = None
 
     # -- internals ----------------------------------------------------------------
-
-    def _summary_dir(self) -> str:
-        """``run_dir``, or on a non-chief worker a temporary directory (``summary.worker_temp_dir``)."""
-        self._worker_dir = worker_temp_dir(self.model.distribute_strategy)
-        if self._worker_dir is not None:
-            return self._worker_dir
-        _check_writable(self.run_dir)
-        return self.run_dir
 
     def _selected_layers(self) -> list[BatchNormRef]:
         return find_batchnorm_layers(self.model, self.layer_patterns)
@@ -419,16 +405,3 @@ class BatchNormCallback(keras.callbacks.Callback):
         if snapshot:
             self._last_snapshot = steps_done
         self._last_logged = steps_done
-
-
-def _check_writable(directory: str) -> None:
-    """Fail before training starts when ``directory`` cannot hold event files."""
-    try:
-        os.makedirs(directory, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".tb_bn_write_check"):
-            pass
-    except OSError as err:
-        raise PermissionError(
-            f"BatchNormCallback cannot write event files to {directory!r}: {err.strerror or err}. "
-            "Pass a writable log_dir."
-        ) from err

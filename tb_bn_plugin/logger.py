@@ -41,7 +41,6 @@ workers' per-replica statistics).
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -49,7 +48,7 @@ import tensorflow as tf
 
 from tb_bn_plugin import records
 from tb_bn_plugin.capture import StatsCapture, find_batchnorm_layers, require_built
-from tb_bn_plugin.summary import SummaryWriter, worker_temp_dir
+from tb_bn_plugin.summary import SummaryWriter
 
 DEFAULT_MAX_BYTES_PER_LOG = 50_000
 
@@ -95,13 +94,13 @@ class BatchNormLogger:
                 self._counter = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="bn_logger_clock")
             clock = self._counter
         self._capture: Optional[StatsCapture] = StatsCapture(refs, clock, strategy)
+        # Before the wrappers go in, so an unwritable log_dir leaves the model as it was. On a
+        # non-chief worker: the same work into a temporary directory (``SummaryWriter.for_run``).
+        self._writer: Optional[SummaryWriter] = SummaryWriter.for_run(self.run_dir, strategy)
         self._capture.install()
         self._cadence = records.SnapshotCadence(
             records.snapshot_interval(self._capture.configs, self.channel_dtype, max_bytes_per_log, self._capture.replicas)
         )
-        # On a non-chief worker: the same work into a temporary directory (``summary.worker_temp_dir``).
-        self._worker_dir = worker_temp_dir(strategy)
-        self._writer: Optional[SummaryWriter] = SummaryWriter(self._worker_dir or self.run_dir)
         self._last_logged = -1
 
     @property
@@ -147,9 +146,6 @@ class BatchNormLogger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        if self._worker_dir is not None:
-            shutil.rmtree(self._worker_dir, ignore_errors=True)
-            self._worker_dir = None
 
     def __enter__(self) -> "BatchNormLogger":
         return self

@@ -8,6 +8,8 @@ Logged steps are written in one traced call for all layers.
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 import tempfile
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
@@ -33,11 +35,28 @@ class SummaryWriter:
     dominated a log at 100 layers.
     """
 
-    def __init__(self, logdir: str, max_queue: int = 100, flush_millis: int = 30_000) -> None:
+    def __init__(self, logdir: str, max_queue: int = 100, flush_millis: int = 30_000, temporary: bool = False) -> None:
+        """``temporary``: ``close`` deletes ``logdir`` (a non-chief worker's; see ``for_run``)."""
         self.logdir = logdir
+        self.temporary = temporary
         self._writer = tf.summary.create_file_writer(logdir, max_queue=max_queue, flush_millis=flush_millis)
         self._written_tags: set[str] = set()
         self._batch_writers: dict[tuple[str, ...], Callable[..., Any]] = {}
+
+    @classmethod
+    def for_run(cls, run_dir: str, strategy: tf.distribute.Strategy) -> "SummaryWriter":
+        """The writer of one run under ``strategy``.
+
+        Where this process writes summaries: into ``run_dir``, checked first
+        (``PermissionError`` naming it when it cannot hold event files). On a
+        non-chief multi-worker worker: into a temporary directory that
+        ``close`` deletes (``worker_temp_dir``).
+        """
+        worker_dir = worker_temp_dir(strategy)
+        if worker_dir is not None:
+            return cls(worker_dir, temporary=True)
+        _check_writable(run_dir)
+        return cls(run_dir)
 
     def layer_summary(self, config: LayerConfig, step: int, record: np.ndarray) -> None:
         """Write one layer's summary record (see ``records.summary_record``)."""
@@ -70,6 +89,8 @@ class SummaryWriter:
 
     def close(self) -> None:
         self._writer.close()
+        if self.temporary:
+            shutil.rmtree(self.logdir, ignore_errors=True)
 
     def _write(self, tag: str, tensor: np.ndarray, step: int, content: Callable[[], dict[str, Any]]) -> None:
         # Metadata goes with a tag's first event in this file only: TensorBoard's
@@ -184,3 +205,16 @@ def worker_temp_dir(strategy: tf.distribute.Strategy) -> Optional[str]:
     except NotImplementedError:  # strategies without the notion
         chief = True
     return None if chief else tempfile.mkdtemp(prefix="tb_bn_worker_")
+
+
+def _check_writable(directory: str) -> None:
+    """Fail before training starts when ``directory`` cannot hold event files."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".tb_bn_write_check"):
+            pass
+    except OSError as err:
+        raise PermissionError(
+            f"tb_bn_plugin cannot write event files to {directory!r}: {err.strerror or err}. "
+            "Pass a writable log_dir."
+        ) from err

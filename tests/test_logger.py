@@ -101,3 +101,14 @@ def test_requires_built_model_with_batchnorm(keras, tmp_path):
     unbuilt = keras.Sequential([keras.layers.BatchNormalization()])
     with pytest.raises(ValueError, match="not built"):
         BatchNormLogger(unbuilt, str(tmp_path))
+
+
+def test_unwritable_log_dir_fails_and_leaves_the_model_unwrapped(keras, tmp_path):
+    from tb_bn_plugin.logger import BatchNormLogger
+
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the log directory should go")
+    model = _model(keras)
+    with pytest.raises(PermissionError, match="cannot write event files"):
+        BatchNormLogger(model, str(blocker / "logs"))
+    assert "_moments" not in vars(model.get_layer("bn"))  # no capture wrapper left behind
