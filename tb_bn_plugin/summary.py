@@ -66,11 +66,6 @@ class SummaryWriter:
         """Write one layer's per-channel snapshot (see ``records.channel_record``)."""
         self._write(metadata.layer_tag(config.path, "channels"), record, step, lambda: _channels_content(config))
 
-    def layer_replicas(self, config: LayerConfig, step: int, record: np.ndarray) -> None:
-        """Write one layer's per-replica batch statistics (see ``records.replica_record``)."""
-        tag = metadata.layer_tag(config.path, "replicas")
-        self._write(tag, record, step, lambda: _replicas_content(config, int(record.shape[0])))
-
     def layer_step(self, snapshots: Sequence["LayerSnapshot"], step: int, full: bool, channel_dtype: np.dtype) -> None:
         """Write one logged step: every layer's summary record, and per-channel snapshots
         (with per-replica statistics where captured) if ``full``."""
