@@ -34,13 +34,13 @@ ALL_SAMPLES = sys.maxsize // 2
 
 StatSeries = tuple[np.ndarray, np.ndarray]
 
-# TensorProto dtypes decoded straight from ``tensor_content`` (little-endian hosts, as TensorFlow writes them).
+# TensorProto dtypes decoded straight from ``tensor_content`` (native byte order, as ``make_ndarray`` does).
 _PACKED_DTYPES = {
-    types_pb2.DT_FLOAT: np.dtype("<f4"),
-    types_pb2.DT_DOUBLE: np.dtype("<f8"),
-    types_pb2.DT_HALF: np.dtype("<f2"),
-    types_pb2.DT_INT32: np.dtype("<i4"),
-    types_pb2.DT_INT64: np.dtype("<i8"),
+    types_pb2.DT_FLOAT: np.dtype(np.float32),
+    types_pb2.DT_DOUBLE: np.dtype(np.float64),
+    types_pb2.DT_HALF: np.dtype(np.float16),
+    types_pb2.DT_INT32: np.dtype(np.int32),
+    types_pb2.DT_INT64: np.dtype(np.int64),
 }
 
 

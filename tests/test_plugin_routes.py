@@ -23,6 +23,7 @@ from tensorboard.backend import application
 from tensorboard.backend.event_processing import data_ingester, plugin_event_multiplexer
 from tensorboard.data import server_ingester
 from tensorboard.plugins.core import core_plugin
+from tensorboard.util import tensor_util
 from werkzeug.test import Client
 
 from _plugin_logdir import HOSTILE, LAYERS, LOGGED_STEPS, tfrecords, write_logdir
@@ -366,6 +367,25 @@ def test_layer_impl_reads_only_the_layers_own_tags(monitor_run, monkeypatch):
     assert plugin_routes.layer_impl(source, "train", "bn2")["ema_error"]["steps"] == [8, 16, 24]
     # One provider call (the heatmap of a narrow layer samples like the summaries), the layer's own tags only.
     assert calls == [{metadata.layer_tag("bn2", kind) for kind in ("summary", "channels", "ema_error")}], calls
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12, dtype=np.float32).reshape(3, 4),
+        np.array([1.5, -2.0, np.nan], dtype=np.float16),
+        np.float64(3.25),
+        np.arange(5, dtype=np.int64),
+        np.zeros((0, 3), dtype=np.float32),
+    ],
+)
+def test_decode_tensor_matches_tensorboard(array):
+    proto = tensor_util.make_tensor_proto(array)
+    decoded = data.decode_tensor(proto)
+    expected = tensor_util.make_ndarray(proto)
+    assert decoded.dtype == expected.dtype and decoded.shape == expected.shape
+    np.testing.assert_array_equal(decoded, expected)
+    np.testing.assert_array_equal(decoded, array)
 
 
 def test_evenly_spaced():
