@@ -586,11 +586,11 @@ def replica_batch_too_small(run: RunData, thresholds: Thresholds = Thresholds())
         if layer.config.synchronized or replicas is None or replicas.replicas < 2 or not len(replicas.steps):
             continue
         smallest = replicas.count.min(axis=1)
-        spread = np.mean(replica_mean_spread(replicas, layer.config.epsilon), axis=1)
+        spread = float(np.median(np.mean(replica_mean_spread(replicas, layer.config.epsilon), axis=1)))
         small = smallest < thresholds.min_replica_count
         # Values of a conv feature map are correlated: many values per channel from few samples
         # still give replica means that disagree far beyond 1/sqrt(count).
-        spread_out = float(np.median(spread)) > thresholds.max_replica_mean_spread
+        spread_out = spread > thresholds.max_replica_mean_spread
         if not (small.any() or spread_out):
             continue
         per_replica = float(np.median(smallest))
@@ -602,7 +602,7 @@ def replica_batch_too_small(run: RunData, thresholds: Thresholds = Thresholds())
             "small_steps": int(small.sum()),
             "replica_steps": len(replicas.steps),
             "count_threshold": thresholds.min_replica_count,
-            "replica_mean_spread": float(np.median(spread)),
+            "replica_mean_spread": spread,
             "iid_mean_spread": 1.0 / math.sqrt(per_replica) if per_replica > 0 else math.inf,
             "spread_threshold": thresholds.max_replica_mean_spread,
         }

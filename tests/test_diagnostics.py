@@ -284,6 +284,13 @@ def with_replicas(
     return dataclasses.replace(layer, config=config, replicas=series), samples
 
 
+def replica_spread(samples: np.ndarray) -> float:
+    """Median over steps of the mean over channels of std(replica means) / global std, from (S, R, n, C) samples."""
+    whole = samples.reshape(samples.shape[0], -1, samples.shape[-1])  # every step's global batch
+    spread = samples.mean(axis=2).std(axis=1) / np.sqrt(whole.var(axis=1) + 1e-3)
+    return float(np.median(spread.mean(axis=1)))
+
+
 @pytest.mark.parametrize("shift", [0.0, 1.0])
 def test_replica_batch_too_small_with_spread_of_replica_means(shift):
     layer, samples = with_replicas(simulate_layer(), replicas=4, per_replica=8, shift=shift)
@@ -292,9 +299,7 @@ def test_replica_batch_too_small_with_spread_of_replica_means(shift):
     evidence = finding.evidence
     assert (evidence["replicas"], evidence["per_replica_count"], evidence["global_count"]) == (4, 8, 32)
     assert evidence["small_steps"] == evidence["replica_steps"] == 10
-    whole = samples.reshape(10, 32, -1)  # every step's global batch
-    spread = samples.mean(axis=2).std(axis=1) / np.sqrt(whole.var(axis=1) + 1e-3)
-    assert evidence["replica_mean_spread"] == pytest.approx(np.median(spread.mean(axis=1)), rel=1e-9)
+    assert evidence["replica_mean_spread"] == pytest.approx(replica_spread(samples), rel=1e-9)
     assert evidence["iid_mean_spread"] == pytest.approx(8**-0.5)
     if shift:  # replicas that see differently distributed data spread far more than sampling noise
         assert evidence["replica_mean_spread"] > 2 * evidence["iid_mean_spread"]
@@ -309,9 +314,7 @@ def test_replica_batch_too_small_from_the_spread_of_replica_means_at_many_values
     [finding] = by_code(diagnose(run_of(layer)), "replica-batch-too-small")
     evidence = finding.evidence
     assert evidence["per_replica_count"] == 256 and evidence["small_steps"] == 0
-    whole = samples.reshape(10, 4 * 256, -1)
-    spread = samples.mean(axis=2).std(axis=1) / np.sqrt(whole.var(axis=1) + 1e-3)
-    assert evidence["replica_mean_spread"] == pytest.approx(np.median(spread.mean(axis=1)), rel=1e-9)
+    assert evidence["replica_mean_spread"] == pytest.approx(replica_spread(samples), rel=1e-9)
     assert evidence["replica_mean_spread"] > evidence["spread_threshold"] == 0.5
     assert "global std apart" in finding.title
 
