@@ -1,6 +1,6 @@
 """Packaging for tb_bn_plugin: a Keras callback and a TensorBoard plugin for BatchNorm internals."""
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="tb_bn_plugin",
@@ -10,9 +10,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["tb_bn_plugin", "tb_bn_plugin.*"]),
-    package_data={"tb_bn_plugin": ["static/*"]},
-    include_package_data=True,
+    # Namespace discovery includes the data-only folder plugin/static (the built frontend)
+    # as a package, so setuptools ships it without warning that it is not configured.
+    packages=find_namespace_packages(include=["tb_bn_plugin", "tb_bn_plugin.*"]),
+    package_data={"tb_bn_plugin.plugin.static": ["*"]},
     install_requires=[
         "tensorflow>=2.16",
         "tensorboard>=2.16",
@@ -24,7 +25,7 @@ setup(
     },
     entry_points={
         "tensorboard_plugins": [
-            "bn_internals = tb_bn_plugin.bn_plugin:BNInternalsLoader",
+            "bn_internals = tb_bn_plugin.plugin.loader:BNInternalsLoader",
         ],
         "console_scripts": [
             "tb-bn = tb_bn_plugin.cli:main",

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tensorboard.compat.proto import attr_value_pb2, graph_pb2, tensor_pb2
 
-from tb_bn_plugin.graph_analysis import analyze_graph
+from tb_bn_plugin.graph.analysis import analyze_graph
 
 SIZES = (5_000, 10_000, 25_000, 50_000)
 NODES_PER_LAYER = 50

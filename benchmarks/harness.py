@@ -26,7 +26,8 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Optional
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -40,12 +41,18 @@ def quiet_tensorflow() -> None:
 # -- command line ------------------------------------------------------------------
 
 
-def parse_args(name: str, description: str, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(
+    name: str, description: str, argv: Optional[Sequence[str]] = None
+) -> argparse.Namespace:
     """Common options. ``args.mode`` is ``"full"``, ``"quick"`` or ``"smoke"``; ``args.out`` the JSON path."""
     parser = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=description)
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", help="reduced sizes/rounds, < 3 minutes on 2 cores")
-    group.add_argument("--smoke", action="store_true", help="tiny run (< 60 s) that only checks the script works")
+    group.add_argument(
+        "--quick", action="store_true", help="reduced sizes/rounds, < 3 minutes on 2 cores"
+    )
+    group.add_argument(
+        "--smoke", action="store_true", help="tiny run (< 60 s) that only checks the script works"
+    )
     parser.add_argument(
         "--out", default=None, help=f"JSON output path (default: benchmarks/results/{name}.json)"
     )
@@ -102,9 +109,10 @@ def machine_info() -> dict[str, Any]:
     try:
         import tensorflow as tf
 
-        info["tf_keras_version"] = getattr(tf.keras, "__version__", None) or getattr(
-            getattr(tf.keras, "version", None), "__call__", lambda: None
-        )()
+        info["tf_keras_version"] = (
+            getattr(tf.keras, "__version__", None)
+            or getattr(getattr(tf.keras, "version", None), "__call__", lambda: None)()
+        )
         info["tf_intra_op_threads"] = tf.config.threading.get_intra_op_parallelism_threads()
         info["tf_inter_op_threads"] = tf.config.threading.get_inter_op_parallelism_threads()
     except Exception:  # noqa: BLE001
@@ -118,7 +126,7 @@ def machine_info() -> dict[str, Any]:
 class Timer:
     """Wall (``perf_counter``) and process CPU (``process_time``) time of a block."""
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
         return self
 
@@ -187,7 +195,9 @@ def pairwise_ratios(
     return out
 
 
-def summarize(samples: Mapping[str, Sequence[Mapping[str, float]]], baseline: str) -> dict[str, Any]:
+def summarize(
+    samples: Mapping[str, Sequence[Mapping[str, float]]], baseline: str
+) -> dict[str, Any]:
     """Median wall/CPU per configuration and pairwise wall/CPU ratios to ``baseline``."""
     wall = pairwise_ratios(samples, baseline, "wall")
     cpu = pairwise_ratios(samples, baseline, "cpu")
@@ -210,7 +220,12 @@ def repeat_median(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
         wall, cpu, _ = time_call(fn)
         walls.append(wall)
         cpus.append(cpu)
-    return {"median_wall_s": median(walls), "min_wall_s": min(walls), "median_cpu_s": median(cpus), "repeats": repeats}
+    return {
+        "median_wall_s": median(walls),
+        "min_wall_s": min(walls),
+        "median_cpu_s": median(cpus),
+        "repeats": repeats,
+    }
 
 
 def linear_fit(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
@@ -258,7 +273,9 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         return str(v)
 
     cells = [[cell(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
     line = lambda values: "  ".join(v.rjust(w) for v, w in zip(values, widths))  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
 

@@ -49,17 +49,36 @@ keras = tf.keras
 
 MODES = {
     # (name, BN layers, width) for dense stacks; "resnet50" adds the application model
-    "full": dict(models=[("dense_1", 1, 64), ("dense_10", 10, 64), ("dense_50", 50, 64), ("dense_100", 100, 64),
-                         ("dense_10_w1024", 10, 1024), ("dense_100_w8", 100, 8), ("resnet50", 53, None)],
-                 repeats=30),
-    "quick": dict(models=[("dense_1", 1, 64), ("dense_10", 10, 64), ("dense_50", 50, 64), ("dense_100", 100, 64),
-                          ("dense_10_w1024", 10, 1024), ("resnet50", 53, None)],
-                  repeats=10),
-    "smoke": dict(models=[("dense_1", 1, 16), ("dense_10", 10, 16), ("dense_10_w64", 10, 64)], repeats=3),
+    "full": dict(
+        models=[
+            ("dense_1", 1, 64),
+            ("dense_10", 10, 64),
+            ("dense_50", 50, 64),
+            ("dense_100", 100, 64),
+            ("dense_10_w1024", 10, 1024),
+            ("dense_100_w8", 100, 8),
+            ("resnet50", 53, None),
+        ],
+        repeats=30,
+    ),
+    "quick": dict(
+        models=[
+            ("dense_1", 1, 64),
+            ("dense_10", 10, 64),
+            ("dense_50", 50, 64),
+            ("dense_100", 100, 64),
+            ("dense_10_w1024", 10, 1024),
+            ("resnet50", 53, None),
+        ],
+        repeats=10,
+    ),
+    "smoke": dict(
+        models=[("dense_1", 1, 16), ("dense_10", 10, 16), ("dense_10_w64", 10, 64)], repeats=3
+    ),
 }
 
 
-def dense_stack(n_bn: int, width: int, inputs: int = 32) -> "keras.Model":
+def dense_stack(n_bn: int, width: int, inputs: int = 32) -> keras.Model:
     x = keras.Input((inputs,))
     h = x
     for i in range(n_bn):
@@ -68,7 +87,7 @@ def dense_stack(n_bn: int, width: int, inputs: int = 32) -> "keras.Model":
     return keras.Model(x, keras.layers.Dense(1)(h), name=f"dense_{n_bn}x{width}")
 
 
-def resnet50() -> "keras.Model":
+def resnet50() -> keras.Model:
     return keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=10)
 
 
@@ -85,8 +104,10 @@ class _Probe(keras.callbacks.Callback):
         cb = self.cb
         step = cb._steps_done()
         first_wall, first_cpu, _ = harness.time_call(lambda: cb._log(step, force_snapshot=True))
-        parts = {k: {"wall": [], "cpu": []} for k in
-                 ("log_full", "log_summary_only", "snapshot", "records", "write", "flush")}
+        parts = {
+            k: {"wall": [], "cpu": []}
+            for k in ("log_full", "log_summary_only", "snapshot", "records", "write", "flush")
+        }
 
         def add(key, wall, cpu):
             parts[key]["wall"].append(wall)
@@ -98,13 +119,18 @@ class _Probe(keras.callbacks.Callback):
             # A logged step with no snapshot due (what most default-cadence logs are when snapshots are spaced).
             cb._cadence = records.SnapshotCadence(10**9)
             cb._cadence.next()  # the first log snapshots; the next ones do not
-            add("log_summary_only", *harness.time_call(lambda: cb._log(step, force_snapshot=False))[:2])
+            add(
+                "log_summary_only",
+                *harness.time_call(lambda: cb._log(step, force_snapshot=False))[:2],
+            )
             cb._cadence = cadence
             # Breakdown of a full log, step by step as BatchNormCallback._log does it.
             wall, cpu, snaps = harness.time_call(lambda: cb._capture.snapshot(step))
             add("snapshot", wall, cpu)
 
-            wall, cpu, items = harness.time_call(lambda: summary.layer_items(snaps, True, cb.channel_dtype))
+            wall, cpu, items = harness.time_call(
+                lambda: summary.layer_items(snaps, True, cb.channel_dtype)
+            )
             add("records", wall, cpu)
             add("write", *harness.time_call(lambda: cb._writer.write_items(step, items))[:2])
             add("flush", *harness.time_call(cb._writer.flush)[:2])
@@ -112,8 +138,14 @@ class _Probe(keras.callbacks.Callback):
             "first_log_wall_s": first_wall,
             "first_log_cpu_s": first_cpu,
             "snapshot_interval": cadence.interval,
-            **{k: {"median_wall_s": harness.median(v["wall"]), "median_cpu_s": harness.median(v["cpu"]),
-                   "min_wall_s": min(v["wall"])} for k, v in parts.items()},
+            **{
+                k: {
+                    "median_wall_s": harness.median(v["wall"]),
+                    "median_cpu_s": harness.median(v["cpu"]),
+                    "min_wall_s": min(v["wall"]),
+                }
+                for k, v in parts.items()
+            },
         }
 
 
@@ -123,21 +155,35 @@ def measure(name: str, n_bn: int, width, repeats: int, tmp: str) -> dict:
         model, shape, batch = resnet50(), (64, 64, 3), 4
     else:
         model, shape, batch = dense_stack(n_bn, width), (32,), 16
-    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-                  if width is None else "mse")
+    model.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if width is None
+        else "mse",
+    )
     rng = np.random.RandomState(0)
     x = rng.randn(2 * batch, *shape).astype("float32")
-    y = rng.randint(0, 10, (2 * batch,)) if width is None else rng.randn(2 * batch, 1).astype("float32")
+    y = (
+        rng.randint(0, 10, (2 * batch,))
+        if width is None
+        else rng.randn(2 * batch, 1).astype("float32")
+    )
     cb = BatchNormCallback(os.path.join(tmp, name), log_every_n_steps=10**9)
     probe = _Probe(cb, repeats)
     t0 = time.perf_counter()
     model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[probe, cb])
     configs = [c for c in (cb._capture.configs if cb._capture else [])] or None
-    bn_layers = [l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+    bn_layers = [
+        l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)
+    ]
     channels = sum(int(l.moving_mean.shape[0]) for l in bn_layers)
     res = probe.result
-    res.update(model=name, bn_layers=len(bn_layers), channels=channels,
-               fit_and_measure_s=time.perf_counter() - t0)
+    res.update(
+        model=name,
+        bn_layers=len(bn_layers),
+        channels=channels,
+        fit_and_measure_s=time.perf_counter() - t0,
+    )
     del configs
     return res
 
@@ -158,15 +204,44 @@ def main(argv=None) -> int:
     rows = []
     for r in results:
         total = ms(r, "log_full")
-        rows.append([r["model"], r["bn_layers"], r["channels"], total, ms(r, "log_summary_only"),
-                     ms(r, "snapshot"), ms(r, "records"), ms(r, "write"),
-                     ms(r, "flush"), 1e3 * total / r["bn_layers"], r["snapshot_interval"]])
+        rows.append(
+            [
+                r["model"],
+                r["bn_layers"],
+                r["channels"],
+                total,
+                ms(r, "log_summary_only"),
+                ms(r, "snapshot"),
+                ms(r, "records"),
+                ms(r, "write"),
+                ms(r, "flush"),
+                1e3 * total / r["bn_layers"],
+                r["snapshot_interval"],
+            ]
+        )
         parts = ("snapshot", "records", "write", "flush")
-        r["breakdown_share"] = {k: r[k]["median_wall_s"] / sum(r[q]["median_wall_s"] for q in parts) for k in parts}
+        r["breakdown_share"] = {
+            k: r[k]["median_wall_s"] / sum(r[q]["median_wall_s"] for q in parts) for k in parts
+        }
     print()
-    print(harness.format_table(
-        ["model", "bn", "channels", "full_ms", "summary_only_ms", "snapshot_ms", "records_ms",
-         "write_ms", "flush_ms", "us/layer", "snap_every"], rows))
+    print(
+        harness.format_table(
+            [
+                "model",
+                "bn",
+                "channels",
+                "full_ms",
+                "summary_only_ms",
+                "snapshot_ms",
+                "records_ms",
+                "write_ms",
+                "flush_ms",
+                "us/layer",
+                "snap_every",
+            ],
+            rows,
+        )
+    )
 
     chans = [r["channels"] for r in results]
     layers = [r["bn_layers"] for r in results]
@@ -176,18 +251,55 @@ def main(argv=None) -> int:
         one = harness.linear_fit(chans, costs)
         two = harness.linear_fit2(chans, layers, costs)
         fits[key] = {
-            "vs_channels": {"slope_us_per_channel": one["slope"], "intercept_us": one["intercept"], "r2": one["r2"]},
-            "vs_channels_and_layers": {"us_per_channel": two["a"], "us_per_layer": two["b"],
-                                       "intercept_us": two["c"], "r2": two["r2"]},
+            "vs_channels": {
+                "slope_us_per_channel": one["slope"],
+                "intercept_us": one["intercept"],
+                "r2": one["r2"],
+            },
+            "vs_channels_and_layers": {
+                "us_per_channel": two["a"],
+                "us_per_layer": two["b"],
+                "intercept_us": two["c"],
+                "r2": two["r2"],
+            },
         }
     print()
-    print(harness.format_table(
-        ["cost", "slope_us/ch", "intercept_us", "R2", "2-var: us/ch", "us/layer", "intercept_us", "R2"],
-        [[k, f["vs_channels"]["slope_us_per_channel"], f["vs_channels"]["intercept_us"], f["vs_channels"]["r2"],
-          f["vs_channels_and_layers"]["us_per_channel"], f["vs_channels_and_layers"]["us_per_layer"],
-          f["vs_channels_and_layers"]["intercept_us"], f["vs_channels_and_layers"]["r2"]] for k, f in fits.items()]))
-    harness.write_json(args, {"params": {"repeats": p["repeats"], "models": p["models"]},
-                              "models": results, "fits": fits}, started)
+    print(
+        harness.format_table(
+            [
+                "cost",
+                "slope_us/ch",
+                "intercept_us",
+                "R2",
+                "2-var: us/ch",
+                "us/layer",
+                "intercept_us",
+                "R2",
+            ],
+            [
+                [
+                    k,
+                    f["vs_channels"]["slope_us_per_channel"],
+                    f["vs_channels"]["intercept_us"],
+                    f["vs_channels"]["r2"],
+                    f["vs_channels_and_layers"]["us_per_channel"],
+                    f["vs_channels_and_layers"]["us_per_layer"],
+                    f["vs_channels_and_layers"]["intercept_us"],
+                    f["vs_channels_and_layers"]["r2"],
+                ]
+                for k, f in fits.items()
+            ],
+        )
+    )
+    harness.write_json(
+        args,
+        {
+            "params": {"repeats": p["repeats"], "models": p["models"]},
+            "models": results,
+            "fits": fits,
+        },
+        started,
+    )
     return 0
 
 

@@ -47,19 +47,35 @@ def main(argv=None) -> int:
     p = MODES[args.mode]
     image = p.get("image", 32)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    print(f"mode={args.mode} steps/epoch={p['steps']} rounds={p['rounds']} global batch={p['batch']} "
-          f"replicas={strategy.num_replicas_in_sync}")
-    result = training_overhead.measure(
-        {"bare": lambda d: [], "bn_default": lambda d: [BatchNormCallback(d)]}, p, image, strategy.scope
+    print(
+        f"mode={args.mode} steps/epoch={p['steps']} rounds={p['rounds']} global batch={p['batch']} "
+        f"replicas={strategy.num_replicas_in_sync}"
     )
-    harness.write_json(args, {
-        "params": {**p, "image": image, "model": f"ResNet-{6 * p['blocks'] + 2}", "bn_layers": result["bn_layers"],
-                   "replicas": strategy.num_replicas_in_sync, "per_replica_batch": p["batch"] // 2,
-                   "strategy": "MirroredStrategy over 2 logical CPU devices", "window": training_overhead.WINDOW},
-        "callback_signature_defaults": training_overhead.callback_defaults(),
-        "targets": {"bn_default": training_overhead.TARGETS["bn_default"]},
-        "configs": result["configs"],
-    }, started)
+    result = training_overhead.measure(
+        {"bare": lambda d: [], "bn_default": lambda d: [BatchNormCallback(d)]},
+        p,
+        image,
+        strategy.scope,
+    )
+    harness.write_json(
+        args,
+        {
+            "params": {
+                **p,
+                "image": image,
+                "model": f"ResNet-{6 * p['blocks'] + 2}",
+                "bn_layers": result["bn_layers"],
+                "replicas": strategy.num_replicas_in_sync,
+                "per_replica_batch": p["batch"] // 2,
+                "strategy": "MirroredStrategy over 2 logical CPU devices",
+                "window": training_overhead.WINDOW,
+            },
+            "callback_signature_defaults": training_overhead.callback_defaults(),
+            "targets": {"bn_default": training_overhead.TARGETS["bn_default"]},
+            "configs": result["configs"],
+        },
+        started,
+    )
     return 0
 
 

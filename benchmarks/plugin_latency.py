@@ -41,7 +41,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -56,7 +57,8 @@ from tensorboard.data import server_ingester  # noqa: E402
 from tensorboard.plugins.core import core_plugin  # noqa: E402
 from werkzeug.test import Client  # noqa: E402
 
-from tb_bn_plugin import bn_plugin, metadata, records  # noqa: E402
+from tb_bn_plugin import metadata, records  # noqa: E402
+from tb_bn_plugin.plugin import loader
 from tb_bn_plugin.series import LayerConfig  # noqa: E402
 
 LOG_EVERY = 50
@@ -72,14 +74,23 @@ LOAD_TIMEOUT_S = 600
 def layer_configs(num_layers: int, channels: int) -> list[LayerConfig]:
     return [
         LayerConfig(
-            path=f"block{i // 2}/bn{i % 2}", index=i, channels=channels, axis=-1,
-            momentum=0.99, epsilon=1e-3, center=True, scale=True, rank=4,
+            path=f"block{i // 2}/bn{i % 2}",
+            index=i,
+            channels=channels,
+            axis=-1,
+            momentum=0.99,
+            epsilon=1e-3,
+            center=True,
+            scale=True,
+            rank=4,
         )
         for i in range(num_layers)
     ]
 
 
-def synthetic_stats(num_layers: int, num_steps: int, channels: int, momentum: float, seed: int) -> dict[str, np.ndarray]:
+def synthetic_stats(
+    num_layers: int, num_steps: int, channels: int, momentum: float, seed: int
+) -> dict[str, np.ndarray]:
     """Per-channel statistics, stat -> (steps, layers, channels): noisy batch stats and their EMA."""
     rng = np.random.default_rng(seed)
     shape = (num_steps, num_layers, channels)
@@ -104,7 +115,9 @@ def synthetic_stats(num_layers: int, num_steps: int, channels: int, momentum: fl
     }
 
 
-def summary_records(config: LayerConfig, values: dict[str, np.ndarray], info: dict[str, np.ndarray]) -> np.ndarray:
+def summary_records(
+    config: LayerConfig, values: dict[str, np.ndarray], info: dict[str, np.ndarray]
+) -> np.ndarray:
     """(steps, record) ``records.summary_record`` of every step at once.
 
     ``summarize_across_channels`` and the drift functions work on stacked rows,
@@ -114,7 +127,9 @@ def summary_records(config: LayerConfig, values: dict[str, np.ndarray], info: di
     steps = len(info[metadata.INFO_FIELDS[0]])
     rows = {**values, **records.drift_rows(values, config.epsilon)}
     stats = records.summary_stats(config)
-    stacked = np.stack([rows[s] for s in stats], axis=1).reshape(steps * len(stats), config.channels)
+    stacked = np.stack([rows[s] for s in stats], axis=1).reshape(
+        steps * len(stats), config.channels
+    )
     summary = records.summarize_across_channels(stacked).reshape(steps, -1)
     head = np.stack([info[f] for f in metadata.INFO_FIELDS], axis=1)
     out = np.concatenate([head, summary], axis=1).astype(np.float32)
@@ -126,27 +141,40 @@ def summary_records(config: LayerConfig, values: dict[str, np.ndarray], info: di
     return out
 
 
-def synthesize(logdir: str, num_layers: int, num_steps: int, channels: int = 8, seed: int = 0) -> dict:
+def synthesize(
+    logdir: str, num_layers: int, num_steps: int, channels: int = 8, seed: int = 0
+) -> dict:
     """Write one run ``train`` under ``logdir``; returns what was written."""
     import tensorflow as tf
 
-    from tb_bn_plugin.callback import DEFAULT_MAX_BYTES_PER_LOG
     from tb_bn_plugin.summary import SummaryWriter
+    from tb_bn_plugin.training.callback import DEFAULT_MAX_BYTES_PER_LOG
 
     configs = layer_configs(num_layers, channels)
     stats = synthetic_stats(num_layers, num_steps, channels, configs[0].momentum, seed)
     steps = (np.arange(num_steps, dtype=np.int64) + 1) * LOG_EVERY
     interval = records.snapshot_interval(configs, np.dtype(np.float32), DEFAULT_MAX_BYTES_PER_LOG)
-    cadence = records.SnapshotCadence(interval)  # the callback's; the last (epoch-end) step forces one
+    cadence = records.SnapshotCadence(
+        interval
+    )  # the callback's; the last (epoch-end) step forces one
     full = np.array([cadence.next(force=t == num_steps - 1) for t in range(num_steps)])
     info = {
-        "training": np.ones(num_steps), "trainable": np.ones(num_steps), "count": np.full(num_steps, 32.0 * 64),
-        "momentum": np.full(num_steps, configs[0].momentum), "full": full.astype(np.float64),
+        "training": np.ones(num_steps),
+        "trainable": np.ones(num_steps),
+        "count": np.full(num_steps, 32.0 * 64),
+        "momentum": np.full(num_steps, configs[0].momentum),
+        "full": full.astype(np.float64),
     }
     summaries = np.stack(
-        [summary_records(c, {s: v[:, i] for s, v in stats.items()}, info) for i, c in enumerate(configs)], axis=1
+        [
+            summary_records(c, {s: v[:, i] for s, v in stats.items()}, info)
+            for i, c in enumerate(configs)
+        ],
+        axis=1,
     )  # (steps, layers, record)
-    channel_data = np.stack([stats[s] for s in metadata.CHANNEL_STATS], axis=2).astype(np.float32)  # (S, L, R, C)
+    channel_data = np.stack([stats[s] for s in metadata.CHANNEL_STATS], axis=2).astype(
+        np.float32
+    )  # (S, L, R, C)
 
     writer = SummaryWriter(os.path.join(logdir, "train"), max_queue=10_000)
 
@@ -162,20 +190,29 @@ def synthesize(logdir: str, num_layers: int, num_steps: int, channels: int = 8, 
     # The first step eagerly: the writer puts each tag's metadata on its first
     # event only. The rest in graph blocks (fast), without metadata.
     write_steps(steps[:1], summaries[:1], channel_data[:1], full[:1])
-    write_block = tf.function(write_steps, input_signature=[
-        tf.TensorSpec((None,), tf.int64),
-        tf.TensorSpec((None,) + summaries.shape[1:], tf.float32),
-        tf.TensorSpec((None,) + channel_data.shape[1:], tf.float32),
-        tf.TensorSpec((None,), tf.bool),
-    ])
+    write_block = tf.function(
+        write_steps,
+        input_signature=[
+            tf.TensorSpec((None,), tf.int64),
+            tf.TensorSpec((None,) + summaries.shape[1:], tf.float32),
+            tf.TensorSpec((None,) + channel_data.shape[1:], tf.float32),
+            tf.TensorSpec((None,), tf.bool),
+        ],
+    )
     block = 500
     for start in range(1, num_steps, block):
         end = min(start + block, num_steps)
-        write_block(steps[start:end], summaries[start:end], channel_data[start:end], full[start:end])
+        write_block(
+            steps[start:end], summaries[start:end], channel_data[start:end], full[start:end]
+        )
     writer.close()
     return {
-        "layers": num_layers, "steps": num_steps, "channels": channels, "snapshot_interval": interval,
-        "snapshots": int(full.sum()), "bytes": _dir_bytes(logdir),
+        "layers": num_layers,
+        "steps": num_steps,
+        "channels": channels,
+        "snapshot_interval": interval,
+        "snapshots": int(full.sum()),
+        "bytes": _dir_bytes(logdir),
     }
 
 
@@ -185,8 +222,10 @@ def _dir_bytes(path: str) -> int:
 
 def tensorboard_flags(logdir: str):
     """Flags and loaders as ``tensorboard --logdir logdir`` makes them (the plugin's ``fix_flags`` included)."""
-    tb = program.TensorBoard(plugins=[core_plugin.CorePluginLoader(), bn_plugin.BNInternalsLoader()])
-    tb.configure(["tensorboard", "--logdir", logdir, "--reload_interval", "0", "--reload_task", "blocking"])
+    tb = program.TensorBoard(plugins=[core_plugin.CorePluginLoader(), loader.BNInternalsLoader()])
+    tb.configure(
+        ["tensorboard", "--logdir", logdir, "--reload_interval", "0", "--reload_task", "blocking"]
+    )
     return tb.flags, tb.plugin_loaders
 
 
@@ -198,14 +237,19 @@ def start_loader(logdir: str, loader: str, expected: dict[str, int]):
         ingester.start()  # blocking reload
         return ingester.data_provider, ingester.deprecated_multiplexer, lambda: None
     ingester = server_ingester.SubprocessServerDataIngester(
-        server_binary=server_ingester.get_server_binary(), logdir=flags.logdir, reload_interval=flags.reload_interval,
-        channel_creds_type=flags.grpc_creds_type, samples_per_plugin=flags.samples_per_plugin,
+        server_binary=server_ingester.get_server_binary(),
+        logdir=flags.logdir,
+        reload_interval=flags.reload_interval,
+        channel_creds_type=flags.grpc_creds_type,
+        samples_per_plugin=flags.samples_per_plugin,
     )
     ingester.start()
     stop = ingester._stdin_handle.close  # the data server runs with --die-after-stdin
     deadline = time.perf_counter() + LOAD_TIMEOUT_S
     while time.perf_counter() < deadline:
-        listing = ingester.data_provider.list_tensors(None, experiment_id="", plugin_name=metadata.PLUGIN_NAME)
+        listing = ingester.data_provider.list_tensors(
+            None, experiment_id="", plugin_name=metadata.PLUGIN_NAME
+        )
         loaded = {tag: series.max_step for tags in listing.values() for tag, series in tags.items()}
         if loaded == expected:
             return ingester.data_provider, None, stop
@@ -239,11 +283,16 @@ def route_latency(logdir: str, provider, multiplexer, info: dict, repeats: int) 
         cold_overview.append(wall)
         (run,) = body["runs"]
         assert len(run["layers"]) == info["layers"]
-        assert {layer["num_steps"] for layer in run["layers"]} == {info["steps"]}, "overview lost steps"
+        assert {layer["num_steps"] for layer in run["layers"]} == {info["steps"]}, (
+            "overview lost steps"
+        )
         path = layer_paths[(i * 7) % len(layer_paths)]
         wall, _, detail = harness.time_call(lambda: get(client, layer_route(path)))
         cold_layer.append(wall)
-        assert len(detail["steps"]) == min(info["steps"], RESOLUTION) and detail["steps"][-1] == info["last_step"]
+        assert (
+            len(detail["steps"]) == min(info["steps"], RESOLUTION)
+            and detail["steps"][-1] == info["last_step"]
+        )
     client = fresh_client()
     get(client, "runs")
     get(client, layer_route(layer_paths[0]))
@@ -251,7 +300,9 @@ def route_latency(logdir: str, provider, multiplexer, info: dict, repeats: int) 
         "overview_cold_s": harness.median(cold_overview),
         "overview_warm": harness.repeat_median(lambda: get(client, "runs"), repeats),
         "layer_cold_s": harness.median(cold_layer),
-        "layer_warm": harness.repeat_median(lambda: get(client, layer_route(layer_paths[0])), repeats),
+        "layer_warm": harness.repeat_median(
+            lambda: get(client, layer_route(layer_paths[0])), repeats
+        ),
         "overview_cold_samples_s": cold_overview,
         "layer_cold_samples_s": cold_layer,
     }
@@ -261,9 +312,22 @@ def route_latency(logdir: str, provider, multiplexer, info: dict, repeats: int) 
 def tensorboard_process(logdir: str) -> Iterator[Optional[str]]:
     """A ``tensorboard --load_fast=true`` process on 127.0.0.1; yields its URL (None if it never printed one)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--host", "127.0.0.1", "--port", "0",
-         "--load_fast=true"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            logdir,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--load_fast=true",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         url = None
@@ -282,15 +346,21 @@ def tensorboard_process(logdir: str) -> Iterator[Optional[str]]:
             proc.wait()
 
 
-def tensorboard_process_load(logdir: str, info: dict, timeout_s: float = LOAD_TIMEOUT_S) -> Optional[float]:
+def tensorboard_process_load(
+    logdir: str, info: dict, timeout_s: float = LOAD_TIMEOUT_S
+) -> Optional[float]:
     """Seconds from launching ``tensorboard --load_fast=true`` until ``runs`` shows every layer and step."""
     started = time.perf_counter()
     with tensorboard_process(logdir) as url:
         while url is not None and time.perf_counter() - started < timeout_s:
-            with urllib.request.urlopen(url + PREFIX.lstrip("/") + "runs", timeout=timeout_s) as response:
+            with urllib.request.urlopen(
+                url + PREFIX.lstrip("/") + "runs", timeout=timeout_s
+            ) as response:
                 runs = json.loads(response.read())["runs"]
-            if runs and len(runs[0]["layers"]) == info["layers"] and all(
-                layer["num_steps"] == info["steps"] for layer in runs[0]["layers"]
+            if (
+                runs
+                and len(runs[0]["layers"]) == info["layers"]
+                and all(layer["num_steps"] == info["steps"] for layer in runs[0]["layers"])
             ):
                 return time.perf_counter() - started
             time.sleep(0.2)
@@ -316,20 +386,25 @@ def first_paint(logdir: str, info: dict, load_s: float) -> Optional[dict[str, fl
         if url is None:
             return None
         time.sleep(2 * load_s)
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
+        )
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             started = time.perf_counter()
             page.goto(url + "#bn_internals")
             frame = None
             while frame is None and time.perf_counter() - started < LOAD_TIMEOUT_S:
-                frame = next((f for f in page.frames if "plugin_entry.html?name=bn_internals" in f.url), None)
+                frame = next(
+                    (f for f in page.frames if "plugin_entry.html?name=bn_internals" in f.url), None
+                )
                 page.wait_for_timeout(20)
             # Every layer's row, and the sparklines in view drawn (the overview draws them as rows scroll in).
             frame.wait_for_function(
                 "n => document.querySelectorAll('[data-view=overview] tr[data-layer]').length === n"
                 " && document.querySelector('[data-view=overview] tr[data-layer] .sparkline canvas') !== null",
-                arg=info["layers"], timeout=LOAD_TIMEOUT_S * 1000,
+                arg=info["layers"],
+                timeout=LOAD_TIMEOUT_S * 1000,
             )
             paint_s = time.perf_counter() - started
             # performance.now() in the plugin's frame when the overview first rendered.
@@ -360,14 +435,20 @@ def main(argv=None) -> int:
         print(f"  {info['bytes'] / 1e6:.1f} MB in {wall:.1f} s", flush=True)
         expected = {
             metadata.layer_tag(c.path, kind): info["last_step"]
-            for c in layer_configs(num_layers, info["channels"]) for kind in ("summary", "channels")
+            for c in layer_configs(num_layers, info["channels"])
+            for kind in ("summary", "channels")
         }
         results: dict[str, Any] = {}
         for loader in loaders():
             print(f"{loader} loader ...", flush=True)
-            load_s, _, (provider, multiplexer, stop) = harness.time_call(lambda: start_loader(logdir, loader, expected))
+            load_s, _, (provider, multiplexer, stop) = harness.time_call(
+                lambda: start_loader(logdir, loader, expected)
+            )
             try:
-                results[loader] = {"load_s": load_s, **route_latency(logdir, provider, multiplexer, info, repeats)}
+                results[loader] = {
+                    "load_s": load_s,
+                    **route_latency(logdir, provider, multiplexer, info, repeats),
+                }
             finally:
                 stop()
                 del provider, multiplexer
@@ -390,20 +471,38 @@ def main(argv=None) -> int:
         ]
         for loader, r in results.items()
     ]
-    print(f"\n{num_layers} layers x {num_steps} logged steps, {info['bytes'] / 1e6:.0f} MB; seconds, medians of {repeats}")
-    print(harness.format_table(
-        ["loader", "load", "overview cold", "overview warm", "layer cold", "layer warm"], rows
-    ))
+    print(
+        f"\n{num_layers} layers x {num_steps} logged steps, {info['bytes'] / 1e6:.0f} MB; seconds, medians of {repeats}"
+    )
+    print(
+        harness.format_table(
+            ["loader", "load", "overview cold", "overview warm", "layer cold", "layer warm"], rows
+        )
+    )
     if "rust" in results:
-        print(f"tensorboard --load_fast=true until runs lists every step: {results['rust']['tensorboard_process_load_s']} s")
+        print(
+            f"tensorboard --load_fast=true until runs lists every step: {results['rust']['tensorboard_process_load_s']} s"
+        )
         browser = results["rust"].get("browser")
-        print("tab's first meaningful paint (headless Chromium, cold plugin): "
-              + ("skipped (no /usr/bin/chromium or playwright)" if browser is None
-                 else f"{browser['plugin_frame_first_render_s']:.2f} s from the tab's frame opening "
-                 f"(target {TARGETS['first_paint_s']} s), {browser['first_paint_s']:.2f} s from loading "
-                 "TensorBoard's page"))
-    harness.write_json(args, {"params": {**info, "resolution": RESOLUTION, "repeats": repeats},
-                              "targets": TARGETS, "loaders": results}, started)
+        print(
+            "tab's first meaningful paint (headless Chromium, cold plugin): "
+            + (
+                "skipped (no /usr/bin/chromium or playwright)"
+                if browser is None
+                else f"{browser['plugin_frame_first_render_s']:.2f} s from the tab's frame opening "
+                f"(target {TARGETS['first_paint_s']} s), {browser['first_paint_s']:.2f} s from loading "
+                "TensorBoard's page"
+            )
+        )
+    harness.write_json(
+        args,
+        {
+            "params": {**info, "resolution": RESOLUTION, "repeats": repeats},
+            "targets": TARGETS,
+            "loaders": results,
+        },
+        started,
+    )
     return 0
 
 

@@ -41,13 +41,21 @@ keras = tf.keras
 TARGET_BYTES_PER_LOGGED_STEP = 50_000
 MODES = {
     # (scenario name, steps per epoch or None for one long epoch, logged steps)
-    "full": dict(model="resnet50", scenarios=[("one_long_epoch", None, 1000), ("epochs_of_500_steps", 500, 200)]),
-    "quick": dict(model="resnet50", scenarios=[("one_long_epoch", None, 200), ("epochs_of_500_steps", 500, 100)]),
-    "smoke": dict(model="dense_10", scenarios=[("one_long_epoch", None, 12), ("epochs_of_100_steps", 100, 6)]),
+    "full": dict(
+        model="resnet50",
+        scenarios=[("one_long_epoch", None, 1000), ("epochs_of_500_steps", 500, 200)],
+    ),
+    "quick": dict(
+        model="resnet50",
+        scenarios=[("one_long_epoch", None, 200), ("epochs_of_500_steps", 500, 100)],
+    ),
+    "smoke": dict(
+        model="dense_10", scenarios=[("one_long_epoch", None, 12), ("epochs_of_100_steps", 100, 6)]
+    ),
 }
 
 
-def build(kind: str) -> "keras.Model":
+def build(kind: str) -> keras.Model:
     keras.utils.set_random_seed(0)
     if kind == "resnet50":
         model = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=10)
@@ -62,8 +70,12 @@ def build(kind: str) -> "keras.Model":
 
 
 def dir_bytes(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files
-               if not f.startswith("."))
+    return sum(
+        os.path.getsize(os.path.join(d, f))
+        for d, _, files in os.walk(path)
+        for f in files
+        if not f.startswith(".")
+    )
 
 
 def run_scenario(model, log_dir: str, steps_per_epoch, logged_target: int) -> dict:
@@ -110,7 +122,9 @@ def run_scenario(model, log_dir: str, steps_per_epoch, logged_target: int) -> di
     x = [c[0] for c in curve]
     y = [c[1] for c in curve]
     fit = harness.linear_fit(x, y)
-    estimate = records.summary_bytes(configs) + records.channel_bytes(configs, cb.channel_dtype) / interval
+    estimate = (
+        records.summary_bytes(configs) + records.channel_bytes(configs, cb.channel_dtype) / interval
+    )
     return {
         "steps_per_epoch": steps_per_epoch,
         "logged_steps": logged,
@@ -164,8 +178,11 @@ def main(argv=None) -> int:
     bn = [l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
     channels = sum(int(l.moving_mean.shape[0]) for l in bn)
     print(f"model {p['model']}: {len(bn)} BN layers, {channels} channels")
-    defaults = {k: repr(v.default) for k, v in inspect.signature(BatchNormCallback.__init__).parameters.items()
-                if v.default is not inspect.Parameter.empty}
+    defaults = {
+        k: repr(v.default)
+        for k, v in inspect.signature(BatchNormCallback.__init__).parameters.items()
+        if v.default is not inspect.Parameter.empty
+    }
     print(f"callback defaults: {defaults}")
     tmp = tempfile.mkdtemp(prefix="bench_storage_")
     scenarios = {}
@@ -177,20 +194,56 @@ def main(argv=None) -> int:
         scenarios[name] = res
     shutil.rmtree(tmp, ignore_errors=True)
 
-    rows = [[name, r["logged_steps"], r["snapshot_interval_logged_steps"], r["snapshot_interval_training_steps"],
-             r["avg_bytes_per_logged_step"] / 1e3, r["slope_bytes_per_logged_step"] / 1e3, r["r2"],
-             r["mb_per_1000_logged_steps"], r["callback_estimate_bytes_per_logged_step"] / 1e3,
-             "yes" if r["meets_target"] else "NO"] for name, r in scenarios.items()]
+    rows = [
+        [
+            name,
+            r["logged_steps"],
+            r["snapshot_interval_logged_steps"],
+            r["snapshot_interval_training_steps"],
+            r["avg_bytes_per_logged_step"] / 1e3,
+            r["slope_bytes_per_logged_step"] / 1e3,
+            r["r2"],
+            r["mb_per_1000_logged_steps"],
+            r["callback_estimate_bytes_per_logged_step"] / 1e3,
+            "yes" if r["meets_target"] else "NO",
+        ]
+        for name, r in scenarios.items()
+    ]
     print()
-    print(harness.format_table(["scenario", "logged", "snap_every_logs", "snap_every_steps", "avg_KB/log",
-                                "slope_KB/log", "R2", "MB/1000 logs", "estimate_KB/log", "<=50KB"], rows))
+    print(
+        harness.format_table(
+            [
+                "scenario",
+                "logged",
+                "snap_every_logs",
+                "snap_every_steps",
+                "avg_KB/log",
+                "slope_KB/log",
+                "R2",
+                "MB/1000 logs",
+                "estimate_KB/log",
+                "<=50KB",
+            ],
+            rows,
+        )
+    )
     for name, r in scenarios.items():
-        print(f"{name}: mean event bytes per kind {r['event_sizes']['mean_event_bytes_per_kind']}, "
-              f"metadata bytes per event {r['event_sizes']['mean_metadata_bytes_per_event']}")
-    harness.write_json(args, {
-        "model": p["model"], "bn_layers": len(bn), "channels": channels, "callback_defaults": defaults,
-        "target_bytes_per_logged_step": TARGET_BYTES_PER_LOGGED_STEP, "scenarios": scenarios,
-    }, started)
+        print(
+            f"{name}: mean event bytes per kind {r['event_sizes']['mean_event_bytes_per_kind']}, "
+            f"metadata bytes per event {r['event_sizes']['mean_metadata_bytes_per_event']}"
+        )
+    harness.write_json(
+        args,
+        {
+            "model": p["model"],
+            "bn_layers": len(bn),
+            "channels": channels,
+            "callback_defaults": defaults,
+            "target_bytes_per_logged_step": TARGET_BYTES_PER_LOGGED_STEP,
+            "scenarios": scenarios,
+        },
+        started,
+    )
     return 0
 
 

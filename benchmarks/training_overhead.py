@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tb_bn_plugin import BatchNormCallback  # noqa: E402
-from tb_bn_plugin.capture import StatsCapture, find_batchnorm_layers  # noqa: E402
+from tb_bn_plugin.training.capture import StatsCapture, find_batchnorm_layers  # noqa: E402
 
 keras = tf.keras
 
@@ -69,27 +69,39 @@ STEP_BLOCKS = {"full": (5, 8), "quick": (5, 8), "smoke": (2, 2)}
 CIFAR_EPOCH_STEPS = 782  # CIFAR-10's 50,000 images at batch 64
 
 
-def resnet(blocks_per_stage: int = 3, width: int = 16, image: int = 32, classes: int = 10, seed: int = 0):
+def resnet(
+    blocks_per_stage: int = 3, width: int = 16, image: int = 32, classes: int = 10, seed: int = 0
+):
     """CIFAR ResNet-(6n+2) with projection shortcuts: ResNet-20 (n=3) has 21 BatchNormalization layers."""
     init = keras.initializers.HeNormal(seed=seed)
     inputs = keras.Input((image, image, 3))
-    h = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=init)(inputs)
+    h = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=init)(
+        inputs
+    )
     h = keras.layers.ReLU()(keras.layers.BatchNormalization()(h))
     for stage in range(3):
         filters = width * 2**stage
         for block in range(blocks_per_stage):
             stride = 2 if stage > 0 and block == 0 else 1
             shortcut = h
-            h = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, kernel_initializer=init)(h)
+            h = keras.layers.Conv2D(
+                filters, 3, strides=stride, padding="same", use_bias=False, kernel_initializer=init
+            )(h)
             h = keras.layers.ReLU()(keras.layers.BatchNormalization()(h))
-            h = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=init)(h)
+            h = keras.layers.Conv2D(
+                filters, 3, padding="same", use_bias=False, kernel_initializer=init
+            )(h)
             h = keras.layers.BatchNormalization()(h)
             if stride != 1 or shortcut.shape[-1] != filters:
-                shortcut = keras.layers.Conv2D(filters, 1, strides=stride, use_bias=False, kernel_initializer=init)(shortcut)
+                shortcut = keras.layers.Conv2D(
+                    filters, 1, strides=stride, use_bias=False, kernel_initializer=init
+                )(shortcut)
                 shortcut = keras.layers.BatchNormalization()(shortcut)
             h = keras.layers.ReLU()(keras.layers.Add()([h, shortcut]))
     h = keras.layers.GlobalAveragePooling2D()(h)
-    outputs = keras.layers.Dense(classes, kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(h)
+    outputs = keras.layers.Dense(
+        classes, kernel_initializer=keras.initializers.GlorotUniform(seed=seed)
+    )(h)
     return keras.Model(inputs, outputs, name="resnet")
 
 
@@ -97,7 +109,13 @@ def dataset(batch: int, image: int, n: int = 512, seed: int = 0) -> tf.data.Data
     rng = np.random.RandomState(seed)
     x = rng.randn(n, image, image, 3).astype("float32")
     y = rng.randint(0, 10, size=(n,)).astype("int32")
-    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch, drop_remainder=True).cache().repeat().prefetch(2)
+    return (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .batch(batch, drop_remainder=True)
+        .cache()
+        .repeat()
+        .prefetch(2)
+    )
 
 
 class _Turns:
@@ -172,8 +190,10 @@ def measure(callbacks: dict, p: dict, image: int, scope=contextlib.nullcontext) 
         keras.utils.set_random_seed(0)
         with scope():
             model = resnet(p["blocks"], p["width"], image)
-            model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            model.compile(
+                optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
         n_bn = sum(isinstance(l, keras.layers.BatchNormalization) for l in model.layers)
         n_params = model.count_params()
         start = _Start(turns, name)
@@ -191,7 +211,9 @@ def measure(callbacks: dict, p: dict, image: int, scope=contextlib.nullcontext) 
         threads[name].start()
         turns.ready[name].wait()  # one at a time through fit's setup
 
-    print(f"model: ResNet-{6 * p['blocks'] + 2}, {n_bn} BatchNormalization layers, {n_params:,} parameters")
+    print(
+        f"model: ResNet-{6 * p['blocks'] + 2}, {n_bn} BatchNormalization layers, {n_params:,} parameters"
+    )
     print("warm-up epoch per configuration (traces the train functions)...", flush=True)
     for name in callbacks:
         first_epoch[name] = turns.run_epoch(name)["wall"]
@@ -200,7 +222,9 @@ def measure(callbacks: dict, p: dict, image: int, scope=contextlib.nullcontext) 
             raise RuntimeError(f"fit failed: {errors}")
 
     print("timed epochs (rotating order):", flush=True)
-    samples = harness.alternate({n: (lambda n=n: turns.run_epoch(n)) for n in callbacks}, p["rounds"])
+    samples = harness.alternate(
+        {n: (lambda n=n: turns.run_epoch(n)) for n in callbacks}, p["rounds"]
+    )
     for t in threads.values():
         t.join()
     if errors:
@@ -227,9 +251,20 @@ def measure(callbacks: dict, p: dict, image: int, scope=contextlib.nullcontext) 
         for name, s in summary.items()
     ]
     print()
-    print(harness.format_table(
-        ["config", "steps/s", "wall_ratio", "cpu_ratio", "wall_range", "warmup_epoch_s", "target"], rows
-    ))
+    print(
+        harness.format_table(
+            [
+                "config",
+                "steps/s",
+                "wall_ratio",
+                "cpu_ratio",
+                "wall_range",
+                "warmup_epoch_s",
+                "target",
+            ],
+            rows,
+        )
+    )
     shutil.rmtree(tmp, ignore_errors=True)
     return {"configs": summary, "bn_layers": n_bn, "parameters": n_params}
 
@@ -248,7 +283,9 @@ class EpochWork:
                     return _original(steps_done, *args, **kwargs)
                 finally:
                     epoch = max(steps_done - 1, 0) // steps_per_epoch
-                    self.by_epoch[epoch] = self.by_epoch.get(epoch, 0.0) + time.process_time() - start
+                    self.by_epoch[epoch] = (
+                        self.by_epoch.get(epoch, 0.0) + time.process_time() - start
+                    )
 
             setattr(callback, name, timed)
 
@@ -264,11 +301,15 @@ def step_capture_ratio(p: dict, image: int, block: int, rounds: int) -> dict:
     for name in ("bare", "capture"):
         keras.utils.set_random_seed(0)
         model = resnet(p["blocks"], p["width"], image)
-        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
         model.fit(data, epochs=1, steps_per_epoch=1, verbose=0)  # builds the model and optimizer
         if name == "capture":
-            StatsCapture(find_batchnorm_layers(model), model.optimizer.iterations, model.distribute_strategy).install()
+            StatsCapture(
+                find_batchnorm_layers(model), model.optimizer.iterations, model.distribute_strategy
+            ).install()
         model.make_train_function(force=True)
         train = model.train_function
         iterator = iter(data)
@@ -282,7 +323,9 @@ def step_capture_ratio(p: dict, image: int, block: int, rounds: int) -> dict:
 
     for name in functions:  # warm-up block: first calls after tracing run slower
         run(name)
-    samples = harness.alternate({name: (lambda n=name: run(n)) for name in functions}, rounds, progress=False)
+    samples = harness.alternate(
+        {name: (lambda n=name: run(n)) for name in functions}, rounds, progress=False
+    )
     summary = harness.summarize(samples, "bare")
     return {
         "block_steps": block,
@@ -302,7 +345,8 @@ def composed_ratios(step: dict, work: dict[str, list[float]], steps: int) -> dic
             "epoch_work_cpu_s": epoch_s,
             "epoch_work_cpu_s_per_round": per_epoch,
             **{
-                f"ratio_at_{k}_steps": step["cpu_ratio"]["median"] + epoch_s / (k * step["bare_step_cpu_s"])
+                f"ratio_at_{k}_steps": step["cpu_ratio"]["median"]
+                + epoch_s / (k * step["bare_step_cpu_s"])
                 for k in (steps, CIFAR_EPOCH_STEPS)
             },
         }
@@ -339,32 +383,69 @@ def main(argv=None) -> int:
 
         return make
 
-    result = measure({
-        "bare": lambda d: [],
-        "bn_default": bn("bn_default"),
-        "bn_every_step": bn("bn_every_step", log_every_n_steps=1),
-        "tensorboard_hist": lambda d: [keras.callbacks.TensorBoard(d, histogram_freq=1)],
-    }, p, image)
-    print("\ncomponents: per-step capture cost (alternating blocks of train-function calls) ...", flush=True)
+    result = measure(
+        {
+            "bare": lambda d: [],
+            "bn_default": bn("bn_default"),
+            "bn_every_step": bn("bn_every_step", log_every_n_steps=1),
+            "tensorboard_hist": lambda d: [keras.callbacks.TensorBoard(d, histogram_freq=1)],
+        },
+        p,
+        image,
+    )
+    print(
+        "\ncomponents: per-step capture cost (alternating blocks of train-function calls) ...",
+        flush=True,
+    )
     block, rounds = STEP_BLOCKS[args.mode]
     step = step_capture_ratio(p, image, block, rounds)
-    composed = composed_ratios(step, {n: w.timed_epochs(p["rounds"]) for n, w in work.items()}, p["steps"])
-    print(harness.format_table(
-        ["config", "step_cpu_ratio", "epoch_work_cpu_s", f"ratio_{p['steps']}_steps",
-         f"ratio_{CIFAR_EPOCH_STEPS}_steps", "target"],
-        [[name, step["cpu_ratio"]["median"], c["epoch_work_cpu_s"], c[f"ratio_at_{p['steps']}_steps"],
-          c[f"ratio_at_{CIFAR_EPOCH_STEPS}_steps"], TARGETS[name]] for name, c in composed.items()],
-    ))
-    print(f"bare step: {1e3 * step['bare_step_cpu_s']:.1f} ms CPU; capture step CPU ratio per round: "
-          f"{step['cpu_ratio']['min']:.3f}..{step['cpu_ratio']['max']:.3f}")
-    harness.write_json(args, {
-        "params": {**p, "image": image, "model": f"ResNet-{6 * p['blocks'] + 2}", "bn_layers": result["bn_layers"],
-                   "window": WINDOW},
-        "callback_signature_defaults": signature,
-        "targets": TARGETS,
-        "configs": result["configs"],
-        "components": {"step_capture": step, "composed": composed},
-    }, started)
+    composed = composed_ratios(
+        step, {n: w.timed_epochs(p["rounds"]) for n, w in work.items()}, p["steps"]
+    )
+    print(
+        harness.format_table(
+            [
+                "config",
+                "step_cpu_ratio",
+                "epoch_work_cpu_s",
+                f"ratio_{p['steps']}_steps",
+                f"ratio_{CIFAR_EPOCH_STEPS}_steps",
+                "target",
+            ],
+            [
+                [
+                    name,
+                    step["cpu_ratio"]["median"],
+                    c["epoch_work_cpu_s"],
+                    c[f"ratio_at_{p['steps']}_steps"],
+                    c[f"ratio_at_{CIFAR_EPOCH_STEPS}_steps"],
+                    TARGETS[name],
+                ]
+                for name, c in composed.items()
+            ],
+        )
+    )
+    print(
+        f"bare step: {1e3 * step['bare_step_cpu_s']:.1f} ms CPU; capture step CPU ratio per round: "
+        f"{step['cpu_ratio']['min']:.3f}..{step['cpu_ratio']['max']:.3f}"
+    )
+    harness.write_json(
+        args,
+        {
+            "params": {
+                **p,
+                "image": image,
+                "model": f"ResNet-{6 * p['blocks'] + 2}",
+                "bn_layers": result["bn_layers"],
+                "window": WINDOW,
+            },
+            "callback_signature_defaults": signature,
+            "targets": TARGETS,
+            "configs": result["configs"],
+            "components": {"step_capture": step, "composed": composed},
+        },
+        started,
+    )
     return 0
 
 

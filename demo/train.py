@@ -22,7 +22,7 @@ import inspect
 import os
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -66,7 +66,12 @@ TEST = Size(samples=512, image=8, width=4, epochs=2, batch=32)
 
 
 def synthetic_images(
-    n: int, seed: int = 0, size: int = 16, classes: int = 4, alpha: bool = False, label_noise: float = 0.1
+    n: int,
+    seed: int = 0,
+    size: int = 16,
+    classes: int = 4,
+    alpha: bool = False,
+    label_noise: float = 0.1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class-dependent blobs on noise: learnable, with non-zero means and unequal channel scales.
 
@@ -79,14 +84,23 @@ def synthetic_images(
     labels = np.where(noisy, rng.randint(0, classes, size=n), y)
     yy, xx = np.mgrid[0:size, 0:size] / size
     centers = rng.rand(classes, 2)
-    blobs = np.exp(-((yy[None] - centers[y, 0, None, None]) ** 2 + (xx[None] - centers[y, 1, None, None]) ** 2) * 20)
-    x = rng.randn(n, size, size, 3) * 0.5 + blobs[..., None] * np.array([2.0, -1.0, 4.0]) + np.array([3.0, 0.5, -2.0])
+    blobs = np.exp(
+        -((yy[None] - centers[y, 0, None, None]) ** 2 + (xx[None] - centers[y, 1, None, None]) ** 2)
+        * 20
+    )
+    x = (
+        rng.randn(n, size, size, 3) * 0.5
+        + blobs[..., None] * np.array([2.0, -1.0, 4.0])
+        + np.array([3.0, 0.5, -2.0])
+    )
     if alpha:
         x = np.concatenate([x, np.ones((n, size, size, 1))], axis=-1)
     return x.astype("float32"), labels
 
 
-def synthetic_features(n: int, seed: int = 0, features: int = 8, classes: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_features(
+    n: int, seed: int = 0, features: int = 8, classes: int = 4
+) -> tuple[np.ndarray, np.ndarray]:
     """Class-dependent Gaussian feature vectors (no spatial extent)."""
     rng = np.random.RandomState(seed)
     y = rng.randint(0, classes, size=n)
@@ -119,7 +133,9 @@ def conv_net(
     return model_class(inp, out, name=name)
 
 
-def dense_net(features: int = 8, classes: int = 4, width: int = 16, momentum: float = 0.9) -> keras.Model:
+def dense_net(
+    features: int = 8, classes: int = 4, width: int = 16, momentum: float = 0.9
+) -> keras.Model:
     """Dense/BN/ReLU x 2: BN over feature vectors, one value per channel and sample."""
     inp = keras.Input((features,))
     h = inp
@@ -156,8 +172,14 @@ def healthy(run_dir: str, verbose: int, size: Size = DEMO) -> None:
     """Momentum 0.9 and ordinary batches: the moving statistics track the batches."""
     x, y = synthetic_images(size.samples, size=size.image)
     model = _compile(conv_net(size.image, momentum=0.9, width=size.width), learning_rate=3e-3)
-    model.fit(x, y, batch_size=size.batch, epochs=size.epochs, verbose=verbose,
-              callbacks=[bn_callback(run_dir, size.log_every())])
+    model.fit(
+        x,
+        y,
+        batch_size=size.batch,
+        epochs=size.epochs,
+        verbose=verbose,
+        callbacks=[bn_callback(run_dir, size.log_every())],
+    )
 
 
 class SkipMovingStatsUpdate(keras.Model):
@@ -170,8 +192,12 @@ class SkipMovingStatsUpdate(keras.Model):
     """
 
     def train_step(self, data):
-        moving = [v for layer in self._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)
-                  for v in (layer.moving_mean, layer.moving_variance)]
+        moving = [
+            v
+            for layer in self._flatten_layers()
+            if isinstance(layer, keras.layers.BatchNormalization)
+            for v in (layer.moving_mean, layer.moving_variance)
+        ]
         saved = [tf.identity(v.value) for v in moving]
         logs = super().train_step(data)
         for variable, value in zip(moving, saved):
@@ -183,16 +209,28 @@ def stale_moving_stats(run_dir: str, verbose: int, size: Size = DEMO) -> None:
     """Custom train_step restores the moving statistics: the TF1 'UPDATE_OPS never run' bug."""
     x, y = synthetic_images(size.samples, size=size.image)
     model = _compile(conv_net(size.image, width=size.width, model_class=SkipMovingStatsUpdate))
-    model.fit(x, y, batch_size=size.batch, epochs=size.epochs, verbose=verbose,
-              callbacks=[bn_callback(run_dir, size.log_every())])
+    model.fit(
+        x,
+        y,
+        batch_size=size.batch,
+        epochs=size.epochs,
+        verbose=verbose,
+        callbacks=[bn_callback(run_dir, size.log_every())],
+    )
 
 
 def momentum_one(run_dir: str, verbose: int, size: Size = DEMO) -> None:
     """BatchNormalization(momentum=1.0): TF1 decay=1, the moving statistics never move."""
     x, y = synthetic_images(size.samples, size=size.image)
     model = _compile(conv_net(size.image, momentum=1.0, width=size.width))
-    model.fit(x, y, batch_size=size.batch, epochs=size.epochs, verbose=verbose,
-              callbacks=[bn_callback(run_dir, size.log_every())])
+    model.fit(
+        x,
+        y,
+        batch_size=size.batch,
+        epochs=size.epochs,
+        verbose=verbose,
+        callbacks=[bn_callback(run_dir, size.log_every())],
+    )
 
 
 def slow_momentum(run_dir: str, verbose: int, size: Size = DEMO) -> None:
@@ -201,8 +239,14 @@ def slow_momentum(run_dir: str, verbose: int, size: Size = DEMO) -> None:
     model = _compile(conv_net(size.image, momentum=0.999, width=size.width))
     # The EMA-vs-precise error on a held sample each epoch shows how far the EMA lags.
     monitor = PreciseStatsMonitor(run_dir, x[: 4 * size.batch], run_name=".", batch_size=size.batch)
-    model.fit(x, y, batch_size=size.batch, epochs=size.epochs, verbose=verbose,
-              callbacks=[bn_callback(run_dir, size.log_every()), monitor])
+    model.fit(
+        x,
+        y,
+        batch_size=size.batch,
+        epochs=size.epochs,
+        verbose=verbose,
+        callbacks=[bn_callback(run_dir, size.log_every()), monitor],
+    )
 
 
 def tiny_batch(run_dir: str, verbose: int, size: Size = DEMO) -> None:
@@ -210,8 +254,14 @@ def tiny_batch(run_dir: str, verbose: int, size: Size = DEMO) -> None:
     n = max(64, size.samples // 4)
     x, y = synthetic_features(n)
     model = _compile(dense_net(width=size.width * 2), learning_rate=1e-3)
-    model.fit(x, y, batch_size=2, epochs=size.epochs, verbose=verbose,
-              callbacks=[bn_callback(run_dir, max(1, n // 2 // 6))])
+    model.fit(
+        x,
+        y,
+        batch_size=2,
+        epochs=size.epochs,
+        verbose=verbose,
+        callbacks=[bn_callback(run_dir, max(1, n // 2 // 6))],
+    )
 
 
 def shifted_batches(size: Size, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -236,9 +286,17 @@ def train_inference_gap(run_dir: str, verbose: int, size: Size = DEMO) -> None:
     x, y = shifted_batches(size)
     model = _compile(conv_net(size.image, momentum=0.9, width=size.width))
     # The probe batch (by default the first training batch) carries its own offset.
-    model.fit(x, y, batch_size=size.batch, epochs=size.epochs, verbose=verbose, shuffle=False,
-              callbacks=[bn_callback(run_dir, size.log_every(), gap_every_n_epochs=1,
-                                     gap_attribution=True)])
+    model.fit(
+        x,
+        y,
+        batch_size=size.batch,
+        epochs=size.epochs,
+        verbose=verbose,
+        shuffle=False,
+        callbacks=[
+            bn_callback(run_dir, size.log_every(), gap_every_n_epochs=1, gap_attribution=True)
+        ],
+    )
 
 
 def frozen_bn(run_dir: str, verbose: int, size: Size = DEMO) -> None:
@@ -254,8 +312,14 @@ def frozen_bn(run_dir: str, verbose: int, size: Size = DEMO) -> None:
     head = keras.layers.Dense(2, name="new_head")(keras.layers.ReLU()(features))
     model = _compile(keras.Model(base.input, head, name="finetune"), learning_rate=1e-3)
     x2, y2 = synthetic_images(size.samples, seed=1, size=size.image, classes=2)
-    model.fit(x2, y2, batch_size=size.batch, epochs=size.epochs, verbose=verbose,
-              callbacks=[bn_callback(run_dir, size.log_every())])
+    model.fit(
+        x2,
+        y2,
+        batch_size=size.batch,
+        epochs=size.epochs,
+        verbose=verbose,
+        callbacks=[bn_callback(run_dir, size.log_every())],
+    )
 
 
 class DroppedStatelessUpdates(keras.Model):
@@ -272,7 +336,9 @@ class DroppedStatelessUpdates(keras.Model):
         non_trainable = [v.value for v in self.non_trainable_variables]
         with tf.GradientTape() as tape:
             tape.watch(trainable)
-            y_pred, _new_non_trainable = self.stateless_call(trainable, non_trainable, x, training=True)
+            y_pred, _new_non_trainable = self.stateless_call(
+                trainable, non_trainable, x, training=True
+            )
             loss = self.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
         grads = tape.gradient(loss, trainable)
         self.optimizer.apply(grads, self.trainable_variables)
@@ -285,16 +351,28 @@ def uninitialized_moving_stats(run_dir: str, verbose: int, size: Size = DEMO) ->
     x, y = synthetic_images(size.samples, size=size.image)
     x = np.clip(x * 40.0 + 60.0, 0, 255).astype("float32")  # raw pixel values
     model = _compile(conv_net(size.image, width=size.width, model_class=DroppedStatelessUpdates))
-    model.fit(x, y, batch_size=size.batch, epochs=size.epochs, verbose=verbose,
-              callbacks=[bn_callback(run_dir, size.log_every())])
+    model.fit(
+        x,
+        y,
+        batch_size=size.batch,
+        epochs=size.epochs,
+        verbose=verbose,
+        callbacks=[bn_callback(run_dir, size.log_every())],
+    )
 
 
 def dead_channels(run_dir: str, verbose: int, size: Size = DEMO) -> None:
     """RGBA input with an opaque (constant) alpha channel: a BN channel without variance."""
     x, y = synthetic_images(size.samples, size=size.image, alpha=True)
     model = _compile(conv_net(size.image, momentum=0.9, width=size.width, channels=4))
-    model.fit(x, y, batch_size=size.batch, epochs=size.epochs, verbose=verbose,
-              callbacks=[bn_callback(run_dir, size.log_every())])
+    model.fit(
+        x,
+        y,
+        batch_size=size.batch,
+        epochs=size.epochs,
+        verbose=verbose,
+        callbacks=[bn_callback(run_dir, size.log_every())],
+    )
 
 
 def non_finite(run_dir: str, verbose: int, size: Size = DEMO) -> None:
@@ -304,8 +382,15 @@ def non_finite(run_dir: str, verbose: int, size: Size = DEMO) -> None:
     corrupt = (steps * 2 // 3) * size.batch  # first sample of a batch after a few logged steps
     x[corrupt, : size.image // 2] = np.inf
     model = _compile(conv_net(size.image, momentum=0.9, width=size.width))
-    model.fit(x, y, batch_size=size.batch, epochs=size.epochs, verbose=verbose, shuffle=False,
-              callbacks=[bn_callback(run_dir, size.log_every()), keras.callbacks.TerminateOnNaN()])
+    model.fit(
+        x,
+        y,
+        batch_size=size.batch,
+        epochs=size.epochs,
+        verbose=verbose,
+        shuffle=False,
+        callbacks=[bn_callback(run_dir, size.log_every()), keras.callbacks.TerminateOnNaN()],
+    )
 
 
 @dataclasses.dataclass
@@ -318,25 +403,70 @@ class Scenario:
     codes: tuple[str, ...] = ()  # diagnostic codes it is meant to trigger
 
 
-SCENARIOS = {s.name: s for s in [
-    Scenario("healthy", "momentum 0.9, batch 64, lr 3e-3: moving statistics track the batches", healthy),
-    Scenario("stale-moving-stats", "custom train_step restores the moving statistics (TF1 UPDATE_OPS not run)",
-             stale_moving_stats, ("stale-moving-stats",)),
-    Scenario("momentum-one", "BatchNormalization(momentum=1.0): moving statistics never move",
-             momentum_one, ("momentum-one",)),
-    Scenario("slow-momentum", "momentum 0.999 for a few dozen steps: the EMA lags", slow_momentum,
-             ("slow-momentum", "ema-error")),
-    Scenario("tiny-batch", "batch size 2 on a dense/BN net: 2 values per channel", tiny_batch, ("tiny-batch",)),
-    Scenario("train-inference-gap", "per-batch brightness offsets: batch stats differ from the population",
-             train_inference_gap, ("train-inference-gap",)),
-    Scenario("frozen-bn", "fine-tuning a pretrained base with non-trainable BN layers", frozen_bn,
-             ("frozen-bn",)),
-    Scenario("uninitialized-moving-stats", "raw pixels, moving-statistic updates never written back (0/1)",
-             uninitialized_moving_stats, ("uninitialized-moving-stats",)),
-    Scenario("dead-channels", "RGBA input with a constant alpha channel", dead_channels, ("dead-channels",)),
-    Scenario("non-finite", "Inf pixels in one sample: NaN statistics, stopped by TerminateOnNaN", non_finite,
-             ("non-finite",)),
-]}
+SCENARIOS = {
+    s.name: s
+    for s in [
+        Scenario(
+            "healthy",
+            "momentum 0.9, batch 64, lr 3e-3: moving statistics track the batches",
+            healthy,
+        ),
+        Scenario(
+            "stale-moving-stats",
+            "custom train_step restores the moving statistics (TF1 UPDATE_OPS not run)",
+            stale_moving_stats,
+            ("stale-moving-stats",),
+        ),
+        Scenario(
+            "momentum-one",
+            "BatchNormalization(momentum=1.0): moving statistics never move",
+            momentum_one,
+            ("momentum-one",),
+        ),
+        Scenario(
+            "slow-momentum",
+            "momentum 0.999 for a few dozen steps: the EMA lags",
+            slow_momentum,
+            ("slow-momentum", "ema-error"),
+        ),
+        Scenario(
+            "tiny-batch",
+            "batch size 2 on a dense/BN net: 2 values per channel",
+            tiny_batch,
+            ("tiny-batch",),
+        ),
+        Scenario(
+            "train-inference-gap",
+            "per-batch brightness offsets: batch stats differ from the population",
+            train_inference_gap,
+            ("train-inference-gap",),
+        ),
+        Scenario(
+            "frozen-bn",
+            "fine-tuning a pretrained base with non-trainable BN layers",
+            frozen_bn,
+            ("frozen-bn",),
+        ),
+        Scenario(
+            "uninitialized-moving-stats",
+            "raw pixels, moving-statistic updates never written back (0/1)",
+            uninitialized_moving_stats,
+            ("uninitialized-moving-stats",),
+        ),
+        Scenario(
+            "dead-channels",
+            "RGBA input with a constant alpha channel",
+            dead_channels,
+            ("dead-channels",),
+        ),
+        Scenario(
+            "non-finite",
+            "Inf pixels in one sample: NaN statistics, stopped by TerminateOnNaN",
+            non_finite,
+            ("non-finite",),
+        ),
+    ]
+}
 
 
 def run_scenario(name: str, logdir: str, verbose: int = 0, size: Size = DEMO, seed: int = 1) -> str:
@@ -351,10 +481,20 @@ def run_scenario(name: str, logdir: str, verbose: int = 0, size: Size = DEMO, se
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--logdir", default="runs/demo", help="where each scenario's run is written")
-    parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS),
-                        metavar="SCENARIO", help=f"scenarios to run (default: all): {', '.join(SCENARIOS)}")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--logdir", default="runs/demo", help="where each scenario's run is written"
+    )
+    parser.add_argument(
+        "--scenarios",
+        nargs="+",
+        choices=list(SCENARIOS),
+        default=list(SCENARIOS),
+        metavar="SCENARIO",
+        help=f"scenarios to run (default: all): {', '.join(SCENARIOS)}",
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress bars")
     args = parser.parse_args(argv)
     start = time.monotonic()
@@ -364,8 +504,10 @@ def main(argv: list[str] | None = None) -> int:
         began = time.monotonic()
         run_scenario(name, args.logdir, 0 if args.quiet else 1, DEMO)
         print(f"    {name} done in {time.monotonic() - began:.0f} s", flush=True)
-    print(f"Done in {time.monotonic() - start:.0f} s. Diagnose with: tb-bn report {args.logdir}\n"
-          f"Open it with: tensorboard --logdir {args.logdir}  (tab: BN Internals)")
+    print(
+        f"Done in {time.monotonic() - start:.0f} s. Diagnose with: tb-bn report {args.logdir}\n"
+        f"Open it with: tensorboard --logdir {args.logdir}  (tab: BN Internals)"
+    )
     return 0
 
 

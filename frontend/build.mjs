@@ -1,4 +1,4 @@
-// Build the BN Internals frontend into ../tb_bn_plugin/static/index.js.
+// Build the BN Internals frontend into ../tb_bn_plugin/plugin/static/index.js.
 //
 // The bundle starts with a banner `/* tb-bn-sources-sha256: <hex> */`: a hash
 // of every file the bundle is made from (src/**, package.json,
@@ -15,7 +15,7 @@ import { dirname, join, relative, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const outFile = join(here, "..", "tb_bn_plugin", "static", "index.js");
+const outFile = join(here, "..", "tb_bn_plugin", "plugin", "static", "index.js");
 
 function walk(dir) {
   const out = [];

@@ -10,7 +10,7 @@ does inside TensorBoard's plugin iframe:
   HTML, byte for byte the same markup and Content-Security-Policy as
   ``tensorboard/backend/application.py:_serve_plugin_entry``.
 * ``/data/plugin/bn_internals/index.js`` (and other files of
-  ``tb_bn_plugin/static/``): the built bundle.
+  ``tb_bn_plugin/plugin/static/``): the built bundle.
 * ``/data/plugin/bn_internals/{runs,layer,gap,diagnostics,graph}``: fixture
   data from ``fixtures/make_fixtures.py`` following ``API.md``.
 * ``/__dev__/scenario?name=demo|small|big|empty|error``: switch the fake logdir;
@@ -37,12 +37,11 @@ import textwrap
 import threading
 import time
 import urllib.parse
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-STATIC_DIR = os.path.join(REPO, "tb_bn_plugin", "static")
+STATIC_DIR = os.path.join(REPO, "tb_bn_plugin", "plugin", "static")
 PLUGIN_NAME = "bn_internals"
 ES_MODULE_PATH = "/index.js"
 
@@ -53,7 +52,7 @@ import make_fixtures  # noqa: E402
 def entry_html(name: str) -> tuple[str, str]:
     """TensorBoard's plugin entry page and its script's sha256 (for the CSP)."""
     module_json = json.dumps("." + ES_MODULE_PATH)
-    script_content = "import({}).then((m) => void m.render());".format(module_json)
+    script_content = f"import({module_json}).then((m) => void m.render());"
     digest = hashlib.sha256(script_content.encode("utf-8")).digest()
     script_sha = base64.b64encode(digest).decode("ascii")
     html = textwrap.dedent(
@@ -68,7 +67,7 @@ def entry_html(name: str) -> tuple[str, str]:
 
 def tensorboard_csp(script_shas: list[str]) -> str:
     """The Content-Security-Policy TensorBoard sends with HTML (http_util.Respond)."""
-    script_src = " ".join(["'self'", "'unsafe-eval'"] + ["'sha256-{}'".format(s) for s in script_shas])
+    script_src = " ".join(["'self'", "'unsafe-eval'"] + [f"'sha256-{s}'" for s in script_shas])
     return ";".join(
         [
             "default-src 'self'",
@@ -200,7 +199,12 @@ class Handler(BaseHTTPRequestHandler):
         path = url.path
         st = self.state
         if path in ("/", "/index.html"):
-            return self._send(200, HOST_HTML.encode("utf-8"), "text/html; charset=utf-8", {"Content-Security-Policy": tensorboard_csp([])})
+            return self._send(
+                200,
+                HOST_HTML.encode("utf-8"),
+                "text/html; charset=utf-8",
+                {"Content-Security-Policy": tensorboard_csp([])},
+            )
         if path == "/favicon.ico":
             return self._send(204, b"", "image/x-icon")
         if path == "/__dev__/host.js":
@@ -220,10 +224,15 @@ class Handler(BaseHTTPRequestHandler):
             if name != PLUGIN_NAME:
                 return self._send(404, b"Not found", "text/plain")
             html, sha = entry_html(name)
-            return self._send(200, html.encode("utf-8"), "text/html; charset=utf-8", {"Content-Security-Policy": tensorboard_csp([sha])})
+            return self._send(
+                200,
+                html.encode("utf-8"),
+                "text/html; charset=utf-8",
+                {"Content-Security-Policy": tensorboard_csp([sha])},
+            )
         prefix = f"/data/plugin/{PLUGIN_NAME}/"
         if path.startswith(prefix):
-            route = path[len(prefix):]
+            route = path[len(prefix) :]
             st.count(route)
             if st.latency_ms:
                 time.sleep(st.latency_ms / 1000.0)
@@ -232,7 +241,12 @@ class Handler(BaseHTTPRequestHandler):
                 if route == "runs":
                     return self._json(200, ds.runs_route())
                 if route == "layer":
-                    return self._json(200, ds.layer_route(q.get("run"), q.get("layer"), q.get("resolution"), q.get("channel")))
+                    return self._json(
+                        200,
+                        ds.layer_route(
+                            q.get("run"), q.get("layer"), q.get("resolution"), q.get("channel")
+                        ),
+                    )
                 if route == "gap":
                     return self._json(200, ds.gap_route(q.get("run")))
                 if route == "diagnostics":
@@ -248,13 +262,19 @@ class Handler(BaseHTTPRequestHandler):
                 if os.path.isfile(fpath):
                     with open(fpath, "rb") as f:
                         body = f.read()
-                    ctype = "application/javascript; charset=utf-8" if name.endswith((".js", ".mjs")) else (mimetypes.guess_type(name)[0] or "application/octet-stream")
+                    ctype = (
+                        "application/javascript; charset=utf-8"
+                        if name.endswith((".js", ".mjs"))
+                        else (mimetypes.guess_type(name)[0] or "application/octet-stream")
+                    )
                     return self._send(200, body, ctype)
             return self._json(404, {"error": f"no such route: {route}"})
         return self._send(404, b"Not found", "text/plain")
 
 
-def make_server(port: int = 0, scenario: str = "demo", latency_ms: int = 0, host: str = "127.0.0.1"):
+def make_server(
+    port: int = 0, scenario: str = "demo", latency_ms: int = 0, host: str = "127.0.0.1"
+):
     """A ready (not yet serving) server; its URL is http://127.0.0.1:<server.server_port>/."""
     state = DevState(scenario, latency_ms)
     handler = type("BoundHandler", (Handler,), {"state": state})
@@ -273,15 +293,25 @@ def serve_in_thread(port: int = 0, scenario: str = "demo", latency_ms: int = 0):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Serve the BN Internals bundle with fixture data (127.0.0.1 only).")
+    ap = argparse.ArgumentParser(
+        description="Serve the BN Internals bundle with fixture data (127.0.0.1 only)."
+    )
     ap.add_argument("--port", type=int, default=6007)
     ap.add_argument("--scenario", default="demo", choices=make_fixtures.SCENARIOS)
-    ap.add_argument("--latency-ms", type=int, default=0, help="delay every data route (to see loading states)")
+    ap.add_argument(
+        "--latency-ms", type=int, default=0, help="delay every data route (to see loading states)"
+    )
     args = ap.parse_args(argv)
     if not os.path.isfile(os.path.join(STATIC_DIR, "index.js")):
-        print("tb_bn_plugin/static/index.js is missing: run `npm --prefix frontend ci && npm --prefix frontend run build`", file=sys.stderr)
+        print(
+            "tb_bn_plugin/plugin/static/index.js is missing: run `npm --prefix frontend ci && npm --prefix frontend run build`",
+            file=sys.stderr,
+        )
     server = make_server(args.port, args.scenario, args.latency_ms)
-    print(f"BN Internals dev server: http://127.0.0.1:{server.server_port}/ (scenario {args.scenario}); Ctrl-C to stop", flush=True)
+    print(
+        f"BN Internals dev server: http://127.0.0.1:{server.server_port}/ (scenario {args.scenario}); Ctrl-C to stop",
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -7,29 +7,29 @@ Public API:
   * ``analyze_graph``: find BatchNorm sites and their train/inference switch in a GraphDef.
   * ``precise_stats`` / ``recalibrate`` / ``PreciseStatsMonitor``: population statistics.
 
-Names are imported on first use, so ``import tb_bn_plugin.cli`` (the ``tb-bn``
-command) can configure TensorFlow's logging before TensorFlow loads.
+Names are imported on first use, so ``tb_bn_plugin.cli`` (the ``tb-bn`` command)
+ can configure TensorFlow's logging before TensorFlow loads.
 """
 
 import importlib
 from typing import Any
 
 _EXPORTS = {
-    "BatchNormCallback": "tb_bn_plugin.callback",
-    "NoBatchNormWarning": "tb_bn_plugin.callback",
-    "BatchNormLogger": "tb_bn_plugin.logger",
-    "read_stats": "tb_bn_plugin.data",
-    "read_gap": "tb_bn_plugin.data",
-    "analyze_graph": "tb_bn_plugin.graph_analysis",
-    "report_graph": "tb_bn_plugin.graph_analysis",
-    "trace_model_graph": "tb_bn_plugin.graph_io",
-    "load_graph_def": "tb_bn_plugin.graph_io",
-    "EmaError": "tb_bn_plugin.population",
-    "RecalibrationReport": "tb_bn_plugin.population",
-    "PreciseStatsMonitor": "tb_bn_plugin.precise",
-    "precise_stats": "tb_bn_plugin.precise",
-    "recalibrate": "tb_bn_plugin.precise",
-    "GapProbeWarning": "tb_bn_plugin.probe",
+    "BatchNormCallback": "tb_bn_plugin.training.callback",
+    "NoBatchNormWarning": "tb_bn_plugin.training.callback",
+    "BatchNormLogger": "tb_bn_plugin.training.logger",
+    "read_stats": "tb_bn_plugin.reading.data",
+    "read_gap": "tb_bn_plugin.reading.data",
+    "analyze_graph": "tb_bn_plugin.graph.analysis",
+    "report_graph": "tb_bn_plugin.graph.analysis",
+    "trace_model_graph": "tb_bn_plugin.training.graph_trace",
+    "load_graph_def": "tb_bn_plugin.graph.load",
+    "EmaError": "tb_bn_plugin.numerics.ema",
+    "RecalibrationReport": "tb_bn_plugin.numerics.ema",
+    "PreciseStatsMonitor": "tb_bn_plugin.training.precise",
+    "precise_stats": "tb_bn_plugin.training.precise",
+    "recalibrate": "tb_bn_plugin.training.precise",
+    "GapProbeWarning": "tb_bn_plugin.training.probe",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -8,12 +8,15 @@ so the bytes written per logged step stay within a budget.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Optional
 
 import numpy as np
 
-from tb_bn_plugin import drift, metadata
+from tb_bn_plugin import metadata
+from tb_bn_plugin.numerics import drift
 from tb_bn_plugin.series import LayerConfig
 
 _QUANTILES = (0.05, 0.5, 0.95)
@@ -21,14 +24,19 @@ _QUANTILES = (0.05, 0.5, 0.95)
 EVENT_OVERHEAD_BYTES = 96
 
 
-def drift_rows(values: Mapping[str, np.ndarray], epsilon: float | np.ndarray) -> dict[str, np.ndarray]:
+def drift_rows(
+    values: Mapping[str, np.ndarray], epsilon: float | np.ndarray
+) -> dict[str, np.ndarray]:
     """Per-channel drift quantities (``metadata.DRIFT_STATS``) from statistics of any leading shape.
 
     ``epsilon`` is a float or an array broadcasting against the statistics.
     """
     return {
         metadata.MEAN_SHIFT: drift.normalized_mean_shift(
-            values[metadata.BATCH_MEAN], values[metadata.MOVING_MEAN], values[metadata.MOVING_VARIANCE], epsilon
+            values[metadata.BATCH_MEAN],
+            values[metadata.MOVING_MEAN],
+            values[metadata.MOVING_VARIANCE],
+            epsilon,
         ),
         metadata.LOG_VAR_RATIO: drift.log_variance_ratio(
             values[metadata.BATCH_VARIANCE], values[metadata.MOVING_VARIANCE], epsilon
@@ -94,15 +102,26 @@ def summary_records(
     for members in by_width.values():
         stacked = {
             stat: np.stack([values[i][stat] for i in members])
-            for stat in (metadata.BATCH_MEAN, metadata.BATCH_VARIANCE, metadata.MOVING_MEAN, metadata.MOVING_VARIANCE)
+            for stat in (
+                metadata.BATCH_MEAN,
+                metadata.BATCH_VARIANCE,
+                metadata.MOVING_MEAN,
+                metadata.MOVING_VARIANCE,
+            )
         }
         epsilon = np.array([[configs[i].epsilon] for i in members])
         drifts = drift_rows(stacked, epsilon)
         matrices = [
-            np.stack([values[i][stat] for stat in configs[i].stats()] + [drifts[stat][k] for stat in metadata.DRIFT_STATS])
+            np.stack(
+                [values[i][stat] for stat in configs[i].stats()]
+                + [drifts[stat][k] for stat in metadata.DRIFT_STATS]
+            )
             for k, i in enumerate(members)
         ]
-        summaries = np.split(summarize_across_channels(np.concatenate(matrices)), np.cumsum([len(m) for m in matrices])[:-1])
+        summaries = np.split(
+            summarize_across_channels(np.concatenate(matrices)),
+            np.cumsum([len(m) for m in matrices])[:-1],
+        )
         for i, summary in zip(members, summaries):
             head = np.array([infos[i][f] for f in metadata.INFO_FIELDS], dtype=np.float64)
             out[i] = np.concatenate([head, summary.ravel()]).astype(np.float32)
@@ -114,7 +133,9 @@ def summary_record_width(config: LayerConfig) -> int:
     return len(metadata.INFO_FIELDS) + len(summary_stats(config)) * len(metadata.SUMMARY_COLUMNS)
 
 
-def split_summary_record(config: LayerConfig, record: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def split_summary_record(
+    config: LayerConfig, record: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Inverse of ``summary_record``, for one record (W,) or a stack of them (S, W).
 
     Returns (info: field -> () or (S,), summary: stat -> (Q,) or (S, Q)), float64.
@@ -122,11 +143,16 @@ def split_summary_record(config: LayerConfig, record: np.ndarray) -> tuple[dict[
     record = np.asarray(record, dtype=np.float64)
     n_info, q = len(metadata.INFO_FIELDS), len(metadata.SUMMARY_COLUMNS)
     info = {f: record[..., i] for i, f in enumerate(metadata.INFO_FIELDS)}
-    summary = {s: record[..., n_info + i * q : n_info + (i + 1) * q] for i, s in enumerate(summary_stats(config))}
+    summary = {
+        s: record[..., n_info + i * q : n_info + (i + 1) * q]
+        for i, s in enumerate(summary_stats(config))
+    }
     return info, summary
 
 
-def channel_record(config: LayerConfig, values: Mapping[str, np.ndarray], dtype: np.dtype) -> np.ndarray:
+def channel_record(
+    config: LayerConfig, values: Mapping[str, np.ndarray], dtype: np.dtype
+) -> np.ndarray:
     """The (R, C) per-channel snapshot of ``config.stats()``."""
     return np.stack([values[s] for s in config.stats()]).astype(dtype)
 
@@ -134,13 +160,21 @@ def channel_record(config: LayerConfig, values: Mapping[str, np.ndarray], dtype:
 def replica_record(count: np.ndarray, mean: np.ndarray, variance: np.ndarray) -> np.ndarray:
     """The (R, 1 + 2C) float32 ``layer_replicas`` record from per-replica (R,) counts and (R, C) moments."""
     count = np.asarray(count, dtype=np.float64)[:, None]
-    return np.concatenate([count, np.asarray(mean), np.asarray(variance)], axis=1).astype(np.float32)
+    return np.concatenate([count, np.asarray(mean), np.asarray(variance)], axis=1).astype(
+        np.float32
+    )
 
 
-def split_replica_record(record: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_replica_record(
+    record: np.ndarray, channels: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Inverse of ``replica_record`` for one record (R, W) or a stack (S, R, W): count, mean, variance (float64)."""
     record = np.asarray(record, dtype=np.float64)
-    return record[..., 0], record[..., 1 : 1 + channels], record[..., 1 + channels : 1 + 2 * channels]
+    return (
+        record[..., 0],
+        record[..., 1 : 1 + channels],
+        record[..., 1 + channels : 1 + 2 * channels],
+    )
 
 
 def replica_bytes(configs: Sequence[LayerConfig], replicas: int) -> int:
@@ -149,7 +183,9 @@ def replica_bytes(configs: Sequence[LayerConfig], replicas: int) -> int:
         return 0
     per_value = np.dtype(np.float32).itemsize
     return sum(
-        EVENT_OVERHEAD_BYTES + per_value * replicas * (1 + 2 * c.channels) for c in configs if not c.synchronized
+        EVENT_OVERHEAD_BYTES + per_value * replicas * (1 + 2 * c.channels)
+        for c in configs
+        if not c.synchronized
     )
 
 
@@ -158,7 +194,8 @@ def summary_bytes(configs: Sequence[LayerConfig]) -> int:
     per_value = np.dtype(np.float32).itemsize
     return sum(
         EVENT_OVERHEAD_BYTES
-        + per_value * (len(metadata.INFO_FIELDS) + len(summary_stats(c)) * len(metadata.SUMMARY_COLUMNS))
+        + per_value
+        * (len(metadata.INFO_FIELDS) + len(summary_stats(c)) * len(metadata.SUMMARY_COLUMNS))
         for c in configs
     )
 
@@ -169,7 +206,9 @@ def channel_bytes(configs: Sequence[LayerConfig], dtype: np.dtype) -> int:
     return sum(EVENT_OVERHEAD_BYTES + item * len(c.stats()) * c.channels for c in configs)
 
 
-def check_logging_options(log_every_n_steps: int, channel_dtype: str, max_bytes_per_log: int) -> None:
+def check_logging_options(
+    log_every_n_steps: int, channel_dtype: str, max_bytes_per_log: int
+) -> None:
     """Raise ``ValueError`` naming the first invalid logging option."""
     if not isinstance(log_every_n_steps, int) or log_every_n_steps < 1:
         raise ValueError(f"log_every_n_steps must be a positive integer, got {log_every_n_steps!r}")
@@ -179,7 +218,9 @@ def check_logging_options(log_every_n_steps: int, channel_dtype: str, max_bytes_
         raise ValueError(f"max_bytes_per_log must be a positive integer, got {max_bytes_per_log!r}")
 
 
-def snapshot_interval(configs: Sequence[LayerConfig], dtype: np.dtype, budget_bytes: int, replicas: int = 1) -> int:
+def snapshot_interval(
+    configs: Sequence[LayerConfig], dtype: np.dtype, budget_bytes: int, replicas: int = 1
+) -> int:
     """Every how many logged steps a per-channel snapshot fits ``budget_bytes`` per logged step on average.
 
     1 when snapshots fit at every logged step. When even summaries exceed
@@ -208,3 +249,23 @@ class SnapshotCadence:
         snapshot = force or self._since + 1 >= self.interval
         self._since = 0 if snapshot else self._since + 1
         return snapshot
+
+
+@dataclasses.dataclass
+class LayerSnapshot:
+    """One layer's state after a training step, as numpy.
+
+    ``values`` maps each of the layer's ``CHANNEL_STATS`` to a (C,) float64
+    vector; batch statistics are NaN when the layer did not normalise with
+    batch statistics in that step (``training`` False).
+    """
+
+    config: LayerConfig
+    values: dict[str, np.ndarray]
+    training: bool
+    trainable: bool
+    count: float
+    momentum: float
+    # Unsynchronised layers on several replicas, at training steps: (count (R,), mean (R, C),
+    # variance (R, C)) of every replica; replica 0's are also in ``values``/``count``.
+    replicas: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None

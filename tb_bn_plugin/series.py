@@ -13,7 +13,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from tb_bn_plugin import metadata, population
+from tb_bn_plugin import metadata
+from tb_bn_plugin.numerics import moments
 
 
 @dataclasses.dataclass
@@ -44,7 +45,7 @@ class LayerConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "LayerConfig":
+    def from_json(cls, obj: dict[str, Any]) -> LayerConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in obj.items() if k in fields})
 
@@ -68,9 +69,9 @@ class ReplicaSeries:
     def replicas(self) -> int:
         return int(self.count.shape[1])
 
-    def global_moments(self) -> "population.Moments":
-        """(P, C) moments of the whole batch across replicas (``population.combine_replicas``)."""
-        return population.combine_replicas(self.count, self.mean, self.variance)
+    def global_moments(self) -> moments.Moments:
+        """(P, C) moments of the whole batch across replicas (``moments.combine_replicas``)."""
+        return moments.combine_replicas(self.count, self.mean, self.variance)
 
 
 @dataclasses.dataclass
@@ -139,7 +140,7 @@ class RunData:
     layers: dict[str, LayerSeries]
     gap: Optional[GapSeries] = None
     errors: list[str] = dataclasses.field(default_factory=list)
-    # layer path -> (steps (E,), values (E, 4) in ``population.EmaError.FIELDS`` order),
+    # layer path -> (steps (E,), values (E, 4) in ``numerics.ema.EmaError.FIELDS`` order),
     # the EMA-vs-precise error logged by ``precise.PreciseStatsMonitor``.
     ema_error: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
 

@@ -11,16 +11,15 @@ import functools
 import os
 import shutil
 import tempfile
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from tb_bn_plugin import graph_io, metadata, records
+from tb_bn_plugin import metadata, records
+from tb_bn_plugin.records import LayerSnapshot
 from tb_bn_plugin.series import LayerConfig
-
-if TYPE_CHECKING:
-    from tb_bn_plugin.capture import LayerSnapshot
 
 # A tag, its tensor at one step, and a function giving the tag's metadata content.
 Item = tuple[str, np.ndarray, Callable[[], dict[str, Any]]]
@@ -35,16 +34,20 @@ class SummaryWriter:
     dominated a log at 100 layers.
     """
 
-    def __init__(self, logdir: str, max_queue: int = 100, flush_millis: int = 30_000, temporary: bool = False) -> None:
+    def __init__(
+        self, logdir: str, max_queue: int = 100, flush_millis: int = 30_000, temporary: bool = False
+    ) -> None:
         """``temporary``: ``close`` deletes ``logdir`` (a non-chief worker's; see ``for_run``)."""
         self.logdir = logdir
         self.temporary = temporary
-        self._writer = tf.summary.create_file_writer(logdir, max_queue=max_queue, flush_millis=flush_millis)
+        self._writer = tf.summary.create_file_writer(
+            logdir, max_queue=max_queue, flush_millis=flush_millis
+        )
         self._written_tags: set[str] = set()
         self._batch_writers: dict[tuple[str, ...], Callable[..., Any]] = {}
 
     @classmethod
-    def for_run(cls, run_dir: str, strategy: tf.distribute.Strategy) -> "SummaryWriter":
+    def for_run(cls, run_dir: str, strategy: tf.distribute.Strategy) -> SummaryWriter:
         """The writer of one run under ``strategy``.
 
         Where this process writes summaries: into ``run_dir``, checked first
@@ -60,13 +63,25 @@ class SummaryWriter:
 
     def layer_summary(self, config: LayerConfig, step: int, record: np.ndarray) -> None:
         """Write one layer's summary record (see ``records.summary_record``)."""
-        self._write(metadata.layer_tag(config.path, "summary"), record, step, lambda: _summary_content(config))
+        self._write(
+            metadata.layer_tag(config.path, "summary"),
+            record,
+            step,
+            lambda: _summary_content(config),
+        )
 
     def layer_channels(self, config: LayerConfig, step: int, record: np.ndarray) -> None:
         """Write one layer's per-channel snapshot (see ``records.channel_record``)."""
-        self._write(metadata.layer_tag(config.path, "channels"), record, step, lambda: _channels_content(config))
+        self._write(
+            metadata.layer_tag(config.path, "channels"),
+            record,
+            step,
+            lambda: _channels_content(config),
+        )
 
-    def layer_step(self, snapshots: Sequence["LayerSnapshot"], step: int, full: bool, channel_dtype: np.dtype) -> None:
+    def layer_step(
+        self, snapshots: Sequence[LayerSnapshot], step: int, full: bool, channel_dtype: np.dtype
+    ) -> None:
         """Write one logged step: every layer's summary record, and per-channel snapshots
         (with per-replica statistics where captured) if ``full``."""
         self.write_items(step, layer_items(snapshots, full, channel_dtype))
@@ -77,7 +92,7 @@ class SummaryWriter:
 
     def graph(self, graph_def: Any) -> None:
         """Write ``graph_def`` as this run's graph (TensorBoard's Graphs tab; analysed by the plugin)."""
-        graph_io.write_graph(graph_def, self._writer)
+        write_graph(graph_def, self._writer)
 
     def flush(self) -> None:
         self._writer.flush()
@@ -87,7 +102,9 @@ class SummaryWriter:
         if self.temporary:
             shutil.rmtree(self.logdir, ignore_errors=True)
 
-    def _write(self, tag: str, tensor: np.ndarray, step: int, content: Callable[[], dict[str, Any]]) -> None:
+    def _write(
+        self, tag: str, tensor: np.ndarray, step: int, content: Callable[[], dict[str, Any]]
+    ) -> None:
         # Metadata goes with a tag's first event in this file only: TensorBoard's
         # loaders (Python and Rust) take a time series' metadata from its first
         # event, and repeating it would multiply the bytes of small records.
@@ -121,7 +138,9 @@ class SummaryWriter:
         return tf.function(write, autograph=False)
 
 
-def layer_items(snapshots: Sequence["LayerSnapshot"], full: bool, channel_dtype: np.dtype) -> list[Item]:
+def layer_items(
+    snapshots: Sequence[LayerSnapshot], full: bool, channel_dtype: np.dtype
+) -> list[Item]:
     """One logged step's items: every layer's summary record, and per-channel snapshots if ``full``."""
     configs = [snap.config for snap in snapshots]
     infos = [
@@ -213,3 +232,26 @@ def _check_writable(directory: str) -> None:
             f"tb_bn_plugin cannot write event files to {directory!r}: {err.strerror or err}. "
             "Pass a writable log_dir."
         ) from err
+
+
+def write_graph(graph_def: Any, writer_or_logdir: Any) -> None:
+    """Write ``graph_def`` as the run graph of a ``tf.summary`` writer or log directory.
+
+    TensorBoard shows it in the Graphs tab and the BN plugin analyses it. Must
+    be called eagerly (not inside a ``tf.function``).
+    """
+    from tensorflow.core.framework import graph_pb2 as tf_graph_pb2
+
+    if not isinstance(graph_def, tf_graph_pb2.GraphDef):
+        graph_def = tf_graph_pb2.GraphDef.FromString(graph_def.SerializeToString())
+    owns_writer = isinstance(writer_or_logdir, (str, os.PathLike))
+    writer = (
+        tf.summary.create_file_writer(os.fspath(writer_or_logdir))
+        if owns_writer
+        else writer_or_logdir
+    )
+    with writer.as_default(), tf.summary.record_if(True):
+        tf.summary.graph(graph_def)
+    writer.flush()
+    if owns_writer:
+        writer.close()

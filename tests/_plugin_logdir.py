@@ -26,7 +26,6 @@ LOGGED_STEPS = list(range(2, 33, 2))
 
 def write_logdir(root: str, corrupt_runs: bool = True) -> None:
     import tensorflow as tf
-
     from tensorboard.compat.proto import event_pb2
 
     from tb_bn_plugin import BatchNormCallback
@@ -48,7 +47,12 @@ def write_logdir(root: str, corrupt_runs: bool = True) -> None:
     xs = rng.normal(size=(64, 8, 8, 3)).astype("float32")
     ys = rng.normal(size=(64, 2)).astype("float32")
     model.fit(
-        xs, ys, batch_size=4, epochs=2, shuffle=False, verbose=0,
+        xs,
+        ys,
+        batch_size=4,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
         callbacks=[BatchNormCallback(root, log_every_n_steps=2)],
     )
     train = os.path.join(root, "train")

@@ -6,7 +6,9 @@ import importlib.util
 import os
 import sys
 
-DEMO_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo", "train.py")
+DEMO_PATH = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo", "train.py"
+)
 
 _runs: dict[str, str] = {}
 

@@ -8,22 +8,34 @@ import json
 import numpy as np
 import pytest
 
-from tb_bn_plugin import drift, metadata, records
+from tb_bn_plugin import metadata, records
+from tb_bn_plugin.numerics import drift
 from tb_bn_plugin.series import LayerConfig
 
 
 def _config(channels=5, scale=True, center=True, path="block/bn"):
-    return LayerConfig(path=path, index=0, channels=channels, axis=3, momentum=0.99, epsilon=1e-3,
-                       center=center, scale=scale)
+    return LayerConfig(
+        path=path,
+        index=0,
+        channels=channels,
+        axis=3,
+        momentum=0.99,
+        epsilon=1e-3,
+        center=center,
+        scale=scale,
+    )
 
 
 def _values(config, seed=0):
     rng = np.random.RandomState(seed)
     c = config.channels
     v = {
-        "batch_mean": rng.randn(c), "batch_variance": rng.rand(c) + 0.5,
-        "moving_mean": rng.randn(c), "moving_variance": rng.rand(c) + 0.5,
-        "gamma": rng.rand(c), "beta": rng.randn(c),
+        "batch_mean": rng.randn(c),
+        "batch_variance": rng.rand(c) + 0.5,
+        "moving_mean": rng.randn(c),
+        "moving_variance": rng.rand(c) + 0.5,
+        "gamma": rng.rand(c),
+        "beta": rng.randn(c),
     }
     return {k: v[k] for k in config.stats()}
 
@@ -32,11 +44,21 @@ def test_summary_record_round_trip_matches_numpy():
     config = _config()
     values = _values(config)
     info = {"training": 1.0, "trainable": 1.0, "count": 512.0, "momentum": 0.99, "full": 0.0}
-    got_info, summary = records.split_summary_record(config, records.summary_record(config, values, info))
+    got_info, summary = records.split_summary_record(
+        config, records.summary_record(config, values, info)
+    )
     assert got_info["count"] == 512.0 and got_info["training"] == 1.0
     assert set(summary) == set(config.stats()) | {"mean_shift", "log_var_ratio"}
     bm = values["batch_mean"]
-    expected = [bm.mean(), bm.std(), bm.min(), np.quantile(bm, 0.05), np.median(bm), np.quantile(bm, 0.95), bm.max()]
+    expected = [
+        bm.mean(),
+        bm.std(),
+        bm.min(),
+        np.quantile(bm, 0.05),
+        np.median(bm),
+        np.quantile(bm, 0.95),
+        bm.max(),
+    ]
     np.testing.assert_allclose(summary["batch_mean"], expected, rtol=1e-6)
     shift = np.abs(bm - values["moving_mean"]) / np.sqrt(values["moving_variance"] + 1e-3)
     np.testing.assert_allclose(summary["mean_shift"][0], shift.mean(), rtol=1e-6)
@@ -63,8 +85,17 @@ def test_nan_batch_rows_summarise_to_nan():
 
 def test_snapshot_interval_keeps_resnet50_within_budget():
     # ResNet50: 53 BN layers, 26,560 channels, all with gamma and beta.
-    widths = [64] * 1 + [64, 64, 256, 256] * 1 + [64, 64, 256] * 2 + [128, 128, 512, 512] + [128, 128, 512] * 3 \
-        + [256, 256, 1024, 1024] + [256, 256, 1024] * 5 + [512, 512, 2048, 2048] + [512, 512, 2048] * 2
+    widths = (
+        [64] * 1
+        + [64, 64, 256, 256] * 1
+        + [64, 64, 256] * 2
+        + [128, 128, 512, 512]
+        + [128, 128, 512] * 3
+        + [256, 256, 1024, 1024]
+        + [256, 256, 1024] * 5
+        + [512, 512, 2048, 2048]
+        + [512, 512, 2048] * 2
+    )
     configs = [_config(channels=w, path=f"bn{i}") for i, w in enumerate(widths)]
     assert len(configs) == 53 and sum(widths) == 26560
     budget = 50_000
@@ -84,9 +115,14 @@ def test_replica_record_round_trip_and_bytes():
         np.testing.assert_allclose(got, want, rtol=1e-6)
     stacked = records.split_replica_record(np.stack([record, record]), 5)
     assert [a.shape for a in stacked] == [(2, 2), (2, 2, 5), (2, 2, 5)]
-    configs = [_config(channels=5), dataclasses.replace(_config(channels=9, path="sync"), synchronized=True)]
+    configs = [
+        _config(channels=5),
+        dataclasses.replace(_config(channels=9, path="sync"), synchronized=True),
+    ]
     assert records.replica_bytes(configs, 1) == 0
-    assert records.replica_bytes(configs, 2) == records.EVENT_OVERHEAD_BYTES + record.nbytes  # sync layers: none
+    assert (
+        records.replica_bytes(configs, 2) == records.EVENT_OVERHEAD_BYTES + record.nbytes
+    )  # sync layers: none
     budget = records.summary_bytes(configs) + records.channel_bytes(configs, np.float32)
     assert records.snapshot_interval(configs, np.float32, budget) == 1
     assert records.snapshot_interval(configs, np.float32, budget, replicas=2) == 2
@@ -105,9 +141,13 @@ def test_metadata_content_versions():
 
 
 def test_drift_functions():
-    np.testing.assert_allclose(drift.normalized_mean_shift(np.array([2.0]), np.array([0.0]), np.array([4.0]), 0.0), [1.0])
-    np.testing.assert_allclose(drift.log_variance_ratio(np.array([4.0]), np.array([1.0]), 0.0), [np.log(4.0)])
-    np.testing.assert_allclose(drift.ema_initial_weight(0.999, [0, 1000]), [1.0, 0.999 ** 1000])
+    np.testing.assert_allclose(
+        drift.normalized_mean_shift(np.array([2.0]), np.array([0.0]), np.array([4.0]), 0.0), [1.0]
+    )
+    np.testing.assert_allclose(
+        drift.log_variance_ratio(np.array([4.0]), np.array([1.0]), 0.0), [np.log(4.0)]
+    )
+    np.testing.assert_allclose(drift.ema_initial_weight(0.999, [0, 1000]), [1.0, 0.999**1000])
 
 
 def test_snapshot_cadence_counts_from_latest_snapshot_including_forced_ones():
@@ -120,8 +160,10 @@ def test_snapshot_cadence_counts_from_latest_snapshot_including_forced_ones():
 def test_summary_records_of_many_layers_match_each_layer_alone():
     """Layers are summarised in groups of equal width: grouping must not change any record."""
     configs = [
-        _config(channels=5, path="a"), _config(channels=7, scale=False, path="b"),
-        _config(channels=5, center=False, path="c"), _config(channels=5, scale=False, center=False, path="d"),
+        _config(channels=5, path="a"),
+        _config(channels=7, scale=False, path="b"),
+        _config(channels=5, center=False, path="c"),
+        _config(channels=5, scale=False, center=False, path="d"),
     ]
     values = [_values(c, seed=i) for i, c in enumerate(configs)]
     values[2]["batch_mean"] = np.full(5, np.nan)  # a layer that did not train at this step
@@ -129,14 +171,26 @@ def test_summary_records_of_many_layers_match_each_layer_alone():
     infos = [dict.fromkeys(metadata.INFO_FIELDS, float(i)) for i in range(len(configs))]
     together = records.summary_records(configs, values, infos)
     for config, value, info, record in zip(configs, values, infos, together):
-        assert record.dtype == np.float32 and record.shape == (records.summary_record_width(config),)
+        assert record.dtype == np.float32 and record.shape == (
+            records.summary_record_width(config),
+        )
         np.testing.assert_array_equal(record, records.summary_record(config, value, info))
         got_info, summary = records.split_summary_record(config, record)
         assert got_info["count"] == info["count"]
         moving = value["moving_variance"]
-        np.testing.assert_allclose(summary["moving_variance"], [
-            moving.mean(), moving.std(), moving.min(), np.quantile(moving, 0.05), np.median(moving),
-            np.quantile(moving, 0.95), moving.max()], rtol=1e-6)
+        np.testing.assert_allclose(
+            summary["moving_variance"],
+            [
+                moving.mean(),
+                moving.std(),
+                moving.min(),
+                np.quantile(moving, 0.05),
+                np.median(moving),
+                np.quantile(moving, 0.95),
+                moving.max(),
+            ],
+            rtol=1e-6,
+        )
         ratio = np.log((value["batch_variance"] + 1e-3) / (moving + 1e-3))
         np.testing.assert_allclose(summary["log_var_ratio"][6], ratio.max(), rtol=1e-6)
     assert np.isnan(records.split_summary_record(configs[2], together[2])[1]["mean_shift"]).all()

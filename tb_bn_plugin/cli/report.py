@@ -1,0 +1,514 @@
+"""``tb-bn report``: the latest BatchNorm statistics and every diagnostic, per run and layer.
+
+Usage::
+
+    tb-bn report LOGDIR [--json] [--fail-on {info,warning,error,never}] [--run NAME ...]
+
+Prints, for every run under LOGDIR that holds BN Internals data (written by
+``BatchNormCallback``), a table with one row per BatchNormalization layer at
+its latest logged step, the train/inference gap if it was measured, and every
+finding of ``diagnostics.diagnose`` with its evidence and fix. ``--json``
+prints the same as one JSON object (schema below). ``--run`` (repeatable)
+restricts the report to the named runs.
+
+Exit status: 0 when no finding at or above ``--fail-on`` severity fired
+(default ``error``; ``never`` always gives 0), 1 when one did, 2 for usage
+errors and unreadable input: a missing or empty LOGDIR, one without any BN
+Internals data, an unknown ``--run``, or event files that are corrupt or
+truncated. In the last case the report of what could be read is printed
+first (on stdout) and the error names every bad file (on stderr).
+
+JSON schema (``schema_version`` 1). Floats that are NaN or infinite are
+written as the strings ``"nan"``, ``"inf"``, ``"-inf"``; ``null`` means not
+logged / not measured::
+
+    {
+      "schema_version": 1,
+      "logdir": str,
+      "fail_on": "info" | "warning" | "error" | "never",
+      "failed": bool,                  # a finding at or above fail_on fired (exit status 1)
+      "counts": {"error": int, "warning": int, "info": int},   # over all runs
+      "bad_files": [                   # event files that could not be read to their end
+        {"path": str, "run": str, "kind": "truncated" | "corrupt" | "unreadable",
+         "records_read": int, "offset": int | null, "detail": str}
+      ],
+      "runs": [
+        {
+          "run": str,                  # TensorBoard run name (directory relative to logdir)
+          "errors": [str],             # data of this run that could not be decoded
+          "gap": null | {              # latest train/inference gap on the probe batch
+            "step": int, "train_loss": float, "inference_loss": float,
+            "relative_loss_gap": float # |inference - train| / |train|
+          },
+          "layers": [                  # in model order
+            {
+              "path": str, "index": int, "channels": int, "epsilon": float,
+              "momentum": float | null,     # at the latest logged step
+              "logged_steps": int,          # number of logged steps
+              "first_step": int | null, "last_step": int | null,
+              "mode": "train" | "inference" | null,  # what the layer normalised with at the last step:
+                                            # batch statistics ("train") or moving ones ("inference")
+              "trainable": bool | null,
+              "count": float | null,        # values per channel behind the latest batch statistics
+              "trained_step": int | null,   # latest step at which the layer normalised with batch stats
+              "mean_shift": null | {"mean": float, "max": float},
+                  # |batch_mean - moving_mean| / sqrt(moving_variance + eps) across channels,
+                  # at trained_step
+              "log_var_ratio": null | {"mean": float, "max_abs": float},
+                  # log((batch_variance + eps) / (moving_variance + eps)) at trained_step
+              "moving_mean": null | {"mean": float, "min": float, "max": float},
+              "moving_variance": null | {"mean": float, "min": float, "max": float},
+              "gap": null | {"local": float | null, "compound": float | null,
+                             "attribution": float | null}   # at the run's gap step
+            }
+          ],
+          "findings": [                # diagnostics.Finding.to_json(), by severity then model order
+            {"code": str, "severity": "error" | "warning" | "info", "title": str,
+             "layers": [str], "channels": {layer: [int]}, "evidence": {str: number | str | bool},
+             "fix": str}
+          ],
+          "counts": {"error": int, "warning": int, "info": int}
+        }
+      ]
+    }
+
+Rendering (``build_report``, ``render_text``, ``exit_status``) is pure and
+separate from reading (``load_report_inputs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import textwrap
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import numpy as np
+
+from tb_bn_plugin import metadata
+from tb_bn_plugin.cli.errors import CommandError
+from tb_bn_plugin.diagnostics import SEVERITY_ORDER, Finding, Thresholds, diagnose
+from tb_bn_plugin.reading.event_files import BadFile, check_event_files, event_files
+from tb_bn_plugin.series import LayerSeries, RunData
+
+SCHEMA_VERSION = 1
+FAIL_ON_CHOICES = ("info", "warning", "error", "never")
+TEXT_WIDTH = 100
+
+
+# -- reading --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ReportInputs:
+    """What the report is built from: the runs read and the files that could not be read."""
+
+    logdir: str
+    runs: dict[str, RunData]
+    bad_files: list[BadFile]
+
+
+def load_report_inputs(logdir: str, runs: Optional[Sequence[str]] = None) -> ReportInputs:
+    """Read ``logdir``; raise ``CommandError`` when there is nothing to report."""
+    from tb_bn_plugin.reading.data import (
+        load_runs,
+        open_logdir,
+    )  # TensorBoard imports: only when reading
+
+    if not os.path.exists(logdir):
+        raise CommandError(f"log directory {logdir!r} does not exist")
+    if not os.path.isdir(logdir):
+        raise CommandError(f"{logdir!r} is not a directory")
+    files = list(event_files(logdir))
+    if not files:
+        raise CommandError(
+            f"no TensorBoard event files (events.out.tfevents*) under {logdir!r}: "
+            "point at the log_dir given to BatchNormCallback"
+        )
+    bad_files = check_event_files(logdir)
+    loaded = load_runs(open_logdir(logdir))
+    if runs:
+        unknown = [r for r in runs if r not in loaded]
+        if unknown:
+            available = ", ".join(sorted(loaded)) or "none"
+            raise CommandError(
+                f"no BN Internals data for run(s) {', '.join(map(repr, unknown))} in {logdir!r} "
+                f"(runs with BN data: {available})"
+            )
+        loaded = {r: loaded[r] for r in runs}
+        bad_files = [b for b in bad_files if b.run in loaded]
+    if not any(run.layers for run in loaded.values()):
+        message = f"no BatchNorm data in {logdir!r}"
+        if bad_files:
+            message += "; " + _bad_files_message(bad_files)
+        else:
+            message += (
+                f" ({len(files)} event file(s) hold no BN Internals records: log a model that has "
+                "BatchNormalization layers with tb_bn_plugin.BatchNormCallback)"
+            )
+        raise CommandError(message)
+    return ReportInputs(logdir, loaded, bad_files)
+
+
+# -- building (pure) -------------------------------------------------------------------
+
+
+def _num(value: Any) -> Any:
+    """A JSON-safe number: NaN/Inf as strings, numpy scalars as Python numbers."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    number = float(value)
+    return number if math.isfinite(number) else str(number)
+
+
+def _column(layer: LayerSeries, stat: str, column: str, i: int) -> Optional[float]:
+    if stat not in layer.summary or not len(layer.summary[stat]):
+        return None
+    return float(layer.summary_column(stat, column)[i])
+
+
+def _info_at(layer: LayerSeries, field: str, i: int) -> Optional[float]:
+    values = layer.info.get(field)
+    if values is None or i >= len(values):
+        return None
+    value = float(values[i])
+    return value if math.isfinite(value) else None
+
+
+def layer_report(layer: LayerSeries, gap: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The JSON-safe summary of one layer at its latest logged step (schema in the module docstring)."""
+    config = layer.config
+    n = len(layer.steps)
+    last = n - 1
+    training = _info_at(layer, "training", last) if n else None
+    trainable = _info_at(layer, "trainable", last) if n else None
+    trained = np.flatnonzero(np.asarray(layer.info.get("training", np.zeros(n)), dtype=float) > 0.5)
+    t = int(trained[-1]) if trained.size else None
+    entry: dict[str, Any] = {
+        "path": config.path,
+        "index": config.index,
+        "channels": config.channels,
+        "epsilon": _num(config.epsilon),
+        "momentum": _num(_info_at(layer, "momentum", last) if n else config.momentum),
+        "logged_steps": n,
+        "first_step": int(layer.steps[0]) if n else None,
+        "last_step": int(layer.steps[-1]) if n else None,
+        "mode": None if training is None else ("train" if training > 0.5 else "inference"),
+        "trainable": None if trainable is None else trainable > 0.5,
+        "count": _num(_info_at(layer, "count", t)) if t is not None else None,
+        "trained_step": int(layer.steps[t]) if t is not None else None,
+        "mean_shift": None,
+        "log_var_ratio": None,
+        "moving_mean": None,
+        "moving_variance": None,
+        "gap": gap,
+    }
+    if t is not None and metadata.MEAN_SHIFT in layer.summary:
+        entry["mean_shift"] = {
+            "mean": _num(_column(layer, metadata.MEAN_SHIFT, "mean", t)),
+            "max": _num(_column(layer, metadata.MEAN_SHIFT, "max", t)),
+        }
+    if t is not None and metadata.LOG_VAR_RATIO in layer.summary:
+        low = _column(layer, metadata.LOG_VAR_RATIO, "min", t)
+        high = _column(layer, metadata.LOG_VAR_RATIO, "max", t)
+        entry["log_var_ratio"] = {
+            "mean": _num(_column(layer, metadata.LOG_VAR_RATIO, "mean", t)),
+            "max_abs": _num(max(abs(low), abs(high)) if None not in (low, high) else None),
+        }
+    for stat in (metadata.MOVING_MEAN, metadata.MOVING_VARIANCE):
+        if n and stat in layer.summary:
+            entry[stat] = {c: _num(_column(layer, stat, c, last)) for c in ("mean", "min", "max")}
+    return entry
+
+
+def _gap_report(run: RunData) -> tuple[Optional[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The run's latest gap and per-layer gap values (empty when the gap was not logged)."""
+    if run.gap is None:
+        return None, {}
+    from tb_bn_plugin.diagnostics.gap import gap_summary
+
+    summary = gap_summary(run.gap)
+    if summary is None:
+        return None, {}
+    run_gap = {
+        "step": summary.step,
+        "train_loss": _num(summary.train_loss),
+        "inference_loss": _num(summary.inference_loss),
+        "relative_loss_gap": _num(summary.relative_loss_gap),
+    }
+    layers = {}
+    for path in set(summary.local) | set(summary.compound) | set(summary.attribution):
+        layers[path] = {
+            "local": _num(summary.local.get(path)),
+            "compound": _num(summary.compound.get(path)),
+            "attribution": _num(summary.attribution.get(path)),
+        }
+    return run_gap, layers
+
+
+def _counts(findings: Sequence[dict[str, Any]]) -> dict[str, int]:
+    return {s: sum(1 for f in findings if f["severity"] == s) for s in SEVERITY_ORDER}
+
+
+def run_report(run: RunData, findings: Sequence[Finding]) -> dict[str, Any]:
+    """One run's JSON-safe report."""
+    run_gap, layer_gaps = _gap_report(run)
+    found = [f.to_json() for f in findings]
+    return {
+        "run": run.run,
+        "errors": list(run.errors),
+        "gap": run_gap,
+        "layers": [
+            layer_report(layer, layer_gaps.get(layer.config.path)) for layer in run.ordered_layers()
+        ],
+        "findings": found,
+        "counts": _counts(found),
+    }
+
+
+def fails(severity: str, fail_on: str) -> bool:
+    """Whether a finding of ``severity`` is at or above the ``fail_on`` level."""
+    if fail_on == "never":
+        return False
+    return SEVERITY_ORDER.index(severity) <= SEVERITY_ORDER.index(fail_on)
+
+
+def build_report(
+    logdir: str,
+    runs: dict[str, RunData],
+    bad_files: Sequence[BadFile] = (),
+    fail_on: str = "error",
+    thresholds: Thresholds = Thresholds(),
+) -> dict[str, Any]:
+    """The whole report as a JSON-safe dict (schema in the module docstring)."""
+    reports = [run_report(runs[name], diagnose(runs[name], thresholds)) for name in sorted(runs)]
+    all_findings = [f for r in reports for f in r["findings"]]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "logdir": logdir,
+        "fail_on": fail_on,
+        "failed": any(fails(f["severity"], fail_on) for f in all_findings),
+        "counts": _counts(all_findings),
+        "bad_files": [b.to_json() for b in bad_files],
+        "runs": reports,
+    }
+
+
+def exit_status(report: dict[str, Any]) -> int:
+    """1 when a finding at or above ``fail_on`` fired, else 0."""
+    return 1 if report["failed"] else 0
+
+
+# -- text rendering (pure) --------------------------------------------------------------
+
+
+def _fmt(value: Any, spec: str = ".3g") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):  # "nan", "inf"
+        return value
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, dict):  # nested evidence, e.g. per layer
+        return "{" + ", ".join(f"{k}: {_fmt(v, spec)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt(v, spec) for v in value) + "]"
+    return format(value, spec)
+
+
+def _range(stats: Optional[dict[str, Any]]) -> str:
+    if stats is None:
+        return "-"
+    return f"{_fmt(stats['mean'])} [{_fmt(stats['min'])}, {_fmt(stats['max'])}]"
+
+
+LAYER_COLUMNS = (
+    ("layer", lambda l: l["path"]),
+    ("ch", lambda l: _fmt(l["channels"])),
+    ("momentum", lambda l: _fmt(l["momentum"], "g")),
+    ("steps", lambda l: f"{l['logged_steps']} (last {_fmt(l['last_step'])})"),
+    ("mode", lambda l: (l["mode"] or "-") + ("" if l["trainable"] in (None, True) else ", frozen")),
+    ("count", lambda l: _fmt(l["count"], ".0f") if l["count"] is not None else "-"),
+    (
+        "shift mean/max",
+        lambda l: (
+            "-"
+            if l["mean_shift"] is None
+            else f"{_fmt(l['mean_shift']['mean'])}/{_fmt(l['mean_shift']['max'])}"
+        ),
+    ),
+    (
+        "|log var| max",
+        lambda l: "-" if l["log_var_ratio"] is None else _fmt(l["log_var_ratio"]["max_abs"]),
+    ),
+    ("moving mean [min, max]", lambda l: _range(l["moving_mean"])),
+    ("moving var [min, max]", lambda l: _range(l["moving_variance"])),
+    ("local gap", lambda l: "-" if l["gap"] is None else _fmt(l["gap"]["local"])),
+    ("compound gap", lambda l: "-" if l["gap"] is None else _fmt(l["gap"]["compound"])),
+)
+
+
+def render_table(
+    rows: Sequence[Sequence[str]], header: Sequence[str], indent: str = "  "
+) -> list[str]:
+    """Left-aligned columns separated by two spaces."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    lines = []
+    for row in (header, *rows):
+        lines.append(indent + "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    return lines
+
+
+def _wrap(text: str, indent: str, width: int = TEXT_WIDTH) -> list[str]:
+    return textwrap.wrap(
+        text,
+        width=width,
+        initial_indent=indent,
+        subsequent_indent=indent + "  ",
+        break_long_words=False,
+        break_on_hyphens=False,  # keep paths and names whole
+    ) or [indent]
+
+
+def _evidence(evidence: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_fmt(v, '.4g')}" for k, v in evidence.items())
+
+
+def render_findings(findings: Sequence[dict[str, Any]], width: int = TEXT_WIDTH) -> list[str]:
+    """Findings grouped by code (in order of first appearance), each fix printed once."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for finding in findings:
+        groups.setdefault(finding["code"], []).append(finding)
+    lines = []
+    for code, group in groups.items():
+        severity = group[0]["severity"].upper()
+        layers = [p for f in group for p in f["layers"]]
+        lines.append(
+            f"  {severity} {code}" + (f"  (layers: {', '.join(layers)})" if layers else "")
+        )
+        for finding in group:
+            where = ", ".join(finding["layers"]) or "model"
+            lines.extend(_wrap(f"- {where}: {finding['title']}", "    ", width))
+            channels = {k: v for k, v in finding.get("channels", {}).items() if v}
+            if channels:
+                shown = "; ".join(
+                    f"{k}: {', '.join(map(str, v[:16]))}{' ...' if len(v) > 16 else ''}"
+                    for k, v in channels.items()
+                )
+                lines.extend(_wrap(f"channels: {shown}", "      ", width))
+            lines.extend(_wrap(f"evidence: {_evidence(finding['evidence'])}", "      ", width))
+        lines.extend(_wrap(f"fix: {group[0]['fix']}", "    ", width))
+    return lines
+
+
+def render_run(run: dict[str, Any], width: int = TEXT_WIDTH) -> list[str]:
+    lines = [f"== run {run['run']}: {len(run['layers'])} BatchNormalization layer(s)"]
+    gap = run["gap"]
+    if gap is not None:
+        lines.append(
+            f"  train/inference gap at step {gap['step']}: probe loss {_fmt(gap['train_loss'], '.4g')} "
+            f"(training) vs {_fmt(gap['inference_loss'], '.4g')} (inference), relative gap "
+            f"{_fmt(gap['relative_loss_gap'], '.1%') if isinstance(gap['relative_loss_gap'], float) else _fmt(gap['relative_loss_gap'])}"
+        )
+    else:
+        lines.append("  train/inference gap: not logged")
+    header = [name for name, _ in LAYER_COLUMNS]
+    rows = [[cell(layer) for _, cell in LAYER_COLUMNS] for layer in run["layers"]]
+    lines.extend(render_table(rows, header))
+    for error in run["errors"]:
+        lines.extend(_wrap(f"read error: {error}", "  ", width))
+    counts = run["counts"]
+    if run["findings"]:
+        lines.append(
+            "  findings: " + ", ".join(f"{counts[s]} {s}" for s in SEVERITY_ORDER if counts[s])
+        )
+        lines.extend(render_findings(run["findings"], width))
+    else:
+        lines.append("  findings: none")
+    return lines
+
+
+def render_text(report: dict[str, Any], width: int = TEXT_WIDTH) -> str:
+    """The human-readable report."""
+    counts = report["counts"]
+    lines = [
+        f"BatchNorm report for {report['logdir']}: {len(report['runs'])} run(s); findings: "
+        + ", ".join(f"{counts[s]} {s}" for s in SEVERITY_ORDER),
+        "",
+    ]
+    for run in report["runs"]:
+        lines.extend(render_run(run, width))
+        lines.append("")
+    if report["bad_files"]:
+        lines.append("unreadable event files (the report above shows what could be read):")
+        for bad in report["bad_files"]:
+            lines.extend(_wrap(f"- {BadFile(**bad).describe()}", "  ", width))
+        lines.append("")
+    if report["fail_on"] != "never":
+        verdict = "FAIL" if report["failed"] else "ok"
+        lines.append(f"{verdict}: fail-on {report['fail_on']}")
+    return "\n".join(lines) + "\n"
+
+
+def _bad_files_message(bad_files: Sequence[BadFile]) -> str:
+    return f"{len(bad_files)} event file(s) could not be read completely: " + "; ".join(
+        b.describe() for b in bad_files
+    )
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def run_command(args: argparse.Namespace) -> int:
+    inputs = load_report_inputs(args.logdir, args.run)
+    report = build_report(inputs.logdir, inputs.runs, inputs.bad_files, args.fail_on)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2, allow_nan=False)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_text(report))
+    sys.stdout.flush()
+    if inputs.bad_files:
+        raise CommandError(_bad_files_message(inputs.bad_files))
+    return exit_status(report)
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "report",
+        help="print the latest BN statistics and diagnostics per run and layer",
+        description=(
+            "Print, per run and BatchNormalization layer, the latest logged statistics and every "
+            "diagnostic with its evidence and fix. Exit status 1 when a diagnostic at or above "
+            "--fail-on fires, 2 for usage errors and unreadable input."
+        ),
+    )
+    parser.add_argument("logdir", metavar="LOGDIR", help="log directory given to BatchNormCallback")
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON (schema: tb_bn_plugin.cli.report)"
+    )
+    parser.add_argument(
+        "--fail-on",
+        choices=FAIL_ON_CHOICES,
+        default="error",
+        help="exit with status 1 when a diagnostic of this severity or worse fires (default: error)",
+    )
+    parser.add_argument(
+        "--run",
+        action="append",
+        metavar="NAME",
+        help="only this run (repeatable; default: all runs)",
+    )
+    parser.set_defaults(func=run_command)
+    return parser

@@ -1,0 +1,161 @@
+"""The BN Internals TensorBoard plugin: HTTP routes over ``plugin_routes``.
+
+Routes (under ``/data/plugin/bn_internals/``, contract in ``frontend/API.md``):
+``runs``, ``layer``, ``gap``, ``diagnostics``, ``graph`` answer JSON; anything
+else is a file of ``static/`` (``index.js`` is the frontend's ES module).
+Errors answer ``{"error": message}`` with 400 (bad parameters) or 404.
+
+Sampling: TensorBoard keeps only 10 samples per tag of an unknown plugin's
+tensors. ``BNInternalsLoader.fix_flags`` sets ``--samples_per_plugin
+bn_internals=0`` (keep every sample) unless the user gave a value for
+``bn_internals``; TensorBoard forwards the flag to both loaders (the Python
+``EventMultiplexer`` and the Rust data server, where 0 becomes ``all``).
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+from collections.abc import Callable
+from typing import Any
+
+from tensorboard import plugin_util
+from tensorboard.backend import http_util
+from tensorboard.plugins import base_plugin
+from werkzeug import wrappers
+
+from tb_bn_plugin import metadata
+from tb_bn_plugin.plugin import routes
+from tb_bn_plugin.reading import data
+
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+# Samples kept per tag when the user does not choose: all of them.
+ALL_SAMPLES_HINT = 0
+
+Impl = Callable[[data.Source, Any], dict[str, Any]]
+
+
+class BNInternalsPlugin(base_plugin.TBPlugin):
+    """Serves BN Internals data (batch vs moving statistics, gaps, diagnostics, graph paths)."""
+
+    plugin_name = metadata.PLUGIN_NAME
+
+    def __init__(self, context: base_plugin.TBContext) -> None:
+        self._provider = data.plugin_provider(
+            context.data_provider, context.multiplexer, context.logdir or ""
+        )
+        self._cache = data.SeriesCache()
+
+    def get_plugin_apps(self) -> dict[str, Callable]:
+        return {
+            "/runs": self._runs_route,
+            "/layer": self._layer_route,
+            "/gap": self._gap_route,
+            "/diagnostics": self._diagnostics_route,
+            "/graph": self._graph_route,
+            "/*": self._static_route,
+        }
+
+    def is_active(self) -> bool:
+        return (
+            False  # TensorBoard activates the tab when its data provider lists bn_internals data.
+        )
+
+    def frontend_metadata(self) -> base_plugin.FrontendMetadata:
+        return base_plugin.FrontendMetadata(es_module_path="/index.js", tab_name="BN Internals")
+
+    @wrappers.Request.application
+    def _runs_route(self, request: wrappers.Request) -> wrappers.Response:
+        return self._serve(request, lambda source, args: routes.runs_impl(source, self._cache))
+
+    @wrappers.Request.application
+    def _layer_route(self, request: wrappers.Request) -> wrappers.Response:
+        return self._serve(
+            request,
+            lambda source, args: routes.layer_impl(
+                source,
+                routes.required(args, "run"),
+                routes.required(args, "layer"),
+                resolution=routes.int_param(
+                    args, "resolution", routes.DEFAULT_RESOLUTION, 2, routes.MAX_RESOLUTION
+                ),
+                channel=routes.int_param(args, "channel", None, 0),
+                cache=self._cache,
+            ),
+        )
+
+    @wrappers.Request.application
+    def _gap_route(self, request: wrappers.Request) -> wrappers.Response:
+        return self._serve(
+            request, lambda source, args: routes.gap_impl(source, routes.required(args, "run"))
+        )
+
+    @wrappers.Request.application
+    def _diagnostics_route(self, request: wrappers.Request) -> wrappers.Response:
+        return self._serve(
+            request,
+            lambda source, args: routes.diagnostics_impl(
+                source, args.get("run") or None, self._cache
+            ),
+        )
+
+    @wrappers.Request.application
+    def _graph_route(self, request: wrappers.Request) -> wrappers.Response:
+        return self._serve(
+            request, lambda source, args: routes.graph_impl(source, routes.required(args, "run"))
+        )
+
+    @wrappers.Request.application
+    def _static_route(self, request: wrappers.Request) -> wrappers.Response:
+        prefix = f"/plugin/{metadata.PLUGIN_NAME}/"
+        name = request.path.split(prefix, 1)[-1]
+        path = _static_file(name)
+        if path is None:
+            return _json(request, {"error": f"not found: {name!r}"}, 404)
+        with open(path, "rb") as f:
+            content = f.read()
+        content_type = "text/javascript" if name.endswith(".js") else mimetypes.guess_type(name)[0]
+        return http_util.Respond(request, content, content_type or "application/octet-stream")
+
+    def _serve(self, request: wrappers.Request, impl: Impl) -> wrappers.Response:
+        source = data.Source(
+            self._provider,
+            plugin_util.context(request.environ),
+            plugin_util.experiment_id(request.environ),
+        )
+        try:
+            return _json(request, impl(source, request.args), 200)
+        except routes.RouteError as err:
+            return _json(request, {"error": str(err)}, err.http_code)
+
+
+class BNInternalsLoader(base_plugin.TBLoader):
+    """Loads the plugin and makes TensorBoard keep every BN Internals sample."""
+
+    def fix_flags(self, flags: Any) -> None:
+        samples = getattr(flags, "samples_per_plugin", None)
+        if samples is None:
+            samples = flags.samples_per_plugin = {}
+        samples.setdefault(metadata.PLUGIN_NAME, ALL_SAMPLES_HINT)
+
+    def load(self, context: base_plugin.TBContext) -> BNInternalsPlugin:
+        return BNInternalsPlugin(context)
+
+
+def _static_file(name: str) -> str | None:
+    """The file ``name`` names inside ``STATIC_DIR``, or ``None`` (missing, a directory, or outside it)."""
+    parts = name.split("/")
+    if not name or any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts):
+        return None
+    root = os.path.realpath(STATIC_DIR)
+    path = os.path.realpath(os.path.join(root, *parts))
+    if os.path.commonpath([root, path]) != root or not os.path.isfile(path):
+        return None
+    return path
+
+
+def _json(request: wrappers.Request, body: dict[str, Any], code: int) -> wrappers.Response:
+    # Serialised here: strict (the routes already turned NaN/Inf into null) and compact.
+    text = json.dumps(body, allow_nan=False, separators=(",", ":"))
+    return http_util.Respond(request, text, "application/json", code=code)

@@ -1,0 +1,36 @@
+"""Reading a run's stored graph back through TensorBoard's data provider."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import message
+from tensorboard.compat.proto import graph_pb2
+from tensorboard.data import provider
+from tensorboard.plugins.graph import metadata as graph_metadata
+
+from tb_bn_plugin.graph.load import GraphLoadError
+
+
+def read_run_graph(
+    data_provider: provider.DataProvider, ctx: Any, experiment_id: str, run: str
+) -> graph_pb2.GraphDef | None:
+    """The graph stored for ``run`` (as the Graphs plugin reads it), or ``None``.
+
+    Raises :class:`GraphLoadError` when the stored blob is not a ``GraphDef``.
+    """
+    sequences = data_provider.read_blob_sequences(
+        ctx,
+        experiment_id=experiment_id,
+        plugin_name=graph_metadata.PLUGIN_NAME,
+        run_tag_filter=provider.RunTagFilter(runs=[run], tags=[graph_metadata.RUN_GRAPH_NAME]),
+        downsample=1,
+    )
+    data = sequences.get(run, {}).get(graph_metadata.RUN_GRAPH_NAME, ())
+    if not data or not data[-1].values:
+        return None
+    raw = data_provider.read_blob(ctx, blob_key=data[-1].values[0].blob_key)
+    try:
+        return graph_pb2.GraphDef.FromString(raw)
+    except message.DecodeError as err:
+        raise GraphLoadError(f"run {run!r}: stored graph is not a GraphDef: {err}") from None

@@ -1,0 +1,444 @@
+"""``BatchNormCallback``: log BatchNorm internals during ``model.fit``.
+
+Framework glue around ``capture`` (what the layers computed), ``records``
+(what a logged step stores) and ``summary`` (how it is written).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tb_bn_plugin import metadata, records
+from tb_bn_plugin.summary import SummaryWriter
+from tb_bn_plugin.training import graph_trace
+from tb_bn_plugin.training.capture import BatchNormRef, StatsCapture, find_batchnorm_layers
+from tb_bn_plugin.training.probe import (
+    DEFAULT_PROBE_SIZE,
+    SCOPES,
+    FirstBatchStash,
+    GapProbe,
+    GapProbeWarning,
+    ProbeBatch,
+    probe_batch_from_data,
+)
+
+keras = tf.keras
+logger = logging.getLogger("tb_bn_plugin")
+
+DEFAULT_LOG_EVERY_N_STEPS = 50
+DEFAULT_MAX_BYTES_PER_LOG = 50_000
+
+
+class NoBatchNormWarning(UserWarning):
+    """The model has no BatchNormalization layer to log."""
+
+
+class BatchNormCallback(keras.callbacks.Callback):
+    """Logs every BatchNormalization layer's internals as TensorBoard summaries.
+
+    At every ``log_every_n_steps``-th training step and at the end of every
+    epoch it records, per layer and channel, the batch mean and (biased)
+    variance the layer normalised with in that step, the moving mean and
+    variance after it, and gamma/beta; per layer, whether it trained in that
+    step, how many values each channel's statistics came from, and its
+    momentum. Batch statistics are captured inside the real training step:
+    no extra forward pass, no change to what the model computes. A subclassed
+    model that is first built by its first training step is captured from
+    its second step on.
+
+    It also measures the train/inference gap on a fixed *probe batch* (by
+    default at each epoch end): the compiled loss and metrics of the probe
+    batch in training mode vs. inference mode and, per layer, how much its
+    output differs between the modes (see ``gap_every_n_epochs``). These
+    extra forward passes change no variable: moving statistics, RNG seed
+    state, metric trackers and the captured statistics stay as training left
+    them.
+
+    Args:
+      log_dir: directory for event files; summaries go to ``log_dir/<run_name>``
+        like ``keras.callbacks.TensorBoard``.
+      log_every_n_steps: logging cadence in training steps (the end of each
+        epoch is always logged).
+      layers: optional glob patterns over layer paths (``"encoder/*"``);
+        only matching BatchNormalization layers are logged.
+      max_bytes_per_log: average budget in bytes per logged step. Summary
+        records (statistics across channels) are written at every logged step;
+        full per-channel snapshots at every logged step when they fit the
+        budget, otherwise at every k-th logged step and at the end of training.
+      channel_dtype: storage dtype of per-channel snapshots, ``"float32"`` or
+        ``"float16"`` (half the bytes, about 3 significant digits).
+      run_name: subdirectory of ``log_dir`` that holds this run's events.
+      gap_every_n_epochs: measure the train/inference gap at the end of every
+        n-th epoch (default 1: every epoch); 0 disables epoch-end gaps. Each
+        measurement logs, on the probe batch, the compiled loss (without
+        regularisation penalties; for multi-output models also each output's
+        loss) and the compiled metrics in training and in inference mode, and
+        per logged layer the *compound* gap (relative RMS difference of the
+        layer's output between a full training-mode and a full inference-mode
+        pass), the *local* gap (the difference the layer itself makes when fed
+        its training-mode input, batch vs. moving statistics), and the local
+        gap derived from statistics alone. Cost: two forward passes of the
+        probe batch; the probe functions are traced once per ``fit``.
+      gap_every_n_steps: also measure the gap every n training steps (default
+        None: only at epoch ends). The gap is neither measured nor the probe
+        batch stashed when both cadences are off.
+      gap_attribution: False (default) or True or an int k: at the epoch-end
+        gap measurement of every (k-th) epoch, also attribute the model-level
+        gap to layers: for each logged layer L, one training-mode pass with
+        only L in inference mode, ``attribution_L = (loss_L - loss_train) /
+        (loss_inference - loss_train)`` (about 1 for the layer that accounts
+        for the whole gap, near 0 for one that does not matter). Cost: one
+        forward pass per logged layer; never at step-cadence measurements.
+      gap_scope: which layers run in training mode in the training-mode
+        passes. ``"batchnorm"`` (default): only BatchNormalization layers;
+        Dropout and other layers stay in inference mode, so the gap is that of
+        BatchNormalization alone and deterministic. ``"model"``: the whole
+        model with ``training=True`` as in ``fit`` (dropout included, with the
+        same masks in every pass of one measurement; the RNG state never
+        advances). tf-keras models support ``"batchnorm"`` only: ``"model"``
+        falls back to it with a ``GapProbeWarning``.
+      probe_data: the probe batch, ``(x, y)`` or ``(x, y, sample_weight)`` of
+        arrays or tensors (at most ``probe_size`` samples of it are used).
+        Default: the first ``probe_size`` samples of the first training batch,
+        copied inside the first training step (variables of ``probe_size``
+        samples are reserved on the device for it). Training-mode passes
+        normalise with the statistics of the whole probe batch, so a probe of
+        about the training batch size reflects training best. Pass
+        ``probe_data`` under a tf.distribute strategy, for non-dense inputs,
+        or to measure the gap on held-out data.
+      probe_size: the most samples the probe batch holds (default 256).
+      write_graph: write the model's training-mode and inference-mode forward
+        passes (traced, not run) once per ``fit`` as the run graph, for
+        TensorBoard's Graphs tab and the plugin's switch-path view.
+    """
+
+    def __init__(
+        self,
+        log_dir: str,
+        log_every_n_steps: int = DEFAULT_LOG_EVERY_N_STEPS,
+        layers: Optional[Sequence[str]] = None,
+        max_bytes_per_log: int = DEFAULT_MAX_BYTES_PER_LOG,
+        channel_dtype: str = "float32",
+        run_name: str = "train",
+        gap_every_n_epochs: int = 1,
+        gap_every_n_steps: Optional[int] = None,
+        gap_attribution: bool | int = False,
+        gap_scope: str = "batchnorm",
+        probe_data: Any = None,
+        probe_size: int = DEFAULT_PROBE_SIZE,
+        write_graph: bool = True,
+    ) -> None:
+        super().__init__()
+        records.check_logging_options(log_every_n_steps, channel_dtype, max_bytes_per_log)
+        if not isinstance(gap_every_n_epochs, int) or gap_every_n_epochs < 0:
+            raise ValueError(
+                f"gap_every_n_epochs must be a non-negative integer, got {gap_every_n_epochs!r}"
+            )
+        if gap_every_n_steps is not None and (
+            not isinstance(gap_every_n_steps, int) or gap_every_n_steps < 1
+        ):
+            raise ValueError(
+                f"gap_every_n_steps must be None or a positive integer, got {gap_every_n_steps!r}"
+            )
+        if not isinstance(gap_attribution, int) or gap_attribution < 0:
+            raise ValueError(
+                f"gap_attribution must be a bool or a non-negative integer, got {gap_attribution!r}"
+            )
+        if gap_scope not in SCOPES:
+            raise ValueError(f"gap_scope must be one of {SCOPES}, got {gap_scope!r}")
+        if not isinstance(probe_size, int) or probe_size < 1:
+            raise ValueError(f"probe_size must be a positive integer, got {probe_size!r}")
+        self.gap_every_n_epochs = gap_every_n_epochs
+        self.gap_every_n_steps = gap_every_n_steps
+        self.gap_attribution = int(gap_attribution)
+        self.gap_scope = gap_scope
+        self.probe_size = probe_size
+        self._probe_batch: Optional[ProbeBatch] = (
+            probe_batch_from_data(probe_data, probe_size) if probe_data is not None else None
+        )
+        if self.gap_attribution and not gap_every_n_epochs:
+            warnings.warn(
+                "BatchNormCallback: gap_attribution is computed at epoch-end gap measurements, "
+                "which gap_every_n_epochs=0 disables.",
+                GapProbeWarning,
+                stacklevel=2,
+            )
+        self.log_dir = os.fspath(log_dir)
+        self.log_every_n_steps = log_every_n_steps
+        self.layer_patterns = tuple(layers) if layers is not None else None
+        self.max_bytes_per_log = max_bytes_per_log
+        self.channel_dtype = np.dtype(channel_dtype)
+        self.run_name = run_name
+        self.write_graph = write_graph
+        # Logging work happens in on_train_batch_begin (state after the previous
+        # step), so Keras may dispatch batch-end hooks asynchronously.
+        self.async_safe = True
+        self._capture: Optional[StatsCapture] = None
+        self._writer: Optional[SummaryWriter] = None
+        self._awaiting_build = False
+        self._cadence = records.SnapshotCadence(1)
+        self._last_logged = -1
+        self._last_snapshot = -1
+        self._epoch_base = 0
+        self._stash: Optional[FirstBatchStash] = None
+        self._gap_probe: Optional[GapProbe] = None
+        self._gap_off = False
+        self._last_gap_step = -1
+
+    @property
+    def gap_enabled(self) -> bool:
+        """Whether any gap cadence is on."""
+        return bool(self.gap_every_n_epochs or self.gap_every_n_steps)
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.log_dir, self.run_name)
+
+    # -- Keras hooks --------------------------------------------------------------
+
+    def on_train_begin(self, logs: Optional[dict] = None) -> None:
+        self._writer = SummaryWriter.for_run(self.run_dir, self.model.distribute_strategy)
+        # Steps done before this fit were logged (or not) by whoever ran them.
+        self._last_logged = self._last_snapshot = self._steps_done()
+        self._start_gap()
+        if not self.model.built:
+            # Subclassed models are built by the first traced training step:
+            # their layers are discovered right after it.
+            self._awaiting_build = True
+            return
+        self._discover()
+
+    def _discover(self) -> None:
+        self._awaiting_build = False
+        refs = self._selected_layers()
+        if not refs:
+            warnings.warn(
+                f"BatchNormCallback: model {self.model.name!r} has no BatchNormalization layer"
+                + (f" matching {list(self.layer_patterns)}" if self.layer_patterns else "")
+                + "; nothing will be logged.",
+                NoBatchNormWarning,
+                stacklevel=3,
+            )
+            return
+        unused = [r.path for r in refs if not r.built]
+        if unused:
+            warnings.warn(
+                f"BatchNormCallback: BatchNormalization layers {unused} are not built (never called "
+                "by the model) and are not logged.",
+                stacklevel=3,
+            )
+        refs = [r for r in refs if r.built]
+        if refs:
+            if self.write_graph:
+                self._write_model_graph()
+            self._start_capture(refs)
+
+    def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
+        if self._capture is not None or self._awaiting_build:
+            self._epoch_base = self._steps_done()
+
+    def on_train_batch_begin(self, batch: int, logs: Optional[dict] = None) -> None:
+        if self._awaiting_build and self.model.built:
+            self._discover()
+        if self._capture is None:
+            return
+        steps_done = self._epoch_base + batch
+        if (
+            steps_done > self._last_logged
+            and steps_done > 0
+            and steps_done % self.log_every_n_steps == 0
+        ):
+            self._log(steps_done, force_snapshot=False)
+        if (
+            self.gap_every_n_steps
+            and steps_done > self._last_gap_step
+            and steps_done > 0
+            and steps_done % self.gap_every_n_steps == 0
+        ):
+            self._log_gap(steps_done, attribution=False)
+        if self._capture.gated:
+            self._capture.capture_next_steps(self._logs_after(steps_done, batch))
+
+    def _logs_after(self, steps_done: int, batch: int) -> bool:
+        """Whether the state after the step about to run (batch ``batch``) will be logged."""
+        steps = (self.params or {}).get("steps")
+        return steps is None or (steps_done + 1) % self.log_every_n_steps == 0 or batch + 1 >= steps
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        if self._capture is None:
+            return
+        steps_done = self._steps_done()
+        if steps_done > self._last_logged:
+            self._log(steps_done, force_snapshot=False)
+        if (
+            self.gap_every_n_epochs
+            and (epoch + 1) % self.gap_every_n_epochs == 0
+            and steps_done > self._last_gap_step
+        ):
+            attribution = bool(self.gap_attribution) and (epoch + 1) % self.gap_attribution == 0
+            self._log_gap(steps_done, attribution=attribution)
+        self._writer.flush()
+
+    def on_train_end(self, logs: Optional[dict] = None) -> None:
+        if self._capture is not None:
+            steps_done = self._steps_done()
+            if steps_done > self._last_snapshot:
+                # The final state always has per-channel detail.
+                self._log(steps_done, force_snapshot=True)
+            self._stop_capture()
+        self._stop_gap()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    # -- internals ----------------------------------------------------------------
+
+    def _selected_layers(self) -> list[BatchNormRef]:
+        return find_batchnorm_layers(self.model, self.layer_patterns)
+
+    def _start_capture(self, refs: list[BatchNormRef]) -> None:
+        self._capture = StatsCapture(
+            refs, self.model.optimizer.iterations, self.model.distribute_strategy
+        )
+        self._capture.install()
+        self._cadence = records.SnapshotCadence(
+            records.snapshot_interval(
+                self._capture.configs,
+                self.channel_dtype,
+                self.max_bytes_per_log,
+                self._capture.replicas,
+            )
+        )
+        logger.info(
+            "BatchNormCallback: logging %d BatchNormalization layers to %s "
+            "(per-channel snapshot every %d logged steps)",
+            len(refs),
+            self.run_dir,
+            self._cadence.interval,
+        )
+        # The train function was made before on_train_begin but is traced on its
+        # first call; remaking it guarantees the trace sees the wrappers even
+        # when this model was fit before.
+        self.model.make_train_function(force=True)
+
+    def _write_model_graph(self) -> None:
+        """Trace the training and inference steps (nothing runs) and write them as the run graph."""
+        if not getattr(self.model, "inputs", None):
+            logger.info(
+                "BatchNormCallback: %r has no symbolic inputs (subclassed model); no graph is written. "
+                "Use tb-bn graph with a saved model to see its switch paths.",
+                self.model.name,
+            )
+            return
+        try:
+            # Forward passes only: the BN sites and updates without the gradient
+            # ops, which would multiply the graph's bytes in the event file.
+            graph_def = graph_trace.trace_model_graph(self.model, train_step=False)
+        except Exception as err:  # the graph view is optional; never break training over it
+            warnings.warn(
+                f"BatchNormCallback: could not trace the model's steps for the graph view "
+                f"({type(err).__name__}: {err}); statistics are logged as usual. "
+                "Pass write_graph=False to skip this.",
+                stacklevel=4,
+            )
+            return
+        self._writer.graph(graph_def)
+
+    def _stop_capture(self) -> None:
+        self._capture.uninstall()
+        self._capture = None
+        # Drop the traced function holding the wrappers; Keras remakes it on demand.
+        self.model.train_function = None
+
+    # -- train/inference gap ---------------------------------------------------------
+
+    def _start_gap(self) -> None:
+        self._gap_probe = None
+        self._gap_off = not self.gap_enabled
+        self._last_gap_step = self._steps_done()
+        if self._gap_off or self._probe_batch is not None:
+            return
+        self._stash = FirstBatchStash(self.model, self.probe_size)
+        if self._stash.unsupported is not None:
+            self._disable_gap(f"{self._stash.unsupported}; pass probe_data to measure the gap")
+            return
+        self._stash.install()
+        # Keras binds train_step when it makes the train function: remake it.
+        self.model.make_train_function(force=True)
+
+    def _stop_gap(self) -> None:
+        self._gap_probe = None
+        if self._stash is not None:
+            self._stash.uninstall()
+            self._stash = None
+            # Drop the traced function holding the stash wrapper.
+            self.model.train_function = None
+
+    def _disable_gap(self, reason: str) -> None:
+        self._gap_off = True
+        warnings.warn(
+            f"BatchNormCallback: the train/inference gap is not logged: {reason}.",
+            GapProbeWarning,
+            stacklevel=3,
+        )
+
+    def _ensure_gap_probe(self) -> Optional[GapProbe]:
+        if self._gap_probe is not None or self._gap_off or self._capture is None:
+            return self._gap_probe
+        batch = self._probe_batch
+        if batch is None and self._stash is not None:
+            batch = self._stash.probe()
+        if batch is None:
+            reason = self._stash.unsupported if self._stash is not None else None
+            self._disable_gap(
+                f"{reason or 'no probe batch was stashed from the training data'}; pass probe_data"
+            )
+            return None
+        try:
+            all_refs = [r for r in find_batchnorm_layers(self.model) if r.built]
+            tapped = [r for r in self._selected_layers() if r.built]
+            self._gap_probe = GapProbe(
+                self.model, all_refs, tapped, batch, self.gap_scope, self._capture
+            )
+        except Exception as err:  # never break training over a diagnostic
+            logger.debug("gap probe construction failed", exc_info=True)
+            self._disable_gap(
+                f"the probe functions could not be built ({type(err).__name__}: {err})"
+            )
+            return None
+        for message in self._gap_probe.warnings:
+            warnings.warn(f"BatchNormCallback: {message}.", GapProbeWarning, stacklevel=3)
+        return self._gap_probe
+
+    def _log_gap(self, steps_done: int, attribution: bool) -> None:
+        probe = self._ensure_gap_probe()
+        if probe is None:
+            return
+        try:
+            result = probe.evaluate(attribution=attribution)
+        except Exception as err:  # never break training over a diagnostic
+            logger.debug("gap evaluation failed", exc_info=True)
+            self._gap_probe = None
+            self._disable_gap(f"a gap evaluation failed ({type(err).__name__}: {err})")
+            return
+        self._writer.write(metadata.gap_tag(), result.record(), steps_done, result.content())
+        self._last_gap_step = steps_done
+
+    def _steps_done(self) -> int:
+        return int(self.model.optimizer.iterations.numpy())
+
+    def _log(self, steps_done: int, force_snapshot: bool) -> None:
+        snapshot = self._cadence.next(force_snapshot)
+        self._writer.layer_step(
+            self._capture.snapshot(steps_done), steps_done, snapshot, self.channel_dtype
+        )
+        if snapshot:
+            self._last_snapshot = steps_done
+        self._last_logged = steps_done

@@ -1,0 +1,274 @@
+"""``tb-bn report`` on real logdirs (demo scenarios at test size) and on broken ones."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+from demo_runs import DEMO_PATH, scenario_run  # noqa: E402
+
+from tb_bn_plugin.cli import main  # noqa: E402
+
+TOP_KEYS = {"schema_version", "logdir", "fail_on", "failed", "counts", "bad_files", "runs"}
+RUN_KEYS = {"run", "errors", "gap", "layers", "findings", "counts"}
+LAYER_KEYS = {
+    "path",
+    "index",
+    "channels",
+    "epsilon",
+    "momentum",
+    "logged_steps",
+    "first_step",
+    "last_step",
+    "mode",
+    "trainable",
+    "count",
+    "trained_step",
+    "mean_shift",
+    "log_var_ratio",
+    "moving_mean",
+    "moving_variance",
+    "gap",
+}
+FINDING_KEYS = {"code", "severity", "title", "layers", "channels", "evidence", "fix"}
+
+
+def logdir_with(tmp_path, tmp_path_factory, *scenarios: str) -> str:
+    """A fresh logdir holding copies of the given scenario runs (each trained once per session)."""
+    logdir = tmp_path / "logs"
+    for name in scenarios:
+        shutil.copytree(scenario_run(tmp_path_factory, name), logdir / name)
+    return str(logdir)
+
+
+def report(capsys, *argv: str) -> tuple[int, str, str]:
+    status = main(["report", *argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return status, out, err
+
+
+def events_file(run_dir) -> str:
+    (path,) = glob.glob(os.path.join(str(run_dir), "events.out.tfevents*"))
+    return path
+
+
+def test_human_output_names_layers_findings_and_fixes(tmp_path, tmp_path_factory, capsys):
+    logdir = logdir_with(tmp_path, tmp_path_factory, "healthy", "momentum-one")
+    status, out, err = report(capsys, logdir, "--fail-on", "never")
+    assert status == 0 and err == ""
+    assert "== run healthy" in out and "== run momentum-one" in out
+    for layer in ("input_bn", "bn0", "bn1", "dense_bn"):
+        assert layer in out
+    assert "ERROR momentum-one" in out
+    assert "evidence: momentum=1" in out
+    assert "fix: With momentum=1" in out and "Use momentum 0.9-0.99" in out
+    assert "moving mean [min, max]" in out and "compound gap" in out
+    # Wrapped to the text width.
+    assert (
+        max(
+            len(line)
+            for line in out.splitlines()
+            if line.lstrip().startswith(("fix:", "evidence:"))
+        )
+        <= 100
+    )
+
+
+def test_human_output_renders_nested_evidence(tmp_path, tmp_path_factory, capsys):
+    """The slow-momentum demo's ema-error finding holds evidence per layer (a nested mapping)."""
+    logdir = logdir_with(tmp_path, tmp_path_factory, "slow-momentum")
+    status, out, err = report(capsys, logdir, "--fail-on", "never")
+    assert status == 0 and err == ""
+    text = " ".join(out.split())  # undo the wrapping
+    status, out, _ = report(capsys, logdir, "--json", "--fail-on", "never")
+    (finding,) = [f for f in json.loads(out)["runs"][0]["findings"] if f["code"] == "ema-error"]
+    shift = finding["evidence"]["layers"]["input_bn"]["mean_shift"]
+    assert f"layers={{input_bn: {{mean_shift: {shift:.4g}," in text
+
+
+def test_json_matches_schema(tmp_path, tmp_path_factory, capsys):
+    logdir = logdir_with(tmp_path, tmp_path_factory, "healthy", "momentum-one", "frozen-bn")
+    status, out, _ = report(capsys, logdir, "--json")
+    assert status == 1
+    data = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert set(data) == TOP_KEYS
+    assert data["schema_version"] == 1 and data["fail_on"] == "error" and data["failed"] is True
+    assert data["bad_files"] == []
+    assert [r["run"] for r in data["runs"]] == ["frozen-bn", "healthy", "momentum-one"]
+    for run in data["runs"]:
+        assert set(run) == RUN_KEYS
+        assert [layer["path"] for layer in run["layers"]] == ["input_bn", "bn0", "bn1", "dense_bn"]
+        for layer in run["layers"]:
+            assert set(layer) == LAYER_KEYS
+            assert layer["mode"] in ("train", "inference")
+            assert set(layer["moving_mean"]) == {"mean", "min", "max"}
+            assert layer["logged_steps"] >= 2
+        for finding in run["findings"]:
+            assert set(finding) == FINDING_KEYS
+            assert finding["severity"] in ("error", "warning", "info") and finding["fix"]
+        assert run["counts"] == {
+            s: sum(f["severity"] == s for f in run["findings"])
+            for s in ("error", "warning", "info")
+        }
+    by_run = {r["run"]: r for r in data["runs"]}
+    assert {f["code"] for f in by_run["momentum-one"]["findings"]} >= {"momentum-one"}
+    assert by_run["momentum-one"]["layers"][0]["momentum"] == 1.0
+    frozen = by_run["frozen-bn"]["layers"][0]
+    assert (
+        frozen["mode"] == "inference"
+        and frozen["trainable"] is False
+        and frozen["mean_shift"] is None
+    )
+    healthy = by_run["healthy"]["layers"][0]
+    assert healthy["mode"] == "train" and healthy["count"] > 0 and healthy["mean_shift"]["max"] >= 0
+    if by_run["healthy"]["gap"] is not None:
+        assert set(by_run["healthy"]["gap"]) == {
+            "step",
+            "train_loss",
+            "inference_loss",
+            "relative_loss_gap",
+        }
+        assert set(healthy["gap"]) == {"local", "compound", "attribution"}
+
+
+def test_fail_on_levels(tmp_path, tmp_path_factory, capsys):
+    clean = logdir_with(tmp_path / "clean", tmp_path_factory, "healthy")
+    info = logdir_with(tmp_path / "info", tmp_path_factory, "frozen-bn")
+    error = logdir_with(tmp_path / "error", tmp_path_factory, "momentum-one")
+    expectations = [
+        (clean, "info", 0),
+        (clean, "warning", 0),
+        (clean, "error", 0),
+        (info, "info", 1),
+        (info, "warning", 0),
+        (info, "error", 0),
+        (info, "never", 0),
+        (error, "error", 1),
+        (error, "warning", 1),
+        (error, "never", 0),
+    ]
+    for logdir, level, expected in expectations:
+        status, out, _ = report(capsys, logdir, "--fail-on", level)
+        assert status == expected, (logdir, level, out)
+    assert report(capsys, error)[0] == 1  # default: --fail-on error
+
+
+def test_run_filter(tmp_path, tmp_path_factory, capsys):
+    logdir = logdir_with(tmp_path, tmp_path_factory, "healthy", "momentum-one")
+    status, out, _ = report(capsys, logdir, "--run", "healthy", "--json")
+    assert status == 0
+    assert [r["run"] for r in json.loads(out)["runs"]] == ["healthy"]
+    status, _, err = report(capsys, logdir, "--run", "nope")
+    assert status == 2 and "'nope'" in err and "healthy" in err
+
+
+def test_missing_empty_and_no_bn_logdirs(tmp_path, capsys):
+    status, out, err = report(capsys, str(tmp_path / "missing"))
+    assert status == 2 and out == "" and "does not exist" in err
+    (tmp_path / "empty").mkdir()
+    status, _, err = report(capsys, str(tmp_path / "empty"))
+    assert status == 2 and "no TensorBoard event files" in err
+
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(str(tmp_path / "scalars" / "train"))
+    with writer.as_default():
+        tf.summary.scalar("loss", 1.0, step=0)
+    writer.close()
+    status, _, err = report(capsys, str(tmp_path / "scalars"))
+    assert status == 2 and "no BatchNorm data" in err and "BatchNormCallback" in err
+
+
+def test_usage_error_exit_status(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["report", "somewhere", "--fail-on", "sometimes"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_corrupt_event_file_is_named_and_other_runs_reported(tmp_path, tmp_path_factory, capsys):
+    logdir = logdir_with(tmp_path, tmp_path_factory, "healthy")
+    bad = tmp_path / "logs" / "broken" / "events.out.tfevents.123.host.1.v2"
+    bad.parent.mkdir()
+    bad.write_bytes(os.urandom(64) + b"this is not a TFRecord file" * 10)
+    status, out, err = report(capsys, logdir)
+    assert status == 2
+    assert "== run healthy" in out and "input_bn" in out
+    assert str(bad) in err and "corrupt" in err
+    assert str(bad) in out  # also listed under the report
+
+
+def test_truncated_event_file_reports_readable_part(tmp_path, tmp_path_factory, capsys):
+    logdir = logdir_with(tmp_path, tmp_path_factory, "healthy", "momentum-one")
+    path = events_file(os.path.join(logdir, "momentum-one"))
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) - 100])  # cut inside the last records, as a crashed writer would
+    status, out, err = report(capsys, logdir, "--json")
+    assert status == 2
+    assert path in err and "truncated" in err
+    result = json.loads(out)
+    (bad,) = result["bad_files"]
+    assert bad["path"] == path and bad["run"] == "momentum-one" and bad["kind"] == "truncated"
+    assert bad["records_read"] > 0
+    runs = {r["run"]: r for r in result["runs"]}
+    assert set(runs) == {"healthy", "momentum-one"}  # the readable half is still reported
+    assert any(f["code"] == "momentum-one" for f in runs["momentum-one"]["findings"])
+
+
+def test_check_event_files(tmp_path, tmp_path_factory):
+    from tb_bn_plugin.reading.event_files import check_event_files
+
+    logdir = logdir_with(tmp_path, tmp_path_factory, "healthy")
+    assert check_event_files(logdir) == []
+    good = events_file(os.path.join(logdir, "healthy"))
+    data = open(good, "rb").read()
+    flipped = bytearray(data)
+    flipped[len(flipped) // 2] ^= 0xFF
+    run_dir = os.path.join(logdir, "a", "b")
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "events.out.tfevents.1.x"), "wb") as f:
+        f.write(bytes(flipped))
+    open(os.path.join(logdir, "events.out.tfevents.2.empty"), "wb").close()  # empty: fine
+    (bad,) = check_event_files(logdir)
+    assert (
+        bad.run == "a/b"
+        and bad.kind == "corrupt"
+        and bad.offset is not None
+        and bad.records_read > 0
+    )
+    assert bad.path in bad.describe()
+
+
+def test_demo_script_smoke(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    logdir = tmp_path / "tmp"
+    result = subprocess.run(
+        [
+            sys.executable,
+            DEMO_PATH,
+            "--logdir",
+            str(logdir),
+            "--scenarios",
+            "healthy",
+            "momentum-one",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[1/2] healthy" in result.stdout and "[2/2] momentum-one" in result.stdout
+    assert sorted(os.listdir(logdir)) == ["healthy", "momentum-one"]
+    assert glob.glob(str(logdir / "healthy" / "events.out.tfevents*"))

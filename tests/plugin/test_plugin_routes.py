@@ -1,0 +1,701 @@
+"""The plugin's routes through TensorBoard's real WSGI app and data providers.
+
+Event files come from the real ``BatchNormCallback`` in a short ``fit`` (16
+logged steps, more than the 10 samples TensorBoard keeps of an unknown
+plugin's tensors by default). Every route test runs against both loaders:
+the Python ``EventMultiplexer`` and the Rust data server (skipped when
+``tensorboard_data_server`` is not installed). Numbers are checked against
+``read_stats``/``read_gap`` and numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from urllib.parse import urlencode
+
+import numpy as np
+import pytest
+from _plugin_logdir import HOSTILE, LAYERS, LOGGED_STEPS, tfrecords, write_logdir
+from tensorboard import context, program
+from tensorboard.backend import application
+from tensorboard.backend.event_processing import data_ingester, plugin_event_multiplexer
+from tensorboard.data import server_ingester
+from tensorboard.plugins.core import core_plugin
+from tensorboard.util import tensor_util
+from werkzeug.test import Client
+
+from tb_bn_plugin import metadata, records
+from tb_bn_plugin.numerics import drift
+from tb_bn_plugin.numerics.ema import EmaError
+from tb_bn_plugin.plugin import loader, routes
+from tb_bn_plugin.reading import data
+from tb_bn_plugin.series import LayerConfig
+
+PREFIX = "/data/plugin/bn_internals/"
+# Routes round to 7 significant digits (the float32 precision of the records).
+RTOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("logdir"))
+    write_logdir(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def stats(logdir):
+    return data.read_stats(logdir)
+
+
+def tensorboard_flags(logdir: str, *argv: str):
+    """Flags and plugin loaders exactly as ``tensorboard --logdir ...`` makes them (``fix_flags`` included)."""
+    tb = program.TensorBoard(plugins=[core_plugin.CorePluginLoader(), loader.BNInternalsLoader()])
+    tb.configure(
+        [
+            "tensorboard",
+            "--logdir",
+            logdir,
+            "--reload_interval",
+            "0",
+            "--reload_task",
+            "blocking",
+            *argv,
+        ]
+    )
+    return tb.flags, tb.plugin_loaders
+
+
+def _wait_until_loaded(provider, timeout: float = 60.0) -> None:
+    """The data server loads in the background: wait until its listing stops changing."""
+    deadline, previous = time.time() + timeout, None
+    while time.time() < deadline:
+        listing = provider.list_tensors(None, experiment_id="", plugin_name=metadata.PLUGIN_NAME)
+        current = sorted(
+            (run, tag, s.max_step) for run, tags in listing.items() for tag, s in tags.items()
+        )
+        if current and current == previous:
+            return
+        previous = current
+        time.sleep(0.5)
+    raise TimeoutError("the data server did not finish loading")
+
+
+class App:
+    """TensorBoard's WSGI app over one loader; ``close`` stops a data server."""
+
+    def __init__(self, logdir: str, loader: str, *argv: str, sampling_fix: bool = True) -> None:
+        flags, loaders = tensorboard_flags(logdir, *argv)
+        self.loader = loader
+        if not sampling_fix:  # as if BNInternalsLoader.fix_flags had not run
+            del flags.samples_per_plugin[metadata.PLUGIN_NAME]
+        self._stop = lambda: None
+        if loader == "python":
+            ingester = data_ingester.LocalDataIngester(flags)
+            ingester.start()
+            provider, multiplexer = ingester.data_provider, ingester.deprecated_multiplexer
+        else:
+            try:
+                binary = server_ingester.get_server_binary()
+            except server_ingester.NoDataServerError as err:
+                pytest.skip(f"tensorboard_data_server is not installed: {err}")
+            ingester = server_ingester.SubprocessServerDataIngester(
+                server_binary=binary,
+                logdir=flags.logdir,
+                reload_interval=flags.reload_interval,
+                channel_creds_type=flags.grpc_creds_type,
+                samples_per_plugin=flags.samples_per_plugin,
+            )
+            ingester.start()
+            self._stop = ingester._stdin_handle.close  # the server runs with --die-after-stdin
+            _wait_until_loaded(ingester.data_provider)
+            provider, multiplexer = ingester.data_provider, None
+        self.client = Client(
+            application.TensorBoardWSGIApp(flags, loaders, provider, None, multiplexer)
+        )
+
+    def get(self, route: str, expected: int = 200, **params):
+        response = self.client.get(PREFIX + route + ("?" + urlencode(params) if params else ""))
+        assert response.status_code == expected, response.get_data(as_text=True)
+        assert response.headers["Content-Type"] == "application/json"
+        return json.loads(response.get_data(as_text=True), parse_constant=_reject_constant)
+
+    def close(self) -> None:
+        self._stop()
+
+
+def _reject_constant(name: str):
+    raise AssertionError(f"non-standard JSON constant {name}")
+
+
+@pytest.fixture(scope="module", params=["python", "rust"])
+def app(request, logdir):
+    tb = App(logdir, request.param)
+    yield tb
+    tb.close()
+
+
+# -- loading --------------------------------------------------------------------
+
+
+def test_loader_keeps_every_sample_unless_the_user_chose(tmp_path):
+    flags, _ = tensorboard_flags(str(tmp_path))
+    assert flags.samples_per_plugin == {"bn_internals": 0}
+    flags, _ = tensorboard_flags(str(tmp_path), "--samples_per_plugin", "images=3,bn_internals=5")
+    assert flags.samples_per_plugin == {"images": 3, "bn_internals": 5}
+
+
+def test_plugin_is_registered_as_a_dynamic_tensorboard_plugin():
+    from tensorboard import default
+
+    assert loader.BNInternalsLoader in default.get_dynamic_plugins()
+
+
+@pytest.fixture(scope="module")
+def long_logdir(tmp_path_factory):
+    """One layer, 150 logged steps (summary records only), written with the plugin's SummaryWriter."""
+    from tb_bn_plugin.summary import SummaryWriter
+
+    root = str(tmp_path_factory.mktemp("long"))
+    config = LayerConfig(
+        path="bn",
+        index=0,
+        channels=2,
+        axis=-1,
+        momentum=0.99,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+    )
+    writer = SummaryWriter(os.path.join(root, "train"))
+    rng = np.random.default_rng(0)
+    info = {"training": 1.0, "trainable": 1.0, "count": 64.0, "momentum": 0.99, "full": 0.0}
+    for step in range(1, 151):
+        values = {stat: rng.uniform(0.5, 1.5, 2) for stat in config.stats()}
+        writer.layer_summary(config, step, records.summary_record(config, values, info))
+    writer.close()
+    return root
+
+
+@pytest.mark.parametrize("loader, default_samples", [("python", 10), ("rust", 100)])
+def test_the_loader_keeps_every_sample_tensorboard_would_drop(long_logdir, loader, default_samples):
+    """TensorBoard's own default keeps 10 (Python loader) or 100 (data server) samples per tag."""
+    for sampling_fix, expected in ((False, default_samples), (True, 150)):
+        tb = App(long_logdir, loader, sampling_fix=sampling_fix)
+        try:
+            steps = tb.get("layer", run="train", layer="bn")["steps"]
+            assert len(steps) == expected and steps[-1] == 150
+            (run,) = tb.get("runs")["runs"]
+            assert run["layers"][0]["num_steps"] == expected
+        finally:
+            tb.close()
+
+
+@pytest.mark.parametrize("loader", ["python", "rust"])
+def test_user_samples_per_plugin_is_respected(logdir, loader):
+    tb = App(logdir, loader, "--samples_per_plugin", "bn_internals=5")
+    try:
+        body = tb.get("layer", run="train", layer="block1_bn")
+        assert len(body["steps"]) == 5 and body["steps"][-1] == 32
+    finally:
+        tb.close()
+
+
+def test_plugin_listing(app):
+    response = app.client.get("/data/plugins_listing")
+    entry = json.loads(response.get_data())["bn_internals"]
+    assert entry["enabled"] and entry["tab_name"] == "BN Internals"
+    assert entry["loading_mechanism"] == {
+        "type": "IFRAME",
+        "module_path": "/data/plugin/bn_internals/index.js",
+    }
+
+
+# -- runs -----------------------------------------------------------------------
+
+
+def test_runs_overview(app, stats):
+    runs = {r["run"]: r for r in app.get("runs")["runs"]}
+    assert {"train", HOSTILE, "truncated"} <= set(runs)
+    train = runs["train"]
+    assert train["has_graph"] and runs[HOSTILE]["has_graph"] and not runs["truncated"]["has_graph"]
+    assert train["errors"] == []
+    assert [layer["path"] for layer in train["layers"]] == list(LAYERS)
+    assert train["gap"]["step"] == 32 and set(train["gap"]["metrics"]) == {"mae"}
+    for layer in train["layers"]:
+        assert layer["num_steps"] == len(LOGGED_STEPS) and layer["last_step"] == 32
+        assert len(layer["sparkline"]["steps"]) == len(LOGGED_STEPS) <= 64
+        assert {d["severity"] for d in layer["diagnostics"]} <= {"info", "warning", "error"}
+    block1, head, frozen = train["layers"]
+    assert (block1["center"], head["center"], head["momentum"], head["channels"]) == (
+        True,
+        False,
+        0.9,
+        4,
+    )
+    assert block1["training"] and not frozen["training"] and not frozen["trainable"]
+    s = stats["train"]["block1_bn"]
+    shift = drift.normalized_mean_shift(
+        s["batch_mean"][1], s["moving_mean"][1], s["moving_variance"][1], 1e-3
+    )
+    np.testing.assert_allclose(block1["drift"], shift[-1].mean(), rtol=1e-5)
+    np.testing.assert_allclose(block1["sparkline"]["values"], shift.mean(axis=1), rtol=1e-5)
+    assert frozen["drift"] is None and set(frozen["sparkline"]["values"]) == {None}
+    assert "frozen-bn" in {d["code"] for d in frozen["diagnostics"]}
+    assert block1["local_gap"] is not None and frozen["compound_gap"] is not None
+
+
+def test_overview_counts_every_step_when_it_samples(app, monkeypatch):
+    monkeypatch.setattr(routes, "OVERVIEW_POINTS", 5)
+    (train,) = [r for r in app.get("runs")["runs"] if r["run"] == "train"]
+    for layer in train["layers"]:
+        assert layer["num_steps"] == len(LOGGED_STEPS) and layer["last_step"] == 32
+
+
+# -- layer ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_layer_route_matches_read_stats(app, stats, layer):
+    body = app.get("layer", run="train", layer=layer, resolution=1000)
+    s = stats["train"][layer]
+    steps = s["moving_mean"][0]
+    assert body["steps"] == body["channel_steps"] == LOGGED_STEPS == steps.tolist()
+    config = body["config"]
+    assert set(config) == {
+        "path",
+        "index",
+        "channels",
+        "axis",
+        "momentum",
+        "epsilon",
+        "center",
+        "scale",
+        "synchronized",
+        "renorm",
+    }
+    expected_stats = {
+        "batch_mean",
+        "batch_variance",
+        "moving_mean",
+        "moving_variance",
+        "gamma",
+        "beta",
+        "mean_shift",
+        "log_var_ratio",
+    } - ({"beta"} if layer == "head_bn" else set())
+    assert set(body["summary"]) == expected_stats
+    for stat in ("moving_mean", "moving_variance", "gamma"):
+        values = s[stat][1]
+        summary = body["summary"][stat]
+        np.testing.assert_allclose(summary["mean"], values.mean(axis=1), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(summary["std"], values.std(axis=1), rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(summary["min"], values.min(axis=1), rtol=RTOL)
+        np.testing.assert_allclose(summary["p50"], np.median(values, axis=1), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(summary["max"], values.max(axis=1), rtol=RTOL)
+    eps = config["epsilon"]
+    shift = drift.normalized_mean_shift(
+        s["batch_mean"][1], s["moving_mean"][1], s["moving_variance"][1], eps
+    )
+    ratio = drift.log_variance_ratio(s["batch_variance"][1], s["moving_variance"][1], eps)
+    np.testing.assert_allclose(_floats(body["heatmaps"]["mean_shift"]), shift.T, rtol=1e-5)
+    np.testing.assert_allclose(
+        _floats(body["heatmaps"]["log_var_ratio"]), ratio.T, rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        _floats(body["summary"]["mean_shift"]["mean"]), shift.mean(axis=1), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        body["ema_initial_weight"], np.power(config["momentum"], steps), rtol=RTOL
+    )
+    assert body["info"]["momentum"] == [config["momentum"]] * len(steps)
+    assert body["info"]["training"] == [0.0 if layer == "frozen_bn" else 1.0] * len(steps)
+    assert body["channel"] is None
+    assert body["ema_error"] is None  # no PreciseStatsMonitor in this run
+
+
+def test_frozen_layer_batch_statistics_are_null(app):
+    body = app.get("layer", run="train", layer="frozen_bn")
+    for stat in ("batch_mean", "mean_shift", "log_var_ratio"):
+        assert all(set(column) == {None} for column in body["summary"][stat].values())
+    assert {v for row in body["heatmaps"]["mean_shift"] for v in row} == {None}
+    assert None not in body["summary"]["moving_mean"]["mean"]
+
+
+def test_layer_channel(app, stats):
+    body = app.get("layer", run="train", layer="block1_bn", resolution=1000, channel=5)
+    assert body["channel"]["index"] == 5
+    values = body["channel"]["values"]
+    assert set(values) == {
+        "batch_mean",
+        "batch_variance",
+        "moving_mean",
+        "moving_variance",
+        "gamma",
+        "beta",
+        "mean_shift",
+        "log_var_ratio",
+    }
+    for stat in ("batch_mean", "moving_variance", "beta"):
+        np.testing.assert_allclose(
+            values[stat], stats["train"]["block1_bn"][stat][1][:, 5], rtol=RTOL
+        )
+    np.testing.assert_allclose(values["mean_shift"], _floats(body["heatmaps"]["mean_shift"])[5])
+
+
+def test_layer_resolution_samples_at_read_keeping_the_last(app, stats):
+    logged = stats["train"]["block1_bn"]["moving_mean"][0].tolist()
+    body = app.get("layer", run="train", layer="block1_bn", resolution=4)
+    assert len(body["steps"]) == len(body["channel_steps"]) == 4
+    assert body["steps"][-1] == body["channel_steps"][-1] == logged[-1]
+    assert body["steps"] == sorted(set(body["steps"])) and set(body["steps"]) <= set(logged)
+    if app.loader == "python":  # evenly spaced over TensorBoard's Python loader
+        assert body["steps"] == body["channel_steps"] == [2, 12, 22, 32]
+    assert all(len(column) == 4 for column in body["summary"]["moving_mean"].values())
+    assert len(body["ema_initial_weight"]) == 4 and len(body["info"]["count"]) == 4
+    assert [len(row) for row in body["heatmaps"]["mean_shift"]] == [4] * 6
+    # The values at the sampled steps are those logged there.
+    moving = _floats(body["summary"]["moving_mean"]["mean"])
+    at = [logged.index(step) for step in body["steps"]]
+    np.testing.assert_allclose(
+        moving, stats["train"]["block1_bn"]["moving_mean"][1][at].mean(axis=1), rtol=1e-5, atol=1e-6
+    )
+    assert app.get("layer", run="train", layer="block1_bn", resolution=4) == body
+    two = app.get("layer", run="train", layer="block1_bn", resolution=2)["steps"]
+    assert len(two) == 2 and two[-1] == logged[-1]
+
+
+@pytest.fixture(scope="module")
+def monitor_run(tmp_path_factory):
+    """A 3-epoch fit logged by ``BatchNormCallback`` and ``PreciseStatsMonitor`` (each epoch, on a held sample).
+
+    Returns (logdir, the monitor, layer ``bn1`` (it normalises the input), the held sample).
+    """
+    import tensorflow as tf
+
+    from tb_bn_plugin import BatchNormCallback, PreciseStatsMonitor
+
+    keras = tf.keras
+    keras.utils.set_random_seed(0)
+    root = str(tmp_path_factory.mktemp("monitor"))
+    inp = keras.Input((4,))
+    h = keras.layers.BatchNormalization(name="bn1", momentum=0.9)(inp)
+    h = keras.layers.Dense(3)(h)
+    h = keras.layers.BatchNormalization(name="bn2", momentum=0.9)(h)
+    model = keras.Model(inp, keras.layers.Dense(1)(h))
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(64, 4)) * [1, 2, 3, 4] + [5, -1, 0, 2]).astype("float32")
+    held = x[:24]
+    monitor = PreciseStatsMonitor(root, held, batch_size=8)
+    model.fit(
+        x,
+        rng.normal(size=(64, 1)).astype("float32"),
+        batch_size=8,
+        epochs=3,
+        verbose=0,
+        callbacks=[BatchNormCallback(root, log_every_n_steps=2), monitor],
+    )
+    return root, monitor, model.get_layer("bn1"), held
+
+
+@pytest.mark.parametrize("loader", ["python", "rust"])
+def test_layer_route_ema_error_matches_the_monitor(monitor_run, loader):
+    root, monitor, bn1, held = monitor_run
+    tb = App(root, loader)
+    try:
+        bodies = {path: tb.get("layer", run="train", layer=path) for path in ("bn1", "bn2")}
+        thinned = tb.get("layer", run="train", layer="bn1", resolution=2)["ema_error"]
+    finally:
+        tb.close()
+    steps = [step for step, _ in monitor.history]
+    assert steps == [8, 16, 24]
+    for path, body in bodies.items():
+        ema = body["ema_error"]
+        assert ema["steps"] == steps and list(ema["fields"]) == list(EmaError.FIELDS)
+        logged = np.column_stack([ema["fields"][field] for field in EmaError.FIELDS])
+        np.testing.assert_allclose(
+            logged, [errors[path].as_array() for _, errors in monitor.history], rtol=RTOL
+        )
+        assert ema["thresholds"] == {"max_mean_shift": 0.5, "max_abs_log_var_ratio": math.log(2.0)}
+    # Independent numpy: bn1's input is the held sample itself; the last measurement ends training.
+    x, eps = held.astype(np.float64), bn1.epsilon
+    shift = np.abs(bn1.moving_mean.numpy() - x.mean(axis=0)) / np.sqrt(x.var(axis=0) + eps)
+    log_ratio = np.abs(np.log((bn1.moving_variance.numpy() + eps) / (x.var(axis=0) + eps)))
+    last = [bodies["bn1"]["ema_error"]["fields"][field][-1] for field in EmaError.FIELDS]
+    np.testing.assert_allclose(
+        last, [shift.mean(), shift.max(), log_ratio.mean(), log_ratio.max()], rtol=1e-5
+    )
+    # Sampled at read like every series of the route: the last kept, evenly spaced over the Python loader.
+    assert (
+        len(thinned["steps"]) == 2
+        and thinned["steps"][-1] == 24
+        and set(thinned["steps"]) <= set(steps)
+    )
+    if loader == "python":
+        assert thinned["steps"] == [8, 24]
+    kept = [steps.index(step) for step in thinned["steps"]]
+    assert thinned["fields"]["mean_shift"] == [
+        bodies["bn1"]["ema_error"]["fields"]["mean_shift"][i] for i in kept
+    ]
+
+
+def test_layer_impl_reads_only_the_layers_own_tags(monitor_run, monkeypatch):
+    source = data.open_logdir(monitor_run[0])
+    calls: list[set[str]] = []
+    read = source.provider.read_tensors
+
+    def spy(*args, **kwargs):
+        calls.append(set(kwargs["run_tag_filter"].tags))
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(source.provider, "read_tensors", spy)
+    assert routes.layer_impl(source, "train", "bn2")["ema_error"]["steps"] == [8, 16, 24]
+    # One provider call (the heatmap of a narrow layer samples like the summaries), the layer's own tags only.
+    assert calls == [
+        {metadata.layer_tag("bn2", kind) for kind in ("summary", "channels", "ema_error")}
+    ], calls
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12, dtype=np.float32).reshape(3, 4),
+        np.array([1.5, -2.0, np.nan], dtype=np.float16),
+        np.float64(3.25),
+        np.arange(5, dtype=np.int64),
+        np.zeros((0, 3), dtype=np.float32),
+    ],
+)
+def test_decode_tensor_matches_tensorboard(array):
+    proto = tensor_util.make_tensor_proto(array)
+    decoded = data.decode_tensor(proto)
+    expected = tensor_util.make_ndarray(proto)
+    assert decoded.dtype == expected.dtype and decoded.shape == expected.shape
+    np.testing.assert_array_equal(decoded, expected)
+    np.testing.assert_array_equal(decoded, array)
+
+
+def test_evenly_spaced():
+    assert data.evenly_spaced(0, 5).tolist() == []
+    assert data.evenly_spaced(3, 5).tolist() == [0, 1, 2]
+    assert data.evenly_spaced(10, 1).tolist() == [9]
+    assert data.evenly_spaced(10, 3).tolist() == [0, 4, 9]
+    picked = data.evenly_spaced(5000, 1000)
+    assert (
+        len(picked) == len(set(picked.tolist())) == 1000 and picked[0] == 0 and picked[-1] == 4999
+    )
+
+
+# -- errors and hostile input ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "route, params, code",
+    [
+        ("layer", {"layer": "block1_bn"}, 400),
+        ("layer", {"run": "train"}, 400),
+        ("layer", {"run": "train", "layer": ""}, 400),
+        ("layer", {"run": "train", "layer": "block1_bn", "resolution": "abc"}, 400),
+        ("layer", {"run": "train", "layer": "block1_bn", "resolution": "1.5"}, 400),
+        ("layer", {"run": "train", "layer": "block1_bn", "resolution": "1"}, 400),
+        ("layer", {"run": "train", "layer": "block1_bn", "resolution": "10000000"}, 400),
+        ("layer", {"run": "train", "layer": "block1_bn", "channel": "-1"}, 400),
+        ("layer", {"run": "train", "layer": "block1_bn", "channel": "6"}, 400),
+        ("layer", {"run": "train", "layer": "block1_bn", "channel": "x"}, 400),
+        ("layer", {"run": "nope", "layer": "block1_bn"}, 404),
+        ("layer", {"run": "train", "layer": "nope"}, 404),
+        ("layer", {"run": "garbage", "layer": "block1_bn"}, 404),
+        ("gap", {}, 400),
+        ("gap", {"run": "nope"}, 404),
+        ("graph", {}, 400),
+        ("graph", {"run": "nope"}, 404),
+        ("diagnostics", {"run": "nope"}, 404),
+    ],
+)
+def test_bad_requests_answer_json_errors(app, route, params, code):
+    body = app.get(route, code, **params)
+    assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../loader.py",
+        "../../setup.py",
+        "%2e%2e/loader.py",
+        "..%2fbn_plugin.py",
+        "./index.js",
+        "%2fetc%2fpasswd",
+        "static",
+        "nope.js",
+        "index.js%00.png",
+    ],
+)
+def test_static_files_stay_inside_static(app, path):
+    response = app.client.get(PREFIX + path)
+    assert response.status_code == 404
+    assert "error" in json.loads(response.get_data())
+
+
+def test_index_js_is_served(app):
+    response = app.client.get(PREFIX + "index.js")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/javascript")
+    with open(os.path.join(loader.STATIC_DIR, "index.js"), "rb") as f:
+        assert response.get_data() == f.read()
+
+
+def test_hostile_run_name_is_plain_json_text(app, stats):
+    response = app.client.get(PREFIX + "layer?" + urlencode({"run": HOSTILE, "layer": "head_bn"}))
+    assert response.status_code == 200
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.get_data(as_text=True).startswith(
+        '{"run":"<img src=x onerror=alert(1)>","layer":"head_bn"'
+    )
+    (run,) = [r for r in app.get("runs")["runs"] if r["run"] == HOSTILE]
+    assert [layer["path"] for layer in run["layers"]] == list(LAYERS)
+    assert {d["run"] for d in app.get("diagnostics", run=HOSTILE)["diagnostics"]} == {HOSTILE}
+
+
+def test_corrupt_event_files_do_not_break_other_runs(app, stats):
+    runs = {r["run"]: r for r in app.get("runs")["runs"]}
+    assert not runs.get("garbage", {"layers": []})["layers"]
+    truncated = app.get("layer", run="truncated", layer="block1_bn")
+    assert 0 < len(truncated["steps"]) < len(LOGGED_STEPS)
+    assert truncated["steps"] == LOGGED_STEPS[: len(truncated["steps"])]
+    full = app.get("layer", run="train", layer="block1_bn")
+    n = len(truncated["steps"])
+    assert truncated["summary"]["moving_mean"]["mean"] == full["summary"]["moving_mean"]["mean"][:n]
+    assert len(full["steps"]) == len(LOGGED_STEPS)
+    # The Python loader lists the garbage run (with no data), the Rust data server does not list it.
+    response = app.client.get(PREFIX + "gap?run=garbage")
+    assert (response.status_code, json.loads(response.get_data()).get("steps")) in (
+        (200, []),
+        (404, None),
+    )
+
+
+# -- gap, diagnostics, graph ----------------------------------------------------
+
+
+def test_gap_route_matches_read_gap(app, logdir):
+    gap = data.read_gap(logdir)["train"]
+    body = app.get("gap", run="train")
+    assert body["steps"] == gap.steps.tolist() == [16, 32]
+    np.testing.assert_allclose(body["train_loss"], gap.train_loss, rtol=RTOL)
+    np.testing.assert_allclose(body["inference_loss"], gap.inference_loss, rtol=RTOL)
+    np.testing.assert_allclose(
+        body["metrics"]["mae"]["inference"], gap.metrics["mae"]["inference"], rtol=RTOL
+    )
+    assert set(body["layers"]) == set(LAYERS)
+    for path in LAYERS:
+        assert set(body["layers"][path]) == {"compound", "local", "local_derived", "attribution"}
+        np.testing.assert_allclose(body["layers"][path]["compound"], gap.compound[path], rtol=RTOL)
+        assert body["layers"][path]["attribution"] == [None, None]  # not measured by default
+
+
+def test_diagnostics_route(app):
+    everything = app.get("diagnostics")["diagnostics"]
+    assert {d["run"] for d in everything} >= {"train", HOSTILE}
+    train = app.get("diagnostics", run="train")["diagnostics"]
+    assert train == [d for d in everything if d["run"] == "train"]
+    for finding in train:
+        assert set(finding) == {
+            "run",
+            "code",
+            "severity",
+            "title",
+            "layers",
+            "channels",
+            "evidence",
+            "fix",
+        }
+        assert finding["severity"] in ("info", "warning", "error") and finding["fix"]
+        assert set(finding["layers"]) <= set(LAYERS)
+        assert all(isinstance(v, (int, float, str)) for v in finding["evidence"].values())
+    assert {"frozen-bn", "slow-momentum"} <= {d["code"] for d in train}
+
+
+def test_graph_route_marks_both_paths(app):
+    body = app.get("graph", run="train")
+    assert body["error"] is None and len(body["sites"]) >= len(LAYERS)
+    for site in body["sites"]:
+        assert site["kind"] in ("switch_merge", "functional_if", "separate_functions", "unswitched")
+        assert all(
+            isinstance(op, str)
+            for op in site["training_path"] + site["inference_path"] + site["update_ops"]
+        )
+    trained = [s for s in body["sites"] if s["training_path"] and s["inference_path"]]
+    assert trained
+    for finding in body["findings"]:
+        assert isinstance(finding["evidence"], dict) and isinstance(finding["sites"], list)
+    assert app.get("graph", run=HOSTILE)["sites"] == body["sites"]
+    missing = app.get("graph", run="truncated")
+    assert missing["sites"] == [] and "no graph" in missing["error"]
+
+
+# -- pure functions and caching -------------------------------------------------
+
+
+def test_impl_functions_without_http(logdir, stats):
+    source = data.open_logdir(logdir)
+    body = routes.layer_impl(source, "train", "head_bn", resolution=3, channel=0)
+    assert body["steps"] == [2, 18, 32]  # indices round(linspace(0, 15, 3)) = 0, 8, 15
+    np.testing.assert_allclose(
+        body["channel"]["values"]["gamma"],
+        stats["train"]["head_bn"]["gamma"][1][[0, 8, 15], 0],
+        rtol=RTOL,
+    )
+    with pytest.raises(routes.BadRequest):
+        routes.layer_impl(source, "train", "head_bn", channel=4)
+    with pytest.raises(routes.NotFound):
+        routes.graph_impl(source, "nope")
+    with pytest.raises(routes.BadRequest):
+        routes.int_param({"resolution": "0x10"}, "resolution", 5, 2)
+    assert routes.json_values([1.0, np.nan, np.inf, -np.inf, 0.0]) == [1.0, None, None, None, 0.0]
+    assert routes.json_values([0.28268021345, -3.14159265e-8, 12345678.9]) == [
+        0.2826802,
+        -3.141593e-08,
+        12345680.0,
+    ]
+
+
+def test_cache_never_serves_data_a_reload_replaced(logdir, tmp_path):
+    """A growing events file: after the reload the overview and the layer route show the new steps."""
+    (events,) = os.listdir(os.path.join(logdir, HOSTILE))
+    with open(os.path.join(logdir, HOSTILE, events), "rb") as f:
+        content = f.read()
+    records = tfrecords(content)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / events).write_bytes(b"".join(records[: len(records) // 2]))
+    multiplexer = plugin_event_multiplexer.EventMultiplexer(
+        tensor_size_guidance={metadata.PLUGIN_NAME: 0}
+    )
+    multiplexer.AddRunsFromDirectory(str(tmp_path))
+    multiplexer.Reload()
+    source = data.Source(
+        data.MultiplexerProvider(multiplexer, str(tmp_path)), context.RequestContext(), ""
+    )
+    cache = data.SeriesCache()
+
+    def block1():
+        (run,) = routes.runs_impl(source, cache)["runs"]
+        return run["layers"][0]
+
+    before = block1()
+    assert block1() == before  # a cache hit
+    (run_dir / events).write_bytes(content)
+    multiplexer.Reload()
+    after = block1()
+    assert after["num_steps"] == len(LOGGED_STEPS) > before["num_steps"]
+    layer = routes.layer_impl(source, "run", "block1_bn", cache=cache)
+    assert layer["steps"] == LOGGED_STEPS
+
+
+def _floats(values):
+    return np.array(values, dtype=np.float64)

@@ -1,0 +1,308 @@
+"""A real ``tensorboard`` process over a logdir written by ``BatchNormCallback``.
+
+For each loader (``--load_fast=false``: Python; ``--load_fast=true``: the Rust
+data server, skipped when not installed): the plugin is listed, its routes
+serve every logged step (16, not TensorBoard's default 10), and, when
+``/usr/bin/chromium`` and the ``playwright`` package exist, headless Chromium
+shows the BN Internals tab: the overview lists the layers, a layer's charts
+plot every logged step, the graph view draws both paths, the EMA-vs-precise
+error chart plots every measurement of the demo's ``slow-momentum`` run (which
+has a ``PreciseStatsMonitor``) and a run without the monitor shows how to
+enable it. Screenshots go to the
+test's tmp folder; with ``TB_BN_UPDATE_SCREENSHOT=1`` the layer detail's is copied
+to ``docs/screenshot.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+from _plugin_logdir import HOSTILE, LAYERS, LOGGED_STEPS, write_logdir
+from demo_runs import demo
+from tensorboard.data import server_ingester
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+STARTUP_TIMEOUT_S = 180
+TIMEOUT_MS = 60_000
+SLOW = "slow-momentum"  # the demo scenario with a PreciseStatsMonitor
+SLOW_LAYER = "input_bn"
+
+
+def monitor_steps() -> list[int]:
+    """The steps of the slow-momentum monitor's measurements: each epoch's end at TEST size."""
+    size = demo().TEST
+    return [(epoch + 1) * (size.samples // size.batch) for epoch in range(size.epochs)]
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("logdir"))
+    write_logdir(root, corrupt_runs=False)
+    demo().run_scenario(SLOW, root, verbose=0, size=demo().TEST)
+    return root
+
+
+@contextlib.contextmanager
+def tensorboard(logdir: str, load_fast: str):
+    """``tensorboard --logdir logdir --port 0``; yields its base URL; always killed."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            logdir,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            f"--load_fast={load_fast}",
+            "--reload_interval",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""},
+    )
+    lines: list[str] = []
+    found = threading.Event()
+
+    def read_stderr():
+        for line in proc.stderr:
+            lines.append(line)
+            if re.search(r"http://127\.0\.0\.1:\d+/", line):
+                found.set()
+
+    threading.Thread(target=read_stderr, daemon=True).start()
+    try:
+        if not found.wait(STARTUP_TIMEOUT_S) or proc.poll() is not None:
+            pytest.fail("tensorboard did not start:\n" + "".join(lines[-40:]))
+        url = next(
+            m.group(0) for line in lines if (m := re.search(r"http://127\.0\.0\.1:\d+/", line))
+        )
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=60) as response:
+        assert response.headers["Content-Type"] == "application/json"
+        return json.loads(response.read())
+
+
+def wait_for_layers(base: str) -> dict:
+    """Poll until both runs show every logged step and the slow-momentum run every monitor measurement.
+
+    TensorBoard loads in the background.
+    """
+    deadline, body = time.time() + STARTUP_TIMEOUT_S, None
+    while time.time() < deadline:
+        body = get_json(base + "data/plugin/bn_internals/runs")
+        runs = {r["run"]: r for r in body["runs"]}
+        if (
+            {"train", HOSTILE, SLOW} <= set(runs)
+            and all(
+                len(runs[r]["layers"]) == len(LAYERS)
+                and {l["num_steps"] for l in runs[r]["layers"]} == {len(LOGGED_STEPS)}
+                for r in ("train", HOSTILE)
+            )
+            and (ema_error(base, SLOW, SLOW_LAYER) or {}).get("steps") == monitor_steps()
+        ):
+            return runs
+        time.sleep(1)
+    pytest.fail(f"the runs route never listed every layer and step: {body}")
+
+
+def ema_error(base: str, run: str, layer: str) -> dict | None:
+    """The layer route's ``ema_error`` (None when not logged, or the layer is not loaded yet)."""
+    try:
+        return get_json(
+            base + "data/plugin/bn_internals/layer?" + urlencode({"run": run, "layer": layer})
+        )["ema_error"]
+    except urllib.error.HTTPError:
+        return None
+
+
+def _browser_skip_reason() -> str | None:
+    if not os.path.exists(CHROMIUM):
+        return f"{CHROMIUM} is absent (apt-get install chromium to run the browser part)"
+    if importlib.util.find_spec("playwright") is None:
+        return "the playwright Python package is not installed"
+    return None
+
+
+@pytest.fixture(scope="module", params=["false", "true"])
+def server(request, logdir):
+    """(base URL, load_fast) of a TensorBoard process that has loaded every step."""
+    if request.param == "true":
+        try:
+            server_ingester.get_server_binary()
+        except server_ingester.NoDataServerError as err:
+            pytest.skip(f"--load_fast=true needs tensorboard_data_server: {err}")
+    with tensorboard(logdir, request.param) as base:
+        wait_for_layers(base)
+        yield base, request.param
+
+
+def test_routes_serve_every_logged_step(server):
+    base, _ = server
+    listing = get_json(base + "data/plugins_listing")
+    assert (
+        listing["bn_internals"]["enabled"] and listing["bn_internals"]["tab_name"] == "BN Internals"
+    )
+    runs = {r["run"]: r for r in get_json(base + "data/plugin/bn_internals/runs")["runs"]}
+    assert [l["path"] for l in runs["train"]["layers"]] == list(LAYERS) and runs["train"][
+        "has_graph"
+    ]
+    for layer in LAYERS:
+        detail = get_json(
+            base + "data/plugin/bn_internals/layer?" + urlencode({"run": "train", "layer": layer})
+        )
+        assert detail["steps"] == LOGGED_STEPS and detail["ema_error"] is None
+    assert ema_error(base, SLOW, SLOW_LAYER)["steps"] == monitor_steps()
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(
+            base + "data/plugin/bn_internals/layer?run=train&layer=nope", timeout=60
+        )
+    assert err.value.code == 404 and "error" in json.loads(err.value.read())
+
+
+@pytest.mark.skipif(_browser_skip_reason() is not None, reason=str(_browser_skip_reason()))
+def test_tab_in_headless_chromium(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    base, load_fast = server
+    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+    dialogs: list[str] = []
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(base + "#bn_internals")
+            page.wait_for_selector("text=BN Internals")  # the tab in TensorBoard's header
+            frame = _plugin_frame(page)
+
+            frame.wait_for_selector("[data-view=overview] tr[data-layer] .sparkline canvas")
+            rows = frame.eval_on_selector_all(
+                "[data-view=overview] tr[data-layer]",
+                "rs => rs.map(r => [r.dataset.run, r.dataset.layer])",
+            )
+            assert sorted(r for r in rows if r[0] != SLOW) == sorted(
+                [[run, layer] for run in ("train", HOSTILE) for layer in LAYERS]
+            )
+            assert [SLOW, SLOW_LAYER] in rows
+            page.screenshot(path=str(tmp_path / f"overview-{load_fast}.png"))
+
+            frame.evaluate(
+                "h => { location.hash = h; }",
+                urlencode({"view": "layer", "run": "train", "layer": "block1_bn"}),
+            )
+            detail = frame.wait_for_selector('.layer-detail[data-layer="block1_bn"]')
+            frame.wait_for_selector(
+                '.layer-detail[data-layer="block1_bn"] .chart-body[data-chart=mean] canvas'
+            )
+            assert (
+                detail.get_attribute("data-points")
+                == detail.get_attribute("data-num-steps")
+                == str(len(LOGGED_STEPS))
+            )
+            assert frame.get_attribute(".chart-body[data-chart=mean]", "data-points") == str(
+                len(LOGGED_STEPS)
+            )
+            assert (
+                "PreciseStatsMonitor" in detail.query_selector("[data-note=ema-error]").inner_text()
+            )
+            assert not detail.query_selector("[data-chart=ema_error]")
+            page.screenshot(path=str(tmp_path / f"layer-{load_fast}.png"))
+
+            frame.evaluate(
+                "h => { location.hash = h; }",
+                urlencode({"view": "layer", "run": SLOW, "layer": SLOW_LAYER}),
+            )
+            chart = frame.wait_for_selector(
+                f'.layer-detail[data-run="{SLOW}"][data-layer="{SLOW_LAYER}"] .chart-body[data-chart=ema_error] canvas'
+            )
+            assert chart.evaluate("c => c.closest('[data-chart]').dataset.points") == str(
+                len(monitor_steps())
+            )
+            assert not frame.query_selector("[data-note=ema-error]")
+            assert "tb_bn_plugin.recalibrate(" in frame.inner_text(
+                "[data-card=ema_error] [data-hint=recalibrate]"
+            )
+            frame.locator("[data-card=ema_error]").scroll_into_view_if_needed()
+            page.screenshot(path=str(tmp_path / f"ema-error-{load_fast}.png"))
+
+            # Its ema-error finding holds evidence per layer: spelled out, not "[object Object]".
+            frame.evaluate(
+                "h => { location.hash = h; }", urlencode({"view": "diagnostics", "run": SLOW})
+            )
+            finding = frame.wait_for_selector(f'.finding[data-code=ema-error][data-run="{SLOW}"]')
+            layers = finding.query_selector(".evidence tr[data-key=layers] td.mono").inner_text()
+            assert (
+                layers.startswith(f"{{{SLOW_LAYER}: {{mean_shift: ")
+                and "[object" not in finding.inner_text()
+            )
+
+            frame.evaluate(
+                "h => { location.hash = h; }", urlencode({"view": "graph", "run": "train"})
+            )
+            site = frame.wait_for_selector('.site[data-site*="block1_bn"] svg.site-graph')
+            assert site.query_selector(".node.path-training") and site.query_selector(
+                ".node.path-inference"
+            )
+            page.screenshot(path=str(tmp_path / f"graph-{load_fast}.png"))
+        finally:
+            browser.close()
+    assert not dialogs, f"a dialog fired (script injection?): {dialogs}"
+    assert not errors, f"uncaught errors in the page: {errors}"
+    if os.environ.get("TB_BN_UPDATE_SCREENSHOT") == "1":
+        (REPO / "docs").mkdir(exist_ok=True)
+        shutil.copy(tmp_path / f"layer-{load_fast}.png", REPO / "docs" / "screenshot.png")
+
+
+def _plugin_frame(page):
+    """The iframe TensorBoard loads the plugin's ES module into."""
+    deadline = time.time() + TIMEOUT_MS / 1000
+    while time.time() < deadline:
+        for frame in page.frames:
+            if "plugin_entry.html?name=bn_internals" in frame.url:
+                frame.wait_for_selector("[data-bn-app]")
+                return frame
+        page.wait_for_timeout(200)
+    pytest.fail(f"no BN Internals iframe among {[f.url for f in page.frames]}")
