@@ -27,6 +27,8 @@ def json_safe(value: Any, non_finite: Any = AS_STRING) -> Any:
     """
     if isinstance(value, dict):
         return {str(k): json_safe(v, non_finite) for k, v in value.items()}
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        return _numeric_array(value, non_finite)
     if isinstance(value, (list, tuple, np.ndarray)):
         return [json_safe(v, non_finite) for v in value]
     if isinstance(value, (bool, np.bool_)):
@@ -39,6 +41,21 @@ def json_safe(value: Any, non_finite: Any = AS_STRING) -> Any:
             return number
         return str(number) if non_finite == AS_STRING else non_finite
     return value
+
+
+def _numeric_array(array: np.ndarray, non_finite: Any) -> Any:
+    """``json_safe`` of a bool, integer or float array (any rank), without a call per element."""
+    if array.ndim == 0:
+        return json_safe(array[()], non_finite)
+    if array.dtype.kind != "f":
+        return array.tolist()
+    finite = np.isfinite(array)
+    if finite.all():
+        return array.tolist()
+    out = array.astype(object)
+    bad = ~finite
+    out[bad] = [str(float(v)) for v in array[bad]] if non_finite == AS_STRING else non_finite
+    return out.tolist()
 
 
 def text_table(rows: Sequence[Sequence[Any]], header: Sequence[str], indent: str = "") -> list[str]:
