@@ -1,6 +1,6 @@
 """Plugin name, tag scheme and summary metadata for BN Internals summaries.
 
-Everything the writer (``summary.py``) and the readers (``data.py``, the
+Everything the writer (``summary.py``) and the readers (``reading/``, the
 plugin) must agree on lives here: the plugin name, the payload kinds, the row
 and column layouts of the tensors, and the versioned JSON ``content`` of each
 tag's ``SummaryMetadata``.
@@ -20,12 +20,13 @@ the layer trained, and never for single-device training or
 one row per replica: ``[count, batch_mean (C), batch_variance (C)]``
 (``count``: values per channel the replica normalised over; variance biased).
 The global batch statistics follow exactly from these rows
-(``population.combine_replicas``).
+(``numerics.moments.combine_replicas``).
 
-The ``ema_error`` payload (tag ``layer_tag(path, "ema_error")``, written by
-``precise.PreciseStatsMonitor``) is a float32 vector of
-``population.EmaError.FIELDS`` with content
-``{"kind": "ema_error", "layer_path": path, "fields": [...]}``.
+The ``ema_error`` payload (tag ``layer_tag(path, SUFFIX_EMA_ERROR)``, written by
+``training.precise.PreciseStatsMonitor``) is a float32 vector of the values of
+``numerics.ema.EmaError.FIELDS`` with content
+``{"kind": "ema_error", "layer_path": path, "fields": [...]}`` naming them in
+storage order; ``records`` decodes it into a ``series.EmaErrorSeries``.
 
 The ``gap`` payload (tag ``gap_tag()``, one event per gap evaluation) is a flat
 float32 tensor measured on the probe batch, laid out as described by its
@@ -63,6 +64,12 @@ KIND_LAYER_CHANNELS = "layer_channels"
 KIND_GAP = "gap"
 KIND_EMA_ERROR = "ema_error"
 KIND_LAYER_REPLICAS = "layer_replicas"
+
+# Last part of a layer payload's tag: ``layer_tag(path, SUFFIX_...)``.
+SUFFIX_SUMMARY = "summary"
+SUFFIX_CHANNELS = "channels"
+SUFFIX_REPLICAS = "replicas"
+SUFFIX_EMA_ERROR = "ema_error"
 
 # Per-channel statistics, in the order they are stored as rows.
 BATCH_MEAN = "batch_mean"
@@ -109,7 +116,7 @@ INFO_FIELDS = ("training", "trainable", "count", "momentum", "full")
 
 
 def layer_tag(layer_path: str, kind: str) -> str:
-    """The tag for one layer's payload of ``kind`` (``summary``, ``channels`` or ``replicas``)."""
+    """The tag of one layer's payload: ``kind`` is a ``SUFFIX_*`` (``summary``, ``channels``...)."""
     return f"{TAG_PREFIX}/{layer_path}/{kind}"
 
 

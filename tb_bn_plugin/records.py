@@ -1,23 +1,28 @@
-"""What one logged step stores per layer: pure numpy, no TensorFlow.
+"""The numeric layout of every logged payload: pure numpy, no TensorFlow.
 
 A logged step keeps, for every layer, a compact *summary record* (scalar facts
 plus statistics across channels of every per-channel quantity) and, on
 *snapshot* steps, the full per-channel vectors. The snapshot cadence is chosen
 so the bytes written per logged step stay within a budget.
+
+The ``gap`` and ``ema_error`` payloads are decoded here too (their sections
+below), from records already stacked by the reader (``reading.decode``) into
+``series`` dataclasses; the layouts themselves are described in ``metadata``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
-from typing import Optional
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
 from tb_bn_plugin import metadata
 from tb_bn_plugin.numerics import drift
-from tb_bn_plugin.series import LayerConfig
+from tb_bn_plugin.numerics.ema import EmaError
+from tb_bn_plugin.series import EmaErrorSeries, GapSeries, LayerConfig
 
 _QUANTILES = (0.05, 0.5, 0.95)
 # Approximate bytes an event adds beyond its tensor payload (tag, step, wall time, framing).
@@ -158,7 +163,7 @@ def channel_record(
 
 
 def replica_record(count: np.ndarray, mean: np.ndarray, variance: np.ndarray) -> np.ndarray:
-    """The (R, 1 + 2C) float32 ``layer_replicas`` record from per-replica (R,) counts and (R, C) moments."""
+    """The (R, 1 + 2C) float32 ``layer_replicas`` record: per replica a count, (C,) moments."""
     count = np.asarray(count, dtype=np.float64)[:, None]
     return np.concatenate([count, np.asarray(mean), np.asarray(variance)], axis=1).astype(
         np.float32
@@ -168,7 +173,10 @@ def replica_record(count: np.ndarray, mean: np.ndarray, variance: np.ndarray) ->
 def split_replica_record(
     record: np.ndarray, channels: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Inverse of ``replica_record`` for one record (R, W) or a stack (S, R, W): count, mean, variance (float64)."""
+    """Inverse of ``replica_record`` for one record (R, W) or a stack (S, R, W).
+
+    Returns count, mean, variance (float64).
+    """
     record = np.asarray(record, dtype=np.float64)
     return (
         record[..., 0],
@@ -178,7 +186,7 @@ def split_replica_record(
 
 
 def replica_bytes(configs: Sequence[LayerConfig], replicas: int) -> int:
-    """Bytes the ``layer_replicas`` records of all layers add to a per-channel snapshot (0 on one replica)."""
+    """Bytes the ``layer_replicas`` records of all layers add to a snapshot (0 on one replica)."""
     if replicas <= 1:
         return 0
     per_value = np.dtype(np.float32).itemsize
@@ -221,7 +229,7 @@ def check_logging_options(
 def snapshot_interval(
     configs: Sequence[LayerConfig], dtype: np.dtype, budget_bytes: int, replicas: int = 1
 ) -> int:
-    """Every how many logged steps a per-channel snapshot fits ``budget_bytes`` per logged step on average.
+    """Every how many logged steps a snapshot fits ``budget_bytes`` per logged step on average.
 
     1 when snapshots fit at every logged step. When even summaries exceed
     the budget, snapshots are spaced as if a tenth of the budget remained.
@@ -269,3 +277,113 @@ class LayerSnapshot:
     # Unsynchronised layers on several replicas, at training steps: (count (R,), mean (R, C),
     # variance (R, C)) of every replica; replica 0's are also in ``values``/``count``.
     replicas: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None
+
+
+# -- gap payload: decoding -------------------------------------------------------------
+
+
+def gap_record_width(content: Mapping[str, Any]) -> int:
+    """Values in one ``gap`` record laid out as its metadata ``content`` says (see ``metadata``)."""
+    losses, metrics = content.get("losses", []), content.get("metrics", [])
+    fields = content.get("layer_fields", metadata.GAP_LAYER_FIELDS)
+    return 2 * len(losses) + 2 * len(metrics) + len(content.get("layers", [])) * len(fields)
+
+
+def decode_gap(
+    content: Mapping[str, Any],
+    steps: np.ndarray,
+    table: np.ndarray,
+    layers: Optional[Iterable[str]] = None,
+) -> GapSeries:
+    """The ``GapSeries`` of ``gap`` records: (G,) ``steps``, (G, ``gap_record_width``) ``table``.
+
+    ``train_loss``/``inference_loss`` are the ``loss`` entry (NaN when absent);
+    further losses (per output of multi-output models) join ``metrics`` under
+    their names. ``layers`` keeps only these layer paths. Fields the content does
+    not list are NaN. Raises ``ValueError`` when ``table`` does not fit the layout.
+    """
+    losses = list(content.get("losses", []))
+    metric_names = list(content.get("metrics", []))
+    paths = list(content.get("layers", []))
+    fields = list(content.get("layer_fields", metadata.GAP_LAYER_FIELDS))
+    n_loss, n_metric, g = len(losses), len(metric_names), len(steps)
+    table = np.asarray(table, dtype=np.float64)
+    if table.shape != (g, gap_record_width(content)):
+        raise ValueError(
+            f"gap records of shape {table.shape}, layout expects {(g, gap_record_width(content))}"
+        )
+    train_losses, table = table[:, :n_loss], table[:, n_loss:]
+    inference_losses, table = table[:, :n_loss], table[:, n_loss:]
+    train_metrics, table = table[:, :n_metric], table[:, n_metric:]
+    inference_metrics, table = table[:, :n_metric], table[:, n_metric:]
+    per_layer = table.reshape(g, len(paths), len(fields))
+    nan = np.full(g, np.nan)
+
+    def column(names: list[str], matrix: np.ndarray, name: str) -> np.ndarray:
+        return matrix[:, names.index(name)].copy() if name in names else nan.copy()
+
+    metrics = {
+        name: {"train": train_metrics[:, i].copy(), "inference": inference_metrics[:, i].copy()}
+        for i, name in enumerate(metric_names)
+    }
+    for i, name in enumerate(losses):
+        if name != "loss":
+            metrics[name] = {
+                "train": train_losses[:, i].copy(),
+                "inference": inference_losses[:, i].copy(),
+            }
+    wanted = set(layers) if layers is not None else None
+
+    def by_layer(field: str) -> dict[str, np.ndarray]:
+        if field not in fields:
+            return {p: nan.copy() for p in paths if wanted is None or p in wanted}
+        j = fields.index(field)
+        return {
+            p: per_layer[:, i, j].copy()
+            for i, p in enumerate(paths)
+            if wanted is None or p in wanted
+        }
+
+    return GapSeries(
+        steps=np.asarray(steps, dtype=np.int64),
+        train_loss=column(losses, train_losses, "loss"),
+        inference_loss=column(losses, inference_losses, "loss"),
+        metrics=metrics,
+        compound=by_layer(metadata.GAP_COMPOUND),
+        local=by_layer(metadata.GAP_LOCAL),
+        local_derived=by_layer(metadata.GAP_LOCAL_DERIVED),
+        attribution=by_layer(metadata.GAP_ATTRIBUTION),
+    )
+
+
+# -- ema_error payload: decoding -------------------------------------------------------
+
+
+def ema_error_record_width(content: Mapping[str, Any]) -> int:
+    """Values in one ``ema_error`` record: one per field its metadata ``content`` names."""
+    return len(content.get("fields", ()))
+
+
+def decode_ema_error(
+    content: Mapping[str, Any], steps: np.ndarray, table: np.ndarray
+) -> EmaErrorSeries:
+    """The ``EmaErrorSeries`` of ``ema_error`` records: (E,) ``steps``, (E, fields) ``table``.
+
+    Columns are matched to ``EmaError.FIELDS`` by the names in ``content["fields"]``;
+    a field it does not name is NaN. Raises ``ValueError`` when ``table`` does not fit.
+    """
+    fields = list(content.get("fields", ()))
+    table = np.asarray(table, dtype=np.float64)
+    if table.shape != (len(steps), len(fields)):
+        raise ValueError(
+            f"ema_error records of shape {table.shape}, layout expects {(len(steps), len(fields))}"
+        )
+    return EmaErrorSeries(
+        steps=np.asarray(steps, dtype=np.int64),
+        values={
+            field: table[:, fields.index(field)].copy()
+            if field in fields
+            else np.full(len(steps), np.nan)
+            for field in EmaError.FIELDS
+        },
+    )

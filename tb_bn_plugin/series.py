@@ -1,7 +1,7 @@
 """In-memory series of logged BatchNorm internals: what readers return and the math consumes.
 
 These dataclasses are the boundary between storage (event files read through
-TensorBoard's data path, see ``data.py``) and the pure numpy functions for
+TensorBoard's data path, see ``reading/``) and the pure numpy functions for
 drift, gaps and diagnostics. They can be built directly from numpy arrays in
 tests, without a training run.
 """
@@ -15,6 +15,7 @@ import numpy as np
 
 from tb_bn_plugin import metadata
 from tb_bn_plugin.numerics import moments
+from tb_bn_plugin.numerics.ema import EmaError
 
 
 @dataclasses.dataclass
@@ -133,16 +134,44 @@ class GapSeries:
 
 
 @dataclasses.dataclass
+class EmaErrorSeries:
+    """How far one layer's moving statistics were from its precise population statistics.
+
+    Measured by ``training.precise.PreciseStatsMonitor`` (see ``numerics.ema.EmaError``).
+
+    Attributes:
+      steps: (E,) int64 steps of the measurements.
+      values: field name -> (E,) float64, one entry per ``EmaError.FIELDS`` in that
+        order (``mean_shift``, ``max_mean_shift``, ``abs_log_var_ratio``,
+        ``max_abs_log_var_ratio``); NaN where a field was not logged.
+    """
+
+    steps: np.ndarray
+    values: dict[str, np.ndarray]
+
+    def error_at(self, i: int) -> EmaError:
+        """The ``EmaError`` of measurement ``i`` (negative counts from the end)."""
+        return EmaError(*(float(self.values[field][i]) for field in EmaError.FIELDS))
+
+
+@dataclasses.dataclass
 class RunData:
-    """All BN Internals data of one run."""
+    """All BN Internals data of one run.
+
+    Attributes:
+      run: the run's name.
+      layers: layer path -> its series.
+      gap: the train/inference gap, when logged.
+      errors: data of this run that could not be decoded (one line each).
+      ema_error: layer path -> its EMA-vs-precise error, for layers a
+        ``PreciseStatsMonitor`` measured.
+    """
 
     run: str
     layers: dict[str, LayerSeries]
     gap: Optional[GapSeries] = None
     errors: list[str] = dataclasses.field(default_factory=list)
-    # layer path -> (steps (E,), values (E, 4) in ``numerics.ema.EmaError.FIELDS`` order),
-    # the EMA-vs-precise error logged by ``precise.PreciseStatsMonitor``.
-    ema_error: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
+    ema_error: dict[str, EmaErrorSeries] = dataclasses.field(default_factory=dict)
 
     def ordered_layers(self) -> list[LayerSeries]:
         """Layers in model order."""

@@ -115,10 +115,9 @@ class ReportInputs:
 
 def load_report_inputs(logdir: str, runs: Optional[Sequence[str]] = None) -> ReportInputs:
     """Read ``logdir``; raise ``CommandError`` when there is nothing to report."""
-    from tb_bn_plugin.reading.data import (
-        load_runs,
-        open_logdir,
-    )  # TensorBoard imports: only when reading
+    # TensorBoard imports: only when reading.
+    from tb_bn_plugin.reading.load import load_runs
+    from tb_bn_plugin.reading.provider import open_logdir
 
     if not os.path.exists(logdir):
         raise CommandError(f"log directory {logdir!r} does not exist")

@@ -1,4 +1,7 @@
-"""``ema-error``: moving statistics off the precise population statistics (``PreciseStatsMonitor``)."""
+"""``ema-error``: moving statistics off the precise population statistics.
+
+Reads ``RunData.ema_error``, the measurements ``PreciseStatsMonitor`` logs.
+"""
 
 from __future__ import annotations
 
@@ -71,11 +74,9 @@ def ema_error(run: RunData, thresholds: Thresholds = Thresholds()) -> list[Findi
         return []
     order = view.layer_index(run)
     latest = {
-        path: (int(steps[-1]), EmaError(*(float(v) for v in values[-1])))
-        for path, (steps, values) in sorted(
-            run.ema_error.items(), key=lambda kv: order.get(kv[0], math.inf)
-        )
-        if len(steps)
+        path: (int(series.steps[-1]), series.error_at(-1))
+        for path, series in sorted(run.ema_error.items(), key=lambda kv: order.get(kv[0], math.inf))
+        if len(series.steps)
     }
     return ema_error_finding(
         {path: error for path, (_, error) in latest.items()},

@@ -1,9 +1,12 @@
-"""The BN Internals TensorBoard plugin: HTTP routes over ``plugin_routes``.
+"""The BN Internals TensorBoard plugin: the loader and the thin HTTP shell over ``routes``.
 
 Routes (under ``/data/plugin/bn_internals/``, contract in ``frontend/API.md``):
 ``runs``, ``layer``, ``gap``, ``diagnostics``, ``graph`` answer JSON; anything
 else is a file of ``static/`` (``index.js`` is the frontend's ES module).
-Errors answer ``{"error": message}`` with 400 (bad parameters) or 404.
+The route functions raise TensorBoard's errors (``tensorboard.errors``):
+the shell answers them as ``{"error": message}`` with their status, 400
+(``InvalidArgumentError``: bad parameters) or 404 (``NotFoundError``: unknown
+run or layer, no readable data).
 
 Sampling: TensorBoard keeps only 10 samples per tag of an unknown plugin's
 tensors. ``BNInternalsLoader.fix_flags`` sets ``--samples_per_plugin
@@ -20,20 +23,21 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from tensorboard import plugin_util
+from tensorboard import errors, plugin_util
 from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
 from tb_bn_plugin import metadata
-from tb_bn_plugin.plugin import routes
-from tb_bn_plugin.reading import data
+from tb_bn_plugin.plugin.routes import diagnostics, gap, graph, layer, params, runs
+from tb_bn_plugin.reading.cache import SeriesCache
+from tb_bn_plugin.reading.provider import ExperimentSource, plugin_provider
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 # Samples kept per tag when the user does not choose: all of them.
 ALL_SAMPLES_HINT = 0
 
-Impl = Callable[[data.Source, Any], dict[str, Any]]
+Impl = Callable[[ExperimentSource, Any], dict[str, Any]]
 
 
 class BNInternalsPlugin(base_plugin.TBPlugin):
@@ -42,10 +46,10 @@ class BNInternalsPlugin(base_plugin.TBPlugin):
     plugin_name = metadata.PLUGIN_NAME
 
     def __init__(self, context: base_plugin.TBContext) -> None:
-        self._provider = data.plugin_provider(
+        self._provider = plugin_provider(
             context.data_provider, context.multiplexer, context.logdir or ""
         )
-        self._cache = data.SeriesCache()
+        self._cache = SeriesCache()
 
     def get_plugin_apps(self) -> dict[str, Callable]:
         return {
@@ -67,20 +71,20 @@ class BNInternalsPlugin(base_plugin.TBPlugin):
 
     @wrappers.Request.application
     def _runs_route(self, request: wrappers.Request) -> wrappers.Response:
-        return self._serve(request, lambda source, args: routes.runs_impl(source, self._cache))
+        return self._serve(request, lambda source, args: runs.runs_impl(source, self._cache))
 
     @wrappers.Request.application
     def _layer_route(self, request: wrappers.Request) -> wrappers.Response:
         return self._serve(
             request,
-            lambda source, args: routes.layer_impl(
+            lambda source, args: layer.layer_impl(
                 source,
-                routes.required(args, "run"),
-                routes.required(args, "layer"),
-                resolution=routes.int_param(
-                    args, "resolution", routes.DEFAULT_RESOLUTION, 2, routes.MAX_RESOLUTION
+                params.required(args, "run"),
+                params.required(args, "layer"),
+                resolution=params.int_param(
+                    args, "resolution", layer.DEFAULT_RESOLUTION, 2, layer.MAX_RESOLUTION
                 ),
-                channel=routes.int_param(args, "channel", None, 0),
+                channel=params.int_param(args, "channel", None, 0),
                 cache=self._cache,
             ),
         )
@@ -88,14 +92,14 @@ class BNInternalsPlugin(base_plugin.TBPlugin):
     @wrappers.Request.application
     def _gap_route(self, request: wrappers.Request) -> wrappers.Response:
         return self._serve(
-            request, lambda source, args: routes.gap_impl(source, routes.required(args, "run"))
+            request, lambda source, args: gap.gap_impl(source, params.required(args, "run"))
         )
 
     @wrappers.Request.application
     def _diagnostics_route(self, request: wrappers.Request) -> wrappers.Response:
         return self._serve(
             request,
-            lambda source, args: routes.diagnostics_impl(
+            lambda source, args: diagnostics.diagnostics_impl(
                 source, args.get("run") or None, self._cache
             ),
         )
@@ -103,7 +107,7 @@ class BNInternalsPlugin(base_plugin.TBPlugin):
     @wrappers.Request.application
     def _graph_route(self, request: wrappers.Request) -> wrappers.Response:
         return self._serve(
-            request, lambda source, args: routes.graph_impl(source, routes.required(args, "run"))
+            request, lambda source, args: graph.graph_impl(source, params.required(args, "run"))
         )
 
     @wrappers.Request.application
@@ -119,15 +123,15 @@ class BNInternalsPlugin(base_plugin.TBPlugin):
         return http_util.Respond(request, content, content_type or "application/octet-stream")
 
     def _serve(self, request: wrappers.Request, impl: Impl) -> wrappers.Response:
-        source = data.Source(
+        source = ExperimentSource(
             self._provider,
             plugin_util.context(request.environ),
             plugin_util.experiment_id(request.environ),
         )
         try:
             return _json(request, impl(source, request.args), 200)
-        except routes.RouteError as err:
-            return _json(request, {"error": str(err)}, err.http_code)
+        except errors.PublicError as err:
+            return _json(request, {"error": error_message(err)}, err.http_code)
 
 
 class BNInternalsLoader(base_plugin.TBLoader):
@@ -143,8 +147,15 @@ class BNInternalsLoader(base_plugin.TBLoader):
         return BNInternalsPlugin(context)
 
 
+def error_message(err: errors.PublicError) -> str:
+    """What a route's error says, without the code name TensorBoard's errors prefix it with."""
+    text = str(err)
+    _code_name, sep, details = text.partition(": ")
+    return details if sep else text
+
+
 def _static_file(name: str) -> str | None:
-    """The file ``name`` names inside ``STATIC_DIR``, or ``None`` (missing, a directory, or outside it)."""
+    """The file ``name`` names inside ``STATIC_DIR``; ``None`` if missing, a folder or outside."""
     parts = name.split("/")
     if not name or any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts):
         return None

@@ -41,7 +41,8 @@ ELSEWHERE = {"replica-batch-too-small": "test_distribute.py::test_mirrored_strat
 
 def findings_of(tmp_path_factory, scenario: str):
     from tb_bn_plugin.diagnostics import diagnose
-    from tb_bn_plugin.reading.data import load_runs, open_logdir
+    from tb_bn_plugin.reading.load import load_runs
+    from tb_bn_plugin.reading.provider import open_logdir
 
     run_dir = scenario_run(tmp_path_factory, scenario)
     runs = load_runs(open_logdir(os.path.dirname(run_dir)))

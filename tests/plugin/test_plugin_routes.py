@@ -19,19 +19,23 @@ from urllib.parse import urlencode
 import numpy as np
 import pytest
 from _plugin_logdir import HOSTILE, LAYERS, LOGGED_STEPS, tfrecords, write_logdir
-from tensorboard import context, program
+from tensorboard import context, errors, program
 from tensorboard.backend import application
 from tensorboard.backend.event_processing import data_ingester, plugin_event_multiplexer
 from tensorboard.data import server_ingester
 from tensorboard.plugins.core import core_plugin
-from tensorboard.util import tensor_util
 from werkzeug.test import Client
 
 from tb_bn_plugin import metadata, records
 from tb_bn_plugin.numerics import drift
 from tb_bn_plugin.numerics.ema import EmaError
-from tb_bn_plugin.plugin import loader, routes
-from tb_bn_plugin.reading import data
+from tb_bn_plugin.plugin import loader
+from tb_bn_plugin.plugin.routes import params, runs
+from tb_bn_plugin.plugin.routes.graph import graph_impl
+from tb_bn_plugin.plugin.routes.layer import layer_impl
+from tb_bn_plugin.reading.cache import SeriesCache
+from tb_bn_plugin.reading.load import read_gap, read_stats
+from tb_bn_plugin.reading.provider import ExperimentSource, MultiplexerProvider, open_logdir
 from tb_bn_plugin.series import LayerConfig
 
 PREFIX = "/data/plugin/bn_internals/"
@@ -48,7 +52,7 @@ def logdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stats(logdir):
-    return data.read_stats(logdir)
+    return read_stats(logdir)
 
 
 def tensorboard_flags(logdir: str, *argv: str):
@@ -249,7 +253,7 @@ def test_runs_overview(app, stats):
 
 
 def test_overview_counts_every_step_when_it_samples(app, monkeypatch):
-    monkeypatch.setattr(routes, "OVERVIEW_POINTS", 5)
+    monkeypatch.setattr(runs, "OVERVIEW_POINTS", 5)
     (train,) = [r for r in app.get("runs")["runs"] if r["run"] == "train"]
     for layer in train["layers"]:
         assert layer["num_steps"] == len(LOGGED_STEPS) and layer["last_step"] == 32
@@ -444,7 +448,7 @@ def test_layer_route_ema_error_matches_the_monitor(monitor_run, loader):
 
 
 def test_layer_impl_reads_only_the_layers_own_tags(monitor_run, monkeypatch):
-    source = data.open_logdir(monitor_run[0])
+    source = open_logdir(monitor_run[0])
     calls: list[set[str]] = []
     read = source.provider.read_tensors
 
@@ -453,41 +457,18 @@ def test_layer_impl_reads_only_the_layers_own_tags(monitor_run, monkeypatch):
         return read(*args, **kwargs)
 
     monkeypatch.setattr(source.provider, "read_tensors", spy)
-    assert routes.layer_impl(source, "train", "bn2")["ema_error"]["steps"] == [8, 16, 24]
+    assert layer_impl(source, "train", "bn2")["ema_error"]["steps"] == [8, 16, 24]
     # One provider call (the heatmap of a narrow layer samples like the summaries), the layer's own tags only.
     assert calls == [
-        {metadata.layer_tag("bn2", kind) for kind in ("summary", "channels", "ema_error")}
+        {
+            metadata.layer_tag("bn2", suffix)
+            for suffix in (
+                metadata.SUFFIX_SUMMARY,
+                metadata.SUFFIX_CHANNELS,
+                metadata.SUFFIX_EMA_ERROR,
+            )
+        }
     ], calls
-
-
-@pytest.mark.parametrize(
-    "array",
-    [
-        np.arange(12, dtype=np.float32).reshape(3, 4),
-        np.array([1.5, -2.0, np.nan], dtype=np.float16),
-        np.float64(3.25),
-        np.arange(5, dtype=np.int64),
-        np.zeros((0, 3), dtype=np.float32),
-    ],
-)
-def test_decode_tensor_matches_tensorboard(array):
-    proto = tensor_util.make_tensor_proto(array)
-    decoded = data.decode_tensor(proto)
-    expected = tensor_util.make_ndarray(proto)
-    assert decoded.dtype == expected.dtype and decoded.shape == expected.shape
-    np.testing.assert_array_equal(decoded, expected)
-    np.testing.assert_array_equal(decoded, array)
-
-
-def test_evenly_spaced():
-    assert data.evenly_spaced(0, 5).tolist() == []
-    assert data.evenly_spaced(3, 5).tolist() == [0, 1, 2]
-    assert data.evenly_spaced(10, 1).tolist() == [9]
-    assert data.evenly_spaced(10, 3).tolist() == [0, 4, 9]
-    picked = data.evenly_spaced(5000, 1000)
-    assert (
-        len(picked) == len(set(picked.tolist())) == 1000 and picked[0] == 0 and picked[-1] == 4999
-    )
 
 
 # -- errors and hostile input ---------------------------------------------------
@@ -583,7 +564,7 @@ def test_corrupt_event_files_do_not_break_other_runs(app, stats):
 
 
 def test_gap_route_matches_read_gap(app, logdir):
-    gap = data.read_gap(logdir)["train"]
+    gap = read_gap(logdir)["train"]
     body = app.get("gap", run="train")
     assert body["steps"] == gap.steps.tolist() == [16, 32]
     np.testing.assert_allclose(body["train_loss"], gap.train_loss, rtol=RTOL)
@@ -642,26 +623,20 @@ def test_graph_route_marks_both_paths(app):
 
 
 def test_impl_functions_without_http(logdir, stats):
-    source = data.open_logdir(logdir)
-    body = routes.layer_impl(source, "train", "head_bn", resolution=3, channel=0)
+    source = open_logdir(logdir)
+    body = layer_impl(source, "train", "head_bn", resolution=3, channel=0)
     assert body["steps"] == [2, 18, 32]  # indices round(linspace(0, 15, 3)) = 0, 8, 15
     np.testing.assert_allclose(
         body["channel"]["values"]["gamma"],
         stats["train"]["head_bn"]["gamma"][1][[0, 8, 15], 0],
         rtol=RTOL,
     )
-    with pytest.raises(routes.BadRequest):
-        routes.layer_impl(source, "train", "head_bn", channel=4)
-    with pytest.raises(routes.NotFound):
-        routes.graph_impl(source, "nope")
-    with pytest.raises(routes.BadRequest):
-        routes.int_param({"resolution": "0x10"}, "resolution", 5, 2)
-    assert routes.json_values([1.0, np.nan, np.inf, -np.inf, 0.0]) == [1.0, None, None, None, 0.0]
-    assert routes.json_values([0.28268021345, -3.14159265e-8, 12345678.9]) == [
-        0.2826802,
-        -3.141593e-08,
-        12345680.0,
-    ]
+    with pytest.raises(errors.InvalidArgumentError):
+        layer_impl(source, "train", "head_bn", channel=4)
+    with pytest.raises(errors.NotFoundError, match="unknown run 'nope'"):
+        graph_impl(source, "nope")
+    with pytest.raises(errors.InvalidArgumentError):
+        params.int_param({"resolution": "0x10"}, "resolution", 5, 2)
 
 
 def test_cache_never_serves_data_a_reload_replaced(logdir, tmp_path):
@@ -678,13 +653,13 @@ def test_cache_never_serves_data_a_reload_replaced(logdir, tmp_path):
     )
     multiplexer.AddRunsFromDirectory(str(tmp_path))
     multiplexer.Reload()
-    source = data.Source(
-        data.MultiplexerProvider(multiplexer, str(tmp_path)), context.RequestContext(), ""
+    source = ExperimentSource(
+        MultiplexerProvider(multiplexer, str(tmp_path)), context.RequestContext(), ""
     )
-    cache = data.SeriesCache()
+    cache = SeriesCache()
 
     def block1():
-        (run,) = routes.runs_impl(source, cache)["runs"]
+        (run,) = runs.runs_impl(source, cache)["runs"]
         return run["layers"][0]
 
     before = block1()
@@ -693,7 +668,7 @@ def test_cache_never_serves_data_a_reload_replaced(logdir, tmp_path):
     multiplexer.Reload()
     after = block1()
     assert after["num_steps"] == len(LOGGED_STEPS) > before["num_steps"]
-    layer = routes.layer_impl(source, "run", "block1_bn", cache=cache)
+    layer = layer_impl(source, "run", "block1_bn", cache=cache)
     assert layer["steps"] == LOGGED_STEPS
 
 

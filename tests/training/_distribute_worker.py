@@ -19,7 +19,8 @@ keras = tf.keras
 
 from tb_bn_plugin import BatchNormCallback  # noqa: E402
 from tb_bn_plugin.diagnostics import diagnose  # noqa: E402
-from tb_bn_plugin.reading import data  # noqa: E402
+from tb_bn_plugin.reading.load import load_runs  # noqa: E402
+from tb_bn_plugin.reading.provider import open_logdir  # noqa: E402
 
 
 def main(synchronized: bool) -> dict:
@@ -53,7 +54,7 @@ def main(synchronized: bool) -> dict:
     precise = precise_stats(model, x, batch_size=16, progress=False)["bn"]
     recalibrate(model, x, batch_size=16, progress=False)
     bn = model.get_layer("bn")
-    run = data.load_runs(data.open_logdir(log_dir))["train"]
+    run = load_runs(open_logdir(log_dir))["train"]
     layer = run.layers["bn"]
     replicas = layer.replicas
     global_moments = replicas.global_moments() if replicas is not None else None

@@ -24,7 +24,8 @@ keras = tf.keras
 assert keras.__name__.startswith("tf_keras"), keras.__name__
 
 from tb_bn_plugin import BatchNormCallback, precise_stats, recalibrate  # noqa: E402
-from tb_bn_plugin.reading import data  # noqa: E402
+from tb_bn_plugin.reading.load import load_runs  # noqa: E402
+from tb_bn_plugin.reading.provider import open_logdir  # noqa: E402
 from tb_bn_plugin.training.capture import find_batchnorm_layers  # noqa: E402
 from tb_bn_plugin.training.probe import GapProbe, probe_batch_from_data  # noqa: E402
 
@@ -56,7 +57,7 @@ def stats(layer_kwargs: dict, log_every_n_steps: int = 1) -> dict:
         model.fit(
             x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[callback, Due()]
         )
-    run = data.load_runs(data.open_logdir(log_dir))["train"]
+    run = load_runs(open_logdir(log_dir))["train"]
     layer, gap = run.layers["bn"], run.gap
     logged = {
         "layer_moving_mean": bn.moving_mean.numpy().ravel().tolist(),
@@ -152,7 +153,7 @@ def identical() -> dict:
 
     without, history_without, _ = train(False)
     with_cb, history_with, messages = train(True)
-    run = data.load_runs(data.open_logdir(log_dir))["train"]
+    run = load_runs(open_logdir(log_dir))["train"]
     return {
         "n_state": len(without),
         "identical": len(without) == len(with_cb)

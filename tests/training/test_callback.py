@@ -117,7 +117,9 @@ def test_channels_first_rank5_and_rank2_layouts(keras, tmp_path):
 
 
 def test_layer_facts_logged_in_summary_records(keras, tmp_path):
-    from tb_bn_plugin.reading import data
+    from tb_bn_plugin.reading.load import load_runs
+    from tb_bn_plugin.reading.provider import open_logdir
+    from tb_bn_plugin.reading.tags import list_tags
 
     x, y = _data((4, 4, 2), n=16)
     inp = keras.Input((4, 4, 2))
@@ -138,7 +140,7 @@ def test_layer_facts_logged_in_summary_records(keras, tmp_path):
         verbose=0,
         callbacks=[BatchNormCallback(str(tmp_path), log_every_n_steps=1)],
     )
-    run = data.load_runs(data.open_logdir(str(tmp_path)))["train"]
+    run = load_runs(open_logdir(str(tmp_path)))["train"]
     a, f = run.layers["bn_a"], run.layers["bn_frozen"]
     assert (
         a.config.momentum,
@@ -163,7 +165,7 @@ def test_layer_facts_logged_in_summary_records(keras, tmp_path):
     np.testing.assert_array_equal(f.channels["moving_mean"], 0.0)
     # Single device: no per-replica payload.
     assert a.replicas is None and f.replicas is None
-    tags, _ = data.list_tags(data.open_logdir(str(tmp_path)))
+    tags, _ = list_tags(open_logdir(str(tmp_path)))
     assert "layer_replicas" not in {t.kind for t in tags["train"]}
 
 
@@ -307,7 +309,8 @@ def test_refit_logs_again_and_leaves_layers_unwrapped(keras, tmp_path):
 
 
 def test_layer_filter_and_snapshot_budget(keras, tmp_path):
-    from tb_bn_plugin.reading import data
+    from tb_bn_plugin.reading.load import load_runs
+    from tb_bn_plugin.reading.provider import open_logdir
 
     x, y = _data((16,), n=8)
     inp = keras.Input((16,))
@@ -329,7 +332,7 @@ def test_layer_filter_and_snapshot_budget(keras, tmp_path):
             )
         ],
     )
-    run = data.load_runs(data.open_logdir(str(tmp_path)))["train"]
+    run = load_runs(open_logdir(str(tmp_path)))["train"]
     assert list(run.layers) == ["keep_me"]
     layer = run.layers["keep_me"]
     np.testing.assert_array_equal(layer.steps, np.arange(1, 17))
@@ -344,7 +347,7 @@ def test_layer_filter_and_snapshot_budget(keras, tmp_path):
 
 def test_run_graph_holds_training_and_inference_steps_of_each_bn(keras, tmp_path):
     from tb_bn_plugin import analyze_graph
-    from tb_bn_plugin.reading import data
+    from tb_bn_plugin.reading.provider import open_logdir
 
     x, y = _data((6, 6, 3), n=16)
     inp = keras.Input((6, 6, 3))
@@ -352,7 +355,7 @@ def test_run_graph_holds_training_and_inference_steps_of_each_bn(keras, tmp_path
     h = keras.layers.BatchNormalization(name="bn_b")(keras.layers.Conv2D(4, 3)(h))
     model = keras.Model(inp, keras.layers.Dense(1)(keras.layers.Flatten()(h)))
     _fit(model, x, y, tmp_path, epochs=1)
-    source = data.open_logdir(str(tmp_path))
+    source = open_logdir(str(tmp_path))
     graph = read_run_graph(source.provider, source.ctx, source.experiment_id, "train")
     sites = analyze_graph(graph)
     assert len(sites) == 2

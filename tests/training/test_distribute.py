@@ -170,7 +170,8 @@ def _run_workers(tmp_path, mode: str, log_dir: str, n: int = 2, timeout: float =
 )  # BatchNormCallback in fit, BatchNormLogger in a custom loop
 def test_multi_worker_chief_writes_and_training_is_unchanged(tmp_path, mode):
     from tb_bn_plugin.diagnostics import diagnose
-    from tb_bn_plugin.reading import data
+    from tb_bn_plugin.reading.load import load_runs
+    from tb_bn_plugin.reading.provider import open_logdir
 
     log_dir = str(tmp_path / "logs")
     chief, worker = _run_workers(tmp_path, mode, log_dir)
@@ -192,7 +193,7 @@ def test_multi_worker_chief_writes_and_training_is_unchanged(tmp_path, mode):
     assert os.listdir(tmp_path / "worker1_tmp") == []
     # The chief's replica normalises the first half of every 16-row global batch (DATA auto-sharding).
     x = np.array(chief["x"], dtype=np.float64)
-    run = data.load_runs(data.open_logdir(log_dir))["train"]
+    run = load_runs(open_logdir(log_dir))["train"]
     layer = run.layers["bn"]
     np.testing.assert_array_equal(layer.steps, [1, 2, 3, 4])
     np.testing.assert_array_equal(layer.info["count"], [8] * 4)

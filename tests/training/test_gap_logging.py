@@ -7,7 +7,9 @@ import pytest
 
 from tb_bn_plugin import BatchNormCallback, metadata, read_stats
 from tb_bn_plugin.numerics.gap import relative_rms_difference
-from tb_bn_plugin.reading.data import list_tags, open_logdir, read_gap
+from tb_bn_plugin.reading.load import read_gap
+from tb_bn_plugin.reading.provider import open_logdir
+from tb_bn_plugin.reading.tags import list_tags
 
 
 def _bn(x, mean, variance, gamma, beta, eps):

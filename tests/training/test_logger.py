@@ -66,7 +66,8 @@ def test_gradient_tape_loop_with_optimizer_clock(keras, tmp_path):
 def test_internal_counter_cadence_and_untrained_steps(keras, tmp_path):
     import tensorflow as tf
 
-    from tb_bn_plugin.reading import data
+    from tb_bn_plugin.reading.load import load_runs
+    from tb_bn_plugin.reading.provider import open_logdir
     from tb_bn_plugin.training.logger import BatchNormLogger
 
     x, y = _data(n=8, seed=1)
@@ -84,7 +85,7 @@ def test_internal_counter_cadence_and_untrained_steps(keras, tmp_path):
     logger.close()
     assert written == [False, True, False, True, False, True]
 
-    run = data.load_runs(data.open_logdir(str(tmp_path)))["train"]
+    run = load_runs(open_logdir(str(tmp_path)))["train"]
     layer = run.layers["bn"]
     np.testing.assert_array_equal(layer.steps, [2, 4, 6])
     np.testing.assert_array_equal(layer.info["training"], [1, 0, 1])

@@ -1,0 +1,118 @@
+"""The ``layer`` route: one layer's statistics over its logged steps, its heatmaps and EMA error."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+from tensorboard import errors
+
+from tb_bn_plugin import diagnostics, metadata, records
+from tb_bn_plugin.numerics import drift, ema
+from tb_bn_plugin.plugin.routes.encoding import json_values
+from tb_bn_plugin.plugin.routes.params import check_run
+from tb_bn_plugin.plugin.routes.runs import ROW_CONFIG_FIELDS
+from tb_bn_plugin.reading.cache import SeriesCache
+from tb_bn_plugin.reading.load import load_runs
+from tb_bn_plugin.reading.provider import ExperimentSource, evenly_spaced
+from tb_bn_plugin.series import EmaErrorSeries
+
+DEFAULT_RESOLUTION = 1000
+MAX_RESOLUTION = 100_000
+# Upper bound on channels x snapshot steps per heatmap: wide layers get fewer snapshot columns.
+HEATMAP_CELLS = 100_000
+
+_CONFIG_FIELDS = ROW_CONFIG_FIELDS + ("synchronized", "renorm")
+_INFO_FIELDS = ("training", "trainable", "count", "momentum")
+
+
+def layer_impl(
+    source: ExperimentSource,
+    run: str,
+    layer: str,
+    resolution: int = DEFAULT_RESOLUTION,
+    channel: Optional[int] = None,
+    cache: Optional[SeriesCache] = None,
+) -> dict[str, Any]:
+    """One layer's statistics over every logged step, downsampled to ``resolution`` points."""
+    run_data = load_runs(
+        source,
+        runs=[run],
+        layers=[layer],
+        downsample=resolution,
+        channel_downsample=lambda config: _heatmap_columns(config.channels, resolution),
+        with_gap=False,
+        cache=cache,
+    ).get(run)
+    series = run_data.layers.get(layer) if run_data is not None else None
+    if series is None:
+        check_run(source, run)
+        problems = "; ".join(run_data.errors) if run_data is not None else ""
+        raise errors.NotFoundError(
+            f"run {run!r} has no readable layer {layer!r}" + (f" ({problems})" if problems else "")
+        )
+    config = series.config
+    if channel is not None and channel >= config.channels:
+        raise errors.InvalidArgumentError(
+            f"channel {channel} out of range: layer {layer!r} has {config.channels} channels"
+        )
+
+    picked = evenly_spaced(len(series.steps), resolution)
+    steps = series.steps[picked]
+    momentum = series.info["momentum"][picked]
+    columns = list(enumerate(metadata.SUMMARY_COLUMNS))
+
+    snapshots = evenly_spaced(
+        len(series.channel_steps), _heatmap_columns(config.channels, resolution)
+    )
+    values = {stat: v[snapshots] for stat, v in series.channels.items()}
+    if len(snapshots):
+        values.update(records.drift_rows(values, config.epsilon))
+    else:
+        values.update({stat: np.empty((0, config.channels)) for stat in metadata.DRIFT_STATS})
+
+    return {
+        "run": run,
+        "layer": layer,
+        "config": {k: getattr(config, k) for k in _CONFIG_FIELDS},
+        "steps": steps.tolist(),
+        "summary": {
+            stat: {name: json_values(table[picked, j]) for j, name in columns}
+            for stat, table in series.summary.items()
+        },
+        "info": {field: json_values(series.info[field][picked]) for field in _INFO_FIELDS},
+        "ema_initial_weight": json_values(drift.ema_initial_weight(momentum, steps)),
+        "channel_steps": series.channel_steps[snapshots].tolist(),
+        "heatmaps": {stat: json_values(values[stat].T) for stat in metadata.DRIFT_STATS},
+        "channel": None
+        if channel is None
+        else {
+            "index": channel,
+            "values": {stat: json_values(v[:, channel]) for stat, v in values.items()},
+        },
+        "ema_error": _ema_error_json(run_data.ema_error.get(layer), resolution),
+    }
+
+
+def _ema_error_json(series: Optional[EmaErrorSeries], resolution: int) -> Optional[dict[str, Any]]:
+    """A layer's ``PreciseStatsMonitor`` measurements and the ``ema-error`` thresholds.
+
+    ``None`` when the layer's EMA error was not logged.
+    """
+    if series is None:
+        return None
+    picked = evenly_spaced(len(series.steps), resolution)
+    thresholds = diagnostics.Thresholds()
+    return {
+        "steps": series.steps[picked].tolist(),
+        "fields": {name: json_values(series.values[name][picked]) for name in ema.EmaError.FIELDS},
+        "thresholds": {
+            "max_mean_shift": thresholds.mismatch_shift,
+            "max_abs_log_var_ratio": thresholds.mismatch_log_var,
+        },
+    }
+
+
+def _heatmap_columns(channels: int, resolution: int) -> int:
+    """Snapshot steps shown in a layer's heatmap: at most ``resolution``, fewer for wide layers."""
+    return min(resolution, max(2, HEATMAP_CELLS // max(channels, 1)))

@@ -1,0 +1,115 @@
+"""Tensor events of one tag -> ``series`` dataclasses.
+
+Owns the reader's side of decoding: keeping the last event per step, stacking
+events into rows checked against the layout's width, and handing them to the
+layout code in ``records`` (``split_summary_record``, ``split_replica_record``,
+``decode_gap``, ``decode_ema_error``). Every function raises ``ValueError``
+(or ``KeyError``/``TypeError`` on malformed metadata) for data that does not
+fit its layout; ``load`` turns that into a per-run error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Optional
+
+import numpy as np
+from tensorboard.data import provider as tb_provider
+
+from tb_bn_plugin import records
+from tb_bn_plugin.reading.tags import TagInfo
+from tb_bn_plugin.series import EmaErrorSeries, GapSeries, LayerConfig, LayerSeries, ReplicaSeries
+
+Events = list[tb_provider.TensorDatum]
+
+
+def layer_series(
+    summary_tag: TagInfo,
+    summary_data: Events,
+    channels_tag: Optional[TagInfo] = None,
+    channels_data: Optional[Events] = None,
+    replicas_tag: Optional[TagInfo] = None,
+    replicas_data: Optional[Events] = None,
+) -> LayerSeries:
+    """One layer's series from its summary (and optional channel and per-replica) events."""
+    config = summary_tag.layer
+    c = config.channels
+    summary_data = dedupe_steps(summary_data)
+    info, summary = records.split_summary_record(
+        config, stack(summary_data, records.summary_record_width(config))
+    )
+    rows = (
+        list(channels_tag.content.get("rows", config.stats())) if channels_tag is not None else []
+    )
+    channels_data = dedupe_steps(channels_data or []) if rows else []
+    snapshots = stack(channels_data, len(rows) * c).reshape(len(channels_data), len(rows), c)
+    return LayerSeries(
+        config=config,
+        steps=steps_of(summary_data),
+        info=_restore_momentum(info, config),
+        summary=summary,
+        channel_steps=steps_of(channels_data),
+        channels={
+            s: snapshots[:, rows.index(s)] if s in rows else np.empty((0, c))
+            for s in config.stats()
+        },
+        replicas=replica_series(replicas_tag, replicas_data or [])
+        if replicas_tag is not None
+        else None,
+    )
+
+
+def replica_series(tag: TagInfo, data: Events) -> ReplicaSeries:
+    """A layer's ``ReplicaSeries`` from its ``layer_replicas`` events (layout in ``metadata``)."""
+    c, r = tag.layer.channels, int(tag.content["replicas"])
+    data = dedupe_steps(data)
+    rows = stack(data, r * (1 + 2 * c)).reshape(len(data), r, 1 + 2 * c)
+    count, mean, variance = records.split_replica_record(rows, c)
+    return ReplicaSeries(steps_of(data), count, mean, variance)
+
+
+def gap_series(tag: TagInfo, data: Events, layers: Optional[Iterable[str]] = None) -> GapSeries:
+    """A run's ``GapSeries`` from its ``gap`` events, of ``layers`` only if given."""
+    data = dedupe_steps(data)
+    table = stack(data, records.gap_record_width(tag.content))
+    return records.decode_gap(tag.content, steps_of(data), table, layers)
+
+
+def ema_error_series(tag: TagInfo, data: Events) -> EmaErrorSeries:
+    """A layer's ``EmaErrorSeries`` from its ``ema_error`` events (``records.decode_ema_error``)."""
+    data = dedupe_steps(data)
+    table = stack(data, records.ema_error_record_width(tag.content))
+    return records.decode_ema_error(tag.content, steps_of(data), table)
+
+
+def stack(data: Events, width: int) -> np.ndarray:
+    """(len(data), width) float64 rows of the events' tensors; ``ValueError`` on another width."""
+    rows = [np.asarray(d.numpy).ravel() for d in data]
+    for datum, row in zip(data, rows):
+        if row.size != width:
+            raise ValueError(
+                f"event at step {datum.step} holds {row.size} values, layout expects {width}"
+            )
+    return (
+        np.concatenate(rows).astype(np.float64).reshape(len(rows), width)
+        if rows
+        else np.empty((0, width))
+    )
+
+
+def dedupe_steps(data: Events) -> Events:
+    """Keep the last event per step (a resumed run may re-log a step), in step order."""
+    by_step = {d.step: d for d in data}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def steps_of(data: Events) -> np.ndarray:
+    """(len(data),) int64 steps of the events."""
+    return np.asarray([d.step for d in data], dtype=np.int64)
+
+
+def _restore_momentum(info: dict[str, np.ndarray], config: LayerConfig) -> dict[str, np.ndarray]:
+    """Momentum is stored in float32: where it equals the layer's configured one, use that."""
+    momentum = info["momentum"]
+    info["momentum"] = np.where(momentum == np.float32(config.momentum), config.momentum, momentum)
+    return info

@@ -1,0 +1,299 @@
+"""Loading whole runs (``load_runs``) and the public ``read_stats``/``read_gap``.
+
+``load_runs`` is a pipeline of named steps: ``plan`` which tags hold what,
+decide each layer's ``sampling``, take what the ``cache`` already holds,
+``read_grouped`` the rest (one provider call per sampling), and ``assemble``
+each run's ``RunData`` by decoding (``decode``). Data that cannot be decoded
+becomes a line in ``RunData.errors``, never an exception.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Optional
+
+import numpy as np
+from tensorboard.data import provider as tb_provider
+
+from tb_bn_plugin import metadata
+from tb_bn_plugin.reading import decode
+from tb_bn_plugin.reading.cache import SeriesCache, cache_key
+from tb_bn_plugin.reading.provider import ALL_SAMPLES, ExperimentSource, open_logdir, read_tensors
+from tb_bn_plugin.reading.tags import TagInfo, list_tags
+from tb_bn_plugin.series import GapSeries, LayerConfig, LayerSeries, RunData
+
+StatSeries = tuple[np.ndarray, np.ndarray]
+# Events read, per run and tag.
+Data = dict[str, dict[str, list[tb_provider.TensorDatum]]]
+# A layer's place: (run, layer path).
+Key = tuple[str, str]
+
+_LAYER_KINDS = (
+    metadata.KIND_LAYER_SUMMARY,
+    metadata.KIND_LAYER_CHANNELS,
+    metadata.KIND_LAYER_REPLICAS,
+)
+# Layer payloads skipped without ``with_channels``.
+_PER_CHANNEL_KINDS = (metadata.KIND_LAYER_CHANNELS, metadata.KIND_LAYER_REPLICAS)
+_LAYER_SUFFIXES = (
+    metadata.SUFFIX_SUMMARY,
+    metadata.SUFFIX_CHANNELS,
+    metadata.SUFFIX_REPLICAS,
+    metadata.SUFFIX_EMA_ERROR,
+)
+# What a decoder raises for data that does not fit its layout.
+_UNREADABLE = (ValueError, KeyError, TypeError)
+
+
+def load_runs(
+    source: ExperimentSource,
+    runs: Optional[Iterable[str]] = None,
+    layers: Optional[Iterable[str]] = None,
+    with_channels: bool = True,
+    downsample: int = ALL_SAMPLES,
+    cache: Optional[SeriesCache] = None,
+    channel_downsample: Optional[int | Callable[[LayerConfig], int]] = None,
+    with_gap: bool = True,
+) -> dict[str, RunData]:
+    """Every (or the selected) run's layer series, train/inference gap and EMA error.
+
+    Args:
+      runs / layers: restrict to these run names / layer paths.
+      with_channels: also read per-channel snapshots (the bulk of the data).
+      downsample: at most this many events per tag (the provider keeps the
+        last; see ``MultiplexerProvider`` for how each loader samples).
+      cache: reuse layer series parsed before from the same tags at the same max_step.
+      channel_downsample: at most this many per-channel snapshots per layer,
+        or a function of the layer's config giving it (default: ``downsample``).
+      with_gap: also read the train/inference gap.
+    """
+    wanted = set(layers) if layers is not None else None
+    plan = Plan.of(source, runs, wanted, with_channels, with_gap)
+    sampling = plan.sampling(downsample, channel_downsample)
+    cached = plan.cached(sampling, cache)
+    data = read_grouped(source, plan.reads(sampling, cached, downsample))
+    return {
+        run: assemble(run, plan, data.get(run, {}), sampling, cached, wanted, cache)
+        for run in plan.runs()
+    }
+
+
+@dataclasses.dataclass
+class Plan:
+    """The BN Internals tags to read, by what they hold.
+
+    Attributes:
+      layers: run -> layer path -> kind (``KIND_LAYER_*``) -> tag.
+      gap: run -> its gap tag.
+      ema_error: run -> layer path -> its ema_error tag.
+      errors: run -> tags whose metadata could not be read.
+    """
+
+    layers: dict[str, dict[str, dict[str, TagInfo]]]
+    gap: dict[str, TagInfo]
+    ema_error: dict[str, dict[str, TagInfo]]
+    errors: dict[str, list[str]]
+
+    @classmethod
+    def of(
+        cls,
+        source: ExperimentSource,
+        runs: Optional[Iterable[str]],
+        wanted: Optional[set[str]],
+        with_channels: bool,
+        with_gap: bool,
+    ) -> Plan:
+        """The tags of ``runs`` (of the ``wanted`` layers only, if given), sorted by kind."""
+        tag_filter = None
+        if wanted is not None:
+            tag_filter = [metadata.layer_tag(p, k) for p in wanted for k in _LAYER_SUFFIXES]
+            if with_gap:
+                tag_filter.append(metadata.gap_tag())
+        tags, errors = list_tags(source, runs, tag_filter)
+        plan = cls(layers={}, gap={}, ema_error={}, errors=errors)
+        for run, infos in tags.items():
+            for info in infos:
+                if info.kind == metadata.KIND_GAP:
+                    if with_gap:
+                        plan.gap[run] = info
+                    continue
+                if info.kind == metadata.KIND_EMA_ERROR:
+                    path = str(info.content.get("layer_path"))
+                    plan.ema_error.setdefault(run, {})[path] = info
+                    continue
+                layer = info.layer
+                if layer is None or (wanted is not None and layer.path not in wanted):
+                    continue
+                if info.kind in _PER_CHANNEL_KINDS and not with_channels:
+                    continue
+                if info.kind in _LAYER_KINDS:
+                    plan.layers.setdefault(run, {}).setdefault(layer.path, {})[info.kind] = info
+        return plan
+
+    def runs(self) -> list[str]:
+        """The runs ``load_runs`` answers for: those with layer or gap tags or metadata errors."""
+        return sorted(set(self.layers) | set(self.gap) | set(self.errors))
+
+    def sampling(
+        self, downsample: int, channel_downsample: Optional[int | Callable[[LayerConfig], int]]
+    ) -> dict[Key, tuple[int, int]]:
+        """(summary events, per-channel snapshots) to read of each layer that has a summary."""
+        if channel_downsample is None:
+            channel_downsample = downsample
+        snapshots_of = (
+            channel_downsample if callable(channel_downsample) else (lambda _: channel_downsample)
+        )
+        return {
+            (run, path): (downsample, snapshots_of(by_kind[metadata.KIND_LAYER_SUMMARY].layer))
+            for run, by_path in self.layers.items()
+            for path, by_kind in by_path.items()
+            if metadata.KIND_LAYER_SUMMARY in by_kind
+        }
+
+    def cached(
+        self, sampling: dict[Key, tuple[int, int]], cache: Optional[SeriesCache]
+    ) -> dict[Key, LayerSeries]:
+        """The layers' series ``cache`` holds for exactly these tags and sampling."""
+        if cache is None:
+            return {}
+        found = {}
+        for (run, path), sample in sampling.items():
+            hit = cache.get(cache_key(run, self.layers[run][path].values(), sample))
+            if hit is not None:
+                found[run, path] = hit
+        return found
+
+    def reads(
+        self,
+        sampling: dict[Key, tuple[int, int]],
+        cached: dict[Key, LayerSeries],
+        downsample: int,
+    ) -> dict[int, dict[str, list[str]]]:
+        """What to read: downsample -> run -> tags, one provider call per downsample."""
+        reads: dict[int, dict[str, list[str]]] = {}
+
+        def want(run: str, tag: str, sample: int) -> None:
+            reads.setdefault(sample, {}).setdefault(run, []).append(tag)
+
+        for run, by_path in self.layers.items():
+            for path, by_kind in by_path.items():
+                if (run, path) in cached:
+                    continue
+                for kind, info in by_kind.items():
+                    snapshots = kind == metadata.KIND_LAYER_CHANNELS and (run, path) in sampling
+                    want(run, info.tag, sampling[run, path][1] if snapshots else downsample)
+        for run, info in self.gap.items():
+            want(run, info.tag, downsample)
+        for run, by_path in self.ema_error.items():
+            for info in by_path.values():
+                want(run, info.tag, downsample)
+        return reads
+
+
+def read_grouped(source: ExperimentSource, reads: dict[int, dict[str, list[str]]]) -> Data:
+    """The events of ``reads`` (downsample -> run -> tags), per run and tag."""
+    data: Data = {}
+    for sample, run_tags in reads.items():
+        for run, by_tag in read_tensors(source, run_tags, sample).items():
+            data.setdefault(run, {}).update(by_tag)
+    return data
+
+
+def assemble(
+    run: str,
+    plan: Plan,
+    data: dict[str, list[tb_provider.TensorDatum]],
+    sampling: dict[Key, tuple[int, int]],
+    cached: dict[Key, LayerSeries],
+    wanted: Optional[set[str]],
+    cache: Optional[SeriesCache],
+) -> RunData:
+    """One run's ``RunData`` from its events (``data``: tag -> events) and cached layers."""
+    run_data = RunData(run=run, layers={}, errors=list(plan.errors.get(run, [])))
+    for path, info in plan.ema_error.get(run, {}).items():
+        try:
+            run_data.ema_error[path] = decode.ema_error_series(info, data[info.tag])
+        except _UNREADABLE:
+            run_data.errors.append(f"ema_error of layer {path!r}: unexpected layout")
+    if run in plan.gap:
+        tag = plan.gap[run]
+        try:
+            run_data.gap = decode.gap_series(tag, data[tag.tag], wanted)
+        except _UNREADABLE as err:
+            run_data.errors.append(f"gap: unreadable data ({err})")
+    for path, by_kind in plan.layers.get(run, {}).items():
+        if (run, path) in cached:
+            run_data.layers[path] = cached[run, path]
+            continue
+        series = _layer(path, by_kind, data, run_data.errors)
+        if series is None:
+            continue
+        run_data.layers[path] = series
+        if cache is not None:
+            cache.put(cache_key(run, by_kind.values(), sampling[run, path]), series)
+    return run_data
+
+
+def _layer(
+    path: str,
+    by_kind: dict[str, TagInfo],
+    data: dict[str, list[tb_provider.TensorDatum]],
+    errors: list[str],
+) -> Optional[LayerSeries]:
+    """One layer's series, or ``None`` with a line added to ``errors``."""
+    summary = by_kind.get(metadata.KIND_LAYER_SUMMARY)
+    if summary is None:
+        errors.append(f"layer {path!r} has per-channel data but no summary records")
+        return None
+    channels = by_kind.get(metadata.KIND_LAYER_CHANNELS)
+    replicas = by_kind.get(metadata.KIND_LAYER_REPLICAS)
+    try:
+        return decode.layer_series(
+            summary,
+            data[summary.tag],
+            channels,
+            data.get(channels.tag) if channels else None,
+            replicas,
+            data.get(replicas.tag) if replicas else None,
+        )
+    except _UNREADABLE as err:
+        errors.append(f"layer {path!r}: unreadable data ({err})")
+        return None
+
+
+# -- the public API ------------------------------------------------------------------------
+
+
+def read_stats(logdir: str) -> dict[str, dict[str, dict[str, StatSeries]]]:
+    """Per-channel statistics of every run and layer under ``logdir``.
+
+    Returns ``{run: {layer_path: {stat: (steps, values)}}}`` with stats among
+    ``batch_mean``, ``batch_variance``, ``moving_mean``, ``moving_variance``,
+    ``gamma``, ``beta`` (gamma/beta only where the layer has them); ``steps`` is
+    a 1-D int array of every step with a per-channel snapshot and ``values`` a
+    (steps, channels) float array. Batch statistics are NaN at steps where the
+    layer did not normalise with batch statistics. Reads through TensorBoard's
+    event-file loading and keeps every logged step.
+    """
+    runs = load_runs(open_logdir(logdir))
+    return {
+        run: {
+            path: {
+                stat: (series.channel_steps.copy(), values)
+                for stat, values in series.channels.items()
+            }
+            for path, series in run_data.layers.items()
+        }
+        for run, run_data in runs.items()
+        if run_data.layers
+    }
+
+
+def read_gap(logdir: str) -> dict[str, GapSeries]:
+    """The train/inference gap logged under ``logdir``: ``{run: GapSeries}`` for runs that have one.
+
+    Every measurement is kept (steps in order); see ``series.GapSeries``.
+    """
+    runs = load_runs(open_logdir(logdir), with_channels=False)
+    return {run: run_data.gap for run, run_data in runs.items() if run_data.gap is not None}
