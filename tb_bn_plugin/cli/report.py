@@ -46,11 +46,12 @@ logged / not measured::
               "momentum": float | null,     # at the latest logged step
               "logged_steps": int,          # number of logged steps
               "first_step": int | null, "last_step": int | null,
-              "mode": "train" | "inference" | null,  # what the layer normalised with at the last step:
-                                            # batch statistics ("train") or moving ones ("inference")
+              "mode": "train" | "inference" | null,
+                  # what the layer normalised with at the last step:
+                  # batch statistics ("train") or moving ones ("inference")
               "trainable": bool | null,
-              "count": float | null,        # values per channel behind the latest batch statistics
-              "trained_step": int | null,   # latest step at which the layer normalised with batch stats
+              "count": float | null,        # values per channel behind the latest batch stats
+              "trained_step": int | null,   # latest step the layer normalised with batch stats
               "mean_shift": null | {"mean": float, "max": float},
                   # |batch_mean - moving_mean| / sqrt(moving_variance + eps) across channels,
                   # at trained_step
@@ -93,11 +94,13 @@ import numpy as np
 from tb_bn_plugin import metadata
 from tb_bn_plugin.cli.errors import CommandError
 from tb_bn_plugin.diagnostics import SEVERITY_ORDER, Finding, Thresholds, diagnose
+from tb_bn_plugin.formatting import json_safe, text_table
 from tb_bn_plugin.reading.event_files import BadFile, check_event_files, event_files
 from tb_bn_plugin.series import LayerSeries, RunData
 
 SCHEMA_VERSION = 1
-FAIL_ON_CHOICES = ("info", "warning", "error", "never")
+# Least to most severe, then "never" (no finding fails the command).
+FAIL_ON_CHOICES = (*reversed(SEVERITY_ORDER), "never")
 TEXT_WIDTH = 100
 
 
@@ -157,18 +160,6 @@ def load_report_inputs(logdir: str, runs: Optional[Sequence[str]] = None) -> Rep
 # -- building (pure) -------------------------------------------------------------------
 
 
-def _num(value: Any) -> Any:
-    """A JSON-safe number: NaN/Inf as strings, numpy scalars as Python numbers."""
-    if value is None:
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    number = float(value)
-    return number if math.isfinite(number) else str(number)
-
-
 def _column(layer: LayerSeries, stat: str, column: str, i: int) -> Optional[float]:
     if stat not in layer.summary or not len(layer.summary[stat]):
         return None
@@ -184,7 +175,7 @@ def _info_at(layer: LayerSeries, field: str, i: int) -> Optional[float]:
 
 
 def layer_report(layer: LayerSeries, gap: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """The JSON-safe summary of one layer at its latest logged step (schema in the module docstring)."""
+    """The JSON-safe summary of one layer at its latest logged step (schema: module docstring)."""
     config = layer.config
     n = len(layer.steps)
     last = n - 1
@@ -196,14 +187,14 @@ def layer_report(layer: LayerSeries, gap: Optional[dict[str, Any]] = None) -> di
         "path": config.path,
         "index": config.index,
         "channels": config.channels,
-        "epsilon": _num(config.epsilon),
-        "momentum": _num(_info_at(layer, "momentum", last) if n else config.momentum),
+        "epsilon": json_safe(config.epsilon),
+        "momentum": json_safe(_info_at(layer, "momentum", last) if n else config.momentum),
         "logged_steps": n,
         "first_step": int(layer.steps[0]) if n else None,
         "last_step": int(layer.steps[-1]) if n else None,
         "mode": None if training is None else ("train" if training > 0.5 else "inference"),
         "trainable": None if trainable is None else trainable > 0.5,
-        "count": _num(_info_at(layer, "count", t)) if t is not None else None,
+        "count": json_safe(_info_at(layer, "count", t)) if t is not None else None,
         "trained_step": int(layer.steps[t]) if t is not None else None,
         "mean_shift": None,
         "log_var_ratio": None,
@@ -213,19 +204,21 @@ def layer_report(layer: LayerSeries, gap: Optional[dict[str, Any]] = None) -> di
     }
     if t is not None and metadata.MEAN_SHIFT in layer.summary:
         entry["mean_shift"] = {
-            "mean": _num(_column(layer, metadata.MEAN_SHIFT, "mean", t)),
-            "max": _num(_column(layer, metadata.MEAN_SHIFT, "max", t)),
+            "mean": json_safe(_column(layer, metadata.MEAN_SHIFT, "mean", t)),
+            "max": json_safe(_column(layer, metadata.MEAN_SHIFT, "max", t)),
         }
     if t is not None and metadata.LOG_VAR_RATIO in layer.summary:
         low = _column(layer, metadata.LOG_VAR_RATIO, "min", t)
         high = _column(layer, metadata.LOG_VAR_RATIO, "max", t)
         entry["log_var_ratio"] = {
-            "mean": _num(_column(layer, metadata.LOG_VAR_RATIO, "mean", t)),
-            "max_abs": _num(max(abs(low), abs(high)) if None not in (low, high) else None),
+            "mean": json_safe(_column(layer, metadata.LOG_VAR_RATIO, "mean", t)),
+            "max_abs": json_safe(max(abs(low), abs(high)) if None not in (low, high) else None),
         }
     for stat in (metadata.MOVING_MEAN, metadata.MOVING_VARIANCE):
         if n and stat in layer.summary:
-            entry[stat] = {c: _num(_column(layer, stat, c, last)) for c in ("mean", "min", "max")}
+            entry[stat] = {
+                c: json_safe(_column(layer, stat, c, last)) for c in ("mean", "min", "max")
+            }
     return entry
 
 
@@ -240,16 +233,16 @@ def _gap_report(run: RunData) -> tuple[Optional[dict[str, Any]], dict[str, dict[
         return None, {}
     run_gap = {
         "step": summary.step,
-        "train_loss": _num(summary.train_loss),
-        "inference_loss": _num(summary.inference_loss),
-        "relative_loss_gap": _num(summary.relative_loss_gap),
+        "train_loss": json_safe(summary.train_loss),
+        "inference_loss": json_safe(summary.inference_loss),
+        "relative_loss_gap": json_safe(summary.relative_loss_gap),
     }
     layers = {}
     for path in set(summary.local) | set(summary.compound) | set(summary.attribution):
         layers[path] = {
-            "local": _num(summary.local.get(path)),
-            "compound": _num(summary.compound.get(path)),
-            "attribution": _num(summary.attribution.get(path)),
+            "local": json_safe(summary.local.get(path)),
+            "compound": json_safe(summary.compound.get(path)),
+            "attribution": json_safe(summary.attribution.get(path)),
         }
     return run_gap, layers
 
@@ -358,17 +351,6 @@ LAYER_COLUMNS = (
 )
 
 
-def render_table(
-    rows: Sequence[Sequence[str]], header: Sequence[str], indent: str = "  "
-) -> list[str]:
-    """Left-aligned columns separated by two spaces."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    lines = []
-    for row in (header, *rows):
-        lines.append(indent + "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
-    return lines
-
-
 def _wrap(text: str, indent: str, width: int = TEXT_WIDTH) -> list[str]:
     return textwrap.wrap(
         text,
@@ -415,16 +397,18 @@ def render_run(run: dict[str, Any], width: int = TEXT_WIDTH) -> list[str]:
     lines = [f"== run {run['run']}: {len(run['layers'])} BatchNormalization layer(s)"]
     gap = run["gap"]
     if gap is not None:
+        relative = gap["relative_loss_gap"]
         lines.append(
-            f"  train/inference gap at step {gap['step']}: probe loss {_fmt(gap['train_loss'], '.4g')} "
-            f"(training) vs {_fmt(gap['inference_loss'], '.4g')} (inference), relative gap "
-            f"{_fmt(gap['relative_loss_gap'], '.1%') if isinstance(gap['relative_loss_gap'], float) else _fmt(gap['relative_loss_gap'])}"
+            f"  train/inference gap at step {gap['step']}: "
+            f"probe loss {_fmt(gap['train_loss'], '.4g')} (training) "
+            f"vs {_fmt(gap['inference_loss'], '.4g')} (inference), relative gap "
+            f"{_fmt(relative, '.1%') if isinstance(relative, float) else _fmt(relative)}"
         )
     else:
         lines.append("  train/inference gap: not logged")
     header = [name for name, _ in LAYER_COLUMNS]
     rows = [[cell(layer) for _, cell in LAYER_COLUMNS] for layer in run["layers"]]
-    lines.extend(render_table(rows, header))
+    lines.extend(text_table(rows, header, indent="  "))
     for error in run["errors"]:
         lines.extend(_wrap(f"read error: {error}", "  ", width))
     counts = run["counts"]
@@ -501,7 +485,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--fail-on",
         choices=FAIL_ON_CHOICES,
         default="error",
-        help="exit with status 1 when a diagnostic of this severity or worse fires (default: error)",
+        help=(
+            "exit with status 1 when a diagnostic of this severity or worse fires (default: error)"
+        ),
     )
     parser.add_argument(
         "--run",
