@@ -5,6 +5,7 @@ Public API:
   * ``BatchNormLogger``: the same for custom ``tf.GradientTape`` loops.
   * ``read_stats`` / ``read_gap``: read logged statistics and gaps back as numpy arrays.
   * ``analyze_graph``: find BatchNorm sites and their train/inference switch in a GraphDef.
+  * ``write_graph``: store a GraphDef as a run's graph (what the BN Internals graph view reads).
   * ``precise_stats`` / ``recalibrate`` / ``PreciseStatsMonitor``: population statistics.
 
 Names are imported on first use, so ``tb_bn_plugin.cli`` (the ``tb-bn`` command)
@@ -24,6 +25,7 @@ _EXPORTS = {
     "report_graph": "tb_bn_plugin.graph.analysis",
     "trace_model_graph": "tb_bn_plugin.training.graph_trace",
     "load_graph_def": "tb_bn_plugin.graph.load",
+    "write_graph": "tb_bn_plugin.summary",
     "EmaError": "tb_bn_plugin.numerics.ema",
     "RecalibrationReport": "tb_bn_plugin.numerics.ema",
     "PreciseStatsMonitor": "tb_bn_plugin.training.precise",

@@ -144,6 +144,9 @@ def test_fixture_routes_follow_the_contract():
         "switch_merge",
     }
     assert graph["error"] is None and graph["findings"]
+    with pytest.raises(fixtures.RouteError) as e:
+        ds.graph_route("broken_run")  # no graph: a 404 saying how to write one, as the plugin
+    assert e.value.status == 404 and "tb_bn_plugin.write_graph" in e.value.message
 
 
 def test_big_fixture_is_100_layers_by_5000_steps():
@@ -478,7 +481,8 @@ def test_graph_view_draws_both_paths_and_wiring(tab):
     )
     # distinct colours for the two paths
     colours = f.evaluate(
-        """() => ['.path-training', '.path-inference'].map(s => getComputedStyle(document.querySelector('.site .edge' + s)).stroke)"""
+        """() => ['.path-training', '.path-inference'].map(
+            s => getComputedStyle(document.querySelector('.site .edge' + s)).stroke)"""
     )
     assert colours[0] != colours[1]
     assert f.locator(".legend [data-legend=path-training]").count() == 1
@@ -506,6 +510,25 @@ def test_graph_view_draws_both_paths_and_wiring(tab):
     f.locator(f'.site[data-site="{HOSTILE}"] .op-details a.find-in-graphs').click()
     t.page.wait_for_function("location.hash.startsWith('#graphs&run=')")
     assert "graphs&run=eval" in t.page.evaluate("location.hash")
+
+
+@browser_only
+def test_graph_view_shows_why_a_run_has_no_analysable_graph(tab):
+    """The graph route answers 404 for a run without a readable graph: the view shows why."""
+    t = tab("small")
+    message = "run 'cnn_baseline': stored graph is not a GraphDef: Error parsing message"
+    t.page.route(
+        lambda url: "/bn_internals/graph?" in url and "run=cnn_baseline" in url,
+        lambda route: route.fulfill(
+            status=404, content_type="application/json", body=json.dumps({"error": message})
+        ),
+    )
+    t.go(view="graph", run="cnn_baseline")
+    f = t.frame
+    box = f.wait_for_selector('.graph-view[data-run="cnn_baseline"] [data-message=warning]')
+    assert "could not be analysed" in box.inner_text() and message in box.inner_text()
+    assert f.locator("[data-message=error]").count() == 0
+    assert f.locator(".site").count() == 0
 
 
 @browser_only

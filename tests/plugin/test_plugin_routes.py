@@ -56,7 +56,7 @@ def stats(logdir):
 
 
 def tensorboard_flags(logdir: str, *argv: str):
-    """Flags and plugin loaders exactly as ``tensorboard --logdir ...`` makes them (``fix_flags`` included)."""
+    """Flags and plugin loaders as ``tensorboard --logdir ...`` makes them, ``fix_flags`` run."""
     tb = program.TensorBoard(plugins=[core_plugin.CorePluginLoader(), loader.BNInternalsLoader()])
     tb.configure(
         [
@@ -160,7 +160,7 @@ def test_plugin_is_registered_as_a_dynamic_tensorboard_plugin():
 
 @pytest.fixture(scope="module")
 def long_logdir(tmp_path_factory):
-    """One layer, 150 logged steps (summary records only), written with the plugin's SummaryWriter."""
+    """One layer, 150 logged steps (summary records only), written by the plugin's SummaryWriter."""
     from tb_bn_plugin.summary import SummaryWriter
 
     root = str(tmp_path_factory.mktemp("long"))
@@ -374,7 +374,8 @@ def test_layer_resolution_samples_at_read_keeping_the_last(app, stats):
 
 @pytest.fixture(scope="module")
 def monitor_run(tmp_path_factory):
-    """A 3-epoch fit logged by ``BatchNormCallback`` and ``PreciseStatsMonitor`` (each epoch, on a held sample).
+    """A 3-epoch fit logged by ``BatchNormCallback`` and ``PreciseStatsMonitor`` (each epoch, on a
+    held sample).
 
     Returns (logdir, the monitor, layer ``bn1`` (it normalises the input), the held sample).
     """
@@ -433,7 +434,7 @@ def test_layer_route_ema_error_matches_the_monitor(monitor_run, loader):
     np.testing.assert_allclose(
         last, [shift.mean(), shift.max(), log_ratio.mean(), log_ratio.max()], rtol=1e-5
     )
-    # Sampled at read like every series of the route: the last kept, evenly spaced over the Python loader.
+    # Sampled at read like every series of the route: the last kept, evenly spaced (Python loader).
     assert (
         len(thinned["steps"]) == 2
         and thinned["steps"][-1] == 24
@@ -458,7 +459,7 @@ def test_layer_impl_reads_only_the_layers_own_tags(monitor_run, monkeypatch):
 
     monkeypatch.setattr(source.provider, "read_tensors", spy)
     assert layer_impl(source, "train", "bn2")["ema_error"]["steps"] == [8, 16, 24]
-    # One provider call (the heatmap of a narrow layer samples like the summaries), the layer's own tags only.
+    # One provider call (a narrow layer's heatmap samples like the summaries), its own tags only.
     assert calls == [
         {
             metadata.layer_tag("bn2", suffix)
@@ -494,6 +495,7 @@ def test_layer_impl_reads_only_the_layers_own_tags(monitor_run, monkeypatch):
         ("gap", {"run": "nope"}, 404),
         ("graph", {}, 400),
         ("graph", {"run": "nope"}, 404),
+        ("graph", {"run": "truncated"}, 404),
         ("diagnostics", {"run": "nope"}, 404),
     ],
 )
@@ -615,8 +617,45 @@ def test_graph_route_marks_both_paths(app):
     for finding in body["findings"]:
         assert isinstance(finding["evidence"], dict) and isinstance(finding["sites"], list)
     assert app.get("graph", run=HOSTILE)["sites"] == body["sites"]
-    missing = app.get("graph", run="truncated")
-    assert missing["sites"] == [] and "no graph" in missing["error"]
+    # A run without a graph is a 404 like every other missing data, saying how to write one.
+    missing = app.get("graph", 404, run="truncated")
+    assert missing == {
+        "error": "run 'truncated' has no graph; write one with tb_bn_plugin.write_graph "
+        "or tf.summary.graph"
+    }
+
+
+@pytest.fixture(scope="module")
+def bad_graph_logdir(tmp_path_factory):
+    """A run whose stored graph is not a GraphDef (TensorBoard's event writer), with one layer."""
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    from tb_bn_plugin.summary import SummaryWriter
+
+    root = str(tmp_path_factory.mktemp("bad_graph"))
+    writer = EventFileWriter(os.path.join(root, "broken"))
+    writer.add_event(event_pb2.Event(step=0, wall_time=1.0, graph_def=b"\xff\xff\xff"))
+    writer.close()
+    config = LayerConfig("bn", 0, 2, -1, 0.99, 1e-3, True, True)
+    info = {"training": 1.0, "trainable": 1.0, "count": 8.0, "momentum": 0.99, "full": 0.0}
+    layer_writer = SummaryWriter(os.path.join(root, "broken"))
+    values = {stat: np.ones(2) for stat in config.stats()}
+    layer_writer.layer_summary(config, 1, records.summary_record(config, values, info))
+    layer_writer.close()
+    return root
+
+
+@pytest.mark.parametrize("loader", ["python", "rust"])
+def test_graph_route_unreadable_graph_is_404(bad_graph_logdir, loader):
+    tb = App(bad_graph_logdir, loader)
+    try:
+        (run,) = tb.get("runs")["runs"]
+        assert run["run"] == "broken" and run["has_graph"]
+        body = tb.get("graph", 404, run="broken")
+    finally:
+        tb.close()
+    assert body["error"].startswith("run 'broken': stored graph is not a GraphDef: ")
 
 
 # -- pure functions and caching -------------------------------------------------
@@ -635,12 +674,14 @@ def test_impl_functions_without_http(logdir, stats):
         layer_impl(source, "train", "head_bn", channel=4)
     with pytest.raises(errors.NotFoundError, match="unknown run 'nope'"):
         graph_impl(source, "nope")
+    with pytest.raises(errors.NotFoundError, match="has no graph"):
+        graph_impl(source, "truncated")
     with pytest.raises(errors.InvalidArgumentError):
         params.int_param({"resolution": "0x10"}, "resolution", 5, 2)
 
 
 def test_cache_never_serves_data_a_reload_replaced(logdir, tmp_path):
-    """A growing events file: after the reload the overview and the layer route show the new steps."""
+    """A growing events file: after the reload, the overview and the layer route show new steps."""
     (events,) = os.listdir(os.path.join(logdir, HOSTILE))
     with open(os.path.join(logdir, HOSTILE, events), "rb") as f:
         content = f.read()

@@ -4,7 +4,7 @@
 // update ops and their wiring to the train op.
 import { graphlib, layout } from "@dagrejs/dagre";
 import { h, s, messageBox, copyButton, whenVisible } from "../dom.js";
-import { api } from "../api.js";
+import { api, ApiError } from "../api.js";
 import { fmt } from "../format.js";
 import { parentUrlWithHash, openInParent } from "../host.js";
 import { loadRuns, pickRun, runSelect, errorBox } from "./common.js";
@@ -342,7 +342,9 @@ export async function renderGraph(panel, ctx) {
   try {
     data = await api.graph(run.run);
   } catch (err) {
-    loadError = err;
+    // 404: the run has no graph, or its stored graph is unreadable; the message says which.
+    if (err instanceof ApiError && err.status === 404) data = { run: run.run, sites: [], findings: [], error: err.message };
+    else loadError = err;
   }
   if (!ctx.isCurrent()) return;
   ctx.begin();

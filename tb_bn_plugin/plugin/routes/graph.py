@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tensorboard import errors
+
 from tb_bn_plugin.graph import analysis
 from tb_bn_plugin.graph.load import GraphLoadError
 from tb_bn_plugin.plugin.routes.encoding import json_values
@@ -13,20 +15,20 @@ from tb_bn_plugin.reading.provider import ExperimentSource
 
 
 def graph_impl(source: ExperimentSource, run: str) -> dict[str, Any]:
-    """The BatchNorm sites and graph-level findings of ``run``'s stored graph."""
+    """The BatchNorm sites and graph-level findings of ``run``'s stored graph.
+
+    Raises ``errors.NotFoundError`` for an unknown run, a run without a graph
+    and a stored graph that is not a ``GraphDef``.
+    """
     try:
         graph = read_run_graph(source.provider, source.ctx, source.experiment_id, run)
     except GraphLoadError as err:
-        return {"run": run, "sites": [], "findings": [], "error": str(err)}
+        raise errors.NotFoundError(str(err)) from None
     if graph is None:
         check_run(source, run)
-        return {
-            "run": run,
-            "sites": [],
-            "findings": [],
-            "error": f"run {run!r} has no graph; write one with tb_bn_plugin.graph_io.write_graph "
-            "or tf.summary.graph",
-        }
+        raise errors.NotFoundError(
+            f"run {run!r} has no graph; write one with tb_bn_plugin.write_graph or tf.summary.graph"
+        )
     report = analysis.report_graph(graph)
     return {
         "run": run,
