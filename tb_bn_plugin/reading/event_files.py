@@ -5,8 +5,8 @@ record, a record whose CRC does not match, a file that is not a TFRecord file
 at all), so a report built on them silently shows less data. ``check_event_files``
 reads every ``events.out.tfevents*`` file record by record, verifying the
 TFRecord length and data checksums, and returns the files it could not read to
-the end, so that callers (the ``tb-bn report`` command, the TensorBoard plugin)
-can name them next to what was readable.
+the end, so that ``tb-bn report`` can name them next to what was readable (the
+plugin does not check: its runs show what TensorBoard's loaders read).
 
 A file that is still being written may end in a partial record and is then
 reported as truncated; check again after the writer has flushed or closed it.

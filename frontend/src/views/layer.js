@@ -30,7 +30,7 @@ function summarySeries(summary, stat, label, color, band) {
   };
 }
 
-// population.EmaError fields: [key, label, quantity (colour), max over channels (dashed)].
+// tb_bn_plugin.EmaError fields: [key, label, quantity (colour), max over channels (dashed)].
 const EMA_FIELDS = [
   ["mean_shift", "mean shift", "shift", false],
   ["max_mean_shift", "max mean shift", "shift", true],
