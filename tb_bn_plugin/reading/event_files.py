@@ -4,9 +4,11 @@ TensorBoard's loaders log and skip what they cannot read (a truncated last
 record, a record whose CRC does not match, a file that is not a TFRecord file
 at all), so a report built on them silently shows less data. ``check_event_files``
 reads every ``events.out.tfevents*`` file record by record, verifying the
-TFRecord length and data checksums, and returns the files it could not read to
-the end, so that ``tb-bn report`` can name them next to what was readable (the
-plugin does not check: its runs show what TensorBoard's loaders read).
+TFRecord length and data checksums and that the last record ends the file (a
+partial record header, which TensorFlow's reader takes for the end of the file,
+is a truncation too), and returns the files it could not read to the end, so
+that ``tb-bn report`` can name them next to what was readable (the plugin does
+not check: its runs show what TensorBoard's loaders read).
 
 A file that is still being written may end in a partial record and is then
 reported as truncated; check again after the writer has flushed or closed it.
@@ -20,6 +22,8 @@ from collections.abc import Iterator
 from typing import Optional
 
 EVENT_FILE_MARKER = "tfevents"
+# Bytes a TFRecord adds around its data: length (8), length CRC (4), data CRC (4).
+RECORD_FRAMING_BYTES = 16
 
 # Kinds of problems.
 TRUNCATED = "truncated"  # ends in the middle of a record
@@ -38,7 +42,9 @@ class BadFile:
       kind: ``"truncated"``, ``"corrupt"`` or ``"unreadable"``.
       records_read: how many records were read intact before the problem
         (TensorBoard shows the data of those).
-      offset: byte offset of the bad record where known, else None.
+      offset: byte offset where the reader found the problem, where known, else None:
+        the bad record's start (a bad length or a truncation), or its data's, 12
+        bytes on (data that does not match its checksum).
       detail: the reader's error message.
     """
 
@@ -83,16 +89,22 @@ def check_event_file(path: str, run: str = ".") -> Optional[BadFile]:
     from tensorflow.python.util import deprecation
 
     count = 0
+    end = 0  # byte offset just past the last whole record
     try:
         with deprecation.silence():  # tf_record_iterator is deprecated, but reads record by record
-            for _record in tf.compat.v1.io.tf_record_iterator(path):
+            for record in tf.compat.v1.io.tf_record_iterator(path):
                 count += 1
+                end += len(record) + RECORD_FRAMING_BYTES
+        size = os.path.getsize(path)
     except tf.errors.DataLossError as err:
         message = str(err.message if hasattr(err, "message") else err)
         kind = TRUNCATED if "truncated" in message.lower() else CORRUPT
         return BadFile(path, run, kind, count, _offset(message), message)
     except (tf.errors.NotFoundError, tf.errors.PermissionDeniedError, OSError) as err:
         return BadFile(path, run, UNREADABLE, count, None, str(getattr(err, "message", err)))
+    if size > end:  # TensorFlow's reader takes a partial record header for the end of the file
+        detail = f"truncated record at {end}: {size - end} bytes, less than a record header"
+        return BadFile(path, run, TRUNCATED, count, end, detail)
     return None
 
 
