@@ -1,15 +1,12 @@
-"""Pure record layout, metadata and drift math: no training needed."""
+"""Pure record layout: what one logged step stores per layer; no training needed."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
-import pytest
 
 from tb_bn_plugin import metadata, records
-from tb_bn_plugin.numerics import drift
 from tb_bn_plugin.series import LayerConfig
 
 
@@ -126,28 +123,6 @@ def test_replica_record_round_trip_and_bytes():
     budget = records.summary_bytes(configs) + records.channel_bytes(configs, np.float32)
     assert records.snapshot_interval(configs, np.float32, budget) == 1
     assert records.snapshot_interval(configs, np.float32, budget, replicas=2) == 2
-
-
-def test_metadata_content_versions():
-    md = metadata.create_summary_metadata({"kind": metadata.KIND_LAYER_SUMMARY})
-    assert md.plugin_data.plugin_name == "bn_internals"
-    assert md.data_class == metadata.summary_pb2.DATA_CLASS_TENSOR
-    parsed = metadata.parse_plugin_content(md.plugin_data.content)
-    assert parsed == {"kind": "layer_summary", "version": metadata.SCHEMA_VERSION}
-    with pytest.raises(metadata.MetadataError, match="upgrade tb_bn_plugin"):
-        metadata.parse_plugin_content(json.dumps({"kind": "x", "version": 99}).encode())
-    with pytest.raises(metadata.MetadataError, match="unreadable"):
-        metadata.parse_plugin_content(b"\xff\x00garbage")
-
-
-def test_drift_functions():
-    np.testing.assert_allclose(
-        drift.normalized_mean_shift(np.array([2.0]), np.array([0.0]), np.array([4.0]), 0.0), [1.0]
-    )
-    np.testing.assert_allclose(
-        drift.log_variance_ratio(np.array([4.0]), np.array([1.0]), 0.0), [np.log(4.0)]
-    )
-    np.testing.assert_allclose(drift.ema_initial_weight(0.999, [0, 1000]), [1.0, 0.999**1000])
 
 
 def test_snapshot_cadence_counts_from_latest_snapshot_including_forced_ones():

@@ -13,7 +13,6 @@ import argparse
 import json
 from pathlib import Path
 
-from tb_bn_plugin import summary
 from tb_bn_plugin.cli.errors import CommandError
 from tb_bn_plugin.graph import analysis, load
 
@@ -45,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
     except load.GraphLoadError as err:
         raise CommandError(str(err)) from None
     run_dir = Path(args.logdir) / run_path
-    summary.write_graph(graph_def, run_dir)
+    # Writing event files needs TensorFlow: imported here, so `tb-bn --help` stays instant.
+    from tb_bn_plugin.summary import write_graph
+
+    write_graph(graph_def, run_dir)
     report = analysis.report_graph(graph_def)
     if args.json:
         print(json.dumps({"run": run_name, **report.to_json()}, indent=2))

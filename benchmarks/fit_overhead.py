@@ -1,0 +1,165 @@
+"""Per-``fit`` cost of BatchNormCallback in short fits, as a user who calls ``fit`` in a loop pays it.
+
+One model (a CIFAR-style ResNet, 32x32x3, batch 64), fitted again and again
+in ONE process: every measurement is one whole ``model.fit`` of ``steps``
+steps with a NEW callback, configurations alternating in a rotating order per
+round (``harness.alternate``), process CPU and wall time. Configurations:
+
+* ``bare``: no callback;
+* ``keras_tensorboard``: ``keras.callbacks.TensorBoard(histogram_freq=1)``, the reference;
+* ``bn_default``: ``BatchNormCallback()`` at its defaults (graph, gap probe, capture);
+* ``bn_capture_only``: ``BatchNormCallback(write_graph=False, gap_every_n_epochs=0)``;
+* ``bare_after_bn``: a bare ``fit`` right after an (untimed) ``bn_default`` fit,
+  which shows whether the callback leaves work (a retrace) to the next plain ``fit``.
+
+Ratios are taken pair by pair within a round against ``bare``; "extra CPU per
+fit" is the median of (configuration - bare) CPU seconds. TensorFlow's
+"triggered tf.function retracing" warnings are counted per configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+harness.quiet_tensorflow()
+
+import tensorflow as tf  # noqa: E402
+from training_overhead import dataset, resnet  # noqa: E402
+
+from tb_bn_plugin import BatchNormCallback  # noqa: E402
+
+keras = tf.keras
+
+MODES = {
+    "full": dict(steps=40, rounds=5, batch=64, blocks=2, width=16, image=32),
+    "quick": dict(steps=20, rounds=3, batch=32, blocks=2, width=16, image=32),
+    "smoke": dict(steps=3, rounds=2, batch=8, blocks=1, width=4, image=16),
+}
+TARGETS = {"bn_default_cpu_ratio": 1.05, "bn_default_extra_vs_tensorboard": 2.0}
+
+
+class RetraceCounter(logging.Handler):
+    """Counts TensorFlow's "triggered tf.function retracing" warnings."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "retracing" in record.getMessage():
+            self.count += 1
+
+
+def main(argv=None) -> int:
+    started = time.perf_counter()
+    args = harness.parse_args("fit_overhead", __doc__.splitlines()[0], argv)
+    p = MODES[args.mode]
+    model = resnet(blocks_per_stage=p["blocks"], width=p["width"], image=p["image"])
+    model.compile(
+        keras.optimizers.SGD(0.01, momentum=0.9),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    n_bn = sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+    data = dataset(p["batch"], p["image"])
+    root = tempfile.mkdtemp(prefix="fit_overhead_")
+    counter = RetraceCounter()
+    tf.get_logger().addHandler(counter)
+    retraces: dict[str, int] = {}
+    fits = {"n": 0}
+
+    def fit(callbacks):
+        model.fit(data, steps_per_epoch=p["steps"], epochs=1, verbose=0, callbacks=callbacks)
+
+    def logdir() -> str:
+        fits["n"] += 1
+        return os.path.join(root, f"fit{fits['n']}")
+
+    def counted(name, make_callbacks):
+        def run():
+            before = counter.count
+            fit(make_callbacks())
+            retraces[name] = retraces.get(name, 0) + counter.count - before
+
+        return run
+
+    def bare_after_bn():
+        fit([BatchNormCallback(logdir())])
+        before = counter.count
+        wall, cpu, _ = harness.time_call(lambda: fit([]))
+        retraces["bare_after_bn"] = retraces.get("bare_after_bn", 0) + counter.count - before
+        return {"wall": wall, "cpu": cpu}
+
+    configs = {
+        "bare": counted("bare", list),
+        "keras_tensorboard": counted(
+            "keras_tensorboard", lambda: [keras.callbacks.TensorBoard(logdir(), histogram_freq=1)]
+        ),
+        "bn_default": counted("bn_default", lambda: [BatchNormCallback(logdir())]),
+        "bn_capture_only": counted(
+            "bn_capture_only",
+            lambda: [BatchNormCallback(logdir(), write_graph=False, gap_every_n_epochs=0)],
+        ),
+        "bare_after_bn": bare_after_bn,
+    }
+    print(
+        f"model: ResNet-{6 * p['blocks'] + 2}, {n_bn} BatchNormalization layers; "
+        f"{p['steps']}-step fits at batch {p['batch']}, {p['rounds']} rounds",
+        flush=True,
+    )
+    fit([])  # the model's first trace, paid once by any user
+    for name, run in configs.items():  # warm-up: every configuration once, untimed
+        print(f"  warm-up {name}", flush=True)
+        run()
+    retraces.clear()
+    samples = harness.alternate(configs, p["rounds"])
+    summary = harness.summarize(samples, "bare")
+    base = samples["bare"]
+    for name, rows in samples.items():
+        extra = [r["cpu"] - b["cpu"] for r, b in zip(rows, base)]
+        summary[name]["extra_cpu_s"] = harness.median(extra)
+        summary[name]["retrace_warnings"] = retraces.get(name, 0)
+    headers = ["configuration", "CPU ratio", "wall ratio", "extra CPU / fit", "retrace warnings"]
+    rows = [
+        [
+            name,
+            f"{s['cpu_ratio']['median']:.3f}",
+            f"{s['wall_ratio']['median']:.3f}",
+            f"{s['extra_cpu_s']:+.2f} s",
+            s["retrace_warnings"],
+        ]
+        for name, s in summary.items()
+    ]
+    print(harness.format_table(headers, rows))
+    tb_extra = summary["keras_tensorboard"]["extra_cpu_s"]
+    verdict = {
+        "bn_default_cpu_ratio": summary["bn_default"]["cpu_ratio"]["median"],
+        "bn_default_extra_vs_tensorboard": (
+            summary["bn_default"]["extra_cpu_s"] / tb_extra if tb_extra > 0 else float("nan")
+        ),
+    }
+    print(
+        f"bn_default: CPU ratio {verdict['bn_default_cpu_ratio']:.3f} (target <= "
+        f"{TARGETS['bn_default_cpu_ratio']}), extra CPU {verdict['bn_default_extra_vs_tensorboard']:.1f}x "
+        f"Keras TensorBoard's (target <= {TARGETS['bn_default_extra_vs_tensorboard']})"
+    )
+    result = {
+        "params": p,
+        "batchnorm_layers": n_bn,
+        "targets": TARGETS,
+        "verdict": verdict,
+        "configurations": summary,
+    }
+    harness.write_json(args, result, started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
