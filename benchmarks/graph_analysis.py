@@ -12,7 +12,7 @@ relative to the smallest size (about 1.0 everywhere means linear). Writes
 
 ``--smoke`` times 1k and 2k nodes once and writes JSON only with ``--out``.
 
-``tests/test_graph_analysis.py`` analyses the same generator's graphs.
+``tests/graph/test_sites.py`` analyses the same generator's graphs.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tensorboard.compat.proto import attr_value_pb2, graph_pb2, tensor_pb2
 
-from tb_bn_plugin.graph.analysis import analyze_graph
+from tb_bn_plugin.diagnostics.graph import analyze_graph
 
 SIZES = (5_000, 10_000, 25_000, 50_000)
 SMOKE_SIZES = (1_000, 2_000)

@@ -27,8 +27,9 @@ from tensorboard.data import provider as tb_provider
 from tensorboard.plugins.graph import metadata as graph_metadata
 
 from tb_bn_plugin import diagnostics, metadata, records
-from tb_bn_plugin.graph import analysis
+from tb_bn_plugin.diagnostics.graph import report_graph
 from tb_bn_plugin.graph.load import GraphLoadError
+from tb_bn_plugin.graph.model import BNSite
 from tb_bn_plugin.numerics import drift, ema
 from tb_bn_plugin.reading import data
 from tb_bn_plugin.reading.graph import read_run_graph
@@ -432,7 +433,7 @@ def graph_impl(source: data.Source, run: str) -> dict[str, Any]:
             "error": f"run {run!r} has no graph; write one with tb_bn_plugin.graph_io.write_graph "
             "or tf.summary.graph",
         }
-    report = analysis.report_graph(graph)
+    report = report_graph(graph)
     return {
         "run": run,
         "sites": [_site_json(site) for site in report.sites],
@@ -441,7 +442,7 @@ def graph_impl(source: data.Source, run: str) -> dict[str, Any]:
     }
 
 
-def _site_json(site: analysis.BNSite) -> dict[str, Any]:
+def _site_json(site: BNSite) -> dict[str, Any]:
     """A site with its ops as node names (the contract's strings)."""
     return {
         "name": site.name,
@@ -457,18 +458,13 @@ def _site_json(site: analysis.BNSite) -> dict[str, Any]:
     }
 
 
-def _graph_finding_json(finding: analysis.Finding) -> dict[str, Any]:
-    """Evidence lines keyed by the site they are about (aligned) or numbered."""
-    evidence = finding.evidence
-    if len(finding.sites) == len(evidence) and len(set(finding.sites)) == len(evidence):
-        keyed = dict(zip(finding.sites, evidence))
-    else:
-        keyed = {str(i + 1): line for i, line in enumerate(evidence)}
+def _graph_finding_json(finding: diagnostics.Finding) -> dict[str, Any]:
+    """A graph finding: its layers are ``sites``; evidence is keyed by site (or numbered)."""
     return {
         "code": finding.code,
         "severity": finding.severity,
         "title": finding.title,
-        "sites": list(finding.sites),
-        "evidence": keyed,
+        "sites": finding.layers,
+        "evidence": finding.evidence,
         "fix": finding.fix,
     }
