@@ -12,8 +12,7 @@ sites (``layers``) with one evidence line per site (``evidence``: site name ->
 line). ``malformed-graph`` and ``no-batchnorm`` are about the whole graph:
 no layers, numbered evidence lines ("1", "2", ...). Unusable input
 (:class:`~tb_bn_plugin.graph.index.MalformedGraphError`) becomes a
-``malformed-graph`` finding, and so, for now, do the exceptions a walk over
-an inconsistent proto may raise.
+``malformed-graph`` finding; any other exception is a bug and propagates.
 """
 
 from __future__ import annotations
@@ -169,9 +168,6 @@ def report_graph(graph_def: Any) -> GraphReport:
         found = find_sites(graph_def)
     except MalformedGraphError as err:
         return GraphReport(sites=[], findings=[_malformed(str(err))])
-    except (RecursionError, ValueError, TypeError, AttributeError, KeyError, IndexError) as err:
-        # Protos can be inconsistent in ways no walk anticipates; report, never crash.
-        return GraphReport(sites=[], findings=[_malformed(f"analysis failed: {err!r}")])
     mark_sites(found.sites)
     findings = graph_findings(found.sites)
     if found.problems:

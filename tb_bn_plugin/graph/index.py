@@ -22,6 +22,8 @@ from tb_bn_plugin.graph.ops import FUSED_OUTPUT_PORTS
 # Steps any walk back through the graph may take: bounds every trace.
 TRACE_BUDGET = 64
 _EVIDENCE_EXAMPLES = 5
+# TensorFlow's and TensorBoard's copies of the GraphDef proto.
+_GRAPH_DEF_PROTOS = frozenset({"tensorflow.GraphDef", "tensorboard.GraphDef"})
 
 
 class MalformedGraphError(ValueError):
@@ -42,7 +44,8 @@ def coerce_graph_def(graph_def: Any) -> Any:
         if data and not parsed.node and not parsed.library.function:
             raise MalformedGraphError(f"{len(data)} bytes parse to an empty GraphDef")
         return parsed
-    if not (hasattr(graph_def, "node") and hasattr(graph_def, "library")):
+    descriptor = getattr(graph_def, "DESCRIPTOR", None)
+    if getattr(descriptor, "full_name", None) not in _GRAPH_DEF_PROTOS:
         raise MalformedGraphError(f"expected a GraphDef, got {type(graph_def).__name__}")
     return graph_def
 
@@ -59,7 +62,13 @@ class InputRef(NamedTuple):
 
 
 def _port_number(text: str) -> int:
-    return int(text) if text.isdigit() else 0
+    """A port written in ASCII decimal digits; anything else (malformed) reads as port 0."""
+    if not (text.isascii() and text.isdigit()):
+        return 0
+    try:
+        return int(text)
+    except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+        return 0
 
 
 class GraphIndex:

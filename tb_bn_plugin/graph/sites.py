@@ -42,7 +42,8 @@ _INNER_SCOPE = re.compile(r"(cond|AssignMovingAvg|AssignNewValue)(_\d+)?|batchno
 # "__inference_bn_layer_call_and_return_conditional_losses_133" -> "bn".
 _FUNCTION_NAME = re.compile(
     r"(?:__inference_|__forward_|__backward_)?(?P<base>.+?)"
-    r"(?:_layer_call_and_return_conditional_losses|_layer_call_fn)?(?:_\d+)*"
+    r"(?:_layer_call_and_return_conditional_losses|_layer_call_fn)?(?:_\d+)*",
+    re.DOTALL,
 )
 # How many If ops up a branch function's ops look for their layer scope.
 _MAX_BRANCH_NESTING = 8

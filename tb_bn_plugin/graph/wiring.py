@@ -3,7 +3,7 @@
 ``is_update`` tells an update computed in the graph from a variable's
 initializer or restore. :class:`UpdateWiring` decides whether something that
 runs every step depends on an update (memoised, so all updates of a graph
-cost about one pass over it).
+cost about one pass over it; iterative, so call nesting has no depth limit).
 ``momentum`` folds the update's arithmetic back to the momentum constant:
 ``assign_sub((var - value) * (1 - momentum))``,
 ``assign(var * momentum + value * (1 - momentum))`` or a fused op's
@@ -48,24 +48,58 @@ class UpdateWiring:
         """Whether something that runs each step depends on op ``name``.
 
         In a function that means its outputs or control outputs (auto control
-        dependencies put every stateful op there) and, recursively, that the
-        op calling the function is wired. In the top-level graph, where the
-        fetches are unknown, it means a node outside the layer's ``scope``
-        depends on it: the update's own read-backs and cond plumbing do not
-        count.
+        dependencies put every stateful op there) and that one of the ops
+        calling the function is wired, up the call chain. In the top-level
+        graph, where the fetches are unknown, it means a node outside the
+        layer's ``scope`` depends on it: the update's own read-backs and cond
+        plumbing do not count. Walks the call chain with an explicit stack, so
+        deeply nested calls cost no Python recursion.
+        """
+        first = self._settle(graph, name, scope)
+        if first is not None:
+            return first
+        # Ops waiting for their callers' answers, each with the callers not yet asked.
+        stack = [((graph.function, name, scope), iter(graph.callers))]
+        while stack:
+            key, callers = stack[-1]
+            answer: bool | None = False
+            for caller_graph, caller, _ in callers:
+                answer = self._settle(caller_graph, caller.name, scope)
+                if answer is None:
+                    stack.append(
+                        ((caller_graph.function, caller.name, scope), iter(caller_graph.callers))
+                    )
+                    break
+                if answer:
+                    break
+            else:
+                answer = False
+            if answer is None:
+                continue  # that caller needs its own callers' answers first
+            stack.pop()
+            self._memo[key] = answer
+            while answer and stack:  # wired: so is every op waiting on it
+                self._memo[stack.pop()[0]] = True
+        return self._memo[(graph.function, name, scope)]
+
+    def _settle(self, graph: GraphIndex, name: str, scope: str) -> bool | None:
+        """``wired`` for ``name`` where it does not depend on callers; ``None`` where it does.
+
+        Marks ``name`` unwired while its callers are asked, which breaks call cycles.
         """
         key = (graph.function, name, scope)
         if key in self._memo:
             return self._memo[key]
-        self._memo[key] = False  # breaks call cycles
-        if graph.function:
-            wired = name in graph.live()
-            if wired and graph.callers:
-                wired = any(self.wired(g, caller.name, scope) for g, caller, _ in graph.callers)
-        else:
-            wired = self._leaves_scope(graph, name, scope)
-        self._memo[key] = wired
-        return wired
+        self._memo[key] = False
+        if not graph.function:
+            self._memo[key] = self._leaves_scope(graph, name, scope)
+            return self._memo[key]
+        if name not in graph.live():
+            return False
+        if not graph.callers:
+            self._memo[key] = True
+            return True
+        return None
 
     def _leaves_scope(self, graph: GraphIndex, name: str, scope: str) -> bool:
         """Whether a node outside ``scope`` depends on ``name`` (memoised per scope).

@@ -23,6 +23,7 @@ from _bn_graphs import (
 import tb_bn_plugin
 from tb_bn_plugin.diagnostics import graph as rules
 from tb_bn_plugin.diagnostics.finding import Finding
+from tb_bn_plugin.graph import wiring
 from tb_bn_plugin.training.graph_trace import trace_model_graph
 
 GARBAGE = b"\xff\xfe this is not a protobuf \x00\x01"
@@ -190,6 +191,22 @@ def test_site_findings_come_before_the_malformed_graph_finding():
     graph_def = build_seed004_graph(wire_updates=False)
     graph_def.node.add().CopyFrom(graph_def.node[0])
     assert codes(rules.report_graph(graph_def)) == ["update-ops-not-wired", "malformed-graph"]
+
+
+# ---------------------------------------------------------------------------
+# Bugs are not "malformed graph"
+
+
+@pytest.mark.parametrize(
+    "error", [KeyError, TypeError, AttributeError, IndexError, ValueError, RecursionError]
+)
+def test_a_bug_in_the_analysis_propagates(monkeypatch, error):
+    def broken(graph, node):
+        raise error("bug")
+
+    monkeypatch.setattr(wiring, "is_update", broken)
+    with pytest.raises(error, match="bug"):
+        rules.report_graph(build_seed004_graph())
 
 
 # ---------------------------------------------------------------------------

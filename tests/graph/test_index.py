@@ -84,7 +84,10 @@ def test_parse_input_references():
     assert graph.parse("bn:batch_mean:0") == InputRef("bn", 1, False)
     assert graph.parse("bn:batch_variance:0") == InputRef("bn", 2, False)
     assert graph.parse("call:output:3") == InputRef("call", 3, False)
+    # Malformed ports read as 0 instead of failing the analysis.
     assert graph.parse("a:z") == InputRef("a", 0, False)
+    assert graph.parse("a:²") == InputRef("a", 0, False)
+    assert graph.parse("a:" + "9" * 5000) == InputRef("a", 0, False)
 
 
 def test_tensor_name_follows_identities(seed004):

@@ -127,6 +127,18 @@ def test_unscoped_op_in_a_function_takes_the_function_name():
     (op,) = site.inference_path
     assert op.name == "FusedBatchNormV3" and re.fullmatch(r"__inference_bn_\d+", op.function)
     assert site.name == "bn"
+    function = op.function
+    # A newline in a (hand-edited) function name is just a character.
+    edited = as_tb_graph_def(graph_def)
+    for fdef in edited.library.function:
+        if fdef.signature.name == function:
+            fdef.signature.name = "bad\nname"
+    for node in edited.node:
+        for value in node.attr.values():
+            if value.func.name == function:
+                value.func.name = "bad\nname"
+    (site,) = find_sites(edited).sites
+    assert site.name == "bad\nname"
 
 
 # ---------------------------------------------------------------------------

@@ -141,8 +141,9 @@ def test_keras3_assign_updates(keras):
 # Call chains
 
 
-@pytest.mark.parametrize("depth", [3])
+@pytest.mark.parametrize("depth", [3, 2000])
 def test_wired_through_nested_calls(depth):
+    """Deep call chains need no Python recursion (2000 levels used to exhaust it)."""
     site = one_site(nested_calls_graph(depth))
     assert site.update_ops == [OpRef("bn/AssignNewValue", "AssignVariableOp", f"f{depth}")]
     assert site.updates_wired is True
