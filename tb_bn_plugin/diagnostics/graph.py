@@ -1,9 +1,10 @@
 """Graph rules: findings about a GraphDef's BatchNorm sites, and ``report_graph``.
 
 Owns the graph rules' codes, severities and fixes (``update-ops-not-wired``,
-``momentum-one``, ``no-update-ops``, ``no-batchnorm``, ``malformed-graph``)
-and the public entry points of the graph analysis with findings:
-``report_graph`` and ``analyze_graph``.
+``no-update-ops``, ``no-batchnorm``, ``malformed-graph``; ``momentum-one``
+is the statistics rule ``moving_stats.MOMENTUM_ONE``, fired here from the
+momentum read from the graph) and the public entry points of the graph
+analysis with findings: ``report_graph`` and ``analyze_graph``.
 
 Site rules hold per site (a predicate over the facts in
 :class:`~tb_bn_plugin.graph.model.BNSite`); ``report_graph`` writes their codes
@@ -23,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from tb_bn_plugin.diagnostics.finding import Finding, Rule, severity_rank
+from tb_bn_plugin.diagnostics.moving_stats import MOMENTUM_ONE
 from tb_bn_plugin.graph.index import MalformedGraphError
 from tb_bn_plugin.graph.model import BNSite
 from tb_bn_plugin.graph.ops import FUSED_OPS
@@ -38,17 +40,6 @@ UPDATE_OPS_NOT_WIRED = Rule(
     "tf.compat.v1.GraphKeys.UPDATE_OPS)` then `with tf.control_dependencies(update_ops): "
     "train_op = optimizer.minimize(loss)`, or run `update_ops` together with every training "
     "step. Keras `fit` and `tf.function` training steps wire them automatically.",
-)
-
-# Also a statistics rule (``moving_stats.MOMENTUM_ONE``, severity "error"): to be merged.
-MOMENTUM_ONE = Rule(
-    "momentum-one",
-    "warning",
-    "The update is `moving = momentum * moving + (1 - momentum) * batch`; with momentum "
-    "(decay) 1 the moving mean and variance keep their initial values (0 and 1) forever, so "
-    "inference uses statistics unrelated to the data. Use a momentum below 1: 0.99 (the "
-    "default) for long runs, 0.9 or lower when training for few steps. Check where the "
-    "value comes from: a `decay`/`momentum` argument or a schedule that reached 1.",
 )
 
 NO_UPDATE_OPS = Rule(

@@ -22,6 +22,7 @@ from _bn_graphs import (
 
 import tb_bn_plugin
 from tb_bn_plugin.diagnostics import graph as rules
+from tb_bn_plugin.diagnostics import moving_stats
 from tb_bn_plugin.diagnostics.finding import Finding
 from tb_bn_plugin.graph import wiring
 from tb_bn_plugin.training.graph_trace import trace_model_graph
@@ -102,14 +103,14 @@ def test_one_finding_names_every_site_with_evidence_per_site():
         ("v2_if_momentum_one", "Const (in bn_cond_1_true"),
     ],
 )
-def test_momentum_one(legacy, name, source):
+def test_momentum_one_is_the_statistics_rule(legacy, name, source):
     report = rules.report_graph(legacy[name])
     (site,) = report.sites
     assert site.findings == ["momentum-one"]
     (finding,) = report.findings
     assert finding.code == "momentum-one"
-    assert finding.severity == "warning"
-    assert finding.fix == rules.MOMENTUM_ONE.fix
+    assert finding.severity == "error"  # was "warning" before the two rules were merged
+    assert finding.fix == moving_stats.MOMENTUM_ONE.fix
     assert finding.title == "Moving statistics never change (momentum/decay = 1)"
     assert finding.evidence == {"bn": f"bn: momentum 1 read from {site.momentum_source}"}
     assert source in str(site.momentum_source)
@@ -123,11 +124,11 @@ def test_momentum_one_from_a_fused_ops_factor():
     }
 
 
-def test_site_codes_in_rule_order():
+def test_most_severe_first_site_codes_in_rule_order():
     report = rules.report_graph(build_seed004_graph(wire_updates=False, momentum=1.0))
     (site,) = report.sites
     assert site.findings == ["update-ops-not-wired", "momentum-one"]
-    assert codes(report) == ["update-ops-not-wired", "momentum-one"]
+    assert codes(report) == ["momentum-one", "update-ops-not-wired"]
 
 
 def test_no_update_ops_in_frozen_graphs():
