@@ -8,9 +8,11 @@ wall and process CPU time, ms per 10k nodes, and each size's per-node time
 relative to the smallest size (about 1.0 everywhere means linear). Writes
 ``benchmarks/results/graph_analysis.json``.
 
-    python benchmarks/graph_analysis.py [--quick]
+    python benchmarks/graph_analysis.py [--quick | --smoke] [--out PATH]
 
-``tests/test_graph_analysis.py`` analyses the same generator's graphs.
+``--smoke`` times 1k and 2k nodes once and writes JSON only with ``--out``.
+
+``tests/graph/test_sites.py`` analyses the same generator's graphs.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from pathlib import Path
 
 from tensorboard.compat.proto import attr_value_pb2, graph_pb2, tensor_pb2
 
-from tb_bn_plugin.graph.analysis import analyze_graph
+from tb_bn_plugin.diagnostics.graph import analyze_graph
 
 SIZES = (5_000, 10_000, 25_000, 50_000)
+SMOKE_SIZES = (1_000, 2_000)
 NODES_PER_LAYER = 50
 MOMENTUM = 0.99
 RESULTS = Path(__file__).resolve().parent / "results" / "graph_analysis.json"
@@ -111,9 +114,9 @@ def _time(graph: graph_pb2.GraphDef, repeats: int) -> tuple[float, float, int]:
     return statistics.median(walls), statistics.median(cpus), sites
 
 
-def run(repeats: int) -> list[dict]:
+def run(repeats: int, sizes: tuple[int, ...] = SIZES) -> list[dict]:
     rows = []
-    for size in SIZES:
+    for size in sizes:
         graph, layers = synthetic_graph_def(size)
         wall, cpu, sites = _time(graph, repeats)
         if sites != layers:
@@ -137,11 +140,18 @@ def run(repeats: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 repeat per size (under a minute)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="1 repeat per size (under a minute)")
+    mode.add_argument(
+        "--smoke", action="store_true", help="1k and 2k nodes once: only checks the script works"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="repeats per size (median kept)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"JSON output path (default: {RESULTS})"
+    )
     args = parser.parse_args()
-    repeats = 1 if args.quick else args.repeats
-    rows = run(repeats)
+    repeats = 1 if args.quick or args.smoke else args.repeats
+    rows = run(repeats, SMOKE_SIZES if args.smoke else SIZES)
     print(f"analyze_graph, median of {repeats} run(s) per size")
     print(
         f"{'nodes':>7} {'sites':>6} {'wall ms':>9} {'cpu ms':>9} {'ms/10k wall':>12} "
@@ -153,8 +163,11 @@ def main() -> None:
             f"{row['wall_ms_per_10k_nodes']:>12.1f} {row['cpu_ms_per_10k_nodes']:>11.1f} "
             f"{row['per_node_ratio']:>15.2f}"
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    out = args.out or (None if args.smoke else RESULTS)
+    if out is None:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
         json.dumps(
             {
                 "benchmark": "graph_analysis",
@@ -167,7 +180,7 @@ def main() -> None:
         )
         + "\n"
     )
-    print(f"wrote {RESULTS}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ import json
 from pathlib import Path
 
 from tb_bn_plugin.cli.errors import CommandError
-from tb_bn_plugin.graph import analysis, load
+from tb_bn_plugin.diagnostics.graph import GraphReport, report_graph
+from tb_bn_plugin.graph import load
+from tb_bn_plugin.graph.model import OpRef
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from tb_bn_plugin.summary import write_graph
 
     write_graph(graph_def, run_dir)
-    report = analysis.report_graph(graph_def)
+    report = report_graph(graph_def)
     if args.json:
         print(json.dumps({"run": run_name, **report.to_json()}, indent=2))
     else:
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_report(report: analysis.GraphReport) -> str:
+def format_report(report: GraphReport) -> str:
     """A short human-readable summary of the sites and findings."""
     lines = [f"BatchNorm sites: {len(report.sites)}"]
     for site in report.sites:
@@ -75,12 +77,12 @@ def format_report(report: analysis.GraphReport) -> str:
             lines.append(f"    momentum:  {site.momentum:g}")
     for finding in report.findings:
         lines.append(f"[{finding.severity}] {finding.code}: {finding.title}")
-        lines.extend(f"    {line}" for line in finding.evidence)
+        lines.extend(f"    {line}" for line in finding.evidence.values())
         lines.append(f"    fix: {finding.fix}")
     return "\n".join(lines)
 
 
-def _refs(refs: list[analysis.OpRef]) -> str:
+def _refs(refs: list[OpRef]) -> str:
     described = (
         f"{ref.name} ({ref.op}, in {ref.function})" if ref.function else f"{ref.name} ({ref.op})"
         for ref in refs

@@ -1,4 +1,4 @@
-"""Diagnostics of BatchNorm train/inference pitfalls: pure functions over ``RunData`` and graph sites.
+"""Diagnostics of BatchNorm train/inference pitfalls: pure functions over runs and graph sites.
 
 Owns the one ``Finding`` type, the one severity order (``SEVERITY_ORDER``)
 and the rule catalogue (``catalogue``): every code once, with its severity
@@ -27,7 +27,8 @@ Rules (``Thresholds`` field = default):
     mismatch (``mismatch_shift = 0.5``, ``mismatch_log_var = log 2``). Needs
     two logged steps.
 ``momentum-one`` (error)
-    A trained step with momentum >= 1.
+    A trained step with momentum >= 1; in a graph (``graph``), a site whose
+    moving-average update's momentum constant is 1.
 ``slow-momentum`` (warning)
     At the latest trained snapshot (step n, momentum m), the EMA still weighs
     its initial value by ``m**n > initial_weight = 0.05`` and the moving
@@ -74,13 +75,30 @@ Rules (``Thresholds`` field = default):
     At the latest ``PreciseStatsMonitor`` measurement, some channel's moving
     statistics mismatch the layer's precise population statistics (same
     mismatch thresholds); recommends ``tb_bn_plugin.recalibrate``.
+
+Graph rules (``graph.report_graph``, over the BatchNorm sites of a GraphDef):
+
+``update-ops-not-wired`` (warning)
+    A site has moving-average update ops and nothing that runs each step
+    depends on them.
+``momentum-one`` (error)
+    The same rule as above, from the update's momentum constant.
+``no-update-ops`` (info)
+    A site normalises with batch statistics but the graph has no update op
+    for it (normal for frozen graphs).
+``no-batchnorm`` (info)
+    The graph has no BatchNorm op.
+``malformed-graph`` (error)
+    The input is not a usable GraphDef, or parts of it are inconsistent
+    (inputs naming missing nodes, duplicate names, calls to missing functions).
 """
 
-from tb_bn_plugin.diagnostics.catalogue import DIAGNOSTICS, diagnose
+from tb_bn_plugin.diagnostics.catalogue import CATALOGUE, DIAGNOSTICS, diagnose
 from tb_bn_plugin.diagnostics.finding import SEVERITY_ORDER, Finding, Rule, severity_rank
 from tb_bn_plugin.diagnostics.thresholds import Thresholds
 
 __all__ = [
+    "CATALOGUE",
     "DIAGNOSTICS",
     "SEVERITY_ORDER",
     "Finding",

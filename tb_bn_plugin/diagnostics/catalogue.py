@@ -1,16 +1,49 @@
-"""The rule catalogue: every rule once, in a deterministic order, and ``diagnose``."""
+"""The rule catalogue: every rule once (``CATALOGUE``), the statistics rules in order, ``diagnose``.
+
+Each rule family module (``moving_stats``, ``batches``, ``gap``, ``modes``,
+``values``, ``ema``, ``graph``) defines its rules as module-level ``Rule``
+constants; ``CATALOGUE`` collects them by code and refuses two different
+rules with one code (a family may use another's rule: ``graph`` fires
+``moving_stats.MOMENTUM_ONE``).
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from types import ModuleType
 
-from tb_bn_plugin.diagnostics import batches, ema, gap, modes, moving_stats, values
-from tb_bn_plugin.diagnostics.finding import Finding, severity_rank
+from tb_bn_plugin.diagnostics import batches, ema, gap, graph, modes, moving_stats, values
+from tb_bn_plugin.diagnostics.finding import Finding, Rule, severity_rank
 from tb_bn_plugin.diagnostics.layer_view import layer_index
 from tb_bn_plugin.diagnostics.thresholds import Thresholds
 from tb_bn_plugin.series import RunData
 
+FAMILIES: tuple[ModuleType, ...] = (moving_stats, batches, gap, modes, values, ema, graph)
+
+
+def build_catalogue(families: Iterable[ModuleType]) -> dict[str, Rule]:
+    """Every ``Rule`` defined at module level in ``families``, by code, in definition order.
+
+    Raises ``ValueError`` when two different ``Rule`` objects share a code.
+    """
+    catalogue: dict[str, Rule] = {}
+    for family in families:
+        for name, rule in vars(family).items():
+            if not isinstance(rule, Rule):
+                continue
+            known = catalogue.setdefault(rule.code, rule)
+            if known is not rule:
+                raise ValueError(
+                    f"rule code {rule.code!r} is defined twice ({family.__name__}.{name} and "
+                    "another rule); every code must be one Rule"
+                )
+    return catalogue
+
+
+CATALOGUE: dict[str, Rule] = build_catalogue(FAMILIES)
+
+# The statistics rules (over ``RunData``), in the order ``diagnose`` runs them.
 DIAGNOSTICS: tuple[Callable[[RunData, Thresholds], list[Finding]], ...] = (
     moving_stats.stale_moving_stats,
     moving_stats.momentum_one,

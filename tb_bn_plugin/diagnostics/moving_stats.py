@@ -32,12 +32,16 @@ STALE_MOVING_STATS = Rule(
 MOMENTUM_ONE = Rule(
     "momentum-one",
     "error",
-    "With momentum=1 the update moving = moving*1 + batch*0 never moves the statistics, so "
-    "inference keeps the initial (or loaded) values while training normalises with batch "
-    "statistics. Use momentum 0.9-0.99 (Keras default 0.99). Keras' momentum is the weight "
-    "of the old value, like TF1's decay; PyTorch's momentum is the weight of the new batch "
-    "(Keras momentum = 1 - PyTorch momentum). To freeze the statistics on purpose set "
-    "layer.trainable = False, which in Keras 3 also normalises with them during training.",
+    "With momentum=1 (TF1: decay=1) the update moving = momentum * moving + (1 - momentum) * "
+    "batch never moves the moving mean and variance, so inference keeps their initial (0 and "
+    "1) or loaded values while training normalises with batch statistics. It shows as "
+    "momentum 1 in the logged statistics or as the momentum constant of the graph's update "
+    "ops. Use momentum 0.9-0.99: 0.99 (the Keras default) for long runs, 0.9 or lower when "
+    "training for few steps; check where the value comes from (a decay/momentum argument, or "
+    "a schedule that reached 1). Keras' momentum is the weight of the old value, like TF1's "
+    "decay; PyTorch's momentum is the weight of the new batch (Keras momentum = 1 - PyTorch "
+    "momentum). To freeze the statistics on purpose set layer.trainable = False, which in "
+    "Keras 3 also normalises with them during training.",
 )
 
 

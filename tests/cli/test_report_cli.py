@@ -69,7 +69,8 @@ def test_human_output_names_layers_findings_and_fixes(tmp_path, tmp_path_factory
         assert layer in out
     assert "ERROR momentum-one" in out
     assert "evidence: momentum=1" in out
-    assert "fix: With momentum=1" in out and "Use momentum 0.9-0.99" in out
+    flat = " ".join(out.split())  # the fix is wrapped to the text width
+    assert "fix: With momentum=1" in flat and "Use momentum 0.9-0.99" in flat
     assert "moving mean [min, max]" in out and "compound gap" in out
     # Wrapped to the text width.
     assert (

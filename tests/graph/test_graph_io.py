@@ -1,26 +1,27 @@
-"""Tests for ``tb_bn_plugin.graph_io`` and the ``tb-bn graph`` command.
+"""Graphs in and out: ``graph.load`` (files), ``summary.write_graph`` and
+``reading.graph.read_run_graph`` (event files), ``training.graph_trace``.
 
 Graphs go through real files, real event files, and TensorBoard's own
-``EventMultiplexer`` + ``MultiplexerDataProvider`` and Graphs plugin.
+``EventMultiplexer`` + ``MultiplexerDataProvider`` and Graphs plugin; the
+``tb-bn graph`` command is tested in ``tests/cli/test_graph_cli.py``.
 """
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import tensorflow as tf
+from _bn_graphs import build_seed004_graph
 from tensorboard import context
 from tensorboard.backend.event_processing import data_provider as tb_data_provider
 from tensorboard.backend.event_processing import plugin_event_multiplexer
 from tensorboard.plugins import base_plugin
 from tensorboard.plugins.graph import graphs_plugin
-from test_graph_analysis import build_seed004_graph, control_flow_v1  # noqa: F401 (fixture)
 
 from tb_bn_plugin import summary
-from tb_bn_plugin.cli import main
-from tb_bn_plugin.graph import analysis, load
+from tb_bn_plugin.graph import load
+from tb_bn_plugin.graph.model import KIND_SEPARATE_FUNCTIONS, KIND_SWITCH_MERGE, KIND_UNSWITCHED
+from tb_bn_plugin.graph.sites import find_sites
 from tb_bn_plugin.reading import graph
 from tb_bn_plugin.training import graph_trace
 
@@ -41,7 +42,7 @@ def _node_names(graph_def):
 
 
 @pytest.fixture
-def seed004(control_flow_v1):  # noqa: F811 (fixture)
+def seed004():
     return build_seed004_graph("FusedBatchNorm", freeze=True)
 
 
@@ -54,17 +55,17 @@ def test_load_graph_def_binary_and_text(tmp_path, seed004, filename, as_text):
     tf.io.write_graph(seed004, str(tmp_path), filename, as_text=as_text)
     graph_def = load.load_graph_def(tmp_path / filename)
     assert _node_names(graph_def) == _node_names(seed004)
-    (site,) = analysis.analyze_graph(graph_def)
-    assert site.name == "bn" and site.kind == analysis.KIND_SWITCH_MERGE
+    (site,) = find_sites(graph_def).sites
+    assert site.name == "bn" and site.kind == KIND_SWITCH_MERGE
 
 
-def test_load_meta_graph(tmp_path, control_flow_v1):  # noqa: F811 (fixture)
+def test_load_meta_graph(tmp_path):
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.import_graph_def(build_seed004_graph(), name="")
         tf.compat.v1.train.export_meta_graph(str(tmp_path / "model.meta"))
     graph_def = load.load_graph_def(tmp_path / "model.meta")
-    (site,) = analysis.analyze_graph(graph_def)
+    (site,) = find_sites(graph_def).sites
     assert site.updates_wired is True
 
 
@@ -93,9 +94,9 @@ def test_load_saved_model(tmp_path, target):
     path = tmp_path / "export" if target == "directory" else tmp_path / "export" / "saved_model.pb"
     graph_def = load.load_graph_def(path)
     assert graph_def.library.function
-    (site,) = analysis.analyze_graph(graph_def)
+    (site,) = find_sites(graph_def).sites
     assert site.name == "bn"
-    assert site.kind == analysis.KIND_UNSWITCHED
+    assert site.kind == KIND_UNSWITCHED
     assert site.training_path == []
     assert [ref.op for ref in site.inference_path] == ["FusedBatchNormV3"]
     assert site.inference_path[0].function  # lives in the function library
@@ -159,8 +160,8 @@ def test_traced_model_through_tensorboard(tmp_path, keras3_model):
 
     provider = _provider(tmp_path)
     graph_def = graph.read_run_graph(provider, context.RequestContext(), "", "train")
-    (site,) = analysis.analyze_graph(graph_def)
-    assert site.kind == analysis.KIND_SEPARATE_FUNCTIONS
+    (site,) = find_sites(graph_def).sites
+    assert site.kind == KIND_SEPARATE_FUNCTIONS
     assert site.updates_wired is True
 
     plugin = graphs_plugin.GraphsPlugin(
@@ -199,8 +200,8 @@ def test_trace_uncompiled_model_uses_forward_pass(keras3_model):
     names = [f.signature.name for f in graph_def.library.function]
     assert any("forward_train_step" in name for name in names)
     assert np.array_equal(before, bn.moving_mean.numpy())
-    (site,) = analysis.analyze_graph(graph_def)
-    assert site.kind == analysis.KIND_SEPARATE_FUNCTIONS
+    (site,) = find_sites(graph_def).sites
+    assert site.kind == KIND_SEPARATE_FUNCTIONS
 
 
 def test_trace_needs_input_signature_without_inputs(keras):
@@ -218,53 +219,5 @@ def test_trace_needs_input_signature_without_inputs(keras):
     graph_def = graph_trace.trace_model_graph(
         net, input_signature=[tf.TensorSpec((None, 5), tf.float32)]
     )
-    (site,) = analysis.analyze_graph(graph_def)
-    assert site.kind == analysis.KIND_SEPARATE_FUNCTIONS
-
-
-# ---------------------------------------------------------------------------
-# tb-bn graph
-
-
-def test_cli_imports_frozen_graph(tmp_path, seed004, capsys):
-    model = tmp_path / "frozen_seed004.pb"
-    model.write_bytes(seed004.SerializeToString())
-    assert main(["graph", str(model), "--logdir", str(tmp_path / "logs")]) == 0
-    out = capsys.readouterr().out
-    assert f"to {tmp_path / 'logs' / 'frozen_seed004'}" in out
-    assert "BatchNorm sites: 1" in out
-    assert "bn  [switch_merge, predicate training:0 via bn/cond/FusedBatchNorm/Switch]" in out
-    assert "training:  bn/cond/FusedBatchNorm (FusedBatchNorm)" in out
-    assert "inference: bn/cond/FusedBatchNorm_1 (FusedBatchNorm)" in out
-    assert "[info] no-update-ops" in out
-    assert _node_names(_read_back(tmp_path / "logs", "frozen_seed004")) == _node_names(seed004)
-
-
-def test_cli_run_name_and_json(tmp_path, seed004, capsys):
-    model = tmp_path / "model.pbtxt"
-    tf.io.write_graph(seed004, str(tmp_path), "model.pbtxt", as_text=True)
-    assert (
-        main(["graph", str(model), "--logdir", str(tmp_path), "--run", "imported/seed", "--json"])
-        == 0
-    )
-    data = json.loads(capsys.readouterr().out)
-    assert data["run"] == "imported/seed"
-    assert [site["name"] for site in data["sites"]] == ["bn"]
-    assert _read_back(tmp_path, "imported/seed") is not None
-
-
-@pytest.mark.parametrize(
-    "setup, extra, message",
-    [
-        (lambda p: p.write_bytes(b"\x00garbage\xff"), [], "not a TensorFlow graph"),
-        (lambda p: None, [], "cannot read"),
-        (lambda p: p.write_bytes(b"x"), ["--run", "../outside"], "--run must be a relative name"),
-    ],
-)
-def test_cli_errors(tmp_path, capsys, setup, extra, message):
-    model = tmp_path / "model.pb"
-    setup(model)
-    assert main(["graph", str(model), "--logdir", str(tmp_path / "logs"), *extra]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("tb-bn: error:") and message in err
-    assert not (tmp_path / "logs").exists()
+    (site,) = find_sites(graph_def).sites
+    assert site.kind == KIND_SEPARATE_FUNCTIONS
