@@ -64,6 +64,12 @@ KIND_GAP = "gap"
 KIND_EMA_ERROR = "ema_error"
 KIND_LAYER_REPLICAS = "layer_replicas"
 
+# Last part of a layer payload's tag: ``layer_tag(path, SUFFIX_...)``.
+SUFFIX_SUMMARY = "summary"
+SUFFIX_CHANNELS = "channels"
+SUFFIX_REPLICAS = "replicas"
+SUFFIX_EMA_ERROR = "ema_error"
+
 # Per-channel statistics, in the order they are stored as rows.
 BATCH_MEAN = "batch_mean"
 BATCH_VARIANCE = "batch_variance"
@@ -109,13 +115,21 @@ INFO_FIELDS = ("training", "trainable", "count", "momentum", "full")
 
 
 def layer_tag(layer_path: str, kind: str) -> str:
-    """The tag for one layer's payload of ``kind`` (``summary``, ``channels`` or ``replicas``)."""
+    """The tag of one layer's payload: ``kind`` is a ``SUFFIX_*`` (``summary``, ``channels``...)."""
     return f"{TAG_PREFIX}/{layer_path}/{kind}"
 
 
 def gap_tag() -> str:
     """The tag for the model-level train/inference gap payload."""
     return f"{TAG_PREFIX}/_model/gap"
+
+
+# -- ema_error payload: tag (encoding) ---------------------------------------------------
+
+
+def ema_error_tag(layer_path: str) -> str:
+    """The tag of one layer's EMA-vs-precise error series (the ``ema_error`` payload)."""
+    return layer_tag(layer_path, SUFFIX_EMA_ERROR)
 
 
 def create_summary_metadata(content: dict[str, Any]) -> summary_pb2.SummaryMetadata:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from tb_bn_plugin import metadata
 from tb_bn_plugin.numerics import drift
+from tb_bn_plugin.numerics.ema import EmaError
 from tb_bn_plugin.series import LayerConfig
 
 _QUANTILES = (0.05, 0.5, 0.95)
@@ -71,29 +72,17 @@ def summarize_across_channels(matrix: np.ndarray) -> np.ndarray:
         )
 
 
-def summary_record(
-    config: LayerConfig,
-    values: Mapping[str, np.ndarray],
-    info: Mapping[str, float],
-) -> np.ndarray:
-    """The flat float32 summary record of one layer at one step.
-
-    Layout: ``INFO_FIELDS`` values, then the (R, Q) summary of
-    ``summary_stats(config)`` in row-major order.
-    """
-    return summary_records([config], [values], [info])[0]
-
-
 def summary_records(
     configs: Sequence[LayerConfig],
     values: Sequence[Mapping[str, np.ndarray]],
     infos: Sequence[Mapping[str, float]],
 ) -> list[np.ndarray]:
-    """``summary_record`` of many layers at once.
+    """The flat float32 summary record of each layer at one step.
 
-    Layers of equal width are summarised together in one call per width, so
-    the cost grows with the number of channels and of distinct widths, not
-    with one numpy round per layer.
+    Layout of one record: ``INFO_FIELDS`` values, then the (R, Q) summary of
+    ``summary_stats(config)`` in row-major order. Layers of equal width are
+    summarised together in one call per width, so the cost grows with the
+    number of channels and of distinct widths, not with one numpy round per layer.
     """
     out: list[np.ndarray] = [np.empty(0, np.float32)] * len(configs)
     by_width: dict[int, list[int]] = {}
@@ -136,7 +125,7 @@ def summary_record_width(config: LayerConfig) -> int:
 def split_summary_record(
     config: LayerConfig, record: np.ndarray
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Inverse of ``summary_record``, for one record (W,) or a stack of them (S, W).
+    """Inverse of ``summary_records``, for one record (W,) or a stack of them (S, W).
 
     Returns (info: field -> () or (S,), summary: stat -> (Q,) or (S, Q)), float64.
     """
@@ -158,7 +147,7 @@ def channel_record(
 
 
 def replica_record(count: np.ndarray, mean: np.ndarray, variance: np.ndarray) -> np.ndarray:
-    """The (R, 1 + 2C) float32 ``layer_replicas`` record from per-replica (R,) counts and (R, C) moments."""
+    """The (R, 1 + 2C) float32 ``layer_replicas`` record: per replica a count, (C,) moments."""
     count = np.asarray(count, dtype=np.float64)[:, None]
     return np.concatenate([count, np.asarray(mean), np.asarray(variance)], axis=1).astype(
         np.float32
@@ -168,7 +157,10 @@ def replica_record(count: np.ndarray, mean: np.ndarray, variance: np.ndarray) ->
 def split_replica_record(
     record: np.ndarray, channels: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Inverse of ``replica_record`` for one record (R, W) or a stack (S, R, W): count, mean, variance (float64)."""
+    """Inverse of ``replica_record`` for one record (R, W) or a stack (S, R, W).
+
+    Returns count, mean, variance (float64).
+    """
     record = np.asarray(record, dtype=np.float64)
     return (
         record[..., 0],
@@ -178,7 +170,7 @@ def split_replica_record(
 
 
 def replica_bytes(configs: Sequence[LayerConfig], replicas: int) -> int:
-    """Bytes the ``layer_replicas`` records of all layers add to a per-channel snapshot (0 on one replica)."""
+    """Bytes the ``layer_replicas`` records of all layers add to a snapshot (0 on one replica)."""
     if replicas <= 1:
         return 0
     per_value = np.dtype(np.float32).itemsize
@@ -221,7 +213,7 @@ def check_logging_options(
 def snapshot_interval(
     configs: Sequence[LayerConfig], dtype: np.dtype, budget_bytes: int, replicas: int = 1
 ) -> int:
-    """Every how many logged steps a per-channel snapshot fits ``budget_bytes`` per logged step on average.
+    """Every how many logged steps a snapshot fits ``budget_bytes`` per logged step on average.
 
     1 when snapshots fit at every logged step. When even summaries exceed
     the budget, snapshots are spaced as if a tenth of the budget remained.
@@ -249,6 +241,101 @@ class SnapshotCadence:
         snapshot = force or self._since + 1 >= self.interval
         self._since = 0 if snapshot else self._since + 1
         return snapshot
+
+
+# -- layer payloads: metadata content (encoding) ----------------------------------
+
+
+def layer_summary_content(config: LayerConfig) -> dict[str, Any]:
+    """The metadata content of a layer's ``layer_summary`` tag (``summary_records``)."""
+    return {
+        "kind": metadata.KIND_LAYER_SUMMARY,
+        "layer": config.to_json(),
+        "info": list(metadata.INFO_FIELDS),
+        "rows": list(summary_stats(config)),
+        "columns": list(metadata.SUMMARY_COLUMNS),
+    }
+
+
+def layer_channels_content(config: LayerConfig) -> dict[str, Any]:
+    """The metadata content of a layer's ``layer_channels`` tag (``channel_record``)."""
+    return {
+        "kind": metadata.KIND_LAYER_CHANNELS,
+        "layer": config.to_json(),
+        "rows": list(config.stats()),
+    }
+
+
+def layer_replicas_content(config: LayerConfig, replicas: int) -> dict[str, Any]:
+    """The metadata content of a layer's ``layer_replicas`` tag (``replica_record``)."""
+    return {
+        "kind": metadata.KIND_LAYER_REPLICAS,
+        "layer": config.to_json(),
+        "replicas": replicas,
+        "columns": list(metadata.REPLICA_COLUMNS),
+    }
+
+
+# -- gap payload: encoding ------------------------------------------------------
+
+
+def gap_record(
+    train_losses: np.ndarray,
+    inference_losses: np.ndarray,
+    train_metrics: np.ndarray,
+    inference_metrics: np.ndarray,
+    layer_values: np.ndarray,
+) -> np.ndarray:
+    """The flat float32 tensor stored under ``metadata.gap_tag()`` (layout in ``metadata``).
+
+    ``train_losses``/``inference_losses`` (L,), ``train_metrics``/``inference_metrics``
+    (M,), ``layer_values`` (N, F) with F = ``metadata.GAP_LAYER_FIELDS``.
+    """
+    return np.concatenate(
+        [
+            np.asarray(train_losses).ravel(),
+            np.asarray(inference_losses).ravel(),
+            np.asarray(train_metrics).ravel(),
+            np.asarray(inference_metrics).ravel(),
+            np.asarray(layer_values).ravel(),
+        ]
+    ).astype(np.float32)
+
+
+def gap_content(
+    losses: Sequence[str],
+    metrics: Sequence[str],
+    layers: Sequence[str],
+    probe_size: int,
+    scope: str,
+) -> dict[str, Any]:
+    """The metadata content describing a ``gap_record``'s layout."""
+    return {
+        "kind": metadata.KIND_GAP,
+        "losses": list(losses),
+        "metrics": list(metrics),
+        "layers": list(layers),
+        "layer_fields": list(metadata.GAP_LAYER_FIELDS),
+        "probe_size": int(probe_size),
+        "scope": scope,
+    }
+
+
+# -- ema_error payload: encoding -------------------------------------------------
+
+
+def ema_error_record(error: EmaError) -> np.ndarray:
+    """The float32 vector of ``EmaError.FIELDS`` stored under ``metadata.ema_error_tag(path)``."""
+    return error.as_array()
+
+
+def ema_error_content(layer_path: str) -> dict[str, Any]:
+    """The metadata content of one layer's ``ema_error`` tag."""
+    return {
+        "kind": metadata.KIND_EMA_ERROR,
+        "layer_path": layer_path,
+        "fields": list(EmaError.FIELDS),
+    }
 
 
 @dataclasses.dataclass

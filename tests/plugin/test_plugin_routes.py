@@ -156,7 +156,7 @@ def test_plugin_is_registered_as_a_dynamic_tensorboard_plugin():
 
 @pytest.fixture(scope="module")
 def long_logdir(tmp_path_factory):
-    """One layer, 150 logged steps (summary records only), written with the plugin's SummaryWriter."""
+    """One layer, 150 logged steps (summary records only), written with the SummaryWriter."""
     from tb_bn_plugin.summary import SummaryWriter
 
     root = str(tmp_path_factory.mktemp("long"))
@@ -175,7 +175,13 @@ def long_logdir(tmp_path_factory):
     info = {"training": 1.0, "trainable": 1.0, "count": 64.0, "momentum": 0.99, "full": 0.0}
     for step in range(1, 151):
         values = {stat: rng.uniform(0.5, 1.5, 2) for stat in config.stats()}
-        writer.layer_summary(config, step, records.summary_record(config, values, info))
+        (record,) = records.summary_records([config], [values], [info])
+        writer.write(
+            metadata.layer_tag(config.path, metadata.SUFFIX_SUMMARY),
+            record,
+            step,
+            records.layer_summary_content(config),
+        )
     writer.close()
     return root
 
