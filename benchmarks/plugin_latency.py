@@ -148,7 +148,7 @@ def synthesize(
     import tensorflow as tf
 
     from tb_bn_plugin.summary import SummaryWriter
-    from tb_bn_plugin.training.callback import DEFAULT_MAX_BYTES_PER_LOG
+    from tb_bn_plugin.training.session import DEFAULT_MAX_BYTES_PER_LOG
 
     configs = layer_configs(num_layers, channels)
     stats = synthetic_stats(num_layers, num_steps, channels, configs[0].momentum, seed)
