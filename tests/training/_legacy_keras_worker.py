@@ -26,6 +26,7 @@ assert keras.__name__.startswith("tf_keras"), keras.__name__
 from tb_bn_plugin import BatchNormCallback, precise_stats, recalibrate  # noqa: E402
 from tb_bn_plugin.reading import data  # noqa: E402
 from tb_bn_plugin.training.capture import find_batchnorm_layers  # noqa: E402
+from tb_bn_plugin.training.compat import flavour_of  # noqa: E402
 from tb_bn_plugin.training.gap_probe import GapProbe  # noqa: E402
 from tb_bn_plugin.training.probe_batch import probe_batch_from_data  # noqa: E402
 
@@ -80,6 +81,8 @@ def stats(layer_kwargs: dict, log_every_n_steps: int = 1) -> dict:
         "recalibrated_mean": bn.moving_mean.numpy().ravel().tolist(),
         "recalibrated_variance": bn.moving_variance.numpy().ravel().tolist(),
         "fused": bool(bn.fused),
+        "flavours": [type(flavour_of(obj)).__name__ for obj in (model, bn)],
+        "callback_base_is_tf_keras": issubclass(BatchNormCallback, keras.callbacks.Callback),
         "due": due,
         "warnings": [str(w.message) for w in caught if "BatchNormCallback" in str(w.message)],
         "steps": layer.steps.tolist(),

@@ -49,7 +49,6 @@ class KerasFlavour(Protocol):
     per-model state. ``BatchNormRef`` is ``capture.BatchNormRef`` (a path and a layer).
     """
 
-    name: str
     # Whether ``stateless`` also rewinds the RNG state of dropout-like layers, so the gap probe
     # may run the whole model in training mode (``gap_scope="model"``).
     supports_model_scope: bool

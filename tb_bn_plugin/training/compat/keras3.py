@@ -35,7 +35,6 @@ def _keras() -> Any:
 class Keras3:
     """``KerasFlavour`` for Keras 3 models and layers."""
 
-    name = "keras3"
     supports_model_scope = True
 
     # -- discovery ------------------------------------------------------------

@@ -57,7 +57,6 @@ def _tf_keras() -> Any:
 class TfKeras:
     """``KerasFlavour`` for tf-keras models and layers."""
 
-    name = "tf_keras"
     supports_model_scope = False  # tf-keras dropout advances stateful RNG ops no scope can undo
 
     # -- discovery ------------------------------------------------------------
