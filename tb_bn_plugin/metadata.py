@@ -1,6 +1,6 @@
 """Plugin name, tag scheme and summary metadata for BN Internals summaries.
 
-Everything the writer (``summary.py``) and the readers (``data.py``, the
+Everything the writer (``summary.py``) and the readers (``reading/``, the
 plugin) must agree on lives here: the plugin name, the payload kinds, the row
 and column layouts of the tensors, and the versioned JSON ``content`` of each
 tag's ``SummaryMetadata``.
@@ -20,12 +20,13 @@ the layer trained, and never for single-device training or
 one row per replica: ``[count, batch_mean (C), batch_variance (C)]``
 (``count``: values per channel the replica normalised over; variance biased).
 The global batch statistics follow exactly from these rows
-(``population.combine_replicas``).
+(``numerics.moments.combine_replicas``).
 
-The ``ema_error`` payload (tag ``layer_tag(path, "ema_error")``, written by
-``precise.PreciseStatsMonitor``) is a float32 vector of
-``population.EmaError.FIELDS`` with content
-``{"kind": "ema_error", "layer_path": path, "fields": [...]}``.
+The ``ema_error`` payload (tag ``layer_tag(path, SUFFIX_EMA_ERROR)``, written by
+``training.precise.PreciseStatsMonitor``) is a float32 vector of the values of
+``numerics.ema.EmaError.FIELDS`` with content
+``{"kind": "ema_error", "layer_path": path, "fields": [...]}`` naming them in
+storage order; ``records`` decodes it into a ``series.EmaErrorSeries``.
 
 The ``gap`` payload (tag ``gap_tag()``, one event per gap evaluation) is a flat
 float32 tensor measured on the probe batch, laid out as described by its
