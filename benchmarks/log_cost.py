@@ -10,10 +10,10 @@ epoch/train end; a probe callback placed *before* it times, in its
 ``on_train_end`` (capture installed, writer open, snapshot function traced by
 a first log), repeated log events of the last step:
 
-* ``log_full``: the callback's own ``LoggingSession.log_step(..., force_snapshot=True)``
+* ``log_full``: the callback's own ``_log(step, force_snapshot=True)``
   (summary records + per-channel snapshots for every layer);
-* ``log_summary_only``: ``log_step`` on a step where no snapshot is due;
-* the breakdown of a full log, done the way ``log_step`` does it: ``snapshot``
+* ``log_summary_only``: ``_log`` on a step where no snapshot is due;
+* the breakdown of a full log, done the way ``LoggingSession.log_step`` does it: ``snapshot``
   (``StatsCapture.snapshot``: one tf.function call, one device round trip for
   all layers, then numpy slicing), ``records`` (``summary.layer_items``: numpy
   summary records of all layers at once, per-channel records), ``write``
@@ -104,11 +104,7 @@ class _Probe(keras.callbacks.Callback):
         cb = self.cb
         session = cb._session
         step = cb._steps_done()
-
-        def log(force_snapshot: bool) -> None:
-            session.log_step(step, step, force_snapshot)
-
-        first_wall, first_cpu, _ = harness.time_call(lambda: log(True))
+        first_wall, first_cpu, _ = harness.time_call(lambda: cb._log(step, force_snapshot=True))
         parts = {
             k: {"wall": [], "cpu": []}
             for k in ("log_full", "log_summary_only", "snapshot", "records", "write", "flush")
@@ -120,12 +116,12 @@ class _Probe(keras.callbacks.Callback):
 
         cadence = session.cadence
         for _ in range(self.repeats):
-            add("log_full", *harness.time_call(lambda: log(True))[:2])
+            add("log_full", *harness.time_call(lambda: cb._log(step, force_snapshot=True))[:2])
             # A logged step with no snapshot due (most default-cadence logs when snapshots are
             # spaced).
             session.cadence = records.SnapshotCadence(10**9)
             session.cadence.next()  # the first log snapshots; the next ones do not
-            add("log_summary_only", *harness.time_call(lambda: log(False))[:2])
+            add("log_summary_only", *harness.time_call(lambda: cb._log(step))[:2])
             session.cadence = cadence
             # Breakdown of a full log, step by step as LoggingSession.log_step does it.
             wall, cpu, snaps = harness.time_call(lambda: session.capture.snapshot(step))

@@ -265,7 +265,7 @@ class BatchNormCallback(Callback):
             and steps_done > 0
             and steps_done % self.log_every_n_steps == 0
         ):
-            self._session.log_step(steps_done, steps_done)
+            self._log(steps_done)
         if (
             self.gap_every_n_steps
             and steps_done > self._last_gap_step
@@ -286,7 +286,7 @@ class BatchNormCallback(Callback):
             return
         steps_done = self._steps_done()
         if steps_done > self._session.last_logged:
-            self._session.log_step(steps_done, steps_done)
+            self._log(steps_done)
         if (
             self.gap_every_n_epochs
             and (epoch + 1) % self.gap_every_n_epochs == 0
@@ -301,7 +301,7 @@ class BatchNormCallback(Callback):
             steps_done = self._steps_done()
             if steps_done > self._session.last_snapshot:
                 # The final state always has per-channel detail.
-                self._session.log_step(steps_done, steps_done, force_snapshot=True)
+                self._log(steps_done, force_snapshot=True)
             self._stop_capture()
         self._stop_gap()
         if self._session is not None:
@@ -448,3 +448,7 @@ class BatchNormCallback(Callback):
 
     def _steps_done(self) -> int:
         return int(self.model.optimizer.iterations.numpy())
+
+    def _log(self, steps_done: int, force_snapshot: bool = False) -> None:
+        """Log the state after the step that brought the optimizer to ``steps_done``."""
+        self._session.log_step(steps_done, steps_done, force_snapshot)
