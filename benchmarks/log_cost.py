@@ -13,7 +13,7 @@ a first log), repeated log events of the last step:
 * ``log_full``: the callback's own ``_log(step, force_snapshot=True)``
   (summary records + per-channel snapshots for every layer);
 * ``log_summary_only``: ``_log`` on a step where no snapshot is due;
-* the breakdown of a full log, done the way ``_log`` does it: ``snapshot``
+* the breakdown of a full log, done the way ``LoggingSession.log_step`` does it: ``snapshot``
   (``StatsCapture.snapshot``: one tf.function call, one device round trip for
   all layers, then numpy slicing), ``records`` (``summary.layer_items``: numpy
   summary records of all layers at once, per-channel records), ``write``
@@ -92,7 +92,7 @@ def resnet50() -> keras.Model:
 
 
 class _Probe(keras.callbacks.Callback):
-    """Placed before the BatchNormCallback: its on_train_end runs while capture is still installed."""
+    """Placed before the BatchNormCallback: its on_train_end runs while capture is installed."""
 
     def __init__(self, bn_cb: BatchNormCallback, repeats: int) -> None:
         super().__init__()
@@ -102,6 +102,7 @@ class _Probe(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         cb = self.cb
+        session = cb._session
         step = cb._steps_done()
         first_wall, first_cpu, _ = harness.time_call(lambda: cb._log(step, force_snapshot=True))
         parts = {
@@ -113,27 +114,28 @@ class _Probe(keras.callbacks.Callback):
             parts[key]["wall"].append(wall)
             parts[key]["cpu"].append(cpu)
 
-        cadence = cb._cadence
+        cadence = session.cadence
         for _ in range(self.repeats):
             add("log_full", *harness.time_call(lambda: cb._log(step, force_snapshot=True))[:2])
-            # A logged step with no snapshot due (what most default-cadence logs are when snapshots are spaced).
-            cb._cadence = records.SnapshotCadence(10**9)
-            cb._cadence.next()  # the first log snapshots; the next ones do not
-            add(
-                "log_summary_only",
-                *harness.time_call(lambda: cb._log(step, force_snapshot=False))[:2],
-            )
-            cb._cadence = cadence
-            # Breakdown of a full log, step by step as BatchNormCallback._log does it.
-            wall, cpu, snaps = harness.time_call(lambda: cb._capture.snapshot(step))
+            # A logged step with no snapshot due (most default-cadence logs when snapshots are
+            # spaced).
+            session.cadence = records.SnapshotCadence(10**9)
+            session.cadence.next()  # the first log snapshots; the next ones do not
+            add("log_summary_only", *harness.time_call(lambda: cb._log(step))[:2])
+            session.cadence = cadence
+            # Breakdown of a full log, step by step as LoggingSession.log_step does it.
+            wall, cpu, snaps = harness.time_call(lambda: session.capture.snapshot(step))
             add("snapshot", wall, cpu)
 
             wall, cpu, items = harness.time_call(
-                lambda: summary.layer_items(snaps, True, cb.channel_dtype)
+                lambda snaps=snaps: summary.layer_items(snaps, True, session.channel_dtype)
             )
             add("records", wall, cpu)
-            add("write", *harness.time_call(lambda: cb._writer.write_items(step, items))[:2])
-            add("flush", *harness.time_call(cb._writer.flush)[:2])
+            wall, cpu, _ = harness.time_call(
+                lambda items=items: session.writer.write_items(step, items)
+            )
+            add("write", wall, cpu)
+            add("flush", *harness.time_call(session.writer.flush)[:2])
         self.result = {
             "first_log_wall_s": first_wall,
             "first_log_cpu_s": first_cpu,
@@ -172,7 +174,6 @@ def measure(name: str, n_bn: int, width, repeats: int, tmp: str) -> dict:
     probe = _Probe(cb, repeats)
     t0 = time.perf_counter()
     model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[probe, cb])
-    configs = [c for c in (cb._capture.configs if cb._capture else [])] or None
     bn_layers = [
         l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)
     ]
@@ -184,7 +185,6 @@ def measure(name: str, n_bn: int, width, repeats: int, tmp: str) -> dict:
         channels=channels,
         fit_and_measure_s=time.perf_counter() - t0,
     )
-    del configs
     return res
 
 

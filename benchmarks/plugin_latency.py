@@ -58,7 +58,7 @@ from tensorboard.plugins.core import core_plugin  # noqa: E402
 from werkzeug.test import Client  # noqa: E402
 
 from tb_bn_plugin import metadata, records  # noqa: E402
-from tb_bn_plugin.plugin import loader
+from tb_bn_plugin.plugin import loader  # noqa: E402
 from tb_bn_plugin.series import LayerConfig  # noqa: E402
 
 LOG_EVERY = 50
@@ -91,7 +91,7 @@ def layer_configs(num_layers: int, channels: int) -> list[LayerConfig]:
 def synthetic_stats(
     num_layers: int, num_steps: int, channels: int, momentum: float, seed: int
 ) -> dict[str, np.ndarray]:
-    """Per-channel statistics, stat -> (steps, layers, channels): noisy batch stats and their EMA."""
+    """Per-channel statistics, stat -> (steps, layers, channels): noisy batch stats, their EMA."""
     rng = np.random.default_rng(seed)
     shape = (num_steps, num_layers, channels)
     drift = np.cumsum(rng.normal(0.0, 0.01, shape), axis=0)
@@ -118,11 +118,11 @@ def synthetic_stats(
 def summary_records(
     config: LayerConfig, values: dict[str, np.ndarray], info: dict[str, np.ndarray]
 ) -> np.ndarray:
-    """(steps, record) ``records.summary_record`` of every step at once.
+    """(steps, record) ``records.summary_records`` of one layer at every step at once.
 
     ``summarize_across_channels`` and the drift functions work on stacked rows,
     so all steps go through them in one call; spot-checked against
-    ``records.summary_record`` below.
+    ``records.summary_records`` below.
     """
     steps = len(info[metadata.INFO_FIELDS[0]])
     rows = {**values, **records.drift_rows(values, config.epsilon)}
@@ -134,8 +134,8 @@ def summary_records(
     head = np.stack([info[f] for f in metadata.INFO_FIELDS], axis=1)
     out = np.concatenate([head, summary], axis=1).astype(np.float32)
     for t in (0, steps - 1):
-        expected = records.summary_record(
-            config, {s: v[t] for s, v in values.items()}, {f: v[t] for f, v in info.items()}
+        (expected,) = records.summary_records(
+            [config], [{s: v[t] for s, v in values.items()}], [{f: v[t] for f, v in info.items()}]
         )
         np.testing.assert_allclose(out[t], expected, rtol=1e-6, atol=1e-6)
     return out
@@ -148,7 +148,7 @@ def synthesize(
     import tensorflow as tf
 
     from tb_bn_plugin.summary import SummaryWriter
-    from tb_bn_plugin.training.callback import DEFAULT_MAX_BYTES_PER_LOG
+    from tb_bn_plugin.training.session import DEFAULT_MAX_BYTES_PER_LOG
 
     configs = layer_configs(num_layers, channels)
     stats = synthetic_stats(num_layers, num_steps, channels, configs[0].momentum, seed)
@@ -182,10 +182,20 @@ def synthesize(
         # In step order: TensorBoard purges events "orphaned" by a step that goes backwards.
         for t in tf.range(tf.shape(block_steps)[0]):
             for i, config in enumerate(configs):
-                writer.layer_summary(config, block_steps[t], block_summaries[t, i])
+                writer.write(
+                    metadata.layer_tag(config.path, metadata.SUFFIX_SUMMARY),
+                    block_summaries[t, i],
+                    block_steps[t],
+                    records.layer_summary_content(config),
+                )
             if block_full[t]:
                 for i, config in enumerate(configs):
-                    writer.layer_channels(config, block_steps[t], block_channels[t, i])
+                    writer.write(
+                        metadata.layer_tag(config.path, metadata.SUFFIX_CHANNELS),
+                        block_channels[t, i],
+                        block_steps[t],
+                        records.layer_channels_content(config),
+                    )
 
     # The first step eagerly: the writer puts each tag's metadata on its first
     # event only. The rest in graph blocks (fast), without metadata.
@@ -221,7 +231,7 @@ def _dir_bytes(path: str) -> int:
 
 
 def tensorboard_flags(logdir: str):
-    """Flags and loaders as ``tensorboard --logdir logdir`` makes them (the plugin's ``fix_flags`` included)."""
+    """Flags and loaders as ``tensorboard --logdir logdir`` makes them (``fix_flags`` included)."""
     tb = program.TensorBoard(plugins=[core_plugin.CorePluginLoader(), loader.BNInternalsLoader()])
     tb.configure(
         ["tensorboard", "--logdir", logdir, "--reload_interval", "0", "--reload_task", "blocking"]
@@ -279,7 +289,7 @@ def route_latency(logdir: str, provider, multiplexer, info: dict, repeats: int) 
     cold_overview, cold_layer = [], []
     for i in range(repeats):
         client = fresh_client()
-        wall, _, body = harness.time_call(lambda: get(client, "runs"))
+        wall, _, body = harness.time_call(lambda client=client: get(client, "runs"))
         cold_overview.append(wall)
         (run,) = body["runs"]
         assert len(run["layers"]) == info["layers"]
@@ -287,7 +297,9 @@ def route_latency(logdir: str, provider, multiplexer, info: dict, repeats: int) 
             "overview lost steps"
         )
         path = layer_paths[(i * 7) % len(layer_paths)]
-        wall, _, detail = harness.time_call(lambda: get(client, layer_route(path)))
+        wall, _, detail = harness.time_call(
+            lambda client=client, path=path: get(client, layer_route(path))
+        )
         cold_layer.append(wall)
         assert (
             len(detail["steps"]) == min(info["steps"], RESOLUTION)
@@ -310,7 +322,10 @@ def route_latency(logdir: str, provider, multiplexer, info: dict, repeats: int) 
 
 @contextlib.contextmanager
 def tensorboard_process(logdir: str) -> Iterator[Optional[str]]:
-    """A ``tensorboard --load_fast=true`` process on 127.0.0.1; yields its URL (None if it never printed one)."""
+    """A ``tensorboard --load_fast=true`` process on 127.0.0.1; yields its URL.
+
+    None when the process never printed one.
+    """
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -349,7 +364,7 @@ def tensorboard_process(logdir: str) -> Iterator[Optional[str]]:
 def tensorboard_process_load(
     logdir: str, info: dict, timeout_s: float = LOAD_TIMEOUT_S
 ) -> Optional[float]:
-    """Seconds from launching ``tensorboard --load_fast=true`` until ``runs`` shows every layer and step."""
+    """Seconds from launching ``tensorboard --load_fast=true`` until ``runs`` shows everything."""
     started = time.perf_counter()
     with tensorboard_process(logdir) as url:
         while url is not None and time.perf_counter() - started < timeout_s:
@@ -368,7 +383,7 @@ def tensorboard_process_load(
 
 
 def first_paint(logdir: str, info: dict, load_s: float) -> Optional[dict[str, float]]:
-    """The tab's first meaningful paint in headless Chromium over a real ``tensorboard`` (cold plugin).
+    """The tab's first meaningful paint in headless Chromium over a real ``tensorboard`` (cold).
 
     A fresh process is given twice the measured load time (nothing asks the
     plugin meanwhile, so its first request is cold); then the clock runs from
@@ -399,10 +414,11 @@ def first_paint(logdir: str, info: dict, load_s: float) -> Optional[dict[str, fl
                     (f for f in page.frames if "plugin_entry.html?name=bn_internals" in f.url), None
                 )
                 page.wait_for_timeout(20)
-            # Every layer's row, and the sparklines in view drawn (the overview draws them as rows scroll in).
+            # Every layer's row, and the sparklines in view drawn (drawn as rows scroll in).
             frame.wait_for_function(
                 "n => document.querySelectorAll('[data-view=overview] tr[data-layer]').length === n"
-                " && document.querySelector('[data-view=overview] tr[data-layer] .sparkline canvas') !== null",
+                " && document.querySelector("
+                "'[data-view=overview] tr[data-layer] .sparkline canvas') !== null",
                 arg=info["layers"],
                 timeout=LOAD_TIMEOUT_S * 1000,
             )
@@ -442,7 +458,7 @@ def main(argv=None) -> int:
         for loader in loaders():
             print(f"{loader} loader ...", flush=True)
             load_s, _, (provider, multiplexer, stop) = harness.time_call(
-                lambda: start_loader(logdir, loader, expected)
+                lambda loader=loader: start_loader(logdir, loader, expected)
             )
             try:
                 results[loader] = {
@@ -472,7 +488,8 @@ def main(argv=None) -> int:
         for loader, r in results.items()
     ]
     print(
-        f"\n{num_layers} layers x {num_steps} logged steps, {info['bytes'] / 1e6:.0f} MB; seconds, medians of {repeats}"
+        f"\n{num_layers} layers x {num_steps} logged steps, {info['bytes'] / 1e6:.0f} MB; "
+        f"seconds, medians of {repeats}"
     )
     print(
         harness.format_table(
@@ -481,7 +498,8 @@ def main(argv=None) -> int:
     )
     if "rust" in results:
         print(
-            f"tensorboard --load_fast=true until runs lists every step: {results['rust']['tensorboard_process_load_s']} s"
+            "tensorboard --load_fast=true until runs lists every step: "
+            f"{results['rust']['tensorboard_process_load_s']} s"
         )
         browser = results["rust"].get("browser")
         print(
@@ -490,8 +508,8 @@ def main(argv=None) -> int:
                 "skipped (no /usr/bin/chromium or playwright)"
                 if browser is None
                 else f"{browser['plugin_frame_first_render_s']:.2f} s from the tab's frame opening "
-                f"(target {TARGETS['first_paint_s']} s), {browser['first_paint_s']:.2f} s from loading "
-                "TensorBoard's page"
+                f"(target {TARGETS['first_paint_s']} s), {browser['first_paint_s']:.2f} s from "
+                "loading TensorBoard's page"
             )
         )
     harness.write_json(

@@ -98,25 +98,25 @@ def run_scenario(model, log_dir: str, steps_per_epoch, logged_target: int) -> di
             if logged >= logged_target:
                 break
             iterations.assign(step + batch)
-            before = cb._last_logged
+            before = cb._session.last_logged
             cb.on_train_batch_begin(batch)
-            if cb._last_logged > before:
+            if cb._session.last_logged > before:
                 logged += 1
-                cb._writer.flush()
+                cb._session.writer.flush()
                 curve.append((logged, dir_bytes(log_dir)))
         if steps_per_epoch is None:
             break
         step += epoch_steps
         iterations.assign(step)
-        before = cb._last_logged
+        before = cb._session.last_logged
         cb.on_epoch_end(epoch)
-        if cb._last_logged > before:
+        if cb._session.last_logged > before:
             logged += 1
             curve.append((logged, dir_bytes(log_dir)))
         epoch += 1
     elapsed = time.perf_counter() - t0
-    interval = cb._cadence.interval
-    configs = cb._capture.configs
+    interval = cb._session.cadence.interval
+    configs = cb._session.capture.configs
     cb.on_train_end()
     final = dir_bytes(log_dir)
     x = [c[0] for c in curve]

@@ -31,7 +31,7 @@ _EXPORTS = {
     "PreciseStatsMonitor": "tb_bn_plugin.training.precise",
     "precise_stats": "tb_bn_plugin.training.precise",
     "recalibrate": "tb_bn_plugin.training.precise",
-    "GapProbeWarning": "tb_bn_plugin.training.probe",
+    "GapProbeWarning": "tb_bn_plugin.training.gap_probe",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -125,6 +125,14 @@ def gap_tag() -> str:
     return f"{TAG_PREFIX}/_model/gap"
 
 
+# -- ema_error payload: tag (encoding) ---------------------------------------------------
+
+
+def ema_error_tag(layer_path: str) -> str:
+    """The tag of one layer's EMA-vs-precise error series (the ``ema_error`` payload)."""
+    return layer_tag(layer_path, SUFFIX_EMA_ERROR)
+
+
 def create_summary_metadata(content: dict[str, Any]) -> summary_pb2.SummaryMetadata:
     """A ``SummaryMetadata`` for this plugin with a versioned JSON ``content``.
 

@@ -76,29 +76,17 @@ def summarize_across_channels(matrix: np.ndarray) -> np.ndarray:
         )
 
 
-def summary_record(
-    config: LayerConfig,
-    values: Mapping[str, np.ndarray],
-    info: Mapping[str, float],
-) -> np.ndarray:
-    """The flat float32 summary record of one layer at one step.
-
-    Layout: ``INFO_FIELDS`` values, then the (R, Q) summary of
-    ``summary_stats(config)`` in row-major order.
-    """
-    return summary_records([config], [values], [info])[0]
-
-
 def summary_records(
     configs: Sequence[LayerConfig],
     values: Sequence[Mapping[str, np.ndarray]],
     infos: Sequence[Mapping[str, float]],
 ) -> list[np.ndarray]:
-    """``summary_record`` of many layers at once.
+    """The flat float32 summary record of each layer at one step.
 
-    Layers of equal width are summarised together in one call per width, so
-    the cost grows with the number of channels and of distinct widths, not
-    with one numpy round per layer.
+    Layout of one record: ``INFO_FIELDS`` values, then the (R, Q) summary of
+    ``summary_stats(config)`` in row-major order. Layers of equal width are
+    summarised together in one call per width, so the cost grows with the
+    number of channels and of distinct widths, not with one numpy round per layer.
     """
     out: list[np.ndarray] = [np.empty(0, np.float32)] * len(configs)
     by_width: dict[int, list[int]] = {}
@@ -141,7 +129,7 @@ def summary_record_width(config: LayerConfig) -> int:
 def split_summary_record(
     config: LayerConfig, record: np.ndarray
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Inverse of ``summary_record``, for one record (W,) or a stack of them (S, W).
+    """Inverse of ``summary_records``, for one record (W,) or a stack of them (S, W).
 
     Returns (info: field -> () or (S,), summary: stat -> (Q,) or (S, Q)), float64.
     """
@@ -257,6 +245,101 @@ class SnapshotCadence:
         snapshot = force or self._since + 1 >= self.interval
         self._since = 0 if snapshot else self._since + 1
         return snapshot
+
+
+# -- layer payloads: metadata content (encoding) ----------------------------------
+
+
+def layer_summary_content(config: LayerConfig) -> dict[str, Any]:
+    """The metadata content of a layer's ``layer_summary`` tag (``summary_records``)."""
+    return {
+        "kind": metadata.KIND_LAYER_SUMMARY,
+        "layer": config.to_json(),
+        "info": list(metadata.INFO_FIELDS),
+        "rows": list(summary_stats(config)),
+        "columns": list(metadata.SUMMARY_COLUMNS),
+    }
+
+
+def layer_channels_content(config: LayerConfig) -> dict[str, Any]:
+    """The metadata content of a layer's ``layer_channels`` tag (``channel_record``)."""
+    return {
+        "kind": metadata.KIND_LAYER_CHANNELS,
+        "layer": config.to_json(),
+        "rows": list(config.stats()),
+    }
+
+
+def layer_replicas_content(config: LayerConfig, replicas: int) -> dict[str, Any]:
+    """The metadata content of a layer's ``layer_replicas`` tag (``replica_record``)."""
+    return {
+        "kind": metadata.KIND_LAYER_REPLICAS,
+        "layer": config.to_json(),
+        "replicas": replicas,
+        "columns": list(metadata.REPLICA_COLUMNS),
+    }
+
+
+# -- gap payload: encoding ------------------------------------------------------
+
+
+def gap_record(
+    train_losses: np.ndarray,
+    inference_losses: np.ndarray,
+    train_metrics: np.ndarray,
+    inference_metrics: np.ndarray,
+    layer_values: np.ndarray,
+) -> np.ndarray:
+    """The flat float32 tensor stored under ``metadata.gap_tag()`` (layout in ``metadata``).
+
+    ``train_losses``/``inference_losses`` (L,), ``train_metrics``/``inference_metrics``
+    (M,), ``layer_values`` (N, F) with F = ``metadata.GAP_LAYER_FIELDS``.
+    """
+    return np.concatenate(
+        [
+            np.asarray(train_losses).ravel(),
+            np.asarray(inference_losses).ravel(),
+            np.asarray(train_metrics).ravel(),
+            np.asarray(inference_metrics).ravel(),
+            np.asarray(layer_values).ravel(),
+        ]
+    ).astype(np.float32)
+
+
+def gap_content(
+    losses: Sequence[str],
+    metrics: Sequence[str],
+    layers: Sequence[str],
+    probe_size: int,
+    scope: str,
+) -> dict[str, Any]:
+    """The metadata content describing a ``gap_record``'s layout."""
+    return {
+        "kind": metadata.KIND_GAP,
+        "losses": list(losses),
+        "metrics": list(metrics),
+        "layers": list(layers),
+        "layer_fields": list(metadata.GAP_LAYER_FIELDS),
+        "probe_size": int(probe_size),
+        "scope": scope,
+    }
+
+
+# -- ema_error payload: encoding -------------------------------------------------
+
+
+def ema_error_record(error: EmaError) -> np.ndarray:
+    """The float32 vector of ``EmaError.FIELDS`` stored under ``metadata.ema_error_tag(path)``."""
+    return error.as_array()
+
+
+def ema_error_content(layer_path: str) -> dict[str, Any]:
+    """The metadata content of one layer's ``ema_error`` tag."""
+    return {
+        "kind": metadata.KIND_EMA_ERROR,
+        "layer_path": layer_path,
+        "fields": list(EmaError.FIELDS),
+    }
 
 
 @dataclasses.dataclass

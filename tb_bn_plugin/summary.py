@@ -2,7 +2,9 @@
 
 ``SummaryWriter`` owns one run's ``tf.summary`` file writer and writes every
 tag's ``SummaryMetadata`` once, with the tag's first event in its file.
-Logged steps are written in one traced call for all layers.
+Logged steps are written in one traced call for all layers. What each payload
+holds (tensor and metadata content) is encoded in ``records``; the tags come
+from ``metadata``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import tensorflow as tf
 
 from tb_bn_plugin import metadata, records
 from tb_bn_plugin.records import LayerSnapshot
-from tb_bn_plugin.series import LayerConfig
 
 # A tag, its tensor at one step, and a function giving the tag's metadata content.
 Item = tuple[str, np.ndarray, Callable[[], dict[str, Any]]]
@@ -61,24 +62,6 @@ class SummaryWriter:
         _check_writable(run_dir)
         return cls(run_dir)
 
-    def layer_summary(self, config: LayerConfig, step: int, record: np.ndarray) -> None:
-        """Write one layer's summary record (see ``records.summary_record``)."""
-        self._write(
-            metadata.layer_tag(config.path, "summary"),
-            record,
-            step,
-            lambda: _summary_content(config),
-        )
-
-    def layer_channels(self, config: LayerConfig, step: int, record: np.ndarray) -> None:
-        """Write one layer's per-channel snapshot (see ``records.channel_record``)."""
-        self._write(
-            metadata.layer_tag(config.path, "channels"),
-            record,
-            step,
-            lambda: _channels_content(config),
-        )
-
     def layer_step(
         self, snapshots: Sequence[LayerSnapshot], step: int, full: bool, channel_dtype: np.dtype
     ) -> None:
@@ -91,7 +74,7 @@ class SummaryWriter:
         self._write(tag, tensor, step, lambda: content)
 
     def graph(self, graph_def: Any) -> None:
-        """Write ``graph_def`` as this run's graph (TensorBoard's Graphs tab; analysed by the plugin)."""
+        """Write ``graph_def`` as this run's graph (Graphs tab; analysed by the plugin)."""
         write_graph(graph_def, self._writer)
 
     def flush(self) -> None:
@@ -116,7 +99,10 @@ class SummaryWriter:
             tf.summary.write(tag=tag, tensor=tensor, step=step, metadata=serialized)
 
     def write_items(self, step: int, items: Sequence[Item]) -> None:
-        """Write several tags at ``step``: eagerly while a tag still needs its metadata, else in one traced call."""
+        """Write several tags at ``step``.
+
+        Eagerly while a tag still needs its metadata, else in one traced call.
+        """
         if any(tag not in self._written_tags for tag, _, _ in items):
             for tag, tensor, content in items:
                 self._write(tag, tensor, step, content)
@@ -141,7 +127,7 @@ class SummaryWriter:
 def layer_items(
     snapshots: Sequence[LayerSnapshot], full: bool, channel_dtype: np.dtype
 ) -> list[Item]:
-    """One logged step's items: every layer's summary record, and per-channel snapshots if ``full``."""
+    """One logged step's items: every layer's summary record, and its snapshots if ``full``."""
     configs = [snap.config for snap in snapshots]
     infos = [
         {
@@ -155,55 +141,32 @@ def layer_items(
     ]
     summaries = records.summary_records(configs, [snap.values for snap in snapshots], infos)
     items: list[Item] = [
-        (metadata.layer_tag(c.path, "summary"), record, functools.partial(_summary_content, c))
+        (
+            metadata.layer_tag(c.path, metadata.SUFFIX_SUMMARY),
+            record,
+            functools.partial(records.layer_summary_content, c),
+        )
         for c, record in zip(configs, summaries)
     ]
     if full:
         items += [
             (
-                metadata.layer_tag(c.path, "channels"),
+                metadata.layer_tag(c.path, metadata.SUFFIX_CHANNELS),
                 records.channel_record(c, snap.values, channel_dtype),
-                functools.partial(_channels_content, c),
+                functools.partial(records.layer_channels_content, c),
             )
             for c, snap in zip(configs, snapshots)
         ]
         items += [
             (
-                metadata.layer_tag(c.path, "replicas"),
+                metadata.layer_tag(c.path, metadata.SUFFIX_REPLICAS),
                 records.replica_record(*snap.replicas),
-                functools.partial(_replicas_content, c, len(snap.replicas[0])),
+                functools.partial(records.layer_replicas_content, c, len(snap.replicas[0])),
             )
             for c, snap in zip(configs, snapshots)
             if snap.replicas is not None
         ]
     return items
-
-
-def _summary_content(config: LayerConfig) -> dict[str, Any]:
-    return {
-        "kind": metadata.KIND_LAYER_SUMMARY,
-        "layer": config.to_json(),
-        "info": list(metadata.INFO_FIELDS),
-        "rows": list(records.summary_stats(config)),
-        "columns": list(metadata.SUMMARY_COLUMNS),
-    }
-
-
-def _channels_content(config: LayerConfig) -> dict[str, Any]:
-    return {
-        "kind": metadata.KIND_LAYER_CHANNELS,
-        "layer": config.to_json(),
-        "rows": list(config.stats()),
-    }
-
-
-def _replicas_content(config: LayerConfig, replicas: int) -> dict[str, Any]:
-    return {
-        "kind": metadata.KIND_LAYER_REPLICAS,
-        "layer": config.to_json(),
-        "replicas": replicas,
-        "columns": list(metadata.REPLICA_COLUMNS),
-    }
 
 
 def worker_temp_dir(strategy: tf.distribute.Strategy) -> Optional[str]:

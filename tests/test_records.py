@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 
@@ -41,9 +42,8 @@ def test_summary_record_round_trip_matches_numpy():
     config = _config()
     values = _values(config)
     info = {"training": 1.0, "trainable": 1.0, "count": 512.0, "momentum": 0.99, "full": 0.0}
-    got_info, summary = records.split_summary_record(
-        config, records.summary_record(config, values, info)
-    )
+    (record,) = records.summary_records([config], [values], [info])
+    got_info, summary = records.split_summary_record(config, record)
     assert got_info["count"] == 512.0 and got_info["training"] == 1.0
     assert set(summary) == set(config.stats()) | {"mean_shift", "log_var_ratio"}
     bm = values["batch_mean"]
@@ -73,8 +73,9 @@ def test_nan_batch_rows_summarise_to_nan():
     values = _values(config)
     values["batch_mean"] = np.full(5, np.nan)
     values["batch_variance"] = np.full(5, np.nan)
+    info = dict.fromkeys(metadata.INFO_FIELDS, 0.0)
     _, summary = records.split_summary_record(
-        config, records.summary_record(config, values, dict.fromkeys(metadata.INFO_FIELDS, 0.0))
+        config, records.summary_records([config], [values], [info])[0]
     )
     assert np.isnan(summary["batch_mean"]).all() and np.isnan(summary["mean_shift"]).all()
     assert np.isfinite(summary["moving_mean"]).all()
@@ -125,6 +126,88 @@ def test_replica_record_round_trip_and_bytes():
     assert records.snapshot_interval(configs, np.float32, budget, replicas=2) == 2
 
 
+def test_gap_record_and_content_follow_the_documented_layout():
+    """[train losses (L), inference losses (L), train metrics (M), inference metrics (M), N x F]."""
+    rng = np.random.RandomState(4)
+    losses, metrics = rng.randn(2, 3), rng.randn(2, 2)
+    layer_values = rng.randn(2, len(metadata.GAP_LAYER_FIELDS))
+    layer_values[1, 3] = np.nan  # attribution not measured
+    record = records.gap_record(losses[0], losses[1], metrics[0], metrics[1], layer_values)
+    assert record.dtype == np.float32 and record.shape == (3 + 3 + 2 + 2 + 2 * 4,)
+    np.testing.assert_array_equal(
+        record,
+        np.concatenate([losses.ravel(), metrics.ravel(), layer_values.ravel()]).astype(np.float32),
+    )
+    content = records.gap_content(
+        ["loss", "a_loss", "b_loss"], ["mae", "acc"], ["x", "y"], 12, "model"
+    )
+    assert content == {
+        "kind": metadata.KIND_GAP,
+        "losses": ["loss", "a_loss", "b_loss"],
+        "metrics": ["mae", "acc"],
+        "layers": ["x", "y"],
+        "layer_fields": ["compound", "local", "local_derived", "attribution"],
+        "probe_size": 12,
+        "scope": "model",
+    }
+    json.dumps(content)  # stored as JSON
+    assert metadata.gap_tag() == "bn_internals/_model/gap"
+
+
+def test_ema_error_record_content_and_tag():
+    from tb_bn_plugin.numerics.ema import EmaError, measure_ema_error
+
+    error = measure_ema_error(
+        np.array([1.0, 0.0]), np.array([1.0, 4.0]), np.array([1.5, 0.0]), np.array([1.0, 1.0]), 0.0
+    )
+    record = records.ema_error_record(error)
+    assert record.dtype == np.float32 and record.shape == (len(EmaError.FIELDS),)
+    np.testing.assert_array_equal(
+        record, np.array([getattr(error, f) for f in EmaError.FIELDS], dtype=np.float32)
+    )
+    assert records.ema_error_content("enc/bn") == {
+        "kind": metadata.KIND_EMA_ERROR,
+        "layer_path": "enc/bn",
+        "fields": list(EmaError.FIELDS),
+    }
+    assert metadata.ema_error_tag("enc/bn") == "bn_internals/enc/bn/ema_error"
+    assert metadata.layer_tag("enc/bn", metadata.SUFFIX_SUMMARY) == "bn_internals/enc/bn/summary"
+    suffixes = (
+        metadata.SUFFIX_SUMMARY,
+        metadata.SUFFIX_CHANNELS,
+        metadata.SUFFIX_REPLICAS,
+        metadata.SUFFIX_EMA_ERROR,
+    )
+    assert suffixes == ("summary", "channels", "replicas", "ema_error")
+
+
+def test_layer_payload_contents_describe_their_records():
+    config = _config(scale=False)
+    summary = records.layer_summary_content(config)
+    assert summary["kind"] == metadata.KIND_LAYER_SUMMARY
+    assert summary["layer"] == config.to_json()
+    assert summary["info"] == list(metadata.INFO_FIELDS)
+    assert summary["columns"] == list(metadata.SUMMARY_COLUMNS)
+    assert len(summary["info"]) + len(summary["rows"]) * len(
+        summary["columns"]
+    ) == records.summary_record_width(config)
+    channels = records.layer_channels_content(config)
+    assert channels == {
+        "kind": metadata.KIND_LAYER_CHANNELS,
+        "layer": config.to_json(),
+        "rows": ["batch_mean", "batch_variance", "moving_mean", "moving_variance", "beta"],
+    }
+    assert records.channel_record(config, _values(config), np.float32).shape[0] == len(
+        channels["rows"]
+    )
+    assert records.layer_replicas_content(config, 2) == {
+        "kind": metadata.KIND_LAYER_REPLICAS,
+        "layer": config.to_json(),
+        "replicas": 2,
+        "columns": ["count", "batch_mean", "batch_variance"],
+    }
+
+
 def test_snapshot_cadence_counts_from_latest_snapshot_including_forced_ones():
     cadence = records.SnapshotCadence(3)
     got = [cadence.next(force) for force in [False, False, False, False, True, False, False, False]]
@@ -149,7 +232,8 @@ def test_summary_records_of_many_layers_match_each_layer_alone():
         assert record.dtype == np.float32 and record.shape == (
             records.summary_record_width(config),
         )
-        np.testing.assert_array_equal(record, records.summary_record(config, value, info))
+        (alone,) = records.summary_records([config], [value], [info])
+        np.testing.assert_array_equal(record, alone)
         got_info, summary = records.split_summary_record(config, record)
         assert got_info["count"] == info["count"]
         moving = value["moving_variance"]

@@ -14,8 +14,14 @@ from typing import Optional
 import numpy as np
 
 
-def _root_ratio(numerator_sq: np.ndarray, denominator_sq: np.ndarray) -> np.ndarray:
-    """``sqrt(numerator_sq / denominator_sq)``; ``0/0 -> 0``, ``x/0 -> inf``, NaN propagates."""
+def root_ratio(numerator_sq: np.ndarray, denominator_sq: np.ndarray) -> np.ndarray:
+    """``sqrt(numerator_sq / denominator_sq)`` in float64: 0/0 -> 0, x/0 -> inf, NaN propagates.
+
+    The gap's relative RMS differences from their sums of squares (also those
+    ``training.gap_probe`` reduces on the device).
+    """
+    numerator_sq = np.asarray(numerator_sq, dtype=np.float64)
+    denominator_sq = np.asarray(denominator_sq, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.sqrt(numerator_sq / denominator_sq)
     return np.where((numerator_sq == 0) & (denominator_sq == 0), 0.0, ratio)
@@ -34,7 +40,7 @@ def relative_rms_difference(train_out: np.ndarray, infer_out: np.ndarray) -> flo
         raise ValueError(f"shapes differ: {reference.shape} vs {other.shape}")
     difference_sq = np.sum(np.square(reference - other))
     reference_sq = np.sum(np.square(reference))
-    return float(_root_ratio(difference_sq, reference_sq))
+    return float(root_ratio(difference_sq, reference_sq))
 
 
 def local_gap_from_stats(
@@ -72,7 +78,7 @@ def local_gap_from_stats(
     diff_sq = gamma_sq * (var_b * np.square(a_b - a_m) + np.square(mu_m - mu_b) * np.square(a_m))
     train_sq = gamma_sq * var_b * np.square(a_b) + beta_sq
     diff_sq, train_sq = np.broadcast_arrays(diff_sq, train_sq)
-    result = _root_ratio(np.sum(diff_sq, axis=-1), np.sum(train_sq, axis=-1))
+    result = root_ratio(np.sum(diff_sq, axis=-1), np.sum(train_sq, axis=-1))
     return float(result) if result.ndim == 0 else result
 
 

@@ -93,20 +93,3 @@ def combine_replicas(count: np.ndarray, mean: np.ndarray, variance: np.ndarray) 
         (count[..., r, None], mean[..., r, :], variance[..., r, :] * count[..., r, None])
         for r in range(count.shape[-1])
     )
-
-
-def batch_moments(x: np.ndarray, axis: int = -1, mask: Optional[np.ndarray] = None) -> Moments:
-    """Reference moments of one batch computed in numpy (channels along ``axis``)."""
-    x = np.moveaxis(np.asarray(x, dtype=np.float64), axis, -1)
-    flat = x.reshape(-1, x.shape[-1])
-    if mask is None:
-        w = np.ones_like(flat)
-    else:
-        w = np.broadcast_to(
-            np.moveaxis(np.asarray(mask, dtype=np.float64), axis, -1), x.shape
-        ).reshape(flat.shape)
-    count = w.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = (w * flat).sum(axis=0) / count
-    m2 = (w * (flat - np.where(count > 0, mean, 0.0)) ** 2).sum(axis=0)
-    return Moments(count, mean, m2)

@@ -1,7 +1,8 @@
 """``BatchNormCallback``: log BatchNorm internals during ``model.fit``.
 
-Framework glue around ``capture`` (what the layers computed), ``records``
-(what a logged step stores) and ``summary`` (how it is written).
+Owns the callback: when to log (the Keras hooks and cadences), the run
+graph, and the gap probe's life cycle. What a logged step captures and
+writes is ``session.LoggingSession``'s; the gap passes are ``gap_probe``'s.
 """
 
 from __future__ import annotations
@@ -13,34 +14,35 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 import numpy as np
-import tensorflow as tf
 
 from tb_bn_plugin import metadata, records
-from tb_bn_plugin.summary import SummaryWriter
 from tb_bn_plugin.training import graph_trace
-from tb_bn_plugin.training.capture import BatchNormRef, StatsCapture, find_batchnorm_layers
-from tb_bn_plugin.training.probe import (
+from tb_bn_plugin.training.capture import BatchNormRef, find_batchnorm_layers
+from tb_bn_plugin.training.compat.bound_keras import Callback
+from tb_bn_plugin.training.gap_probe import SCOPES, GapProbe, GapProbeWarning, GapResult
+from tb_bn_plugin.training.probe_batch import (
     DEFAULT_PROBE_SIZE,
-    SCOPES,
     FirstBatchStash,
-    GapProbe,
-    GapProbeWarning,
     ProbeBatch,
     probe_batch_from_data,
 )
+from tb_bn_plugin.training.session import (
+    DEFAULT_CHANNEL_DTYPE,
+    DEFAULT_MAX_BYTES_PER_LOG,
+    DEFAULT_RUN_NAME,
+    LoggingSession,
+)
 
-keras = tf.keras
 logger = logging.getLogger("tb_bn_plugin")
 
 DEFAULT_LOG_EVERY_N_STEPS = 50
-DEFAULT_MAX_BYTES_PER_LOG = 50_000
 
 
 class NoBatchNormWarning(UserWarning):
     """The model has no BatchNormalization layer to log."""
 
 
-class BatchNormCallback(keras.callbacks.Callback):
+class BatchNormCallback(Callback):
     """Logs every BatchNormalization layer's internals as TensorBoard summaries.
 
     At every ``log_every_n_steps``-th training step and at the end of every
@@ -125,8 +127,8 @@ class BatchNormCallback(keras.callbacks.Callback):
         log_every_n_steps: int = DEFAULT_LOG_EVERY_N_STEPS,
         layers: Optional[Sequence[str]] = None,
         max_bytes_per_log: int = DEFAULT_MAX_BYTES_PER_LOG,
-        channel_dtype: str = "float32",
-        run_name: str = "train",
+        channel_dtype: str = DEFAULT_CHANNEL_DTYPE,
+        run_name: str = DEFAULT_RUN_NAME,
         gap_every_n_epochs: int = 1,
         gap_every_n_steps: Optional[int] = None,
         gap_attribution: bool | int = False,
@@ -180,12 +182,8 @@ class BatchNormCallback(keras.callbacks.Callback):
         # Logging work happens in on_train_batch_begin (state after the previous
         # step), so Keras may dispatch batch-end hooks asynchronously.
         self.async_safe = True
-        self._capture: Optional[StatsCapture] = None
-        self._writer: Optional[SummaryWriter] = None
+        self._session: Optional[LoggingSession] = None  # one per fit
         self._awaiting_build = False
-        self._cadence = records.SnapshotCadence(1)
-        self._last_logged = -1
-        self._last_snapshot = -1
         self._epoch_base = 0
         self._stash: Optional[FirstBatchStash] = None
         self._gap_probe: Optional[GapProbe] = None
@@ -201,12 +199,24 @@ class BatchNormCallback(keras.callbacks.Callback):
     def run_dir(self) -> str:
         return os.path.join(self.log_dir, self.run_name)
 
+    @property
+    def _capture(self) -> Any:
+        """The session's ``StatsCapture`` while capturing, else None."""
+        return self._session.capture if self._session is not None else None
+
     # -- Keras hooks --------------------------------------------------------------
 
     def on_train_begin(self, logs: Optional[dict] = None) -> None:
-        self._writer = SummaryWriter.for_run(self.run_dir, self.model.distribute_strategy)
+        self._session = LoggingSession(
+            self.run_dir,
+            self.model.distribute_strategy,
+            self.layer_patterns,
+            self.channel_dtype.name,
+            self.max_bytes_per_log,
+        )
+        self._session.open_writer()
         # Steps done before this fit were logged (or not) by whoever ran them.
-        self._last_logged = self._last_snapshot = self._steps_done()
+        self._session.last_logged = self._session.last_snapshot = self._steps_done()
         self._start_gap()
         if not self.model.built:
             # Subclassed models are built by the first traced training step:
@@ -217,7 +227,7 @@ class BatchNormCallback(keras.callbacks.Callback):
 
     def _discover(self) -> None:
         self._awaiting_build = False
-        refs = self._selected_layers()
+        refs = self._session.select_layers(self.model)
         if not refs:
             warnings.warn(
                 f"BatchNormCallback: model {self.model.name!r} has no BatchNormalization layer"
@@ -230,8 +240,8 @@ class BatchNormCallback(keras.callbacks.Callback):
         unused = [r.path for r in refs if not r.built]
         if unused:
             warnings.warn(
-                f"BatchNormCallback: BatchNormalization layers {unused} are not built (never called "
-                "by the model) and are not logged.",
+                f"BatchNormCallback: BatchNormalization layers {unused} are not built (never "
+                "called by the model) and are not logged.",
                 stacklevel=3,
             )
         refs = [r for r in refs if r.built]
@@ -251,11 +261,11 @@ class BatchNormCallback(keras.callbacks.Callback):
             return
         steps_done = self._epoch_base + batch
         if (
-            steps_done > self._last_logged
+            steps_done > self._session.last_logged
             and steps_done > 0
             and steps_done % self.log_every_n_steps == 0
         ):
-            self._log(steps_done, force_snapshot=False)
+            self._log(steps_done)
         if (
             self.gap_every_n_steps
             and steps_done > self._last_gap_step
@@ -275,8 +285,8 @@ class BatchNormCallback(keras.callbacks.Callback):
         if self._capture is None:
             return
         steps_done = self._steps_done()
-        if steps_done > self._last_logged:
-            self._log(steps_done, force_snapshot=False)
+        if steps_done > self._session.last_logged:
+            self._log(steps_done)
         if (
             self.gap_every_n_epochs
             and (epoch + 1) % self.gap_every_n_epochs == 0
@@ -284,44 +294,30 @@ class BatchNormCallback(keras.callbacks.Callback):
         ):
             attribution = bool(self.gap_attribution) and (epoch + 1) % self.gap_attribution == 0
             self._log_gap(steps_done, attribution=attribution)
-        self._writer.flush()
+        self._session.writer.flush()
 
     def on_train_end(self, logs: Optional[dict] = None) -> None:
         if self._capture is not None:
             steps_done = self._steps_done()
-            if steps_done > self._last_snapshot:
+            if steps_done > self._session.last_snapshot:
                 # The final state always has per-channel detail.
                 self._log(steps_done, force_snapshot=True)
             self._stop_capture()
         self._stop_gap()
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self._session is not None:
+            self._session.close()
+            self._session = None
 
     # -- internals ----------------------------------------------------------------
 
-    def _selected_layers(self) -> list[BatchNormRef]:
-        return find_batchnorm_layers(self.model, self.layer_patterns)
-
     def _start_capture(self, refs: list[BatchNormRef]) -> None:
-        self._capture = StatsCapture(
-            refs, self.model.optimizer.iterations, self.model.distribute_strategy
-        )
-        self._capture.install()
-        self._cadence = records.SnapshotCadence(
-            records.snapshot_interval(
-                self._capture.configs,
-                self.channel_dtype,
-                self.max_bytes_per_log,
-                self._capture.replicas,
-            )
-        )
+        self._session.start_capture(refs, self.model.optimizer.iterations)
         logger.info(
             "BatchNormCallback: logging %d BatchNormalization layers to %s "
             "(per-channel snapshot every %d logged steps)",
             len(refs),
             self.run_dir,
-            self._cadence.interval,
+            self._session.cadence.interval,
         )
         # The train function was made before on_train_begin but is traced on its
         # first call; remaking it guarantees the trace sees the wrappers even
@@ -332,8 +328,8 @@ class BatchNormCallback(keras.callbacks.Callback):
         """Trace the training and inference steps (nothing runs) and write them as the run graph."""
         if not getattr(self.model, "inputs", None):
             logger.info(
-                "BatchNormCallback: %r has no symbolic inputs (subclassed model); no graph is written. "
-                "Use tb-bn graph with a saved model to see its switch paths.",
+                "BatchNormCallback: %r has no symbolic inputs (subclassed model); no graph is "
+                "written. Use tb-bn graph with a saved model to see its switch paths.",
                 self.model.name,
             )
             return
@@ -349,11 +345,10 @@ class BatchNormCallback(keras.callbacks.Callback):
                 stacklevel=4,
             )
             return
-        self._writer.graph(graph_def)
+        self._session.writer.graph(graph_def)
 
     def _stop_capture(self) -> None:
-        self._capture.uninstall()
-        self._capture = None
+        self._session.stop_capture()
         # Drop the traced function holding the wrappers; Keras remakes it on demand.
         self.model.train_function = None
 
@@ -403,7 +398,7 @@ class BatchNormCallback(keras.callbacks.Callback):
             return None
         try:
             all_refs = [r for r in find_batchnorm_layers(self.model) if r.built]
-            tapped = [r for r in self._selected_layers() if r.built]
+            tapped = [r for r in self._session.select_layers(self.model) if r.built]
             self._gap_probe = GapProbe(
                 self.model, all_refs, tapped, batch, self.gap_scope, self._capture
             )
@@ -428,17 +423,32 @@ class BatchNormCallback(keras.callbacks.Callback):
             self._gap_probe = None
             self._disable_gap(f"a gap evaluation failed ({type(err).__name__}: {err})")
             return
-        self._writer.write(metadata.gap_tag(), result.record(), steps_done, result.content())
+        self._write_gap(result, steps_done)
         self._last_gap_step = steps_done
+
+    def _write_gap(self, result: GapResult, steps_done: int) -> None:
+        self._session.writer.write(
+            metadata.gap_tag(),
+            records.gap_record(
+                result.train_losses,
+                result.inference_losses,
+                result.train_metrics,
+                result.inference_metrics,
+                result.layer_values,
+            ),
+            steps_done,
+            records.gap_content(
+                result.loss_names,
+                result.metric_names,
+                result.layer_paths,
+                result.probe_size,
+                result.scope,
+            ),
+        )
 
     def _steps_done(self) -> int:
         return int(self.model.optimizer.iterations.numpy())
 
-    def _log(self, steps_done: int, force_snapshot: bool) -> None:
-        snapshot = self._cadence.next(force_snapshot)
-        self._writer.layer_step(
-            self._capture.snapshot(steps_done), steps_done, snapshot, self.channel_dtype
-        )
-        if snapshot:
-            self._last_snapshot = steps_done
-        self._last_logged = steps_done
+    def _log(self, steps_done: int, force_snapshot: bool = False) -> None:
+        """Log the state after the step that brought the optimizer to ``steps_done``."""
+        self._session.log_step(steps_done, steps_done, force_snapshot)

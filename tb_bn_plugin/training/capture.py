@@ -1,13 +1,16 @@
-"""Find a Keras model's BatchNormalization layers and capture their batch statistics.
+"""Find a model's BatchNormalization layers and capture their batch statistics in training.
 
-Framework glue, kept thin. Batch statistics are captured inside the real
-training step: each BN layer's ``_moments`` (which computes exactly the mean
-and biased variance the layer then normalises with) is wrapped on the layer
-instance so that, while the train function is traced, it also assigns its
-results to capture variables owned by this module. Nothing the model computes
-changes: the wrapper returns the original tensors, and the capture variables
-are not part of the model. tf-keras (legacy Keras 2) layers are captured by
-the wrappers in ``legacy_keras`` (which also explains its fused path).
+Owns layer discovery (``find_batchnorm_layers``, ``BatchNormRef``), a layer's
+static facts (``layer_config``, its channel axis) and ``StatsCapture``: the
+capture variables and the snapshot that reads them.
+
+Batch statistics are captured inside the real training step: the layer's
+Keras flavour (``compat``) wraps, on the layer instance, the method that
+computes the mean and biased variance the layer normalises with (Keras 3:
+``_moments``; tf-keras: ``_moments`` or its fused path), so that, while the
+train function is traced, the wrapper also assigns them to capture variables
+owned by this module. Nothing the model computes changes: the wrapper returns
+the original tensors, and the capture variables are not part of the model.
 
 Under a ``tf.distribute`` strategy the capture variables are replica-local
 (``ON_READ``, no aggregation): every replica assigns its own copy, with no
@@ -37,9 +40,8 @@ import tensorflow as tf
 from tb_bn_plugin import metadata, records
 from tb_bn_plugin.records import LayerSnapshot
 from tb_bn_plugin.series import LayerConfig
-from tb_bn_plugin.training.compat import tf_keras
-
-keras = tf.keras
+from tb_bn_plugin.training.compat import flavour_of
+from tb_bn_plugin.training.compat.base import InstalledCapture, KerasFlavour, Record
 
 
 class UnsupportedLayerError(ValueError):
@@ -63,15 +65,26 @@ class BatchNormRef:
         return math.prod(int(d) for d in self.layer.moving_mean.shape)
 
     @property
-    def legacy(self) -> bool:
-        """Whether the layer is a tf-keras (legacy Keras 2) layer."""
-        return tf_keras.is_legacy(self.layer)
+    def flavour(self) -> KerasFlavour:
+        """The adapter of the Keras flavour the layer belongs to."""
+        return flavour_of(self.layer)
 
     def normalises_with_batch_moments(self) -> bool:
-        """Whether training mode is a plain normalisation with the captured batch moments (no renorm etc.)."""
-        if self.legacy:
-            return tf_keras.normalises_with_batch_moments(self.layer)
-        return not getattr(self.layer, "renorm", False)
+        """Whether training mode normalises with the captured batch moments (no renorm etc.)."""
+        return self.flavour.normalises_with_batch_moments(self.layer)
+
+    def channel_axis(self, rank: Optional[int] = None) -> int:
+        """The built layer's channel axis in its input's coordinates, from 0 when ``rank`` is given.
+
+        Raises ``UnsupportedLayerError`` when the layer normalises over several axes.
+        """
+        axis = self.flavour.channel_axis(self.layer)
+        if not isinstance(axis, int):
+            raise UnsupportedLayerError(
+                f"BatchNormalization layer {self.path!r} normalises over axis={axis!r}; "
+                "only a single integer channel axis is supported"
+            )
+        return axis + rank if axis < 0 and rank is not None else axis
 
 
 def find_batchnorm_layers(
@@ -90,17 +103,12 @@ def find_batchnorm_layers(
     seen: set[int] = set()
 
     def walk(layer: Any, prefix: str) -> None:
-        children = (
-            tf_keras.child_layers(layer)
-            if tf_keras.is_legacy(layer)
-            else getattr(layer, "_layers", ())
-        )
-        for child in children:
+        for child in flavour_of(layer).child_layers(layer):
             if id(child) in seen:
                 continue
             seen.add(id(child))
             path = f"{prefix}/{child.name}" if prefix else child.name
-            if isinstance(child, keras.layers.BatchNormalization) or tf_keras.is_batchnorm(child):
+            if flavour_of(child).is_batchnorm(child):
                 refs.append(BatchNormRef(path, child))
             walk(child, path)
 
@@ -110,39 +118,30 @@ def find_batchnorm_layers(
     return refs
 
 
-def channel_axis(layer: Any) -> Any:
-    """A built layer's channel axis in its input's coordinates: an int, or a list/tuple for several axes."""
-    return tf_keras.channel_axis(layer) if tf_keras.is_legacy(layer) else layer.axis
-
-
 def require_built(refs: Sequence[BatchNormRef], before: str) -> None:
-    """Raise ``UnsupportedLayerError`` naming any unbuilt layer; ``before`` says what needs them built."""
+    """Raise ``UnsupportedLayerError`` naming unbuilt layers; ``before``: what needs them built."""
     unbuilt = [r.path for r in refs if not r.built]
     if unbuilt:
         raise UnsupportedLayerError(
-            f"BatchNormalization layers {unbuilt} are not built: call the model on data once before {before}"
+            f"BatchNormalization layers {unbuilt} are not built: call the model on data once "
+            f"before {before}"
         )
 
 
 def layer_config(ref: BatchNormRef, index: int) -> LayerConfig:
-    """Static facts of a built BN layer; raises ``UnsupportedLayerError`` if it cannot be captured."""
+    """Static facts of a built BN layer; ``UnsupportedLayerError`` if it cannot be captured."""
     layer = ref.layer
     if not ref.built:
         raise UnsupportedLayerError(f"BatchNormalization layer {ref.path!r} is not built yet")
-    axis = channel_axis(layer)
-    if not isinstance(axis, int):
-        raise UnsupportedLayerError(
-            f"BatchNormalization layer {ref.path!r} normalises over axis={axis!r}; "
-            "only a single integer channel axis is supported"
-        )
     rank = len(layer.input_spec.shape) if layer.input_spec and layer.input_spec.shape else None
     if rank is None:
         rank = layer.input_spec.ndim if layer.input_spec else None
+    axis = ref.channel_axis(rank)
     return LayerConfig(
         path=ref.path,
         index=index,
         channels=ref.channels,
-        axis=int(axis if axis >= 0 or rank is None else axis + rank),
+        axis=int(axis),
         momentum=float(layer.momentum),
         epsilon=float(layer.epsilon),
         center=bool(layer.center),
@@ -207,8 +206,7 @@ class StatsCapture:
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
         self._due_value = True
-        self._installed = False
-        self._wrapped: list[tuple[Any, str]] = []
+        self._installed: list[InstalledCapture] = []
         self._enabled = True
         self._snapshot_fn = tf.function(self._gather, autograph=False)
 
@@ -216,37 +214,26 @@ class StatsCapture:
 
     def install(self) -> None:
         """Wrap each layer's statistics method; takes effect in functions traced afterwards."""
-        self._wrapped = []
-        for ref, slots in zip(self._refs, self._slots):
-            record = self._recorder(ref.layer, slots)
-            if ref.legacy:
-                name = tf_keras.install_capture(ref.layer, record, self._due)
-            else:
-                name = "_moments"
-                object.__setattr__(ref.layer, name, _wrap_moments(ref.layer, record))
-            self._wrapped.append((ref.layer, name))
-        self._installed = True
+        self._installed = [
+            ref.flavour.install_capture(ref.layer, self._recorder(ref.layer, slots), self._due)
+            for ref, slots in zip(self._refs, self._slots)
+        ]
 
     def uninstall(self) -> None:
         """Restore the layers' own methods."""
-        for layer, name in self._wrapped:
-            layer.__dict__.pop(name, None)
-        self._wrapped = []
-        self._installed = False
-
-    @property
-    def installed(self) -> bool:
-        return self._installed
+        for installed in self._installed:
+            installed.uninstall()
+        self._installed = []
 
     @property
     def gated(self) -> bool:
         """Whether some installed wrapper does extra work that ``capture_next_steps`` can skip."""
-        return any(name == "_fused_batch_norm" for _, name in self._wrapped)
+        return any(installed.gated for installed in self._installed)
 
     def capture_next_steps(self, due: bool) -> None:
         """Whether the training steps run from now on must capture (default: True).
 
-        Only wrappers that add computation (tf-keras' fused path) honour it; a
+        Only wrappers that add computation (``InstalledCapture.gated``) honour it; a
         step run while it is False leaves those layers' captured statistics as
         they were (a snapshot then reports them as not trained at that step).
         """
@@ -258,7 +245,7 @@ class StatsCapture:
         """Context manager: functions traced inside it do not write the capture variables."""
         return _Paused(self)
 
-    def _recorder(self, layer: Any, slots: _CaptureSlots) -> tf_keras.Record:
+    def _recorder(self, layer: Any, slots: _CaptureSlots) -> Record:
         """What a wrapper calls with the (C,) mean, (C,) biased variance and count it saw."""
         capture = self
 
@@ -300,7 +287,7 @@ class StatsCapture:
         return _concat(floats), counts, steps, self._replica_rows()
 
     def _replica_rows(self) -> tf.Tensor:
-        """(R, W): per replica, each ``_per_replica`` layer's [count, batch mean (C), batch variance (C)]."""
+        """(R, W): per replica, each ``_per_replica`` layer's [count, mean (C), variance (C)]."""
         if not self._per_replica:
             return tf.zeros([0, 0])
 
@@ -372,22 +359,6 @@ def _flat(value: Any) -> tf.Tensor:
 
 def _concat(parts: list) -> tf.Tensor:
     return tf.concat(parts, 0) if parts else tf.zeros([0])
-
-
-def _wrap_moments(layer: Any, record: tf_keras.Record):
-    """A Keras 3 layer's ``_moments(inputs, mask)`` that also records what it returns."""
-    original = type(layer)._moments.__get__(layer)
-
-    def _moments(inputs, mask):
-        mean, variance = original(inputs, mask)
-        if mask is None:
-            count = tf.cast(tf.size(inputs), tf.float32) / float(layer.moving_mean.shape[0])
-        else:
-            count = tf.reduce_sum(tf.cast(mask, tf.float32))
-        record(mean, variance, count, mask is not None)
-        return mean, variance
-
-    return _moments
 
 
 def _global_count(count: tf.Tensor) -> tf.Tensor:

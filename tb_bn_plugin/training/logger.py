@@ -1,8 +1,8 @@
 """``BatchNormLogger``: log BatchNorm internals from a custom training loop.
 
 For loops written with ``tf.GradientTape`` instead of ``model.fit``. The same
-capture (``capture.StatsCapture``) and the same summaries as
-``BatchNormCallback``, driven by explicit ``log(step)`` calls::
+capture and the same summaries as ``BatchNormCallback`` (both drive a
+``session.LoggingSession``), driven by explicit ``log(step)`` calls::
 
     logger = BatchNormLogger(model, "logs", log_every_n_steps=10, optimizer=opt)
 
@@ -10,7 +10,8 @@ capture (``capture.StatsCapture``) and the same summaries as
     def train_step(x, y):
         with tf.GradientTape() as tape:
             loss = loss_fn(y, model(x, training=True))
-        opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
 
     for x, y in data:
         train_step(x, y)
@@ -44,14 +45,16 @@ import os
 from collections.abc import Sequence
 from typing import Any, Optional
 
-import numpy as np
 import tensorflow as tf
 
 from tb_bn_plugin import records
-from tb_bn_plugin.summary import SummaryWriter
-from tb_bn_plugin.training.capture import StatsCapture, find_batchnorm_layers, require_built
-
-DEFAULT_MAX_BYTES_PER_LOG = 50_000
+from tb_bn_plugin.training.capture import require_built
+from tb_bn_plugin.training.session import (
+    DEFAULT_CHANNEL_DTYPE,
+    DEFAULT_MAX_BYTES_PER_LOG,
+    DEFAULT_RUN_NAME,
+    LoggingSession,
+)
 
 
 class BatchNormLogger:
@@ -72,23 +75,25 @@ class BatchNormLogger:
         log_every_n_steps: int = 1,
         layers: Optional[Sequence[str]] = None,
         max_bytes_per_log: int = DEFAULT_MAX_BYTES_PER_LOG,
-        channel_dtype: str = "float32",
-        run_name: str = "train",
+        channel_dtype: str = DEFAULT_CHANNEL_DTYPE,
+        run_name: str = DEFAULT_RUN_NAME,
         optimizer: Any = None,
     ) -> None:
         records.check_logging_options(log_every_n_steps, channel_dtype, max_bytes_per_log)
-        refs = find_batchnorm_layers(model, layers)
+        self.model = model
+        self.log_every_n_steps = log_every_n_steps
+        self.run_dir = os.path.join(os.fspath(log_dir), run_name)
+        self.optimizer = optimizer
+        strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+        self._session = LoggingSession(
+            self.run_dir, strategy, layers, channel_dtype, max_bytes_per_log
+        )
+        refs = self._session.select_layers(model)
         require_built(refs, "creating the BatchNormLogger")
         if not refs:
             raise ValueError(
                 f"BatchNormLogger: model {model.name!r} has no BatchNormalization layer to log"
             )
-        self.model = model
-        self.log_every_n_steps = log_every_n_steps
-        self.channel_dtype = np.dtype(channel_dtype)
-        self.run_dir = os.path.join(os.fspath(log_dir), run_name)
-        self.optimizer = optimizer
-        strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
         if optimizer is not None:
             self._counter = None
             clock = optimizer.iterations
@@ -98,21 +103,13 @@ class BatchNormLogger:
                     tf.constant(0, tf.int64), trainable=False, name="bn_logger_clock"
                 )
             clock = self._counter
-        self._capture: Optional[StatsCapture] = StatsCapture(refs, clock, strategy)
-        # Before the wrappers go in, so an unwritable log_dir leaves the model as it was. On a
-        # non-chief worker: the same work into a temporary directory (``SummaryWriter.for_run``).
-        self._writer: Optional[SummaryWriter] = SummaryWriter.for_run(self.run_dir, strategy)
-        self._capture.install()
-        self._cadence = records.SnapshotCadence(
-            records.snapshot_interval(
-                self._capture.configs, self.channel_dtype, max_bytes_per_log, self._capture.replicas
-            )
-        )
-        self._last_logged = -1
+        # The writer opens before the wrappers go in, so an unwritable log_dir leaves the model
+        # as it was. On a non-chief worker: the same work into a temporary directory.
+        self._session.start_capture(refs, clock)
 
     @property
-    def paths(self) -> list[str]:
-        return [c.path for c in self._capture.configs] if self._capture else []
+    def channel_dtype(self) -> Any:
+        return self._session.channel_dtype
 
     def _steps_done(self) -> int:
         if self._counter is None:
@@ -125,36 +122,29 @@ class BatchNormLogger:
         ``step`` defaults to the optimizer's ``iterations`` (or the number of
         ``log()`` calls so far, this one included). Returns whether it wrote.
         """
-        if self._capture is None:
+        if self._session.capture is None:
             raise RuntimeError("BatchNormLogger is closed")
         steps_done = self._steps_done()
         if step is None:
             step = steps_done
         step = int(step)
         wrote = False
-        if step > self._last_logged and (force_snapshot or step % self.log_every_n_steps == 0):
-            full = self._cadence.next(force_snapshot)
-            self._writer.layer_step(
-                self._capture.snapshot(steps_done), step, full, self.channel_dtype
-            )
-            self._last_logged = step
+        if step > self._session.last_logged and (
+            force_snapshot or step % self.log_every_n_steps == 0
+        ):
+            self._session.log_step(steps_done, step, force_snapshot)
             wrote = True
         if self._counter is not None:
             self._counter.assign_add(1)
         return wrote
 
     def flush(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
+        if self._session.writer is not None:
+            self._session.writer.flush()
 
     def close(self) -> None:
         """Remove the wrappers (functions traced from now on are plain) and close the event file."""
-        if self._capture is not None:
-            self._capture.uninstall()
-            self._capture = None
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self._session.close()
 
     def __enter__(self) -> BatchNormLogger:
         return self

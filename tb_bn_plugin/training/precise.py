@@ -1,11 +1,13 @@
 """Precise BatchNorm statistics: the true population statistics of each BN layer's input.
 
-Framework glue around ``population`` (pure numpy). ``precise_stats`` runs
-forward passes over some data and measures, for every BatchNormalization
-layer, the exact count-weighted mean and biased variance of its input over
-all those batches; ``recalibrate`` (explicit, opt-in) writes them into the
-layers' ``moving_mean`` / ``moving_variance``; ``PreciseStatsMonitor`` logs
-how far the EMA is from them during ``fit``.
+Owns ``precise_stats``, ``recalibrate`` and ``PreciseStatsMonitor``; the
+math (combining moments, the EMA error) is ``numerics.moments`` and
+``numerics.ema``, the ``ema_error`` payload's encoding ``records``.
+``precise_stats`` runs forward passes over some data and measures, for every
+BatchNormalization layer, the exact count-weighted mean and biased variance
+of its input over all those batches; ``recalibrate`` (explicit, opt-in)
+writes them into the layers' ``moving_mean`` / ``moving_variance``;
+``PreciseStatsMonitor`` logs how far the EMA is from them during ``fit``.
 
 Which input? The one inference will feed the layer: the forward passes run
 the whole model in inference mode (``training=False``), so every earlier
@@ -28,13 +30,14 @@ reaching the layer) count only the unmasked positions, like the layer does.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from tb_bn_plugin import metadata
+from tb_bn_plugin import metadata, records
 from tb_bn_plugin.diagnostics.ema import ema_error_finding
 from tb_bn_plugin.numerics import moments
 from tb_bn_plugin.numerics.ema import (
@@ -45,22 +48,18 @@ from tb_bn_plugin.numerics.ema import (
     measure_ema_error,
 )
 from tb_bn_plugin.numerics.moments import Moments
+from tb_bn_plugin.summary import SummaryWriter
 from tb_bn_plugin.training.capture import (
     BatchNormRef,
-    channel_axis,
     find_batchnorm_layers,
     layer_config,
     require_built,
 )
-
-keras = tf.keras
+from tb_bn_plugin.training.compat import flavour_of
+from tb_bn_plugin.training.compat.bound_keras import Callback
+from tb_bn_plugin.training.session import DEFAULT_RUN_NAME
 
 DEFAULT_BATCH_SIZE = 32
-
-
-def ema_error_tag(layer_path: str) -> str:
-    """The tag of one layer's EMA-vs-precise error series."""
-    return metadata.layer_tag(layer_path, "ema_error")
 
 
 # -- data -------------------------------------------------------------------------
@@ -118,18 +117,13 @@ def _is_batch_list(obj: Any) -> bool:
 # -- measurement ------------------------------------------------------------------
 
 
-def _channel_axis(layer: Any, rank: int) -> int:
-    axis = channel_axis(layer)
-    if not isinstance(axis, int):
-        raise ValueError(f"BatchNormalization axis={axis!r} is not a single integer channel axis")
-    return axis + rank if axis < 0 else axis
-
-
-def _tf_moments(layer: Any, inputs: Any, mask: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Per-channel (count, mean, m2) of one call's input, in float64."""
+def _tf_moments(
+    ref: BatchNormRef, inputs: Any, mask: Any
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Per-channel (count, mean, m2) of one call's input to ``ref``'s layer, in float64."""
     x = tf.cast(inputs, tf.float64)
     rank = x.shape.rank
-    axis = _channel_axis(layer, rank)
+    axis = ref.channel_axis(rank)
     axes = [i for i in range(rank) if i != axis]
     if mask is None:
         mean = tf.reduce_mean(x, axis=axes, keepdims=True)
@@ -146,7 +140,7 @@ def _tf_moments(layer: Any, inputs: Any, mask: Any) -> tuple[tf.Tensor, tf.Tenso
 
 
 class _InputRecorder:
-    """Wraps the layers' ``call`` on the instances; the wrappers record input moments while tracing."""
+    """Wraps the layers' ``call`` on the instances; the wrappers record input moments (traced)."""
 
     def __init__(self, refs: Sequence[BatchNormRef]) -> None:
         self._refs = list(refs)
@@ -158,7 +152,7 @@ class _InputRecorder:
             layer = ref.layer
             had = "call" in layer.__dict__
             self._saved.append((layer, had, layer.__dict__.get("call")))
-            object.__setattr__(layer, "call", self._wrap(index, layer, layer.call))
+            object.__setattr__(layer, "call", self._wrap(index, ref, layer.call))
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -169,11 +163,11 @@ class _InputRecorder:
                 layer.__dict__.pop("call", None)
         self._saved = []
 
-    def _wrap(self, index: int, layer: Any, original: Any):
+    def _wrap(self, index: int, ref: BatchNormRef, original: Any):
         recorder = self
 
         def call(inputs, training=None, mask=None):
-            recorder.recorded.append((index, _tf_moments(layer, inputs, mask)))
+            recorder.recorded.append((index, _tf_moments(ref, inputs, mask)))
             return original(inputs, training=training, mask=mask)
 
         return call
@@ -202,11 +196,11 @@ def _measure(
         model(x, training=False)
         return [(index, moments) for index, moments in recorder.recorded]
 
-    # Traced (possibly more than once, e.g. for a smaller last batch) while the wrappers are in place.
+    # Traced (maybe more than once, e.g. for a smaller last batch) while the wrappers are in place.
     fn = tf.function(forward, autograph=False, reduce_retracing=True)
     batches, known = iterate_batches(dataset, batch_size)
     target = num_batches if num_batches is not None else known
-    bar = keras.utils.Progbar(target, unit_name="batch") if progress else None
+    bar = flavour_of(model).progress_bar(target) if progress else None
     totals = [Moments.empty(r.channels) for r in refs]
     done = 0
     with recorder:
@@ -352,14 +346,14 @@ def _assign(variable: Any, values: np.ndarray) -> None:
 # -- logging during fit --------------------------------------------------------------
 
 
-class PreciseStatsMonitor(keras.callbacks.Callback):
+class PreciseStatsMonitor(Callback):
     """Logs, per BN layer, how far the EMA is from precise statistics on held-out data.
 
     Every ``every_n_epochs`` epochs, measures ``precise_stats`` on ``data``
     (at most ``num_batches`` batches; inference mode, no change to the model)
     and writes each layer's ``EmaError`` (fields
     ``EmaError.FIELDS``) as a float32 tensor under
-    ``bn_internals/<layer>/ema_error`` at the optimizer's step, kind
+    ``metadata.ema_error_tag(path)`` at the optimizer's step, kind
     ``ema_error``. ``history`` keeps ``(step, {path: EmaError})``; ``findings()``
     applies ``ema_error_finding`` to the latest measurement.
     """
@@ -370,7 +364,7 @@ class PreciseStatsMonitor(keras.callbacks.Callback):
         data: Any,
         num_batches: Optional[int] = None,
         every_n_epochs: int = 1,
-        run_name: str = "train",
+        run_name: str = DEFAULT_RUN_NAME,
         batch_size: int = DEFAULT_BATCH_SIZE,
         layers: Optional[Sequence[str]] = None,
     ) -> None:
@@ -389,10 +383,6 @@ class PreciseStatsMonitor(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: Optional[dict] = None) -> None:
         if self.log_dir is not None and self._writer is None:
-            import os
-
-            from tb_bn_plugin.summary import SummaryWriter
-
             self._writer = SummaryWriter(os.path.join(os.fspath(self.log_dir), self.run_name))
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
@@ -420,14 +410,10 @@ class PreciseStatsMonitor(keras.callbacks.Callback):
         if self._writer is not None:
             for path, err in errors.items():
                 self._writer.write(
-                    ema_error_tag(path),
-                    err.as_array(),
+                    metadata.ema_error_tag(path),
+                    records.ema_error_record(err),
                     step,
-                    {
-                        "kind": metadata.KIND_EMA_ERROR,
-                        "layer_path": path,
-                        "fields": list(EmaError.FIELDS),
-                    },
+                    records.ema_error_content(path),
                 )
             self._writer.flush()
         return errors

@@ -160,7 +160,7 @@ def test_plugin_is_registered_as_a_dynamic_tensorboard_plugin():
 
 @pytest.fixture(scope="module")
 def long_logdir(tmp_path_factory):
-    """One layer, 150 logged steps (summary records only), written by the plugin's SummaryWriter."""
+    """One layer, 150 logged steps (summary records only), written with the SummaryWriter."""
     from tb_bn_plugin.summary import SummaryWriter
 
     root = str(tmp_path_factory.mktemp("long"))
@@ -179,7 +179,13 @@ def long_logdir(tmp_path_factory):
     info = {"training": 1.0, "trainable": 1.0, "count": 64.0, "momentum": 0.99, "full": 0.0}
     for step in range(1, 151):
         values = {stat: rng.uniform(0.5, 1.5, 2) for stat in config.stats()}
-        writer.layer_summary(config, step, records.summary_record(config, values, info))
+        (record,) = records.summary_records([config], [values], [info])
+        writer.write(
+            metadata.layer_tag(config.path, metadata.SUFFIX_SUMMARY),
+            record,
+            step,
+            records.layer_summary_content(config),
+        )
     writer.close()
     return root
 
@@ -641,7 +647,13 @@ def bad_graph_logdir(tmp_path_factory):
     info = {"training": 1.0, "trainable": 1.0, "count": 8.0, "momentum": 0.99, "full": 0.0}
     layer_writer = SummaryWriter(os.path.join(root, "broken"))
     values = {stat: np.ones(2) for stat in config.stats()}
-    layer_writer.layer_summary(config, 1, records.summary_record(config, values, info))
+    (summary,) = records.summary_records([config], [values], [info])
+    layer_writer.write(
+        metadata.layer_tag("bn", metadata.SUFFIX_SUMMARY),
+        summary,
+        1,
+        records.layer_summary_content(config),
+    )
     layer_writer.close()
     return root
 

@@ -137,7 +137,9 @@ def layer_tags(config: LayerConfig, replicas: int = 0) -> dict[str, TagInfo]:
 def test_layer_series_round_trips_the_records():
     steps, snapshots = [1, 2, 3, 4], [1, 4]
     tags = layer_tags(CONFIG, replicas=2)
-    summary = [datum(s, records.summary_record(CONFIG, _values(s, CONFIG), INFO)) for s in steps]
+    summary = [
+        datum(s, records.summary_records([CONFIG], [_values(s, CONFIG)], [INFO])[0]) for s in steps
+    ]
     channels = [
         datum(s, records.channel_record(CONFIG, _values(s, CONFIG), np.float32)) for s in snapshots
     ]
@@ -169,7 +171,7 @@ def test_layer_series_round_trips_the_records():
 
 def test_layer_series_without_snapshots_or_with_fewer_rows():
     tags = layer_tags(CONFIG)
-    summary = [datum(1, records.summary_record(CONFIG, _values(1, CONFIG), INFO))]
+    summary = [datum(1, records.summary_records([CONFIG], [_values(1, CONFIG)], [INFO])[0])]
     bare = decode.layer_series(tags["summary"], summary)
     assert bare.channel_steps.shape == (0,) and bare.replicas is None
     assert all(v.shape == (0, CONFIG.channels) for v in bare.channels.values())

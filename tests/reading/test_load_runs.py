@@ -82,7 +82,7 @@ class RawWriter:
         self.write(
             metadata.layer_tag(config.path, metadata.SUFFIX_SUMMARY),
             step,
-            records.summary_record(config, values(config, step), info(config)),
+            records.summary_records([config], [values(config, step)], [info(config)])[0],
             {"kind": metadata.KIND_LAYER_SUMMARY, "layer": layer_json},
         )
         self.write(
@@ -105,11 +105,18 @@ def logdir(tmp_path_factory):
     writer = SummaryWriter(os.path.join(root, "good"))
     for step in (2, 4, 6):
         for config in (BN, HEAD):
-            writer.layer_summary(
-                config, step, records.summary_record(config, values(config, step), info(config))
+            (summary,) = records.summary_records([config], [values(config, step)], [info(config)])
+            writer.write(
+                metadata.layer_tag(config.path, metadata.SUFFIX_SUMMARY),
+                summary,
+                step,
+                records.layer_summary_content(config),
             )
-            writer.layer_channels(
-                config, step, records.channel_record(config, values(config, step), np.float32)
+            writer.write(
+                metadata.layer_tag(config.path, metadata.SUFFIX_CHANNELS),
+                records.channel_record(config, values(config, step), np.float32),
+                step,
+                records.layer_channels_content(config),
             )
         writer.write(metadata.gap_tag(), np.arange(2 + 4, dtype=np.float32) * step, step, GAP)
         ema_tag = metadata.layer_tag(BN.path, metadata.SUFFIX_EMA_ERROR)

@@ -1,9 +1,9 @@
-"""Run by tests/test_legacy_keras.py in a fresh process with ``TF_USE_LEGACY_KERAS=1`` (tf.keras is tf-keras).
+"""Run by test_legacy_keras.py in a fresh process with ``TF_USE_LEGACY_KERAS=1`` (tf-keras).
 
-``stats <[layer kwargs, log_every_n_steps] as JSON>``: one BatchNormalization layer on the model input, trained
-with the callback on known batches; prints what was logged, what the layer holds, and its
-precise statistics before / moving statistics after ``recalibrate`` and, for virtual batches,
-why a 6-sample probe batch is refused.
+``stats <[layer kwargs, log_every_n_steps] as JSON>``: one BatchNormalization layer on the
+model input, trained with the callback on known batches; prints what was logged, what the
+layer holds, and its precise statistics before / moving statistics after ``recalibrate``
+and, for virtual batches, why a 6-sample probe batch is refused.
 ``identical``: a model with every BN variant trained with and without the callback under
 op determinism; prints whether the state matches bit for bit.
 """
@@ -27,7 +27,9 @@ from tb_bn_plugin import BatchNormCallback, precise_stats, recalibrate  # noqa: 
 from tb_bn_plugin.reading.load import load_runs  # noqa: E402
 from tb_bn_plugin.reading.provider import open_logdir  # noqa: E402
 from tb_bn_plugin.training.capture import find_batchnorm_layers  # noqa: E402
-from tb_bn_plugin.training.probe import GapProbe, probe_batch_from_data  # noqa: E402
+from tb_bn_plugin.training.compat import flavour_of  # noqa: E402
+from tb_bn_plugin.training.gap_probe import GapProbe  # noqa: E402
+from tb_bn_plugin.training.probe_batch import probe_batch_from_data  # noqa: E402
 
 
 def _data(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -80,6 +82,8 @@ def stats(layer_kwargs: dict, log_every_n_steps: int = 1) -> dict:
         "recalibrated_mean": bn.moving_mean.numpy().ravel().tolist(),
         "recalibrated_variance": bn.moving_variance.numpy().ravel().tolist(),
         "fused": bool(bn.fused),
+        "flavours": [type(flavour_of(obj)).__name__ for obj in (model, bn)],
+        "callback_base_is_tf_keras": issubclass(BatchNormCallback, keras.callbacks.Callback),
         "due": due,
         "warnings": [str(w.message) for w in caught if "BatchNormCallback" in str(w.message)],
         "steps": layer.steps.tolist(),

@@ -22,7 +22,7 @@ def _at(stats, stat, step):
 
 
 def test_single_bn_gap_matches_numpy(keras, tmp_path):
-    """Input -> BN -> Dense(1, no bias): losses, metrics and per-layer gaps from logged stats and weights."""
+    """Input -> BN -> Dense(1, no bias): losses, metrics, layer gaps from logged stats, weights."""
     rng = np.random.RandomState(0)
     x = (rng.randn(40, 3) * [1.0, 2.0, 0.5] + [1.0, -2.0, 3.0]).astype("float32")
     y = rng.randn(40, 1).astype("float32")
@@ -108,7 +108,7 @@ def _conv_model(keras):
 
 
 def test_stashed_probe_layer_gaps_and_cadence(keras, tmp_path):
-    """Default probe = first training batch; local measured = derived; compound of the first BN = local."""
+    """Default probe = first training batch; local measured = derived; first BN compound = local."""
     rng = np.random.RandomState(1)
     x = (rng.randn(32, 6, 6, 2) * 2 + 1).astype("float32")
     y = rng.randn(32, 1).astype("float32")
@@ -118,7 +118,7 @@ def test_stashed_probe_layer_gaps_and_cadence(keras, tmp_path):
     model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[cb])
 
     gap = read_gap(str(tmp_path))["train"]
-    # Steps 3 and 6 by step cadence, 4 and 8 at the epoch ends; attribution only at the 2nd epoch's end.
+    # Steps 3 and 6 by step cadence, 4 and 8 at the epoch ends; attribution at the 2nd epoch's end.
     np.testing.assert_array_equal(gap.steps, [3, 4, 6, 8])
     for path in ("bn_in", "bn_conv"):
         assert np.isnan(gap.attribution[path][:3]).all() and np.isfinite(gap.attribution[path][3])
@@ -129,7 +129,7 @@ def test_stashed_probe_layer_gaps_and_cadence(keras, tmp_path):
     for name in ("mae", "mse"):
         assert (np.abs(gap.metrics[name]["train"] - gap.metrics[name]["inference"]) > 1e-4).all()
 
-    # The probe is the first 6 samples of the first (unshuffled) batch: check bn_in's local gap on x[:6].
+    # The probe is the first 6 samples of the first (unshuffled) batch: bn_in's local gap on x[:6].
     stats = read_stats(str(tmp_path))["train"]["bn_in"]
     pre_kernel, pre_bias = model.get_layer("pre").get_weights()  # after training, as at step 8
     h = x[:6] @ pre_kernel + pre_bias
@@ -162,9 +162,11 @@ def test_gap_disabled_writes_no_gap_and_stashes_nothing(keras, tmp_path):
 
 
 def test_gap_pass_changes_no_variable_tracker_or_capture(keras):
-    """Model variables (moving stats, RNG seeds), metric trackers and capture variables are untouched."""
+    """Model variables (moving stats, RNG seeds), metric trackers, capture variables: untouched."""
+    from tb_bn_plugin import records
     from tb_bn_plugin.training.capture import StatsCapture, find_batchnorm_layers
-    from tb_bn_plugin.training.probe import GapProbe, probe_batch_from_data
+    from tb_bn_plugin.training.gap_probe import GapProbe
+    from tb_bn_plugin.training.probe_batch import probe_batch_from_data
 
     rng = np.random.RandomState(3)
     x = rng.randn(24, 6, 6, 2).astype("float32")
@@ -181,6 +183,15 @@ def test_gap_pass_changes_no_variable_tracker_or_capture(keras):
         slots = [v for s in capture._slots for v in (s.stats, s.count, s.step)]
         return [np.array(v.numpy()) for v in variables + slots]
 
+    def record(result):
+        return records.gap_record(
+            result.train_losses,
+            result.inference_losses,
+            result.train_metrics,
+            result.inference_metrics,
+            result.layer_values,
+        )
+
     before = state()
     results = {k: float(v) for k, v in model.get_metrics_result().items()}
     for scope in ("batchnorm", "model"):
@@ -190,9 +201,9 @@ def test_gap_pass_changes_no_variable_tracker_or_capture(keras):
         first = probe.evaluate(attribution=True)
         again = probe.evaluate(attribution=True)
         np.testing.assert_array_equal(
-            first.record(), again.record()
+            record(first), record(again)
         )  # dropout masks do not advance either
-        assert np.isfinite(first.record()).all()
+        assert np.isfinite(record(first)).all()
     capture.uninstall()
     after = state()
     assert len(before) == len(after)

@@ -35,6 +35,8 @@ def test_fused_path_measures_batch_moments_only_for_logged_steps():
     # 2 steps per epoch, 2 epochs, a log every 3 steps: the states after steps 2 (epoch end), 3 and
     # 4 (epoch and training end) are logged, so only step 1 skips the fused path's extra moments.
     out = _run("stats", json.dumps([{}, 3]))
+    # The tf-keras adapter handles the model; the callbacks subclass tf-keras' Callback.
+    assert out["flavours"] == ["TfKeras", "TfKeras"] and out["callback_base_is_tf_keras"]
     assert out["fused"] and out["due"] == [False, True, True, True]
     x = np.array(out["x"], dtype=np.float64)
     assert out["steps"] == [2, 3, 4]
@@ -48,7 +50,8 @@ def test_fused_path_measures_batch_moments_only_for_logged_steps():
 
 
 def _virtual_moments(batch: np.ndarray, virtual_batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """tf-keras' ghost batches: reshape to [virtual_batch_size, G, ...], moments per virtual batch, averaged."""
+    """tf-keras' ghost batches: reshape to [virtual_batch_size, G, ...], moments per virtual
+    batch, averaged."""
     groups = batch.reshape((virtual_batch_size, -1) + batch.shape[1:])
     axes = (0,) + tuple(range(2, groups.ndim - 1))
     return groups.mean(axis=axes).mean(axis=0), groups.var(axis=axes).mean(axis=0)

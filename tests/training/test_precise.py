@@ -13,10 +13,20 @@ from tb_bn_plugin.numerics import ema, moments
 # -- pure math ----------------------------------------------------------------------
 
 
+def batch_moments(x: np.ndarray) -> moments.Moments:
+    """Reference moments of one batch in numpy: channels along the last axis."""
+    x = np.asarray(x, dtype=np.float64)
+    flat = x.reshape(-1, x.shape[-1])
+    mean = flat.mean(axis=0)
+    return moments.Moments(
+        np.full(flat.shape[1], float(len(flat))), mean, ((flat - mean) ** 2).sum(axis=0)
+    )
+
+
 def test_combine_moments_unequal_batches_matches_numpy():
     rng = np.random.RandomState(0)
     x = rng.randn(103, 5) * 3 + 7
-    parts = [moments.batch_moments(x[a:b]) for a, b in ((0, 40), (40, 41), (41, 100), (100, 103))]
+    parts = [batch_moments(x[a:b]) for a, b in ((0, 40), (40, 41), (41, 100), (100, 103))]
     total = moments.combine_moments(parts)
     np.testing.assert_array_equal(total.count, 103)
     np.testing.assert_allclose(total.mean, x.mean(axis=0), rtol=1e-12)
@@ -31,7 +41,7 @@ def test_combine_moments_unequal_batches_matches_numpy():
 def test_combine_moments_stable_for_large_mean():
     rng = np.random.RandomState(1)
     x = rng.randn(10_000, 3) + 1e8  # naive E[x^2]-E[x]^2 loses every digit here
-    parts = [moments.batch_moments(x[i : i + 999]) for i in range(0, len(x), 999)]
+    parts = [batch_moments(x[i : i + 999]) for i in range(0, len(x), 999)]
     total = moments.combine_moments(parts)
     np.testing.assert_allclose(total.variance, x.var(axis=0), rtol=1e-6)
     naive = (x**2).mean(axis=0) - x.mean(axis=0) ** 2
@@ -256,7 +266,8 @@ def test_precise_stats_monitor_logs_ema_error(keras, tmp_path):
     import tensorflow as tf
 
     from tb_bn_plugin import BatchNormCallback, read_stats
-    from tb_bn_plugin.training.precise import PreciseStatsMonitor, ema_error_tag
+    from tb_bn_plugin.metadata import ema_error_tag
+    from tb_bn_plugin.training.precise import PreciseStatsMonitor
 
     rng = np.random.RandomState(4)
     x = (rng.randn(32, 4) + 2).astype("float32")

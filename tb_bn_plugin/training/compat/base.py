@@ -1,0 +1,122 @@
+"""What the training code needs from a Keras flavour: the ``KerasFlavour`` protocol.
+
+Everything in ``training`` that depends on which Keras built a model goes
+through one ``KerasFlavour`` (``compat.flavour_of``): finding BatchNormalization
+layers and their channel axis, installing the batch-statistics capture,
+computing a layer's batch moments, running forward passes that change no
+state, reaching the compiled loss and metrics. ``keras3.Keras3`` and
+``tf_keras.TfKeras`` implement it; a new backend is a new implementation.
+
+Also here: the types the protocol speaks in (``Record``, ``InstalledCapture``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, Optional, Protocol, Union
+
+import tensorflow as tf
+
+# What a capture wrapper calls in every training step with one layer's (C,) batch mean,
+# (C,) biased batch variance and the scalar count of values per channel; ``masked``
+# says whether the count came from a Keras mask.
+Record = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, bool], None]
+
+
+@dataclasses.dataclass
+class InstalledCapture:
+    """A capture wrapper put on one layer instance by ``KerasFlavour.install_capture``.
+
+    ``attribute``: the instance attribute the wrapper occupies (removing it
+    restores the class's method). ``gated``: the wrapper adds computation that
+    runs only while the ``due`` variable is True (``StatsCapture.capture_next_steps``).
+    """
+
+    layer: Any
+    attribute: str
+    gated: bool = False
+
+    def uninstall(self) -> None:
+        self.layer.__dict__.pop(self.attribute, None)
+
+
+class KerasFlavour(Protocol):
+    """One Keras flavour (Keras 3, tf-keras, ...) as the training code sees it.
+
+    Methods take the model or layer they apply to; implementations hold no
+    per-model state. ``BatchNormRef`` is ``capture.BatchNormRef`` (a path and a layer).
+    """
+
+    # Whether ``stateless`` also rewinds the RNG state of dropout-like layers, so the gap probe
+    # may run the whole model in training mode (``gap_scope="model"``).
+    supports_model_scope: bool
+
+    # -- discovery ------------------------------------------------------------
+
+    def owns(self, obj: Any) -> bool:
+        """Whether ``obj`` (a model or layer) was built with this flavour."""
+
+    def is_batchnorm(self, layer: Any) -> bool:
+        """Whether ``layer`` is a BatchNormalization layer of this flavour."""
+
+    def child_layers(self, layer: Any) -> Sequence[Any]:
+        """The layers directly tracked by ``layer`` (a layer or model), in creation order."""
+
+    def channel_axis(self, layer: Any) -> Union[int, list[int]]:
+        """A built BN layer's channel axis in its input's coordinates; a list when several."""
+
+    def normalises_with_batch_moments(self, layer: Any) -> bool:
+        """Whether training mode normalises with plain batch moments (no renorm etc.)."""
+
+    def explicit_strategy(self, model: Any) -> Optional[tf.distribute.Strategy]:
+        """The ``tf.distribute`` strategy ``model`` was created under; None without one."""
+
+    # -- capture inside the training step -------------------------------------
+
+    def install_capture(self, layer: Any, record: Record, due: tf.Variable) -> InstalledCapture:
+        """Wrap the method that yields ``layer``'s training-mode batch statistics.
+
+        The wrapper calls ``record`` with what the layer normalised with and
+        returns what the original returned; it takes effect in functions traced
+        afterwards. ``due`` may gate extra work (``InstalledCapture.gated``).
+        """
+
+    def batch_moments(
+        self, layer: Any, inputs: tf.Tensor, mask: Optional[tf.Tensor]
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """(C,) float32 mean and biased variance ``layer`` would normalise ``inputs`` with.
+
+        Computed by the layer class's own method (never a capture wrapper).
+        """
+
+    # -- training data --------------------------------------------------------
+
+    def unpack_x_y_sample_weight(self, data: Any) -> tuple[Any, Any, Any]:
+        """``(x, y, sample_weight)`` of one element ``train_step`` receives."""
+
+    def progress_bar(self, target: Optional[int]) -> Any:
+        """A progress bar over ``target`` batches (``update(done)``)."""
+
+    # -- the gap probe --------------------------------------------------------
+
+    def compiled_loss(self, model: Any) -> Any:
+        """The model's compiled loss container (called as ``loss(y, y_pred, sample_weight)``,
+        with per-output trackers in ``.metrics``), or None."""
+
+    def compiled_metrics(self, model: Any) -> Any:
+        """The model's compiled metrics container (``reset_state``/``update_state``), or None."""
+
+    def is_built(self, container: Any) -> bool:
+        """Whether a compiled loss/metrics container was built by a training step."""
+
+    def metric_results(self, container: Any) -> dict[str, Any]:
+        """``{name: result}`` of a compiled metrics container."""
+
+    def stateless(self, model: Any) -> contextlib.AbstractContextManager:
+        """Inside a ``tf.function``: a scope whose variable assignments (moving statistics, metric
+        updates, seed advances) do not outlive it; reads inside see the values on entry."""
+
+    def check_probe(self, refs: Sequence[Any], size: int) -> None:
+        """Raise ``ValueError`` when a layer of ``refs`` cannot train on ``size`` samples."""
