@@ -1,7 +1,7 @@
 """The BN Internals TensorBoard plugin: the loader and the thin HTTP shell over ``routes``.
 
 Routes (under ``/data/plugin/bn_internals/``, contract in ``frontend/API.md``):
-``runs``, ``layer``, ``gap``, ``diagnostics``, ``graph`` answer JSON; anything
+``runs``, ``layer``, ``compare``, ``gap``, ``diagnostics``, ``graph`` answer JSON; anything
 else is a file of ``static/`` (``index.js`` is the frontend's ES module).
 The route functions raise TensorBoard's errors (``tensorboard.errors``):
 the shell answers them as ``{"error": message}`` with their status, 400
@@ -29,7 +29,7 @@ from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
 from tb_bn_plugin import metadata
-from tb_bn_plugin.plugin.routes import diagnostics, gap, graph, layer, params, runs
+from tb_bn_plugin.plugin.routes import compare, diagnostics, gap, graph, layer, params, runs
 from tb_bn_plugin.reading.cache import SeriesCache
 from tb_bn_plugin.reading.provider import ExperimentSource, plugin_provider
 
@@ -55,6 +55,7 @@ class BNInternalsPlugin(base_plugin.TBPlugin):
         return {
             "/runs": self._runs_route,
             "/layer": self._layer_route,
+            "/compare": self._compare_route,
             "/gap": self._gap_route,
             "/diagnostics": self._diagnostics_route,
             "/graph": self._graph_route,
@@ -85,6 +86,21 @@ class BNInternalsPlugin(base_plugin.TBPlugin):
                     args, "resolution", layer.DEFAULT_RESOLUTION, 2, layer.MAX_RESOLUTION
                 ),
                 channel=params.int_param(args, "channel", None, 0),
+                cache=self._cache,
+            ),
+        )
+
+    @wrappers.Request.application
+    def _compare_route(self, request: wrappers.Request) -> wrappers.Response:
+        return self._serve(
+            request,
+            lambda source, args: compare.compare_impl(
+                source,
+                params.required(args, "layer"),
+                params.required_list(args, "run"),
+                resolution=params.int_param(
+                    args, "resolution", layer.DEFAULT_RESOLUTION, 2, layer.MAX_RESOLUTION
+                ),
                 cache=self._cache,
             ),
         )

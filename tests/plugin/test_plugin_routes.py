@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 import time
 from urllib.parse import urlencode
 
@@ -31,10 +33,11 @@ from tb_bn_plugin.numerics import drift
 from tb_bn_plugin.numerics.ema import EmaError
 from tb_bn_plugin.plugin import loader
 from tb_bn_plugin.plugin.routes import params, runs
+from tb_bn_plugin.plugin.routes.compare import COMPARE_STATS, compare_impl
 from tb_bn_plugin.plugin.routes.graph import graph_impl
 from tb_bn_plugin.plugin.routes.layer import layer_impl
 from tb_bn_plugin.reading.cache import SeriesCache
-from tb_bn_plugin.reading.load import read_gap, read_stats
+from tb_bn_plugin.reading.load import load_runs, read_gap, read_stats
 from tb_bn_plugin.reading.provider import ExperimentSource, MultiplexerProvider, open_logdir
 from tb_bn_plugin.series import LayerConfig
 
@@ -122,7 +125,8 @@ class App:
         )
 
     def get(self, route: str, expected: int = 200, **params):
-        response = self.client.get(PREFIX + route + ("?" + urlencode(params) if params else ""))
+        query = "?" + urlencode(params, doseq=True) if params else ""
+        response = self.client.get(PREFIX + route + query)
         assert response.status_code == expected, response.get_data(as_text=True)
         assert response.headers["Content-Type"] == "application/json"
         return json.loads(response.get_data(as_text=True), parse_constant=_reject_constant)
@@ -503,6 +507,13 @@ def test_layer_impl_reads_only_the_layers_own_tags(monitor_run, monkeypatch):
         ("graph", {"run": "nope"}, 404),
         ("graph", {"run": "truncated"}, 404),
         ("diagnostics", {"run": "nope"}, 404),
+        ("compare", {"layer": "block1_bn"}, 400),
+        ("compare", {"run": "train"}, 400),
+        ("compare", {"layer": "block1_bn", "run": ["train", ""]}, 400),
+        ("compare", {"layer": "block1_bn", "run": ["train", "train"]}, 400),
+        ("compare", {"layer": "block1_bn", "run": "train", "resolution": "x"}, 400),
+        ("compare", {"layer": "block1_bn", "run": ["train", "nope"]}, 404),
+        ("compare", {"layer": "nope", "run": "train"}, 404),
     ],
 )
 def test_bad_requests_answer_json_errors(app, route, params, code):
@@ -607,6 +618,105 @@ def test_diagnostics_route(app):
         assert set(finding["layers"]) <= set(LAYERS)
         assert all(isinstance(v, (int, float, str)) for v in finding["evidence"].values())
     assert {"frozen-bn", "slow-momentum"} <= {d["code"] for d in train}
+
+
+def test_compare_route_answers_one_series_per_run(app):
+    both = [HOSTILE, "train"]
+    body = app.get("compare", layer="block1_bn", run=both, resolution=8)
+    assert body["layer"] == "block1_bn" and [r["run"] for r in body["runs"]] == both
+    for series in body["runs"]:
+        # The same summaries as the layer route at that resolution, for the compared statistics.
+        layer = app.get("layer", run=series["run"], layer="block1_bn", resolution=8)
+        assert series["steps"] == layer["steps"] and len(series["steps"]) == 8
+        assert series["steps"][-1] == LOGGED_STEPS[-1]
+        assert set(series["summary"]) == set(COMPARE_STATS)
+        assert all(series["summary"][s] == layer["summary"][s] for s in COMPARE_STATS)
+        assert series["momentum"] == layer["config"]["momentum"] and series["channels"] == 6
+    # A run that does not exist is named, like a run without the layer.
+    missing = app.get("compare", 404, layer="block1_bn", run=["train", "nope"])
+    assert missing["error"] == "unknown run 'nope'"
+    truncated = app.get("compare", 404, layer="nope", run=["train"])
+    assert truncated["error"] == "run 'train' has no readable layer 'nope'"
+
+
+def test_compare_impl_rejects_too_many_runs(logdir):
+    with pytest.raises(errors.InvalidArgumentError, match="at most 50 runs"):
+        compare_impl(open_logdir(logdir), "block1_bn", [f"run{i}" for i in range(51)], 10)
+
+
+@pytest.fixture(scope="module")
+def scale_logdir(tmp_path_factory):
+    """Run ``unwired``: a graph only (seed 004's, update ops not wired, two sites); run
+    ``mirrored``: a MirroredStrategy ``fit`` with per-replica statistics (``_mirrored_run.py``).
+    """
+    from _bn_graphs import two_seed004_layers
+
+    from tb_bn_plugin.summary import write_graph
+
+    root = str(tmp_path_factory.mktemp("scale"))
+    write_graph(two_seed004_layers(wire_updates=False), os.path.join(root, "unwired"))
+    script = os.path.join(os.path.dirname(__file__), "_mirrored_run.py")
+    done = subprocess.run(
+        [sys.executable, script, root], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root
+
+
+@pytest.mark.parametrize("loader", ["python", "rust"])
+def test_graph_findings_reach_overview_and_diagnostics(scale_logdir, loader):
+    tb = App(scale_logdir, loader)
+    try:
+        overview = {r["run"]: r for r in tb.get("runs")["runs"]}
+        diagnosed = tb.get("diagnostics")["diagnostics"]
+        only = tb.get("diagnostics", run="unwired")["diagnostics"]
+        graph = tb.get("graph", run="unwired")
+        mirrored_graph = tb.get("graph", run="mirrored")
+    finally:
+        tb.close()
+    unwired = overview["unwired"]
+    assert unwired["has_graph"] and unwired["layers"] == []
+    expected = [
+        {key: f[key] for key in ("code", "severity", "title", "sites")} for f in graph["findings"]
+    ]
+    assert unwired["graph_findings"] == expected
+    assert {f["code"] for f in expected} == {"update-ops-not-wired"}
+    assert expected[0]["sites"] == ["a/bn", "b/bn"]
+    # The callback's own graph of the mirrored fit: its findings (if any) are listed the same way.
+    assert overview["mirrored"]["graph_findings"] == [
+        {key: f[key] for key in ("code", "severity", "title", "sites")}
+        for f in mirrored_graph["findings"]
+    ]
+    from_graph = [f for f in diagnosed if f["run"] == "unwired"]
+    assert [f for f in diagnosed if f["run"] == "mirrored" and "sites" in f] == [
+        {"run": "mirrored", **f} for f in mirrored_graph["findings"]
+    ]
+    assert from_graph == only == [{"run": "unwired", **f} for f in graph["findings"]]
+
+
+@pytest.mark.parametrize("loader", ["python", "rust"])
+def test_layer_route_per_replica_statistics(scale_logdir, loader):
+    tb = App(scale_logdir, loader)
+    try:
+        body = tb.get("layer", run="mirrored", layer="bn")
+    finally:
+        tb.close()
+    series = load_runs(open_logdir(scale_logdir), runs=["mirrored"])["mirrored"]
+    replicas = series.layers["bn"].replicas
+    answer = body["replicas"]
+    assert answer["steps"] == replicas.steps.tolist() and len(answer["steps"]) == 4
+    assert np.array_equal(answer["count"], replicas.count.T)
+    np.testing.assert_allclose(answer["batch_mean"], replicas.mean.mean(axis=2).T, rtol=RTOL)
+    np.testing.assert_allclose(
+        answer["batch_variance"], replicas.variance.mean(axis=2).T, rtol=RTOL
+    )
+    combined = replicas.global_moments()
+    np.testing.assert_allclose(
+        answer["global"]["batch_mean"], combined.mean.mean(axis=1), rtol=RTOL, atol=1e-7
+    )
+    finding = answer["finding"]
+    assert finding["code"] == "replica-batch-too-small" and finding["layers"] == ["bn"]
+    assert finding["evidence"]["replicas"] == 2 and finding["evidence"]["per_replica_count"] == 8
 
 
 def test_graph_route_marks_both_paths(app):

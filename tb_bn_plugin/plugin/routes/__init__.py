@@ -1,6 +1,6 @@
 """What the BN Internals plugin's routes answer: pure functions, no HTTP.
 
-One module per route (``runs``, ``layer``, ``gap``, ``diagnostics``,
+One module per route (``runs``, ``layer``, ``compare``, ``gap``, ``diagnostics``,
 ``graph``), each with an ``*_impl`` that takes a
 ``reading.provider.ExperimentSource`` plus already parsed parameters
 (``params``) and returns a JSON-safe dict (``encoding``: NaN and Inf become

@@ -1,12 +1,13 @@
-"""The ``diagnostics`` route: the findings of one run or of all runs."""
+"""The ``diagnostics`` route: the findings of one run or of all runs, statistics and graph."""
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
 from tb_bn_plugin import diagnostics
+from tb_bn_plugin.plugin.routes.graph import graph_findings
 from tb_bn_plugin.plugin.routes.params import check_run
-from tb_bn_plugin.plugin.routes.runs import overview_runs
+from tb_bn_plugin.plugin.routes.runs import overview_runs, runs_with_graph
 from tb_bn_plugin.reading.cache import SeriesCache
 from tb_bn_plugin.reading.provider import ExperimentSource
 
@@ -14,14 +15,25 @@ from tb_bn_plugin.reading.provider import ExperimentSource
 def diagnostics_impl(
     source: ExperimentSource, run: Optional[str] = None, cache: Optional[SeriesCache] = None
 ) -> dict[str, Any]:
-    """Findings of one run or of all runs, from the same samples as the overview."""
+    """Findings of one run or of all runs: the overview's statistics findings, then the graph's.
+
+    A statistics finding names ``layers`` (and ``channels``); a graph finding
+    names ``sites`` (``graph_impl``'s findings), so each links to its view.
+    """
     runs = overview_runs(source, cache, [run] if run is not None else None)
-    if run is not None and run not in runs:
-        check_run(source, run)
-    return {
-        "diagnostics": [
-            {"run": name, **finding.to_json()}
-            for name, run_data in sorted(runs.items())
-            for finding in diagnostics.diagnose(run_data)
-        ]
-    }
+    with_graph = runs_with_graph(source)
+    if run is not None:
+        if run not in runs and run not in with_graph:
+            check_run(source, run)
+        with_graph &= {run}
+    found = [
+        {"run": name, **finding.to_json()}
+        for name, run_data in sorted(runs.items())
+        for finding in diagnostics.diagnose(run_data)
+    ]
+    found += [
+        {"run": name, **finding}
+        for name in sorted(with_graph)
+        for finding in graph_findings(source, name)
+    ]
+    return {"diagnostics": found}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from tensorboard import errors
 
@@ -32,10 +32,29 @@ def graph_impl(source: ExperimentSource, run: str) -> dict[str, Any]:
     report = report_graph(graph)
     return {
         "run": run,
-        # float32 constants as they print (0.99, not 0.9900000095), like every other route's numbers.
+        # float32 constants as they print (0.99, not 0.9900000095), like the other routes.
         "sites": [
             {**site.to_json(), "momentum": json_values(site.momentum)} for site in report.sites
         ],
         "findings": [graph_finding_json(finding) for finding in report.findings],
         "error": None,
     }
+
+
+def graph_findings(source: ExperimentSource, run: str) -> list[dict[str, Any]]:
+    """The graph-level findings of ``run`` (``graph_impl``'s ``findings``) for the overview.
+
+    Empty when the run has no graph or its stored graph is not a ``GraphDef``:
+    the graph view explains why (``graph_impl``'s 404).
+    """
+    graph = _readable_graph(source, run)
+    if graph is None:
+        return []
+    return [graph_finding_json(finding) for finding in report_graph(graph).findings]
+
+
+def _readable_graph(source: ExperimentSource, run: str) -> Optional[Any]:
+    try:
+        return read_run_graph(source.provider, source.ctx, source.experiment_id, run)
+    except GraphLoadError:
+        return None

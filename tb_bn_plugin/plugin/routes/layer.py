@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Optional
 
 import numpy as np
 from tensorboard import errors
 
 from tb_bn_plugin import diagnostics, metadata, records
+from tb_bn_plugin.diagnostics.batches import replica_batch_too_small
 from tb_bn_plugin.numerics import drift, ema
 from tb_bn_plugin.plugin.routes.encoding import json_values
 from tb_bn_plugin.plugin.routes.params import check_run
@@ -15,7 +17,7 @@ from tb_bn_plugin.plugin.routes.runs import ROW_CONFIG_FIELDS
 from tb_bn_plugin.reading.cache import SeriesCache
 from tb_bn_plugin.reading.load import load_runs
 from tb_bn_plugin.reading.provider import ExperimentSource, evenly_spaced
-from tb_bn_plugin.series import EmaErrorSeries
+from tb_bn_plugin.series import EmaErrorSeries, LayerSeries, RunData
 
 DEFAULT_RESOLUTION = 1000
 MAX_RESOLUTION = 100_000
@@ -60,7 +62,6 @@ def layer_impl(
     picked = evenly_spaced(len(series.steps), resolution)
     steps = series.steps[picked]
     momentum = series.info["momentum"][picked]
-    columns = list(enumerate(metadata.SUMMARY_COLUMNS))
 
     snapshots = evenly_spaced(
         len(series.channel_steps), _heatmap_columns(config.channels, resolution)
@@ -76,10 +77,7 @@ def layer_impl(
         "layer": layer,
         "config": {k: getattr(config, k) for k in _CONFIG_FIELDS},
         "steps": steps.tolist(),
-        "summary": {
-            stat: {name: json_values(table[picked, j]) for j, name in columns}
-            for stat, table in series.summary.items()
-        },
+        "summary": summary_json(series, picked),
         "info": {field: json_values(series.info[field][picked]) for field in _INFO_FIELDS},
         "ema_initial_weight": json_values(drift.ema_initial_weight(momentum, steps)),
         "channel_steps": series.channel_steps[snapshots].tolist(),
@@ -91,6 +89,48 @@ def layer_impl(
             "values": {stat: json_values(v[:, channel]) for stat, v in values.items()},
         },
         "ema_error": _ema_error_json(run_data.ema_error.get(layer), resolution),
+        "replicas": _replicas_json(run_data, series, resolution),
+    }
+
+
+def summary_json(
+    series: LayerSeries, picked: np.ndarray, stats: Optional[Iterable[str]] = None
+) -> dict[str, dict[str, Any]]:
+    """Each statistic (or those of ``stats`` the layer has) across channels at ``picked``."""
+    columns = list(enumerate(metadata.SUMMARY_COLUMNS))
+    wanted = series.summary.keys() if stats is None else [s for s in stats if s in series.summary]
+    return {
+        stat: {name: json_values(series.summary[stat][picked, j]) for j, name in columns}
+        for stat in wanted
+    }
+
+
+def _replicas_json(
+    run_data: RunData, series: LayerSeries, resolution: int
+) -> Optional[dict[str, Any]]:
+    """Per-replica batch statistics (means over channels) beside the global ones, and the layer's
+    ``replica-batch-too-small`` finding; ``None`` when per-replica statistics were not logged.
+    """
+    replicas = series.replicas
+    if replicas is None or not len(replicas.steps):
+        return None
+    picked = evenly_spaced(len(replicas.steps), resolution)
+    combined = replicas.global_moments()
+    finding = next(
+        (f for f in replica_batch_too_small(run_data) if series.config.path in f.layers),
+        None,
+    )
+    return {
+        "steps": replicas.steps[picked].tolist(),
+        # (P, R) -> one list per replica.
+        "count": json_values(replicas.count[picked].T),
+        "batch_mean": json_values(replicas.mean[picked].mean(axis=2).T),
+        "batch_variance": json_values(replicas.variance[picked].mean(axis=2).T),
+        "global": {
+            "batch_mean": json_values(combined.mean[picked].mean(axis=1)),
+            "batch_variance": json_values(combined.variance[picked].mean(axis=1)),
+        },
+        "finding": finding.to_json() if finding is not None else None,
     }
 
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Optional
 
 from tensorboard import errors
+from werkzeug.datastructures import MultiDict
 
 from tb_bn_plugin.reading.provider import ExperimentSource
 
@@ -20,6 +21,16 @@ def required(args: Mapping[str, str], name: str) -> str:
     if not value:
         raise errors.InvalidArgumentError(f"missing parameter {name!r}")
     return value
+
+
+def required_list(args: MultiDict, name: str) -> list[str]:
+    """Every value of the repeated parameter ``name`` (``?run=a&run=b``), none of them empty."""
+    values = args.getlist(name)
+    if not values:
+        raise errors.InvalidArgumentError(f"missing parameter {name!r}")
+    if not all(values):
+        raise errors.InvalidArgumentError(f"parameter {name!r} must not be empty")
+    return values
 
 
 def int_param(

@@ -11,6 +11,7 @@ from tensorboard.plugins.graph import metadata as graph_metadata
 
 from tb_bn_plugin import diagnostics, metadata
 from tb_bn_plugin.plugin.routes.encoding import json_values, last
+from tb_bn_plugin.plugin.routes.graph import graph_findings
 from tb_bn_plugin.reading.cache import SeriesCache
 from tb_bn_plugin.reading.load import load_runs
 from tb_bn_plugin.reading.provider import ExperimentSource, evenly_spaced
@@ -26,7 +27,7 @@ ROW_CONFIG_FIELDS = ("path", "index", "channels", "axis", "momentum", "epsilon",
 def runs_impl(source: ExperimentSource, cache: Optional[SeriesCache] = None) -> dict[str, Any]:
     """The overview: every run with BN Internals data or a graph, its layers, gap and findings."""
     runs = overview_runs(source, cache)
-    graph_runs = _graph_runs(source)
+    graph_runs = runs_with_graph(source)
     steps = _logged_steps(source, runs, cache)
     rows = []
     for name in sorted(set(runs) | graph_runs):
@@ -36,6 +37,12 @@ def runs_impl(source: ExperimentSource, cache: Optional[SeriesCache] = None) -> 
             {
                 "run": name,
                 "has_graph": name in graph_runs,
+                "graph_findings": [
+                    {key: finding[key] for key in ("code", "severity", "title", "sites")}
+                    for finding in graph_findings(source, name)
+                ]
+                if name in graph_runs
+                else [],
                 "errors": list(run.errors),
                 "gap": _latest_gap(run.gap),
                 "layers": [
@@ -126,7 +133,7 @@ def _latest_gap(gap: Optional[GapSeries]) -> Optional[dict[str, Any]]:
     }
 
 
-def _graph_runs(source: ExperimentSource) -> set[str]:
+def runs_with_graph(source: ExperimentSource) -> set[str]:
     """Runs with a stored run graph (what ``read_run_graph`` reads)."""
     listing = source.provider.list_blob_sequences(
         source.ctx,
