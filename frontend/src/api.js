@@ -17,7 +17,10 @@ function routeUrl(route, params) {
   const url = new URL(route, document.baseURI);
   if (params) {
     for (const [k, v] of Object.entries(params)) {
-      if (v !== null && v !== undefined && v !== "") url.searchParams.set(k, String(v));
+      // An array is a repeated parameter (compare?run=a&run=b).
+      for (const one of Array.isArray(v) ? v : [v]) {
+        if (one !== null && one !== undefined && one !== "") url.searchParams.append(k, String(one));
+      }
     }
   }
   return url;
@@ -77,6 +80,7 @@ export const api = {
   runs: () => get("runs"),
   layer: (run, layer, resolution, channel) =>
     get("layer", { run, layer, resolution, channel: channel === null || channel === undefined ? null : channel }),
+  compare: (layer, runs, resolution) => get("compare", { layer, run: runs, resolution }),
   gap: (run) => get("gap", { run }),
   diagnostics: (run) => get("diagnostics", run ? { run } : null),
   graph: (run) => get("graph", { run }),

@@ -92,7 +92,8 @@ function cleanValues(values, n, positiveOnly) {
 
 /**
  * A time-series chart over steps.
- * series: [{label, values, color, width, dash, stepped, band: {lo, hi}, scale}]
+ * series: [{label, values, color, width, dash, stepped, band: {lo, hi}, scale, spanGaps}]
+ * (spanGaps: draw across missing values, for runs overlaid on the union of their steps)
  * opts: {height, yLabel, logY, syncKey, y2: {label, range}}
  */
 export function seriesChart(container, steps, series, opts = {}) {
@@ -113,7 +114,7 @@ export function seriesChart(container, steps, series, opts = {}) {
       width: sr.width || 1.6,
       dash: sr.dash,
       scale: sr.scale || "y",
-      spanGaps: false,
+      spanGaps: Boolean(sr.spanGaps),
       points: { show: n <= 60 },
       paths: sr.stepped ? uPlot.paths.stepped({ align: 1 }) : undefined,
       value: (_u, v) => (v === null || v === undefined ? "—" : fmt(v)),

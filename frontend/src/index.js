@@ -19,7 +19,7 @@ const VIEWS = [
   { id: "diagnostics", title: "Diagnostics", render: renderDiagnostics },
   { id: "graph", title: "Graph", render: renderGraph },
 ];
-const STATE_KEYS = ["view", "run", "layer", "channel", "sort", "dir", "filter", "band", "sev", "drun"];
+const STATE_KEYS = ["view", "run", "layer", "channel", "sort", "dir", "filter", "band", "sev", "drun", "desel", "rx", "lorder", "site"];
 const REFRESH_MS = 30000;
 
 function parseHash() {
@@ -190,12 +190,11 @@ class App {
       }
     }
     if (!ctx.isCurrent()) return;
-    if (soft) {
-      window.scrollTo(0, scrollY);
-      if (focused) {
-        const el = panel.querySelector(`[data-control="${focused}"]`);
-        if (el) el.focus();
-      }
+    if (soft) window.scrollTo(0, scrollY);
+    // Controls that re-render their view (run selector, layer search) keep the focus.
+    if (focused) {
+      const el = [...panel.querySelectorAll("[data-control]")].find((x) => x.dataset.control === focused);
+      if (el) el.focus();
     }
     if (!document.documentElement.dataset.firstRenderMs) {
       document.documentElement.dataset.firstRenderMs = String(Math.round(performance.now()));

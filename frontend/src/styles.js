@@ -214,6 +214,24 @@ svg .edge-label.warn { fill: var(--sev-error); font-weight: 500; }
 .op-list .op-role { min-width: 110px; color: var(--text-2); font-size: 11.5px; }
 .op-list code { word-break: break-all; }
 .op-selected { margin-top: 6px; display: flex; flex-wrap: wrap; align-items: center; gap: 8px; font-size: 12px; min-height: 24px; }
+.run-selector { background: var(--card); border: 1px solid var(--border); border-radius: 4px; padding: 6px 10px; margin: 0 0 12px; }
+.run-selector-head { display: flex; flex-wrap: wrap; align-items: center; gap: 8px 12px; }
+.run-selector-head input { background: var(--card); border: 1px solid var(--border); border-radius: 4px; padding: 3px 6px; color: var(--text); min-width: 200px; }
+.run-selector-head input.invalid { border-color: var(--sev-error); }
+.run-options { display: flex; flex-wrap: wrap; gap: 4px 14px; margin-top: 6px; max-height: 120px; overflow: auto; }
+.run-option { display: inline-flex; align-items: center; gap: 5px; cursor: pointer; max-width: 360px; }
+.run-option-name { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.run-swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; flex: none; }
+.run-card { border-left-width: 4px; }
+.layer-nav { display: inline-flex; flex-wrap: wrap; align-items: center; gap: 6px 8px; }
+.compare-view { margin: 0 0 14px; }
+.compare-legend { display: flex; flex-wrap: wrap; gap: 4px 16px; margin: 0 0 8px; color: var(--text-2); }
+.compare-run { display: inline-flex; align-items: center; gap: 5px; word-break: break-all; }
+.affected-table { font-size: 12px; }
+.affected-table td.mono { white-space: nowrap; }
+.finding-count { color: var(--text-2); font-size: 12px; }
+.graph-findings .site-link { padding: 0; }
+.replica-finding .evidence { margin: 6px 0; }
 `;
 
 let injected = false;

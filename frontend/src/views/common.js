@@ -2,6 +2,7 @@
 import { h, messageBox } from "../dom.js";
 import { api, describeError, ApiError } from "../api.js";
 import { fmtEvidence } from "../format.js";
+import { runSelector } from "../selection.js";
 
 export const EMPTY_GUIDANCE = "No BN Internals data yet: add BatchNormCallback(log_dir=...) to model.fit";
 
@@ -107,5 +108,25 @@ export function evidenceTable(evidence) {
         h("tr", { dataset: { key: k } }, h("td", null, k), h("td", { class: "mono" }, fmtEvidence(v))),
       ),
     ),
+  );
+}
+
+/** The run selector at the top of a view; a change re-renders the view with the new selection. */
+export function selectorFor(ctx, runs) {
+  return runSelector(runs, ctx.state, (patch) => ctx.update(patch));
+}
+
+/** A button that opens the Graph view of `run` at BatchNorm site `site` (scrolled to it). */
+export function siteLink(ctx, run, site, label = null) {
+  return h(
+    "button",
+    {
+      type: "button",
+      class: "linklike site-link",
+      dataset: { run, site },
+      title: `Show this site in the Graph view: ${site}`,
+      on: { click: () => ctx.open("graph", { run, site }) },
+    },
+    label === null ? site : label,
   );
 }

@@ -1,78 +1,165 @@
-// Diagnostics: every finding with severity, evidence, affected layers (links
-// to the layer view, channels too) and the fix paragraph.
+// Diagnostics: one card per problem, i.e. per (run, code): severity, title,
+// the fix once, and a sortable table of the affected layers (statistics
+// findings, each linking to its layer) or BatchNorm sites (graph findings,
+// each linking to the Graph view's site) with their evidence.
 import { h, messageBox } from "../dom.js";
 import { api } from "../api.js";
-import { severityRank } from "../format.js";
-import { loadRuns, load, runSelect, severityBadge, layerLink, evidenceTable } from "./common.js";
+import { fmtEvidence, severityRank } from "../format.js";
+import { loadRuns, load, runSelect, severityBadge, layerLink, siteLink } from "./common.js";
 
-export function findingCard(ctx, f, { run = f.run, kind = "layers" } = {}) {
-  const layers = Array.isArray(f.layers) ? f.layers : [];
-  const sites = Array.isArray(f.sites) ? f.sites : [];
-  const channels = f.channels && typeof f.channels === "object" ? f.channels : {};
-  const affected =
-    kind === "layers"
-      ? layers.map((path) => {
-          const chs = Array.isArray(channels[path]) ? channels[path] : [];
-          return h(
-            "span",
-            { class: "affected", dataset: { layer: path } },
-            layerLink(ctx, run, path),
-            chs.length
-              ? h(
-                  "span",
-                  { class: "muted" },
-                  " (channels ",
-                  chs.slice(0, 12).flatMap((c, i) => [i ? ", " : "", layerLink(ctx, run, path, { channel: c, label: String(c) })]),
-                  chs.length > 12 ? `, … ${chs.length - 12} more` : "",
-                  ")",
-                )
-              : null,
-          );
-        })
-      : sites.map((name) =>
-          h(
-            "button",
-            {
-              type: "button",
-              class: "linklike affected site-link",
-              dataset: { site: name },
-              title: "Show this site's graph",
-              on: {
-                click: () => {
-                  const el = [...document.querySelectorAll(".site[data-site]")].find((x) => x.dataset.site === name);
-                  if (el) {
-                    el.scrollIntoView({ block: "start" });
-                    el.classList.add("site-flash");
-                    setTimeout(() => el.classList.remove("site-flash"), 1200);
-                  }
-                },
-              },
-            },
-            name,
-          ),
-        );
+/** Findings grouped by (run, code), most severe first; a group keeps its findings' order. */
+export function groupFindings(findings) {
+  const groups = new Map();
+  for (const f of findings) {
+    const key = JSON.stringify([f.run || "", f.code]);
+    if (!groups.has(key)) groups.set(key, { run: f.run || "", code: f.code, severity: f.severity, findings: [] });
+    const g = groups.get(key);
+    g.findings.push(f);
+    if (severityRank(f.severity) < severityRank(g.severity)) g.severity = f.severity;
+  }
+  return [...groups.values()].sort(
+    (a, b) => severityRank(a.severity) - severityRank(b.severity) || a.run.localeCompare(b.run) || a.code.localeCompare(b.code),
+  );
+}
+
+const isMapping = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
+
+/**
+ * The evidence of `f` that is about `name` (a layer or site): entries keyed by
+ * the finding's other layers/sites are left out, and a mapping keyed by layer
+ * (e.g. ema-error's `layers`) contributes only this layer's entry.
+ */
+function evidenceFor(f, name, names) {
+  const out = {};
+  for (const [key, value] of Object.entries(f.evidence || {})) {
+    if (key === name) out.detail = value;
+    else if (names.includes(key)) continue;
+    else if (isMapping(value) && name in value) {
+      const mine = value[name];
+      if (isMapping(mine)) Object.assign(out, mine);
+      else out[key] = mine;
+    } else out[key] = value;
+  }
+  return out;
+}
+
+/** One table row per affected layer or site of every finding of the group. */
+function affectedRows(group) {
+  const rows = [];
+  for (const f of group.findings) {
+    const kind = Array.isArray(f.sites) ? "site" : "layer";
+    const names = (kind === "site" ? f.sites : f.layers) || [];
+    if (!names.length) rows.push({ kind: "run", name: "", finding: f, evidence: evidenceFor(f, "", names) });
+    for (const name of names) rows.push({ kind, name, finding: f, evidence: evidenceFor(f, name, names) });
+  }
+  return rows;
+}
+
+function compareCells(a, b) {
+  const na = typeof a === "number";
+  const nb = typeof b === "number";
+  if (na && nb) return a - b;
+  if (na !== nb) return na ? -1 : 1;
+  return fmtEvidence(a ?? "").localeCompare(fmtEvidence(b ?? ""));
+}
+
+/**
+ * The card of one problem. `inGraph`: rendered by the Graph view, whose site
+ * links scroll to the site on the page instead of opening the Graph view.
+ */
+export function problemCard(ctx, group, { inGraph = false } = {}) {
+  const rows = affectedRows(group);
+  const titles = [...new Set(group.findings.map((f) => f.title || f.code))];
+  const fixes = [...new Set(group.findings.map((f) => f.fix).filter(Boolean))];
+  const keys = [];
+  for (const row of rows) for (const k of Object.keys(row.evidence)) if (!keys.includes(k)) keys.push(k);
+  const what = rows.every((r) => r.kind === "site") ? "site" : "layer";
+  const named = rows.filter((r) => r.name).length;
+
+  const nameCell = (row) => {
+    if (row.kind === "layer") return h("td", { class: "affected", dataset: { layer: row.name } }, layerLink(ctx, group.run, row.name), channelLinks(ctx, group.run, row));
+    if (row.kind === "site") {
+      const link = inGraph ? inPageSiteLink(row.name) : siteLink(ctx, group.run, row.name);
+      return h("td", { class: "affected", dataset: { site: row.name } }, link);
+    }
+    return h("td", { class: "muted" }, "whole run");
+  };
+  const rowEls = rows.map((row) =>
+    h(
+      "tr",
+      { dataset: row.kind === "site" ? { site: row.name } : { layer: row.name } },
+      nameCell(row),
+      titles.length > 1 ? h("td", { class: "finding-row-title" }, row.finding.title || "") : null,
+      keys.map((k) => h("td", { class: "mono", dataset: { key: k } }, k in row.evidence ? fmtEvidence(row.evidence[k]) : "—")),
+    ),
+  );
+  const tbody = h("tbody", null, rowEls);
+  const sortState = { key: null, dir: 1 };
+  const sortBy = (key, th) => {
+    sortState.dir = sortState.key === key ? -sortState.dir : typeof rows.find((r) => key in r.evidence)?.evidence[key] === "number" ? -1 : 1;
+    sortState.key = key;
+    const order = rows.map((r, i) => i).sort((i, j) => sortState.dir * compareCells(rows[i].evidence[key], rows[j].evidence[key]) || i - j);
+    for (const i of order) tbody.appendChild(rowEls[i]);
+    for (const other of th.parentElement.children) other.setAttribute("aria-sort", "none");
+    th.setAttribute("aria-sort", sortState.dir > 0 ? "ascending" : "descending");
+  };
+  const headCell = (key) => {
+    const th = h("th", { scope: "col", dataset: { sortKey: key }, "aria-sort": "none" });
+    th.appendChild(h("button", { type: "button", class: "sort-btn", dataset: { sortCol: key }, title: "Sort by this column", on: { click: () => sortBy(key, th) } }, key));
+    return th;
+  };
+  const table = h(
+    "table",
+    { class: "data affected-table", dataset: { table: "affected", rows: rows.length } },
+    h("thead", null, h("tr", null, h("th", { scope: "col" }, what === "site" ? "Site" : "Layer"), titles.length > 1 ? h("th", { scope: "col" }, "Finding") : null, keys.map(headCell))),
+    tbody,
+  );
   return h(
     "article",
-    { class: "finding", dataset: { code: f.code, severity: f.severity, run: run || "" } },
+    { class: "finding", dataset: { code: group.code, severity: group.severity, run: group.run, count: named } },
     h(
       "div",
       { class: "finding-head" },
-      severityBadge(f.severity),
-      h("span", { class: "finding-title" }, f.title || f.code),
-      h("code", { class: "finding-code" }, f.code),
-      run ? h("span", { class: "finding-run" }, `run: ${run}`) : null,
+      severityBadge(group.severity),
+      h("span", { class: "finding-title" }, titles.length === 1 ? titles[0] : `${titles[0]} (and ${titles.length - 1} more)`),
+      h("code", { class: "finding-code" }, group.code),
+      named ? h("span", { class: "finding-count", dataset: { role: "affected-count" } }, `${named} ${what}${named === 1 ? "" : "s"}`) : null,
+      group.run && !inGraph ? h("span", { class: "finding-run" }, `run: ${group.run}`) : null,
     ),
-    affected.length
-      ? h(
-          "div",
-          { class: "finding-section" },
-          h("div", { class: "label" }, kind === "layers" ? "Affected layers" : "Affected sites"),
-          h("div", { class: "layer-links" }, affected),
-        )
-      : null,
-    h("div", { class: "finding-section" }, h("div", { class: "label" }, "Evidence"), evidenceTable(f.evidence)),
-    f.fix ? h("div", { class: "finding-section" }, h("div", { class: "label" }, "Fix"), h("p", { class: "fix" }, f.fix)) : null,
+    h("div", { class: "finding-section table-wrap" }, table),
+    fixes.length ? h("div", { class: "finding-section" }, h("div", { class: "label" }, "Fix"), fixes.map((fix) => h("p", { class: "fix" }, fix))) : null,
   );
+}
+
+function channelLinks(ctx, run, row) {
+  const channels = isMapping(row.finding.channels) && Array.isArray(row.finding.channels[row.name]) ? row.finding.channels[row.name] : [];
+  if (!channels.length) return null;
+  return h(
+    "span",
+    { class: "muted" },
+    " (channels ",
+    channels.slice(0, 8).flatMap((c, i) => [i ? ", " : "", layerLink(ctx, run, row.name, { channel: c, label: String(c) })]),
+    channels.length > 8 ? `, … ${channels.length - 8} more` : "",
+    ")",
+  );
+}
+
+/** A site link inside the Graph view: scrolls to the site's section and flashes it. */
+function inPageSiteLink(name) {
+  return h(
+    "button",
+    { type: "button", class: "linklike site-link", dataset: { site: name }, title: "Show this site's graph", on: { click: () => scrollToSite(name) } },
+    name,
+  );
+}
+
+export function scrollToSite(name) {
+  const el = [...document.querySelectorAll(".site[data-site]")].find((x) => x.dataset.site === name);
+  if (!el) return false;
+  el.scrollIntoView({ block: "start" });
+  el.classList.add("site-flash");
+  setTimeout(() => el.classList.remove("site-flash"), 1200);
+  return true;
 }
 
 export async function renderDiagnostics(panel, ctx) {
@@ -84,11 +171,10 @@ export async function renderDiagnostics(panel, ctx) {
   if (!data) return;
   ctx.begin();
   const sevFilter = ["error", "warning", "info"].includes(state.sev) ? state.sev : "";
-  const all = (Array.isArray(data.diagnostics) ? data.diagnostics : []).slice();
-  all.sort((a, b) => severityRank(a.severity) - severityRank(b.severity) || String(a.run).localeCompare(String(b.run)) || String(a.code).localeCompare(String(b.code)));
-  const shown = all.filter((f) => (!sevFilter || f.severity === sevFilter) && (!runFilter || f.run === runFilter));
+  const groups = groupFindings(Array.isArray(data.diagnostics) ? data.diagnostics : []);
+  const shown = groups.filter((g) => (!sevFilter || g.severity === sevFilter) && (!runFilter || g.run === runFilter));
   const counts = { error: 0, warning: 0, info: 0 };
-  for (const f of all) counts[f.severity] = (counts[f.severity] || 0) + 1;
+  for (const g of groups) counts[g.severity] = (counts[g.severity] || 0) + 1;
 
   const sevSelect = h("select", { dataset: { control: "severity" }, on: { change: () => ctx.update({ sev: sevSelect.value }) } });
   for (const [v, label] of [["", "All severities"], ["error", "Errors"], ["warning", "Warnings"], ["info", "Info"]]) {
@@ -103,7 +189,7 @@ export async function renderDiagnostics(panel, ctx) {
       h("label", null, "Severity", sevSelect),
       h(
         "span",
-        { class: "summary-counts", dataset: { role: "counts" } },
+        { class: "summary-counts", dataset: { role: "counts" }, title: "Problems: one per run and code" },
         severityBadge("error", `${counts.error} error${counts.error === 1 ? "" : "s"}`),
         severityBadge("warning", `${counts.warning} warning${counts.warning === 1 ? "" : "s"}`),
         severityBadge("info", `${counts.info} info`),
@@ -113,8 +199,8 @@ export async function renderDiagnostics(panel, ctx) {
   const list = h("div", { class: "findings", dataset: { count: shown.length } });
   panel.appendChild(list);
   if (!shown.length) {
-    list.appendChild(messageBox("info", all.length ? "No finding matches the filter." : "No findings: nothing suspicious in the logged BN statistics."));
+    list.appendChild(messageBox("info", groups.length ? "No finding matches the filter." : "No findings: nothing suspicious in the logged BN statistics."));
     return;
   }
-  for (const f of shown) list.appendChild(findingCard(ctx, f));
+  for (const g of shown) list.appendChild(problemCard(ctx, g));
 }

@@ -4,7 +4,9 @@ import { h, messageBox } from "../dom.js";
 import { api } from "../api.js";
 import { seriesChart, barChart, cssVar, PALETTE } from "../charts.js";
 import { fmt, isNum, last } from "../format.js";
-import { loadRuns, pickRun, runSelect, errorBox, layerLink } from "./common.js";
+import { loadRuns, pickRun, runSelect, errorBox, layerLink, selectorFor } from "./common.js";
+import { overlayCard } from "./overlay.js";
+import { selectedRuns, runColor } from "../selection.js";
 
 const TOP_N = 8;
 
@@ -17,16 +19,28 @@ export async function renderGap(panel, ctx) {
   const runs = await loadRuns(panel, ctx);
   if (!runs) return;
   const run = pickRun(runs, ctx.state.run);
+  // Overlay: every selected run with a logged gap (a run whose gap fails to load is left out).
+  const chosen = selectedRuns(runs, ctx.state).filter((name) => runs.find((r) => r.run === name).gap);
   let data;
   let loadError = null;
+  let overlaid = [];
   try {
-    data = await api.gap(run.run);
+    [data, overlaid] = await Promise.all([
+      api.gap(run.run),
+      chosen.length > 1 ? Promise.all(chosen.map((name) => api.gap(name).catch(() => null))) : [],
+    ]);
   } catch (err) {
     loadError = err;
   }
   if (!ctx.isCurrent()) return;
   ctx.begin();
   panel.appendChild(h("h2", null, "Train / inference gap"));
+  panel.appendChild(selectorFor(ctx, runs));
+  const overlay = gapOverlay(runs, (overlaid || []).filter((g) => g && Array.isArray(g.steps) && g.steps.length));
+  if (overlay) {
+    panel.appendChild(overlay.card);
+    overlay.draw();
+  }
   panel.appendChild(h("div", { class: "controls" }, runSelect(runs, run.run, (v) => ctx.update({ run: v }))));
   if (loadError) {
     panel.appendChild(errorBox(loadError, `the gap of run “${run.run}”`));
@@ -199,4 +213,22 @@ export async function renderGap(panel, ctx) {
     root.appendChild(messageBox("info", "No per-layer gap logged for this run."));
   }
   for (const d of draws) d();
+}
+
+/** The selected runs' train (solid) and inference (dashed) losses on one chart; null under two runs. */
+function gapOverlay(runs, gaps) {
+  if (gaps.length < 2) return null;
+  const lines = gaps.flatMap((g) => [
+    { label: `${g.run} · train`, steps: g.steps, values: g.train_loss, color: runColor(runs, g.run) },
+    { label: `${g.run} · inference`, steps: g.steps, values: g.inference_loss, color: runColor(runs, g.run), dash: [6, 4] },
+  ]);
+  const c = overlayCard(
+    "gap-compare",
+    `Loss across ${gaps.length} selected runs: training mode vs inference mode`,
+    "Solid: train loss (batch statistics); dashed: inference loss (moving statistics). One colour per run.",
+    lines,
+    { wide: true, height: 280 },
+  );
+  c.card.dataset.runs = String(gaps.length);
+  return c;
 }

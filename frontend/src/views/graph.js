@@ -8,7 +8,7 @@ import { api, ApiError } from "../api.js";
 import { fmt } from "../format.js";
 import { parentUrlWithHash, openInParent } from "../host.js";
 import { loadRuns, pickRun, runSelect, errorBox } from "./common.js";
-import { findingCard } from "./diagnostics.js";
+import { groupFindings, problemCard, scrollToSite } from "./diagnostics.js";
 
 const MAX_PATH_NODES = 6;
 const KIND_TEXT = {
@@ -364,7 +364,9 @@ export async function renderGraph(panel, ctx) {
   const findings = Array.isArray(data.findings) ? data.findings : [];
   if (findings.length) {
     view.appendChild(h("h3", null, "Findings"));
-    for (const f of findings) view.appendChild(findingCard(ctx, f, { run: run.run, kind: "sites" }));
+    for (const group of groupFindings(findings.map((f) => ({ ...f, run: run.run, sites: Array.isArray(f.sites) ? f.sites : [] })))) {
+      view.appendChild(problemCard(ctx, group, { inGraph: true }));
+    }
   }
   const sites = Array.isArray(data.sites) ? data.sites : [];
   view.appendChild(h("h3", null, `${sites.length} BN site${sites.length === 1 ? "" : "s"}`));
@@ -389,4 +391,6 @@ export async function renderGraph(panel, ctx) {
   if (sites.length > 4) view.appendChild(h("div", { class: "controls" }, filter));
   view.appendChild(list);
   for (const site of sites) list.appendChild(siteSection(run.run, site));
+  // Opened from a finding elsewhere (#view=graph&site=...): show that site.
+  if (ctx.state.site && run.run === ctx.state.run) requestAnimationFrame(() => scrollToSite(ctx.state.site));
 }

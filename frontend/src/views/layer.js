@@ -4,9 +4,20 @@
 // error against precise statistics when a PreciseStatsMonitor logged it.
 import { h, messageBox, whenVisible } from "../dom.js";
 import { api } from "../api.js";
-import { seriesChart, heatmap, cssVar } from "../charts.js";
+import { seriesChart, heatmap, cssVar, PALETTE } from "../charts.js";
 import { fmt, isNum } from "../format.js";
-import { loadRuns, pickRun, runSelect, errorBox } from "./common.js";
+import { loadRuns, pickRun, runSelect, errorBox, selectorFor, evidenceTable, severityBadge } from "./common.js";
+import { layerNavigator } from "./layer_nav.js";
+import { overlayCard } from "./overlay.js";
+import { selectedRuns, runColor } from "../selection.js";
+
+// The statistics overlaid across the selected runs (compare route), in this order.
+const COMPARE_CHARTS = [
+  ["mean_shift", "Normalised mean shift"],
+  ["log_var_ratio", "Log variance ratio"],
+  ["moving_mean", "Moving mean"],
+  ["moving_variance", "Moving variance"],
+];
 
 const BANDS = {
   p: { label: "p05–p95 across channels", lo: "p05", hi: "p95" },
@@ -104,10 +115,18 @@ export async function renderLayer(panel, ctx) {
   const band = BANDS[bandKey];
   const resolution = resolutionFor(panel);
 
+  // Overlay: the selected runs that log this layer (matched by path), the shown run first.
+  const chosen = new Set(selectedRuns(runs, state));
+  const compared = [run, ...runs.filter((r) => r !== run && chosen.has(r.run) && (r.layers || []).some((l) => l.path === layerMeta.path))];
+  const comparing = compared.length > 1 && chosen.has(run.run);
   let data;
   let loadError = null;
+  let comparison = null;
   try {
-    data = await api.layer(run.run, layerMeta.path, resolution, channel);
+    [data, comparison] = await Promise.all([
+      api.layer(run.run, layerMeta.path, resolution, channel),
+      comparing ? api.compare(layerMeta.path, compared.map((r) => r.run), resolution).catch((err) => ({ error: err })) : null,
+    ]);
   } catch (err) {
     loadError = err;
   }
@@ -115,15 +134,6 @@ export async function renderLayer(panel, ctx) {
   ctx.begin();
 
   // Controls.
-  const layerSelect = h("select", {
-    dataset: { control: "layer" },
-    on: { change: () => ctx.update({ layer: layerSelect.value, channel: "" }) },
-  });
-  for (const l of layers) {
-    const opt = h("option", { value: l.path }, `${l.index} · ${l.path}`);
-    if (l.path === layerMeta.path) opt.selected = true;
-    layerSelect.appendChild(opt);
-  }
   const bandSelect = h("select", { dataset: { control: "band" }, on: { change: () => ctx.update({ band: bandSelect.value }) } });
   for (const [k, b] of Object.entries(BANDS)) bandSelect.appendChild(h("option", { value: k, selected: k === bandKey }, b.label));
   const chInput = h("input", {
@@ -151,6 +161,7 @@ export async function renderLayer(panel, ctx) {
   });
   chInput.addEventListener("input", () => chInput.setCustomValidity(""));
   panel.appendChild(h("h2", null, "Layer detail"));
+  panel.appendChild(selectorFor(ctx, runs));
   panel.appendChild(
     h(
       "div",
@@ -160,7 +171,7 @@ export async function renderLayer(panel, ctx) {
         run.run,
         (v) => ctx.update({ run: v, layer: "", channel: "" }),
       ),
-      h("label", null, "Layer", layerSelect),
+      layerNavigator(ctx, layers, layerMeta.path, state.lorder),
       h("label", null, "Band", bandSelect),
       h(
         "label",
@@ -211,10 +222,15 @@ export async function renderLayer(panel, ctx) {
     ),
   );
   panel.appendChild(root);
+  const charts = [];
+  const overlays = comparison ? compareSection(runs, layerMeta.path, comparison) : null;
+  if (overlays) root.appendChild(overlays.section);
   if (!steps.length) {
     root.appendChild(messageBox("info", "No steps logged for this layer yet."));
+    if (overlays) overlays.draw();
     return;
   }
+  if (overlays) charts.push(overlays.draw);
 
   const train = cssVar("--train");
   const infer = cssVar("--infer");
@@ -222,7 +238,6 @@ export async function renderLayer(panel, ctx) {
   const grid = h("div", { class: "chart-grid" });
   root.appendChild(grid);
   const sync = "bn-layer";
-  const charts = [];
   const add = (key, title, sub, series, opts = {}) => {
     const present = series.filter(Boolean);
     if (!present.length) return;
@@ -273,6 +288,12 @@ export async function renderLayer(panel, ctx) {
     ],
     { height: 160, yRange: [-0.05, 1.05], y2: Array.isArray(info.count) ? { label: "count" } : undefined },
   );
+
+  if (data.replicas && Array.isArray(data.replicas.steps) && data.replicas.steps.length) {
+    const replicas = replicaCharts(data.replicas, sync);
+    for (const card of replicas.cards) grid.appendChild(card);
+    charts.push(...replicas.draws);
+  }
 
   const ema = data.ema_error;
   if (ema && Array.isArray(ema.steps) && ema.steps.length) {
@@ -345,4 +366,83 @@ export async function renderLayer(panel, ctx) {
   for (const draw of charts) draw();
   const main = grid.querySelector('[data-chart="mean"]');
   if (main && isNum(Number(main.dataset.points))) root.dataset.plotted = main.dataset.points;
+}
+
+/**
+ * The chosen layer across the selected runs (the compare route's answer),
+ * one line per run in the run selector's colours. Returns the section and a
+ * function drawing its charts once it is in the DOM.
+ */
+function compareSection(runs, path, comparison) {
+  const section = h("section", { class: "compare-view", dataset: { role: "compare", layer: path } });
+  section.appendChild(h("h3", null, "Across the selected runs"));
+  if (comparison.error) {
+    section.appendChild(errorBox(comparison.error, `layer “${path}” across the selected runs`));
+    return { section, draw: () => {} };
+  }
+  const series = Array.isArray(comparison.runs) ? comparison.runs : [];
+  section.dataset.runs = String(series.length);
+  section.appendChild(
+    h(
+      "div",
+      { class: "compare-legend" },
+      series.map((r) =>
+        h(
+          "span",
+          { class: "compare-run", dataset: { run: r.run } },
+          h("span", { class: "run-swatch", style: { background: runColor(runs, r.run) }, "aria-hidden": "true" }),
+          `${r.run} (momentum ${fmt(r.momentum)}, ${r.steps.length} points)`,
+        ),
+      ),
+    ),
+  );
+  const grid = h("div", { class: "chart-grid" });
+  section.appendChild(grid);
+  const draws = [];
+  for (const [stat, title] of COMPARE_CHARTS) {
+    const lines = series
+      .filter((r) => r.summary && r.summary[stat])
+      .map((r) => ({ label: r.run, steps: r.steps, values: r.summary[stat].mean, color: runColor(runs, r.run) }));
+    if (!lines.length) continue;
+    const c = overlayCard(`compare-${stat}`, title, "Mean across channels, one line per run.", lines, { syncKey: "bn-compare" });
+    grid.appendChild(c.card);
+    draws.push(c.draw);
+  }
+  return { section, draw: () => draws.forEach((d) => d()) };
+}
+
+/**
+ * Per-replica batch statistics (tf.distribute, unsynchronised layers): one
+ * line per replica beside the global statistics, and the layer's
+ * replica-batch-too-small finding with its evidence.
+ */
+function replicaCharts(replicas, syncKey) {
+  const steps = replicas.steps;
+  const global = replicas.global || {};
+  const text = cssVar("--text");
+  const cards = [];
+  const draws = [];
+  for (const [stat, title] of [["batch_mean", "Batch mean per replica"], ["batch_variance", "Batch variance per replica"]]) {
+    const perReplica = Array.isArray(replicas[stat]) ? replicas[stat] : [];
+    const c = chartCard(`replicas-${stat === "batch_mean" ? "mean" : "variance"}`, title, "Mean across channels; each replica normalised with its own batch statistics. Thick: the global batch.");
+    cards.push(c.card);
+    const series = [
+      ...perReplica.map((values, i) => ({ label: `replica ${i}`, values, color: PALETTE[i % PALETTE.length] })),
+      { label: "global", values: global[stat], color: text, width: 2.6 },
+    ];
+    draws.push(() => seriesChart(c.body, steps, series, { syncKey }));
+  }
+  const f = replicas.finding;
+  cards.push(
+    f
+      ? h(
+          "div",
+          { class: "chart-card wide replica-finding", dataset: { role: "replica-finding", code: f.code, severity: f.severity } },
+          h("div", { class: "finding-head" }, severityBadge(f.severity), h("span", { class: "finding-title" }, f.title), h("code", { class: "finding-code" }, f.code)),
+          evidenceTable(f.evidence),
+          h("p", { class: "fix" }, f.fix),
+        )
+      : h("div", { class: "chart-card wide muted", dataset: { role: "replica-finding" } }, `${Array.isArray(replicas.count) ? replicas.count.length : 0} replicas: no replica-batch-too-small finding for this layer.`),
+  );
+  return { cards, draws };
 }

@@ -3,7 +3,8 @@
 import { h, whenVisible } from "../dom.js";
 import { sparkline, cssVar } from "../charts.js";
 import { fmt, isNum, severityRank } from "../format.js";
-import { loadRuns, severityBadge, layerLink } from "./common.js";
+import { loadRuns, severityBadge, layerLink, selectorFor, siteLink } from "./common.js";
+import { selectedRuns, runColor } from "../selection.js";
 
 const SORT_KEYS = {
   drift: { label: "Drift", title: "Latest mean over channels of the normalised mean shift |batch mean − moving mean| / √(moving var + ε)" },
@@ -31,10 +32,30 @@ function modeText(layer) {
   return parts.join(", ");
 }
 
+/** A run's graph findings (runs route `graph_findings`), each linking to its first site. */
+function graphFindingBadges(ctx, run) {
+  const found = (Array.isArray(run.graph_findings) ? run.graph_findings : []).slice();
+  found.sort((a, b) => severityRank(a.severity) - severityRank(b.severity));
+  if (!found.length) return null;
+  return h(
+    "div",
+    { class: "badges graph-findings", dataset: { role: "graph-findings" } },
+    found.map((f) => {
+      const sites = Array.isArray(f.sites) ? f.sites : [];
+      const badge = severityBadge(f.severity, `graph: ${f.code}`);
+      badge.dataset.code = f.code;
+      badge.title = f.title || f.code;
+      return sites.length ? siteLink(ctx, run.run, sites[0], badge) : badge;
+    }),
+  );
+}
+
 export async function renderOverview(panel, ctx) {
-  const runs = await loadRuns(panel, ctx);
-  if (!runs) return;
+  const allRuns = await loadRuns(panel, ctx);
+  if (!allRuns) return;
   ctx.begin();
+  const chosen = new Set(selectedRuns(allRuns, ctx.state));
+  const runs = allRuns.filter((r) => chosen.has(r.run));
   const state = ctx.state;
   let sortKey = SORT_KEYS[state.sort] ? state.sort : null;
   let sortDir = state.dir === "asc" ? "asc" : "desc";
@@ -52,7 +73,7 @@ export async function renderOverview(panel, ctx) {
     cards.appendChild(
       h(
         "div",
-        { class: "run-card", dataset: { run: run.run } },
+        { class: "run-card", dataset: { run: run.run }, style: { borderLeftColor: runColor(allRuns, run.run) } },
         h("div", { class: "run-name" }, run.run),
         h("div", { class: "kv" }, `${layers.length} BN layer${layers.length === 1 ? "" : "s"}`, run.has_graph ? " · graph" : ""),
         gap
@@ -71,6 +92,7 @@ export async function renderOverview(panel, ctx) {
               counts.info ? severityBadge("info", `${counts.info} layer info`) : null,
             )
           : null,
+        graphFindingBadges(ctx, run),
         run.errors && run.errors.length ? h("ul", { class: "run-errors", dataset: { role: "run-errors" } }, run.errors.map((e) => h("li", null, e))) : null,
       ),
     );
@@ -228,6 +250,7 @@ export async function renderOverview(panel, ctx) {
   applyFilter(filter.value);
 
   panel.appendChild(h("h2", null, "Overview"));
+  panel.appendChild(selectorFor(ctx, allRuns));
   panel.appendChild(cards);
   panel.appendChild(h("div", { class: "controls" }, filter, countEl));
   if (rows.length) {
