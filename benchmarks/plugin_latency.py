@@ -1,30 +1,32 @@
 """Latency of the BN Internals plugin on a large synthetic logdir.
 
-Synthesises one run of BatchNormalization layers x logged steps (written with
-``tb_bn_plugin.summary.SummaryWriter`` and ``records`` straight from numpy
-data, no training; 8 channels per layer, per-channel snapshots at the cadence
-the callback's default byte budget picks), then, for each TensorBoard loader
+Synthesises runs of BatchNormalization layers x logged steps (one run written
+with ``tb_bn_plugin.summary.SummaryWriter`` and ``records`` straight from
+numpy data, no training; 8 channels per layer, per-channel snapshots at the
+cadence the callback's default byte budget picks; the other runs are copies of
+its event file, read like any run), then, for each TensorBoard loader
 (Python ``EventMultiplexer``; Rust data server when installed) measures:
 
 * load: ``LocalDataIngester`` (``EventMultiplexer.Reload``), or the data
   server from start until every series is loaded; plus a real
   ``tensorboard --load_fast=true`` process from launch until the ``runs``
-  route lists every layer with every step; then, in a fresh such process
-  (cold plugin), the tab's first meaningful paint in headless Chromium
+  route lists every layer of every run with every step; then, in a fresh such
+  process (cold plugin), the tab's first meaningful paint in headless Chromium
   (``/usr/bin/chromium`` via playwright; skipped without them): from opening
   ``#bn_internals`` until the overview lists every layer and draws the
   sparklines in view;
-* the ``runs`` (overview) route and one layer's ``layer`` route
-  (``resolution=1000``) through TensorBoard's real WSGI app: *cold* is the
-  first request of a fresh plugin (empty cache; median over fresh plugins /
-  different layers), *warm* the median of repeated requests.
+* the ``runs`` (overview) route, one layer's ``layer`` route and a
+  ``COMPARE_RUNS``-run ``compare`` route (``resolution=1000``) through
+  TensorBoard's real WSGI app: *cold* is the first request of a fresh plugin
+  (empty cache; median over fresh plugins / different layers), *warm* the
+  median of repeated requests.
 
-Targets (full size): overview < 1 s, one layer's detail < 200 ms, first paint < 2 s.
-Prints a table and writes ``benchmarks/results/plugin_latency.json``.
+Targets (full size): overview and a 4-run compare < 1 s, one layer's detail < 200 ms,
+first paint < 2 s. Prints a table and writes ``benchmarks/results/plugin_latency.json``.
 
-    python benchmarks/plugin_latency.py            # 100 layers x 5,000 steps
-    python benchmarks/plugin_latency.py --quick    # 20 layers x 1,000 steps, < 2 min
-    python benchmarks/plugin_latency.py --smoke    # 4 layers x 100 steps
+    python benchmarks/plugin_latency.py            # 10 runs x 100 layers x 5,000 steps
+    python benchmarks/plugin_latency.py --quick    # 10 runs x 20 layers x 1,000 steps
+    python benchmarks/plugin_latency.py --smoke    # 2 runs x 4 layers x 100 steps
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any, Optional
+from urllib.parse import urlencode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -62,11 +65,16 @@ from tb_bn_plugin.plugin import loader  # noqa: E402
 from tb_bn_plugin.series import LayerConfig  # noqa: E402
 
 LOG_EVERY = 50
-SIZES = {"full": (100, 5000), "quick": (20, 1000), "smoke": (4, 100)}  # layers, logged steps
+SIZES = {
+    "full": (10, 100, 5000),
+    "quick": (10, 20, 1000),
+    "smoke": (2, 4, 100),
+}  # runs, layers, steps
+COMPARE_RUNS = 4
 REPEATS = {"full": 7, "quick": 5, "smoke": 2}
 PREFIX = "/data/plugin/bn_internals/"
 RESOLUTION = 1000
-TARGETS = {"overview_s": 1.0, "layer_s": 0.2, "first_paint_s": 2.0}
+TARGETS = {"overview_s": 1.0, "compare_s": 1.0, "layer_s": 0.2, "first_paint_s": 2.0}
 CHROMIUM = "/usr/bin/chromium"
 LOAD_TIMEOUT_S = 600
 
@@ -141,10 +149,14 @@ def summary_records(
     return out
 
 
+def run_names(num_runs: int) -> list[str]:
+    return [f"run{i:02d}" for i in range(num_runs)]
+
+
 def synthesize(
-    logdir: str, num_layers: int, num_steps: int, channels: int = 8, seed: int = 0
+    logdir: str, num_runs: int, num_layers: int, num_steps: int, channels: int = 8, seed: int = 0
 ) -> dict:
-    """Write one run ``train`` under ``logdir``; returns what was written."""
+    """Write ``num_runs`` runs under ``logdir`` (copies of the first); returns what was written."""
     import tensorflow as tf
 
     from tb_bn_plugin.summary import SummaryWriter
@@ -176,7 +188,8 @@ def synthesize(
         np.float32
     )  # (S, L, R, C)
 
-    writer = SummaryWriter(os.path.join(logdir, "train"), max_queue=10_000)
+    first, *copies = run_names(num_runs)
+    writer = SummaryWriter(os.path.join(logdir, first), max_queue=10_000)
 
     def write_steps(block_steps, block_summaries, block_channels, block_full):
         # In step order: TensorBoard purges events "orphaned" by a step that goes backwards.
@@ -216,7 +229,10 @@ def synthesize(
             steps[start:end], summaries[start:end], channel_data[start:end], full[start:end]
         )
     writer.close()
+    for name in copies:
+        shutil.copytree(os.path.join(logdir, first), os.path.join(logdir, name))
     return {
+        "runs": num_runs,
         "layers": num_layers,
         "steps": num_steps,
         "channels": channels,
@@ -239,7 +255,7 @@ def tensorboard_flags(logdir: str):
     return tb.flags, tb.plugin_loaders
 
 
-def start_loader(logdir: str, loader: str, expected: dict[str, int]):
+def start_loader(logdir: str, loader: str, expected: dict[tuple[str, str], int]):
     """(provider, multiplexer, stop) once every BN Internals series is loaded."""
     flags, _ = tensorboard_flags(logdir)
     if loader == "python":
@@ -260,7 +276,11 @@ def start_loader(logdir: str, loader: str, expected: dict[str, int]):
         listing = ingester.data_provider.list_tensors(
             None, experiment_id="", plugin_name=metadata.PLUGIN_NAME
         )
-        loaded = {tag: series.max_step for tags in listing.values() for tag, series in tags.items()}
+        loaded = {
+            (run, tag): series.max_step
+            for run, tags in listing.items()
+            for tag, series in tags.items()
+        }
         if loaded == expected:
             return ingester.data_provider, None, stop
         time.sleep(0.05)
@@ -269,7 +289,7 @@ def start_loader(logdir: str, loader: str, expected: dict[str, int]):
 
 
 def route_latency(logdir: str, provider, multiplexer, info: dict, repeats: int) -> dict[str, Any]:
-    """Cold and warm latency of the runs route and of one layer's layer route."""
+    """Cold and warm latency of the runs route, one layer's layer route and a compare route."""
     flags, loaders = tensorboard_flags(logdir)
 
     def fresh_client() -> Client:
@@ -283,19 +303,36 @@ def route_latency(logdir: str, provider, multiplexer, info: dict, repeats: int) 
 
     layer_paths = [c.path for c in layer_configs(info["layers"], info["channels"])]
 
-    def layer_route(path: str) -> str:
-        return f"layer?run=train&layer={path}&resolution={RESOLUTION}"
+    names = run_names(info["runs"])
+    compared = names[:COMPARE_RUNS]
 
-    cold_overview, cold_layer = [], []
+    def layer_route(path: str) -> str:
+        return f"layer?run={names[0]}&layer={path}&resolution={RESOLUTION}"
+
+    def compare_route(path: str) -> str:
+        query = {"layer": path, "run": compared, "resolution": RESOLUTION}
+        return "compare?" + urlencode(query, doseq=True)
+
+    cold_overview, cold_layer, cold_compare = [], [], []
     for i in range(repeats):
+        # A compare is the first request of its fresh plugin, as when the tab opens on it.
+        path = layer_paths[(i * 7 + 3) % len(layer_paths)]
+        client = fresh_client()
+        wall, _, body = harness.time_call(
+            lambda client=client, path=path: get(client, compare_route(path))
+        )
+        cold_compare.append(wall)
+        assert [r["run"] for r in body["runs"]] == compared
+        assert all(len(r["steps"]) == min(info["steps"], RESOLUTION) for r in body["runs"])
         client = fresh_client()
         wall, _, body = harness.time_call(lambda client=client: get(client, "runs"))
         cold_overview.append(wall)
-        (run,) = body["runs"]
-        assert len(run["layers"]) == info["layers"]
-        assert {layer["num_steps"] for layer in run["layers"]} == {info["steps"]}, (
-            "overview lost steps"
-        )
+        assert [run["run"] for run in body["runs"]] == names
+        for run in body["runs"]:
+            assert len(run["layers"]) == info["layers"]
+            assert {layer["num_steps"] for layer in run["layers"]} == {info["steps"]}, (
+                "overview lost steps"
+            )
         path = layer_paths[(i * 7) % len(layer_paths)]
         wall, _, detail = harness.time_call(
             lambda client=client, path=path: get(client, layer_route(path))
@@ -308,6 +345,7 @@ def route_latency(logdir: str, provider, multiplexer, info: dict, repeats: int) 
     client = fresh_client()
     get(client, "runs")
     get(client, layer_route(layer_paths[0]))
+    get(client, compare_route(layer_paths[0]))
     return {
         "overview_cold_s": harness.median(cold_overview),
         "overview_warm": harness.repeat_median(lambda: get(client, "runs"), repeats),
@@ -315,8 +353,13 @@ def route_latency(logdir: str, provider, multiplexer, info: dict, repeats: int) 
         "layer_warm": harness.repeat_median(
             lambda: get(client, layer_route(layer_paths[0])), repeats
         ),
+        "compare_cold_s": harness.median(cold_compare),
+        "compare_warm": harness.repeat_median(
+            lambda: get(client, compare_route(layer_paths[0])), repeats
+        ),
         "overview_cold_samples_s": cold_overview,
         "layer_cold_samples_s": cold_layer,
+        "compare_cold_samples_s": cold_compare,
     }
 
 
@@ -372,10 +415,10 @@ def tensorboard_process_load(
                 url + PREFIX.lstrip("/") + "runs", timeout=timeout_s
             ) as response:
                 runs = json.loads(response.read())["runs"]
-            if (
-                runs
-                and len(runs[0]["layers"]) == info["layers"]
-                and all(layer["num_steps"] == info["steps"] for layer in runs[0]["layers"])
+            if len(runs) == info["runs"] and all(
+                len(run["layers"]) == info["layers"]
+                and all(layer["num_steps"] == info["steps"] for layer in run["layers"])
+                for run in runs
             ):
                 return time.perf_counter() - started
             time.sleep(0.2)
@@ -419,7 +462,7 @@ def first_paint(logdir: str, info: dict, load_s: float) -> Optional[dict[str, fl
                 "n => document.querySelectorAll('[data-view=overview] tr[data-layer]').length === n"
                 " && document.querySelector("
                 "'[data-view=overview] tr[data-layer] .sparkline canvas') !== null",
-                arg=info["layers"],
+                arg=info["runs"] * info["layers"],
                 timeout=LOAD_TIMEOUT_S * 1000,
             )
             paint_s = time.perf_counter() - started
@@ -441,16 +484,22 @@ def loaders() -> list[str]:
 def main(argv=None) -> int:
     args = harness.parse_args("plugin_latency", __doc__.splitlines()[0], argv)
     started = time.perf_counter()
-    num_layers, num_steps = SIZES[args.mode]
+    num_runs, num_layers, num_steps = SIZES[args.mode]
     repeats = REPEATS[args.mode]
     logdir = tempfile.mkdtemp(prefix="bn_plugin_latency_")
     try:
-        print(f"synthesising {num_layers} layers x {num_steps} logged steps ...", flush=True)
-        wall, _, info = harness.time_call(lambda: synthesize(logdir, num_layers, num_steps))
+        print(
+            f"synthesising {num_runs} runs x {num_layers} layers x {num_steps} logged steps ...",
+            flush=True,
+        )
+        wall, _, info = harness.time_call(
+            lambda: synthesize(logdir, num_runs, num_layers, num_steps)
+        )
         info.update(write_s=wall, last_step=num_steps * LOG_EVERY)
         print(f"  {info['bytes'] / 1e6:.1f} MB in {wall:.1f} s", flush=True)
         expected = {
-            metadata.layer_tag(c.path, kind): info["last_step"]
+            (run, metadata.layer_tag(c.path, kind)): info["last_step"]
+            for run in run_names(num_runs)
             for c in layer_configs(num_layers, info["channels"])
             for kind in ("summary", "channels")
         }
@@ -484,16 +533,29 @@ def main(argv=None) -> int:
             r["overview_warm"]["median_wall_s"],
             r["layer_cold_s"],
             r["layer_warm"]["median_wall_s"],
+            r["compare_cold_s"],
+            r["compare_warm"]["median_wall_s"],
         ]
         for loader, r in results.items()
     ]
     print(
-        f"\n{num_layers} layers x {num_steps} logged steps, {info['bytes'] / 1e6:.0f} MB; "
+        f"\n{num_runs} runs x {num_layers} layers x {num_steps} logged steps, "
+        f"{info['bytes'] / 1e6:.0f} MB; "
         f"seconds, medians of {repeats}"
     )
     print(
         harness.format_table(
-            ["loader", "load", "overview cold", "overview warm", "layer cold", "layer warm"], rows
+            [
+                "loader",
+                "load",
+                "overview cold",
+                "overview warm",
+                "layer cold",
+                "layer warm",
+                f"{COMPARE_RUNS}-run compare cold",
+                "compare warm",
+            ],
+            rows,
         )
     )
     if "rust" in results:
@@ -515,7 +577,12 @@ def main(argv=None) -> int:
     harness.write_json(
         args,
         {
-            "params": {**info, "resolution": RESOLUTION, "repeats": repeats},
+            "params": {
+                **info,
+                "resolution": RESOLUTION,
+                "repeats": repeats,
+                "compare_runs": COMPARE_RUNS,
+            },
             "targets": TARGETS,
             "loaders": results,
         },

@@ -66,25 +66,31 @@ def _logged_steps(
 ) -> dict[str, np.ndarray]:
     """Every logged step of each run whose overview sample was cut short.
 
-    Read in full from one layer only: the writers log all layers of a run at
-    the same steps, so a layer's count is the run's steps up to its last one.
+    Read in full from one layer per run: the writers log all layers of a run
+    at the same steps, so a layer's count is the run's steps up to its last
+    one. One read for all runs (one request to the data server, not one per
+    run): the union of the runs' reference layers, usually one path.
     """
-    steps = {}
+    references = {}
     for name, run in runs.items():
         capped = [layer for layer in run.ordered_layers() if len(layer.steps) >= OVERVIEW_POINTS]
         if capped:
-            reference = capped[0].config.path
-            full = load_runs(
-                source,
-                runs=[name],
-                layers=[reference],
-                with_channels=False,
-                with_gap=False,
-                cache=cache,
-            ).get(name)
-            if full is not None and reference in full.layers:
-                steps[name] = full.layers[reference].steps
-    return steps
+            references[name] = capped[0].config.path
+    if not references:
+        return {}
+    full = load_runs(
+        source,
+        runs=list(references),
+        layers=set(references.values()),
+        with_channels=False,
+        with_gap=False,
+        cache=cache,
+    )
+    return {
+        name: full[name].layers[path].steps
+        for name, path in references.items()
+        if name in full and path in full[name].layers
+    }
 
 
 def _layer_row(
