@@ -228,7 +228,8 @@ svg .edge-label.warn { fill: var(--sev-error); font-weight: 500; }
 .compare-legend { display: flex; flex-wrap: wrap; gap: 4px 16px; margin: 0 0 8px; color: var(--text-2); }
 .compare-run { display: inline-flex; align-items: center; gap: 5px; word-break: break-all; }
 .affected-table { font-size: 12px; }
-.affected-table td.mono { white-space: nowrap; }
+.affected-table td.mono, .affected-table td.affected { white-space: nowrap; }
+.shared-evidence { color: var(--text-2); font-size: 12px; }
 .finding-count { color: var(--text-2); font-size: 12px; }
 .graph-findings .site-link { padding: 0; }
 .replica-finding .evidence { margin: 6px 0; }

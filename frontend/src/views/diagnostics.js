@@ -71,8 +71,12 @@ export function problemCard(ctx, group, { inGraph = false } = {}) {
   const rows = affectedRows(group);
   const titles = [...new Set(group.findings.map((f) => f.title || f.code))];
   const fixes = [...new Set(group.findings.map((f) => f.fix).filter(Boolean))];
-  const keys = [];
-  for (const row of rows) for (const k of Object.keys(row.evidence)) if (!keys.includes(k)) keys.push(k);
+  const allKeys = [];
+  for (const row of rows) for (const k of Object.keys(row.evidence)) if (!allKeys.includes(k)) allKeys.push(k);
+  // Evidence equal in every row (momentum, thresholds, ...) is said once above the table.
+  const same = (k) => rows.length > 1 && rows.every((r) => k in r.evidence && fmtEvidence(r.evidence[k]) === fmtEvidence(rows[0].evidence[k]));
+  const shared = allKeys.filter(same);
+  const keys = allKeys.filter((k) => !shared.includes(k));
   const what = rows.every((r) => r.kind === "site") ? "site" : "layer";
   const named = rows.filter((r) => r.name).length;
 
@@ -126,6 +130,14 @@ export function problemCard(ctx, group, { inGraph = false } = {}) {
       named ? h("span", { class: "finding-count", dataset: { role: "affected-count" } }, `${named} ${what}${named === 1 ? "" : "s"}`) : null,
       group.run && !inGraph ? h("span", { class: "finding-run" }, `run: ${group.run}`) : null,
     ),
+    shared.length
+      ? h(
+          "div",
+          { class: "finding-section shared-evidence", dataset: { role: "shared-evidence" } },
+          h("span", { class: "label" }, "Every row: "),
+          shared.map((k, i) => h("span", { dataset: { key: k } }, i ? " · " : "", `${k} `, h("span", { class: "mono" }, fmtEvidence(rows[0].evidence[k])))),
+        )
+      : null,
     h("div", { class: "finding-section table-wrap" }, table),
     fixes.length ? h("div", { class: "finding-section" }, h("div", { class: "label" }, "Fix"), fixes.map((fix) => h("p", { class: "fix" }, fix))) : null,
   );
@@ -138,8 +150,8 @@ function channelLinks(ctx, run, row) {
     "span",
     { class: "muted" },
     " (channels ",
-    channels.slice(0, 8).flatMap((c, i) => [i ? ", " : "", layerLink(ctx, run, row.name, { channel: c, label: String(c) })]),
-    channels.length > 8 ? `, … ${channels.length - 8} more` : "",
+    channels.slice(0, 4).flatMap((c, i) => [i ? ", " : "", layerLink(ctx, run, row.name, { channel: c, label: String(c) })]),
+    channels.length > 4 ? `, +${channels.length - 4}` : "",
     ")",
   );
 }
