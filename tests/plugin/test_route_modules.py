@@ -20,6 +20,16 @@ def test_required_parameter():
         assert info.value.http_code == 400
 
 
+def test_required_list_parameter():
+    from werkzeug.datastructures import MultiDict
+
+    assert params.required_list(MultiDict([("run", "a"), ("run", "b")]), "run") == ["a", "b"]
+    with pytest.raises(errors.InvalidArgumentError, match="missing parameter 'run'"):
+        params.required_list(MultiDict(), "run")
+    with pytest.raises(errors.InvalidArgumentError, match="'run' must not be empty"):
+        params.required_list(MultiDict([("run", "a"), ("run", "")]), "run")
+
+
 @pytest.mark.parametrize(
     "raw, message",
     [
