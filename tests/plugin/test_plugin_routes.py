@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 from urllib.parse import urlencode
 
@@ -650,16 +648,13 @@ def scale_logdir(tmp_path_factory):
     ``mirrored``: a MirroredStrategy ``fit`` with per-replica statistics (``_mirrored_run.py``).
     """
     from _bn_graphs import two_seed004_layers
+    from _scale_logdir import write_mirrored_run
 
     from tb_bn_plugin.summary import write_graph
 
     root = str(tmp_path_factory.mktemp("scale"))
     write_graph(two_seed004_layers(wire_updates=False), os.path.join(root, "unwired"))
-    script = os.path.join(os.path.dirname(__file__), "_mirrored_run.py")
-    done = subprocess.run(
-        [sys.executable, script, root], capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    write_mirrored_run(root)
     return root
 
 

@@ -2,13 +2,16 @@
 
 The logdir (``_scale_logdir``) holds two ``keras.applications.MobileNetV2``
 runs (52 BN layers each, momentum 0.99 and 0.9), the small ``train`` run and
-its HTML-named copy, and a graph-only run whose update ops are not wired.
+its HTML-named copy, a graph-only run whose update ops are not wired, and a
+MirroredStrategy run with per-replica statistics.
 Checked in the browser: the run selector (regex, all/none, colours) filters
 the overview and drives the layer detail's overlay (``compare`` route) and
 the gap overlay; the layer picker searches, orders worst first and steps with
 the keys; Diagnostics shows one card per (run, code) with a sortable table of
 the affected layers, graph findings included, linking to the Graph view's
-site; the overview's run cards show graph findings; hostile names stay text.
+site; the overview's run cards show graph findings; the layer detail shows
+per-replica statistics with the replica-batch-too-small evidence; hostile
+names stay text.
 Screenshots go to the test's tmp folder; with ``TB_BN_UPDATE_SCREENSHOT=1`` the
 compare view and the grouped Diagnostics are copied to ``docs/``.
 """
@@ -23,7 +26,13 @@ from urllib.parse import urlencode
 
 import pytest
 from _plugin_logdir import HOSTILE, LAYERS
-from _scale_logdir import MOBILENET_BN_LAYERS, MOBILENET_RUNS, UNWIRED, write_scale_logdir
+from _scale_logdir import (
+    MIRRORED,
+    MOBILENET_BN_LAYERS,
+    MOBILENET_RUNS,
+    UNWIRED,
+    write_scale_logdir,
+)
 from tensorboard.data import server_ingester
 from test_tensorboard_e2e import (
     CHROMIUM,
@@ -55,7 +64,7 @@ def wait_for_runs(base: str) -> dict:
     while time.time() < deadline:
         body = get_json(base + ROUTES + "runs")
         runs = {r["run"]: r for r in body["runs"]}
-        complete = {*MOBILENET_RUNS, UNWIRED, "train", HOSTILE} <= set(runs) and all(
+        complete = {*MOBILENET_RUNS, UNWIRED, MIRRORED, "train", HOSTILE} <= set(runs) and all(
             len(runs[r]["layers"]) == MOBILENET_BN_LAYERS
             and runs[r]["gap"] is not None
             and runs[r]["gap"]["step"] == 16
@@ -135,7 +144,7 @@ def test_tab_at_scale_in_headless_chromium(server, tmp_path):
 
             # Overview: every run's layers; the graph-only run's card shows its graph finding.
             frame.wait_for_selector("[data-view=overview] tr[data-layer]")
-            every = 2 * MOBILENET_BN_LAYERS + 2 * len(LAYERS)
+            every = 2 * MOBILENET_BN_LAYERS + 2 * len(LAYERS) + 1  # mirrored: one layer
             assert len(_rows(frame)) == every
             badge = frame.wait_for_selector(
                 f'.run-card[data-run="{UNWIRED}"] [data-role=graph-findings] '
@@ -145,21 +154,21 @@ def test_tab_at_scale_in_headless_chromium(server, tmp_path):
             options = frame.eval_on_selector_all(
                 ".run-option[data-run]", "os => os.map(o => o.textContent)"
             )
-            assert HOSTILE in options and len(options) == 5
+            assert HOSTILE in options and len(options) == 6
 
             # Run selector: the regex shows some runs; all/none apply to those.
             frame.fill("input[data-control=run-regex]", "^(?!mobilenet)")
-            frame.wait_for_function("document.querySelectorAll('.run-option').length === 3")
+            frame.wait_for_function("document.querySelectorAll('.run-option').length === 4")
             frame.click("[data-action=select-none]")
             frame.wait_for_selector("[data-role=run-selector][data-selected='2']")
             assert {r[0] for r in _rows(frame)} == set(MOBILENET_RUNS)
             assert len(_rows(frame)) == 2 * MOBILENET_BN_LAYERS
             frame.fill("input[data-control=run-regex]", "")
-            frame.wait_for_function("document.querySelectorAll('.run-option').length === 5")
+            frame.wait_for_function("document.querySelectorAll('.run-option').length === 6")
             swatches = frame.eval_on_selector_all(
                 ".run-option .run-swatch", "ss => ss.map(s => s.style.background)"
             )
-            assert len(set(swatches)) == 5  # a colour per run
+            assert len(set(swatches)) == 6  # a colour per run
 
             # Layer detail: the chosen layer overlaid across the two selected runs.
             frame.click(f'tr[data-run="{FIRST}"][data-layer="{LAYER}"] .layer-link')
@@ -201,11 +210,11 @@ def test_tab_at_scale_in_headless_chromium(server, tmp_path):
             frame.wait_for_selector(f'.layer-detail[data-layer="{hits[0]}"]')
 
             # Gap: the selected runs' losses on one chart.
-            _hash_keep = frame.evaluate("location.hash")
+            state_hash = frame.evaluate("location.hash")
             frame.click("[role=tab][data-tab=gap]")
             gap = frame.wait_for_selector("[data-card=gap-compare][data-runs='2'] canvas")
             assert gap.evaluate("c => c.closest('[data-chart]').dataset.series") == "4"
-            assert "desel" in _hash_keep  # the selection is in the state that survives views
+            assert "desel" in state_hash  # the selection is in the state that survives views
 
             # Diagnostics: one card per (run, code), the fix once, a table of the affected layers.
             frame.click("[role=tab][data-tab=diagnostics]")
@@ -264,6 +273,18 @@ def test_tab_at_scale_in_headless_chromium(server, tmp_path):
                 frame.evaluate("new URLSearchParams(location.hash.slice(1)).get('site')") == "b/bn"
             )
             assert frame.evaluate("document.querySelectorAll('img, iframe').length") == 0
+
+            # Per-replica statistics (only this run logs a layer "bn": no overlay).
+            _hash(frame, view="layer", run=MIRRORED, layer="bn")
+            frame.wait_for_selector(
+                f'.layer-detail[data-run="{MIRRORED}"] [data-chart=replicas-mean] canvas'
+            )
+            assert frame.get_attribute("[data-chart=replicas-mean]", "data-series") == "3"
+            evidence = frame.wait_for_selector(
+                "[data-role=replica-finding][data-code=replica-batch-too-small]"
+            )
+            assert evidence.query_selector(".evidence tr[data-key=per_replica_count]")
+            assert not frame.query_selector("[data-role=compare]")
         finally:
             browser.close()
     assert not dialogs, f"a dialog fired (script injection?): {dialogs}"
