@@ -567,3 +567,22 @@ def test_to_json_makes_numpy_and_non_finite_values_json_safe():
     assert obj["evidence"] == {"a": "inf", "b": 0.5, "c": True}
     assert obj["channels"] == {"l": [3]}
     json.dumps(obj, allow_nan=False)
+
+
+def test_ema_weights_stale_stats_scaled_by_the_untrained_loss():
+    """The corpus's numbers: 0.854 (stale) vs 0.026 (re-estimated) fires; 0.015 vs 0.0045 not."""
+    from tb_bn_plugin.diagnostics import ema
+
+    epoch_gaps = converging_gap([1.4, 0.05, 0.02], [1.5, 0.05, 0.02])
+    assert ema.ema_weights_stale_stats(run_of(*healthy_layers(), gap=epoch_gaps)) == []
+    stale = converging_gap([0.026], [0.854])
+    run = run_of(*healthy_layers(), gap=epoch_gaps)
+    run.ema_weights_gap = stale
+    [finding] = ema.ema_weights_stale_stats(run)
+    assert finding.code == "ema-weights-stale-stats" and finding.severity == "warning"
+    assert finding.evidence["loss_reference"] == 1.4
+    assert finding.evidence["scaled_loss_gap"] == pytest.approx((0.854 - 0.026) / 0.14)
+    assert "tb_bn_plugin.recalibrate(model" in finding.fix
+    assert [f.code for f in diagnose(run)] == ["ema-weights-stale-stats"]
+    run.ema_weights_gap = converging_gap([0.0045], [0.0153])
+    assert ema.ema_weights_stale_stats(run) == []
