@@ -305,7 +305,7 @@ def with_replicas(
     shift: float = 0.0,
     synchronized: bool = False,
 ) -> tuple[LayerSeries, np.ndarray]:
-    """``layer`` with per-replica statistics at its last 10 snapshot steps, and the (10, R, n, C) samples.
+    """``layer`` with per-replica statistics at its last 10 snapshot steps; (10, R, n, C) samples.
 
     Replica r's samples are N(mean + r * shift * std, std**2).
     """
@@ -325,7 +325,7 @@ def with_replicas(
 
 
 def replica_spread(samples: np.ndarray) -> float:
-    """Median over steps of the mean over channels of std(replica means) / global std, from (S, R, n, C) samples."""
+    """Median over steps of the channel-mean std(replica means) / global std, (S, R, n, C)."""
     whole = samples.reshape(samples.shape[0], -1, samples.shape[-1])  # every step's global batch
     spread = samples.mean(axis=2).std(axis=1) / np.sqrt(whole.var(axis=1) + 1e-3)
     return float(np.median(spread.mean(axis=1)))
@@ -353,7 +353,7 @@ def test_replica_batch_too_small_with_spread_of_replica_means(shift):
 
 
 def test_replica_batch_too_small_from_the_spread_of_replica_means_at_many_values_per_channel():
-    """A conv feature map gives many correlated values per channel: the replicas' means show the few samples."""
+    """A conv feature map: many correlated values per channel; replica means see few samples."""
     layer, samples = with_replicas(simulate_layer(), replicas=4, per_replica=256, shift=1.0)
     [finding] = by_code(diagnose(run_of(layer)), "replica-batch-too-small")
     evidence = finding.evidence
