@@ -204,6 +204,17 @@ def healthy_convnet_augmented(run_dir):
 
 
 def application(name: str, steps: int, batch: int = 16, **options):
+    """A ``keras.applications`` model from scratch on 32x32 images, batch 16.
+
+    Real gaps, not false alarms: at 32x32 the last stage's feature maps are
+    1x1, so its BN layers normalise over 16 values per channel while the
+    weights still change fast; ResNet50's probe loss is 0.029 in training mode
+    and 0.52 in inference mode (accuracy 12.5 points lower). MobileNetV2 uses
+    BN momentum 0.999 (slow-momentum: inference accuracy collapses from 100%
+    to 10% on the probe), and some of its channels reach a batch variance
+    below 1e-6 (dead-channels).
+    """
+
     def train(run_dir):
         k = keras()
         x, y = images(batch * 40, size=32)
@@ -381,9 +392,10 @@ SCENARIOS = [
     Scenario("seed004-graph", "seed 004: tf.compat.v1 cond (control flow v2), updates not wired",
              frozenset({"update-ops-not-wired"}), seed004_graph, kind="graph"),
     Scenario("resnet50", "keras.applications.ResNet50, weights=None, 32x32, batch 16, 320 steps",
-             frozenset(), application("ResNet50", 320)),
+             frozenset({"train-inference-gap"}), application("ResNet50", 320)),
     Scenario("mobilenetv2", "keras.applications.MobileNetV2, alpha 0.35, BN momentum 0.999",
-             frozenset({"slow-momentum"}), application("MobileNetV2", 320, alpha=0.35)),
+             frozenset({"slow-momentum", "train-inference-gap", "dead-channels"}),
+             application("MobileNetV2", 320, alpha=0.35)),
     Scenario("efficientnetb0", "keras.applications.EfficientNetB0, weights=None, 320 steps",
              frozenset(), application("EfficientNetB0", 320)),
 ]  # fmt: skip
