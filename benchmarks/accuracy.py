@@ -212,7 +212,8 @@ def application(name: str, steps: int, batch: int = 16, **options):
     and 0.52 in inference mode (accuracy 12.5 points lower). MobileNetV2 uses
     BN momentum 0.999 (slow-momentum: the probe's inference-mode accuracy is
     90% below its training-mode accuracy), and some of its channels reach a
-    batch variance below 1e-6 (dead-channels).
+    batch variance below 1e-6 (dead-channels). EfficientNetB0: probe loss 0.11
+    in training mode, 2.18 in inference mode, and dead channels as well.
     """
 
     def train(run_dir):
@@ -397,7 +398,8 @@ SCENARIOS = [
              frozenset({"slow-momentum", "train-inference-gap", "dead-channels"}),
              application("MobileNetV2", 320, alpha=0.35)),
     Scenario("efficientnetb0", "keras.applications.EfficientNetB0, weights=None, 320 steps",
-             frozenset(), application("EfficientNetB0", 320)),
+             frozenset({"train-inference-gap", "dead-channels"}),
+             application("EfficientNetB0", 320)),
 ]  # fmt: skip
 
 BY_NAME = {s.name: s for s in SCENARIOS}
