@@ -584,7 +584,7 @@ def test_gap_route_matches_read_gap(app, logdir):
     for path in LAYERS:
         assert set(body["layers"][path]) == {"compound", "local", "local_derived", "attribution"}
         np.testing.assert_allclose(body["layers"][path]["compound"], gap.compound[path], rtol=RTOL)
-        assert body["layers"][path]["attribution"] == [None, None]  # not measured by default
+        assert body["layers"][path]["attribution"] == [None] * 3  # not measured by default
 
 
 def test_diagnostics_route(app):
