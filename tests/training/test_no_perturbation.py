@@ -38,12 +38,16 @@ _SCRIPT = textwrap.dedent(
         h = keras.layers.BatchNormalization(scale=False)(h)
         h = keras.layers.GlobalAveragePooling2D()(h)
         model = keras.Model(inp, keras.layers.Dense(3)(h))
-        model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"])
-        callbacks = [BatchNormCallback(os.path.join(sys.argv[1], "with"), **kwargs)] if with_callback else []
-        history = model.fit(x, y, batch_size=16, epochs=3, validation_split=0.25, verbose=0, callbacks=callbacks)
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        model.compile(keras.optimizers.Adam(1e-2), loss, metrics=["accuracy"])
+        log_dir = os.path.join(sys.argv[1], "with")
+        callbacks = [BatchNormCallback(log_dir, **kwargs)] if with_callback else []
+        history = model.fit(
+            x, y, batch_size=16, epochs=3, validation_split=0.25, verbose=0, callbacks=callbacks
+        )
         state = model.variables + model.optimizer.variables + model.metrics_variables
-        return {"state": [np.asarray(v.numpy()).tolist() for v in state], "history": history.history}
+        values = [np.asarray(v.numpy()).tolist() for v in state]
+        return {"state": values, "history": history.history}
 
     print(json.dumps({"without": train(False), "with": train(True)}))
     """
