@@ -18,6 +18,8 @@ import numpy as np
 from tb_bn_plugin import metadata, records
 from tb_bn_plugin.training import graph_trace
 from tb_bn_plugin.training.capture import BatchNormRef, find_batchnorm_layers
+from tb_bn_plugin.training.compat import flavour_of
+from tb_bn_plugin.training.compat.base import DueSteps
 from tb_bn_plugin.training.compat.bound_keras import Callback
 from tb_bn_plugin.training.gap_probe import SCOPES, GapProbe, GapProbeWarning, GapResult
 from tb_bn_plugin.training.probe_batch import (
@@ -209,7 +211,7 @@ class BatchNormCallback(Callback):
     def on_train_begin(self, logs: Optional[dict] = None) -> None:
         self._session = LoggingSession(
             self.run_dir,
-            self.model.distribute_strategy,
+            self._strategy(),
             self.layer_patterns,
             self.channel_dtype.name,
             self.max_bytes_per_log,
@@ -310,8 +312,19 @@ class BatchNormCallback(Callback):
 
     # -- internals ----------------------------------------------------------------
 
+    def _strategy(self) -> Any:
+        """The model's ``tf.distribute`` strategy; None on a backend other than TensorFlow."""
+        return self.model.distribute_strategy if self._on_tensorflow else None
+
+    @property
+    def _on_tensorflow(self) -> bool:
+        return flavour_of(self.model).uses_tensorflow
+
     def _start_capture(self, refs: list[BatchNormRef]) -> None:
-        self._session.start_capture(refs, self.model.optimizer.iterations)
+        # The steps this fit logs the state after (a compiled JAX step sends only their
+        # statistics to the host): every log_every_n_steps-th and each epoch's last.
+        due = DueSteps(self.log_every_n_steps, self._steps_done(), (self.params or {}).get("steps"))
+        self._session.start_capture(refs, self.model, self.model.optimizer.iterations, due)
         logger.info(
             "BatchNormCallback: logging %d BatchNormalization layers to %s "
             "(per-channel snapshot every %d logged steps)",
@@ -326,6 +339,13 @@ class BatchNormCallback(Callback):
 
     def _write_model_graph(self) -> None:
         """Trace the training and inference steps (nothing runs) and write them as the run graph."""
+        if not self._on_tensorflow:
+            logger.info(
+                "BatchNormCallback: the graph view needs the TensorFlow backend; no graph is "
+                "written for a model on %s.",
+                flavour_of(self.model).__class__.__name__,
+            )
+            return
         if not getattr(self.model, "inputs", None):
             logger.info(
                 "BatchNormCallback: %r has no symbolic inputs (subclassed model); no graph is "
@@ -358,7 +378,15 @@ class BatchNormCallback(Callback):
         self._gap_probe = None
         self._gap_off = not self.gap_enabled
         self._last_gap_step = self._steps_done()
-        if self._gap_off or self._probe_batch is not None:
+        if self._gap_off:
+            return
+        if not self._on_tensorflow:
+            self._disable_gap(
+                "the gap probe runs on the TensorFlow backend only for now; statistics are "
+                "logged as usual (gap_every_n_epochs=0 silences this)"
+            )
+            return
+        if self._probe_batch is not None:
             return
         self._stash = FirstBatchStash(self.model, self.probe_size)
         if self._stash.unsupported is not None:
@@ -447,7 +475,7 @@ class BatchNormCallback(Callback):
         )
 
     def _steps_done(self) -> int:
-        return int(self.model.optimizer.iterations.numpy())
+        return flavour_of(self.model).steps_done(self.model)
 
     def _log(self, steps_done: int, force_snapshot: bool = False) -> None:
         """Log the state after the step that brought the optimizer to ``steps_done``."""

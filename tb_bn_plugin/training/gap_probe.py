@@ -37,7 +37,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
 import numpy as np
-import tensorflow as tf
+from tb_bn_plugin.training.lazy_tf import tf
 
 from tb_bn_plugin import metadata
 from tb_bn_plugin.numerics import gap

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
-import tensorflow as tf
+from tb_bn_plugin.training.lazy_tf import tf
 
 from tb_bn_plugin.training.capture import BatchNormRef
 

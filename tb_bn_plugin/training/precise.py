@@ -35,7 +35,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Optional
 
 import numpy as np
-import tensorflow as tf
+from tb_bn_plugin.training.lazy_tf import tf
 
 from tb_bn_plugin import metadata, records
 from tb_bn_plugin.diagnostics.ema import ema_error_finding

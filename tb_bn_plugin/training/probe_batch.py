@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-import tensorflow as tf
+from tb_bn_plugin.training.lazy_tf import tf
 
 from tb_bn_plugin.training.compat import flavour_of
 
