@@ -324,7 +324,7 @@ class BatchNormCallback(Callback):
         # The steps this fit logs the state after (a compiled JAX step sends only their
         # statistics to the host): every log_every_n_steps-th and each epoch's last.
         due = DueSteps(self.log_every_n_steps, self._steps_done(), (self.params or {}).get("steps"))
-        self._session.start_capture(refs, self.model, self.model.optimizer.iterations, due)
+        self._session.start_capture(refs, self.model.optimizer.iterations, self.model, due)
         logger.info(
             "BatchNormCallback: logging %d BatchNormalization layers to %s "
             "(per-channel snapshot every %d logged steps)",

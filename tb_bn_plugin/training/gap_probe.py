@@ -37,13 +37,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
 import numpy as np
-from tb_bn_plugin.training.lazy_tf import tf
 
 from tb_bn_plugin import metadata
 from tb_bn_plugin.numerics import gap
 from tb_bn_plugin.training.capture import BatchNormRef, StatsCapture
 from tb_bn_plugin.training.compat import flavour_of
 from tb_bn_plugin.training.layer_tap import ATTRIBUTION, INFERENCE, TRAIN, BatchNormTap, ProbePass
+from tb_bn_plugin.training.lazy_tf import tf
 from tb_bn_plugin.training.probe_batch import ProbeBatch
 
 # Which layers run in training mode in the training-mode passes.

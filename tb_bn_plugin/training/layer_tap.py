@@ -13,9 +13,8 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
-from tb_bn_plugin.training.lazy_tf import tf
-
 from tb_bn_plugin.training.capture import BatchNormRef
+from tb_bn_plugin.training.lazy_tf import tf
 
 # Kinds of probe passes.
 INFERENCE = "inference"  # every BN layer in inference mode

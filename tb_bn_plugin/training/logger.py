@@ -45,11 +45,10 @@ import os
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from tb_bn_plugin.training.lazy_tf import tf
-
 from tb_bn_plugin import records
 from tb_bn_plugin.training.capture import require_built
 from tb_bn_plugin.training.compat import flavour_of
+from tb_bn_plugin.training.lazy_tf import tf
 from tb_bn_plugin.training.session import (
     DEFAULT_CHANNEL_DTYPE,
     DEFAULT_MAX_BYTES_PER_LOG,
@@ -111,7 +110,7 @@ class BatchNormLogger:
             clock = self._counter
         # The writer opens before the wrappers go in, so an unwritable log_dir leaves the model
         # as it was. On a non-chief worker: the same work into a temporary directory.
-        self._session.start_capture(refs, model, clock)
+        self._session.start_capture(refs, clock)
 
     @property
     def channel_dtype(self) -> Any:

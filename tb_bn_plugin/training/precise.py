@@ -35,7 +35,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Optional
 
 import numpy as np
-from tb_bn_plugin.training.lazy_tf import tf
 
 from tb_bn_plugin import metadata, records
 from tb_bn_plugin.diagnostics.ema import ema_error_finding
@@ -57,6 +56,7 @@ from tb_bn_plugin.training.capture import (
 )
 from tb_bn_plugin.training.compat import flavour_of
 from tb_bn_plugin.training.compat.bound_keras import Callback
+from tb_bn_plugin.training.lazy_tf import tf
 from tb_bn_plugin.training.session import DEFAULT_RUN_NAME
 
 DEFAULT_BATCH_SIZE = 32

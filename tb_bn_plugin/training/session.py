@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 import numpy as np
-from tb_bn_plugin.training.lazy_tf import tf
 
 from tb_bn_plugin import records
 from tb_bn_plugin.summary import SummaryWriter
 from tb_bn_plugin.training.capture import BatchNormRef, StatsCapture, find_batchnorm_layers
 from tb_bn_plugin.training.compat.base import DueSteps
 from tb_bn_plugin.training.host_capture import HostStatsCapture
+from tb_bn_plugin.training.lazy_tf import tf
 
 DEFAULT_MAX_BYTES_PER_LOG = 50_000
 DEFAULT_CHANNEL_DTYPE = "float32"
@@ -71,13 +71,18 @@ class LoggingSession:
         return self.writer
 
     def start_capture(
-        self, refs: Sequence[BatchNormRef], model: Any, clock: Any, due: DueSteps = DueSteps()
+        self,
+        refs: Sequence[BatchNormRef],
+        clock: Any,
+        model: Any = None,
+        due: DueSteps = DueSteps(),
     ) -> StatsCapture | HostStatsCapture:
-        """Capture ``refs`` of ``model`` in every training step traced (or run) from now on.
+        """Capture ``refs`` in every training step traced (or run) from now on.
 
         ``clock``: a variable holding the number of training steps done (on
-        TensorFlow; elsewhere the optimizer's). ``due``: the steps that will be
-        logged (a compiled JAX step sends only those to the host). The layers
+        TensorFlow). Without TensorFlow (``strategy`` None): ``model``, whose
+        optimizer counts the steps, and ``due``, the steps that will be logged
+        (a compiled JAX step sends only those to the host). The layers
         are checked (``UnsupportedLayerError``) and the writer opened before the
         wrappers go in, so a failure leaves the model as it was. The snapshot
         cadence is sized for these layers.

@@ -30,7 +30,9 @@ from tb_bn_plugin.training.compat.base import DueSteps, HostRecord, InstalledCap
 from tb_bn_plugin.training.compat.keras3 import Keras3
 
 # The optimizer step count traced with the train step that is being traced, if any.
-_TRACED_STEP: contextvars.ContextVar[Any] = contextvars.ContextVar("tb_bn_traced_step", default=None)
+_TRACED_STEP: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "tb_bn_traced_step", default=None
+)
 
 
 class Keras3Jax(Keras3):
@@ -68,8 +70,8 @@ class Keras3Jax(Keras3):
 
     @staticmethod
     def install_step_hook(model: Any) -> InstalledCapture:
-        """Wrap ``train_step`` on the instance: the step count of ``state`` is published to the
-        layer wrappers while it is traced (Keras builds the jitted step from ``self.train_step``)."""
+        """Wrap ``train_step`` on the instance: the step count in ``state`` is published to the
+        layer wrappers while it is traced (Keras jits ``self.train_step``)."""
         optimizer = model.optimizer
         index = next(i for i, v in enumerate(optimizer.variables) if v is optimizer.iterations)
         original = type(model).train_step.__get__(model)
@@ -134,7 +136,9 @@ class Keras3Jax(Keras3):
             values = state.get(key) or ()
             for ref, value in zip(owned, values):
                 where[id(ref)] = value
-        return [np.asarray(where[id(v)]) if id(v) in where else np.asarray(v.value) for v in variables]
+        return [
+            np.asarray(where[id(v)]) if id(v) in where else np.asarray(v.value) for v in variables
+        ]
 
     @staticmethod
     def settle() -> None:

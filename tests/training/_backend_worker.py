@@ -1,0 +1,141 @@
+"""One backend's BatchNormCallback checks, run by ``test_backends.py`` in a subprocess.
+
+``python _backend_worker.py LOGDIR`` with ``KERAS_BACKEND`` set (``jax`` or
+``torch``) and, with ``TB_BN_BLOCK_TENSORFLOW=1``, TensorFlow made unimportable
+before anything else is imported. Trains small models on synthetic data,
+asserts in this process (a failure exits non-zero with the traceback) and
+leaves two runs in LOGDIR for the parent to read: ``healthy`` and ``stale``
+(a train step that drops the moving-statistic updates, seed 001's pitfall).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if os.environ.get("TB_BN_BLOCK_TENSORFLOW") == "1":
+    # As if TensorFlow were not installed: ``import tensorflow`` raises ModuleNotFoundError and
+    # importlib.util.find_spec("tensorflow") is None (torch._dynamo probes it that way).
+    sys.modules["tensorflow"] = None
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tb_bn_plugin import BatchNormCallback, read_stats  # noqa: E402
+
+BACKEND = keras.backend.backend()
+MOMENTUM = 0.9
+BATCH = 16
+STEPS = 4  # per epoch
+EPOCHS = 3
+
+
+def data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    x = rng.normal(2.0, 3.0, (BATCH * STEPS, 5)).astype("float32")
+    y = (x[:, :1] * 0.3 - x[:, 1:2]).astype("float32")
+    return x, y
+
+
+def stale_model_class() -> type:
+    """A model whose train step keeps the moving statistics as they were (TF1's UPDATE_OPS never
+    run), on this backend's train-step signature."""
+    if BACKEND == "jax":
+
+        class Stale(keras.Model):
+            def train_step(self, state, data):
+                logs, new_state = super().train_step(state, data)
+                return logs, (new_state[0], state[1], new_state[2], new_state[3])
+
+        return Stale
+
+    class Stale(keras.Model):
+        def train_step(self, data):
+            saved = [v.value.clone() for v in self.non_trainable_variables]
+            logs = super().train_step(data)
+            for v, value in zip(self.non_trainable_variables, saved):
+                v.assign(value)
+            return logs
+
+    return Stale
+
+
+def build(model_class: type = keras.Model) -> keras.Model:
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((5,))
+    h = keras.layers.BatchNormalization(momentum=MOMENTUM, name="bn0")(inputs)
+    h = keras.layers.Dense(4, activation="relu")(h)
+    h = keras.layers.BatchNormalization(momentum=MOMENTUM, name="bn1")(h)
+    model = model_class(inputs, keras.layers.Dense(1)(h))
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+    return model
+
+
+def fit(model: keras.Model, callbacks: list) -> None:
+    x, y = data()
+    model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0, callbacks=callbacks)
+
+
+def weights(model: keras.Model) -> list[np.ndarray]:
+    return [keras.ops.convert_to_numpy(v.value) for v in model.weights]
+
+
+def callback(logdir: str, run: str, every: int) -> BatchNormCallback:
+    return BatchNormCallback(logdir, log_every_n_steps=every, run_name=run, gap_every_n_epochs=0)
+
+
+def check_exact_and_unperturbed(logdir: str) -> None:
+    bare = build()
+    fit(bare, [])
+    logged = build()
+    fit(logged, [callback(logdir, "healthy", 1)])
+    for a, b, v in zip(weights(bare), weights(logged), logged.weights):
+        assert np.array_equal(a, b), f"{v.path} differs with the callback"
+
+    x, _ = data()
+    stats = read_stats(logdir)["healthy"]
+    bn0 = stats["bn0"]
+    steps = bn0["batch_mean"][0]
+    assert list(steps) == list(range(1, STEPS * EPOCHS + 1)), steps
+    for name, layer in stats.items():
+        moving = (
+            np.zeros(layer["moving_mean"][1].shape[1]),
+            np.ones(layer["moving_mean"][1].shape[1]),
+        )
+        for i, step in enumerate(steps):
+            batch_mean, batch_var = layer["batch_mean"][1][i], layer["batch_variance"][1][i]
+            if name == "bn0":  # fed straight from the input: the batch is known
+                xb = x[(step - 1) % STEPS * BATCH :][:BATCH].astype(np.float64)
+                np.testing.assert_allclose(batch_mean, xb.mean(0), rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(batch_var, xb.var(0), rtol=1e-5, atol=1e-6)
+            # The moving statistics follow the EMA of the logged batch statistics step by step.
+            moving = (
+                moving[0] * MOMENTUM + batch_mean * (1 - MOMENTUM),
+                moving[1] * MOMENTUM + batch_var * (1 - MOMENTUM),
+            )
+            np.testing.assert_allclose(layer["moving_mean"][1][i], moving[0], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                layer["moving_variance"][1][i], moving[1], rtol=1e-5, atol=1e-6
+            )
+        final = {v.path: w for v, w in zip(logged.weights, weights(logged))}
+        assert np.array_equal(layer["moving_mean"][1][-1], final[f"{name}/moving_mean"])
+
+
+def check_stale(logdir: str) -> None:
+    model = build(stale_model_class())
+    fit(model, [callback(logdir, "stale", 2)])
+    x, _ = data()
+    bn0 = read_stats(logdir)["stale"]["bn0"]
+    step = bn0["batch_mean"][0][-1]
+    xb = x[(step - 1) % STEPS * BATCH :][:BATCH]
+    np.testing.assert_allclose(bn0["batch_mean"][1][-1], xb.mean(0), rtol=1e-5, atol=1e-6)
+    assert np.all(bn0["moving_mean"][1] == 0) and np.all(bn0["moving_variance"][1] == 1)
+
+
+if __name__ == "__main__":
+    logdir = sys.argv[1]
+    check_exact_and_unperturbed(logdir)
+    check_stale(logdir)
+    if os.environ.get("TB_BN_BLOCK_TENSORFLOW") == "1":
+        assert sys.modules["tensorflow"] is None
+    print(f"{BACKEND}: ok")
