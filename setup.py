@@ -29,7 +29,7 @@ setup(
         "jax": ["jax"],
         "torch": ["torch"],
         # tests/run.sh installs jax and the CPU build of torch itself (see there).
-        "test": ["tensorflow>=2.16", "pytest", "playwright", "tf-keras"],
+        "test": ["tensorflow>=2.16", "pytest", "playwright", "tf-keras", "ruff==0.17.6"],
     },
     entry_points={
         "tensorboard_plugins": [

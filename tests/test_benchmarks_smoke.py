@@ -1,4 +1,4 @@
-"""The benchmark scripts run (``--smoke``) and write JSON with the expected keys; numbers are not checked."""
+"""The benchmark scripts run (``--smoke``) and write JSON with the expected keys; no numbers."""
 
 from __future__ import annotations
 
