@@ -18,10 +18,11 @@ import numpy as np
 from tb_bn_plugin import metadata, records
 from tb_bn_plugin.training import graph_trace
 from tb_bn_plugin.training.capture import BatchNormRef, find_batchnorm_layers
-from tb_bn_plugin.training.compat import flavour_of
+from tb_bn_plugin.training.compat import flavour_of, keras_runs_on_tensorflow
 from tb_bn_plugin.training.compat.base import DueSteps
 from tb_bn_plugin.training.compat.bound_keras import Callback
 from tb_bn_plugin.training.gap_probe import SCOPES, GapProbe, GapProbeWarning, GapResult
+from tb_bn_plugin.training.host_gap import HostGapProbe, probe_from_data
 from tb_bn_plugin.training.probe_batch import (
     DEFAULT_PROBE_SIZE,
     FirstBatchStash,
@@ -164,9 +165,14 @@ class BatchNormCallback(Callback):
         self.gap_attribution = int(gap_attribution)
         self.gap_scope = gap_scope
         self.probe_size = probe_size
-        self._probe_batch: Optional[ProbeBatch] = (
-            probe_batch_from_data(probe_data, probe_size) if probe_data is not None else None
-        )
+        # TensorFlow models get a ProbeBatch of tensors, others numpy arrays (host_gap).
+        self._probe_batch: Optional[ProbeBatch | tuple] = None
+        if probe_data is not None:
+            self._probe_batch = (
+                probe_batch_from_data(probe_data, probe_size)
+                if keras_runs_on_tensorflow()
+                else probe_from_data(probe_data, probe_size)
+            )
         if self.gap_attribution and not gap_every_n_epochs:
             warnings.warn(
                 "BatchNormCallback: gap_attribution is computed at epoch-end gap measurements, "
@@ -188,7 +194,7 @@ class BatchNormCallback(Callback):
         self._awaiting_build = False
         self._epoch_base = 0
         self._stash: Optional[FirstBatchStash] = None
-        self._gap_probe: Optional[GapProbe] = None
+        self._gap_probe: Optional[GapProbe | HostGapProbe] = None
         self._gap_off = False
         self._last_gap_step = -1
 
@@ -380,13 +386,14 @@ class BatchNormCallback(Callback):
         self._last_gap_step = self._steps_done()
         if self._gap_off:
             return
+        if self._probe_batch is not None:
+            return
         if not self._on_tensorflow:
             self._disable_gap(
-                "the gap probe runs on the TensorFlow backend only for now; statistics are "
-                "logged as usual (gap_every_n_epochs=0 silences this)"
+                "on this backend the probe batch is not stashed from the training data yet; "
+                "pass probe_data (statistics are logged as usual; gap_every_n_epochs=0 silences "
+                "this)"
             )
-            return
-        if self._probe_batch is not None:
             return
         self._stash = FirstBatchStash(self.model, self.probe_size)
         if self._stash.unsupported is not None:
@@ -412,7 +419,7 @@ class BatchNormCallback(Callback):
             stacklevel=3,
         )
 
-    def _ensure_gap_probe(self) -> Optional[GapProbe]:
+    def _ensure_gap_probe(self) -> Optional[GapProbe | HostGapProbe]:
         if self._gap_probe is not None or self._gap_off or self._capture is None:
             return self._gap_probe
         batch = self._probe_batch
@@ -427,7 +434,8 @@ class BatchNormCallback(Callback):
         try:
             all_refs = [r for r in find_batchnorm_layers(self.model) if r.built]
             tapped = [r for r in self._session.select_layers(self.model) if r.built]
-            self._gap_probe = GapProbe(
+            probe_class = GapProbe if self._on_tensorflow else HostGapProbe
+            self._gap_probe = probe_class(
                 self.model, all_refs, tapped, batch, self.gap_scope, self._capture
             )
         except Exception as err:  # never break training over a diagnostic

@@ -21,7 +21,7 @@ if os.environ.get("TB_BN_BLOCK_TENSORFLOW") == "1":
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tb_bn_plugin import BatchNormCallback, read_stats  # noqa: E402
+from tb_bn_plugin import BatchNormCallback, read_gap, read_stats  # noqa: E402
 
 BACKEND = keras.backend.backend()
 MOMENTUM = 0.9
@@ -80,15 +80,68 @@ def weights(model: keras.Model) -> list[np.ndarray]:
     return [keras.ops.convert_to_numpy(v.value) for v in model.weights]
 
 
-def callback(logdir: str, run: str, every: int) -> BatchNormCallback:
-    return BatchNormCallback(logdir, log_every_n_steps=every, run_name=run, gap_every_n_epochs=0)
+PROBE = 32  # probe_data samples
+
+
+def callback(logdir: str, run: str, every: int, gap: bool = False) -> BatchNormCallback:
+    if not gap:
+        return BatchNormCallback(
+            logdir, log_every_n_steps=every, run_name=run, gap_every_n_epochs=0
+        )
+    x, y = data()
+    return BatchNormCallback(
+        logdir,
+        log_every_n_steps=every,
+        run_name=run,
+        gap_attribution=True,
+        probe_data=(x[:PROBE], y[:PROBE]),
+    )
+
+
+def forward(model: keras.Model, x: np.ndarray, training: bool) -> np.ndarray:
+    """The model's output computed in numpy (float64), BN layers with batch or moving statistics."""
+    w = {v.path: w.astype(np.float64) for v, w in zip(model.weights, weights(model))}
+    layers = [layer for layer in model.layers if layer.weights]
+    h = x.astype(np.float64)
+    for layer in layers:
+        p = layer.name
+        if isinstance(layer, keras.layers.BatchNormalization):
+            mean, var = (
+                (h.mean(0), h.var(0))
+                if training
+                else (
+                    w[f"{p}/moving_mean"],
+                    w[f"{p}/moving_variance"],
+                )
+            )
+            h = (h - mean) / np.sqrt(var + layer.epsilon) * w[f"{p}/gamma"] + w[f"{p}/beta"]
+        else:
+            h = h @ w[f"{p}/kernel"] + w[f"{p}/bias"]
+            h = np.maximum(h, 0) if layer.activation is keras.activations.relu else h
+    return h
+
+
+def check_gap(logdir: str, model: keras.Model) -> None:
+    """The gap at the last epoch end (the final state) against the model computed in numpy."""
+    x, y = data()
+    gap = read_gap(logdir)["healthy"]
+    assert list(gap.steps) == [STEPS * (e + 1) for e in range(EPOCHS)], gap.steps
+    mse = {
+        mode: np.mean((forward(model, x[:PROBE], mode == "train") - y[:PROBE]) ** 2)
+        for mode in ("train", "inference")
+    }
+    np.testing.assert_allclose(gap.train_loss[-1], mse["train"], rtol=1e-4)
+    np.testing.assert_allclose(gap.inference_loss[-1], mse["inference"], rtol=1e-4)
+    for name in ("bn0", "bn1"):  # measured and derived from the statistics agree
+        np.testing.assert_allclose(gap.local[name], gap.local_derived[name], rtol=1e-3)
+        assert np.isfinite(gap.compound[name]).all() and np.isfinite(gap.attribution[name]).all()
 
 
 def check_exact_and_unperturbed(logdir: str) -> None:
     bare = build()
     fit(bare, [])
     logged = build()
-    fit(logged, [callback(logdir, "healthy", 1)])
+    fit(logged, [callback(logdir, "healthy", 1, gap=True)])
     for a, b, v in zip(weights(bare), weights(logged), logged.weights):
         assert np.array_equal(a, b), f"{v.path} differs with the callback"
 
@@ -119,6 +172,7 @@ def check_exact_and_unperturbed(logdir: str) -> None:
             )
         final = {v.path: w for v, w in zip(logged.weights, weights(logged))}
         assert np.array_equal(layer["moving_mean"][1][-1], final[f"{name}/moving_mean"])
+    check_gap(logdir, logged)
 
 
 def check_stale(logdir: str) -> None:

@@ -52,6 +52,16 @@ def all_flavours() -> tuple[KerasFlavour, ...]:
     return (TF_KERAS, KERAS3, KERAS3_JAX, KERAS3_TORCH)
 
 
+def keras_runs_on_tensorflow() -> bool:
+    """Whether the models this process builds run on TensorFlow (tf-keras, or Keras 3's
+    ``tensorflow`` backend), before any model exists."""
+    from tb_bn_plugin.training.compat.bound_keras import bound_keras
+
+    keras = bound_keras()
+    backend = getattr(getattr(keras, "backend", None), "backend", None)
+    return not callable(backend) or backend() == "tensorflow"
+
+
 def _keras3_backend() -> str:
     """The backend of the Keras 3 in this process (``tensorflow`` when Keras 3 is not loaded)."""
     keras = sys.modules.get("keras")

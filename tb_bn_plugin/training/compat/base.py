@@ -190,3 +190,6 @@ class HostKerasFlavour(KerasFlavour, Protocol):
 
     def settle(self) -> None:
         """Wait until every ``HostRecord`` call of the steps run so far has happened."""
+
+    def sync_variables(self, model: Any) -> None:
+        """Bring ``model``'s variables up to date for an eager call (JAX: ``jax_state_sync``)."""

@@ -146,6 +146,12 @@ class Keras3Jax(Keras3):
 
         jax.effects_barrier()
 
+    @staticmethod
+    def sync_variables(model: Any) -> None:
+        """Keras' own sync for callbacks: the variables take the state's arrays (the next step
+        gathers the same values back)."""
+        model.jax_state_sync()
+
 
 def _backend() -> Optional[str]:
     import keras

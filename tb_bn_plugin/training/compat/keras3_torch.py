@@ -79,5 +79,9 @@ class Keras3Torch(Keras3):
     def settle() -> None:
         """Eager steps: every record has happened."""
 
+    @staticmethod
+    def sync_variables(model: Any) -> None:
+        """The variables are always up to date."""
+
 
 KERAS3_TORCH = Keras3Torch()
