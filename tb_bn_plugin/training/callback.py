@@ -22,7 +22,7 @@ from tb_bn_plugin.training.compat import flavour_of, keras_runs_on_tensorflow
 from tb_bn_plugin.training.compat.base import DueSteps
 from tb_bn_plugin.training.compat.bound_keras import Callback
 from tb_bn_plugin.training.gap_probe import SCOPES, GapProbe, GapProbeWarning, GapResult
-from tb_bn_plugin.training.host_gap import HostGapProbe, probe_from_data
+from tb_bn_plugin.training.host_gap import HostFirstBatchStash, HostGapProbe, probe_from_data
 from tb_bn_plugin.training.probe_batch import (
     DEFAULT_PROBE_SIZE,
     FirstBatchStash,
@@ -193,7 +193,7 @@ class BatchNormCallback(Callback):
         self._session: Optional[LoggingSession] = None  # one per fit
         self._awaiting_build = False
         self._epoch_base = 0
-        self._stash: Optional[FirstBatchStash] = None
+        self._stash: Optional[FirstBatchStash | HostFirstBatchStash] = None
         self._gap_probe: Optional[GapProbe | HostGapProbe] = None
         self._gap_off = False
         self._last_gap_step = -1
@@ -384,18 +384,12 @@ class BatchNormCallback(Callback):
         self._gap_probe = None
         self._gap_off = not self.gap_enabled
         self._last_gap_step = self._steps_done()
-        if self._gap_off:
+        if self._gap_off or self._probe_batch is not None:
             return
-        if self._probe_batch is not None:
-            return
-        if not self._on_tensorflow:
-            self._disable_gap(
-                "on this backend the probe batch is not stashed from the training data yet; "
-                "pass probe_data (statistics are logged as usual; gap_every_n_epochs=0 silences "
-                "this)"
-            )
-            return
-        self._stash = FirstBatchStash(self.model, self.probe_size)
+        if self._on_tensorflow:
+            self._stash = FirstBatchStash(self.model, self.probe_size)
+        else:
+            self._stash = HostFirstBatchStash(self.model, self.probe_size, self._steps_done())
         if self._stash.unsupported is not None:
             self._disable_gap(f"{self._stash.unsupported}; pass probe_data to measure the gap")
             return

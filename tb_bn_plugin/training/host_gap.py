@@ -206,6 +206,41 @@ def probe_from_data(data: Any, probe_size: int) -> tuple[Any, Any, Optional[Any]
     return tuple(arrays)
 
 
+class HostFirstBatchStash:
+    """``probe_batch.FirstBatchStash``'s interface on a ``HostKerasFlavour``: the first
+    ``probe_size`` samples of the training step that starts at ``first_step`` steps done, copied
+    to the host once (``install_first_batch_hook``). Keras must remake its train function after
+    ``install``."""
+
+    unsupported: Optional[str] = None
+
+    def __init__(self, model: Any, probe_size: int, first_step: int) -> None:
+        self._model = model
+        self._probe_size = probe_size
+        self._first_step = first_step
+        self._batch: Optional[tuple[Any, Any, Any]] = None
+        self._installed: Any = None
+
+    def install(self) -> None:
+        self._installed = flavour_of(self._model).install_first_batch_hook(
+            self._model, self._first_step, self._deliver
+        )
+
+    def uninstall(self) -> None:
+        if self._installed is not None:
+            self._installed.uninstall()
+            self._installed = None
+
+    def probe(self) -> Optional[tuple[Any, Any, Any]]:
+        """The stashed batch, or None when nothing was stashed yet."""
+        flavour_of(self._model).settle()
+        return self._batch
+
+    def _deliver(self, x: Any, y: Any, sample_weight: Any) -> None:
+        if self._batch is None:
+            self._batch = probe_from_data((x, y, sample_weight), self._probe_size)
+
+
 def _flat(value: Any, to_numpy: Any) -> np.ndarray:
     return np.asarray(to_numpy(value), np.float64).reshape(-1)
 

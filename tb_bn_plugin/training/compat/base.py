@@ -181,6 +181,13 @@ class HostKerasFlavour(KerasFlavour, Protocol):
     def install_step_hook(self, model: Any) -> Optional[InstalledCapture]:
         """What the layer wrappers need from the train step (JAX: the step count), or None."""
 
+    def install_first_batch_hook(
+        self, model: Any, first_step: int, deliver: Callable[[Any, Any, Any], None]
+    ) -> InstalledCapture:
+        """Wrap ``model.train_step`` (whatever is bound now) so that the training step that
+        starts at ``first_step`` steps done calls ``deliver(x, y, sample_weight)`` with its batch
+        as numpy arrays (the gap's default probe batch)."""
+
     def install_host_capture(self, layer: Any, record: HostRecord, due: Any) -> InstalledCapture:
         """Wrap ``layer``'s ``_moments`` so that it calls ``record`` in training steps ``due``
         (a ``DueSteps``) says will be logged, and returns what the original returned."""

@@ -74,7 +74,7 @@ class Keras3Jax(Keras3):
         layer wrappers while it is traced (Keras jits ``self.train_step``)."""
         optimizer = model.optimizer
         index = next(i for i, v in enumerate(optimizer.variables) if v is optimizer.iterations)
-        original = type(model).train_step.__get__(model)
+        original = model.train_step  # the class's, or a first-batch hook
 
         def train_step(state, data):
             token = _TRACED_STEP.set(state[2][index])
@@ -82,6 +82,37 @@ class Keras3Jax(Keras3):
                 return original(state, data)
             finally:
                 _TRACED_STEP.reset(token)
+
+        object.__setattr__(model, "train_step", train_step)
+        return InstalledCapture(model, "train_step")
+
+    @staticmethod
+    def install_first_batch_hook(model: Any, first_step: int, deliver: Any) -> InstalledCapture:
+        """A ``jax.debug.callback`` inside a ``lax.cond`` on the traced step count: only the step
+        at ``first_step`` sends its batch to the host."""
+        import jax
+        import keras
+
+        optimizer = model.optimizer
+        index = next(i for i, v in enumerate(optimizer.variables) if v is optimizer.iterations)
+        original = model.train_step
+
+        def train_step(state, data):
+            batch = keras.utils.unpack_x_y_sample_weight(data)
+            present = [i for i, v in enumerate(batch) if v is not None]
+
+            def on_host(*arrays):
+                values = [None, None, None]
+                for i, array in zip(present, arrays):
+                    values[i] = keras.tree.map_structure(np.asarray, array)
+                deliver(*values)
+
+            jax.lax.cond(
+                state[2][index] == first_step,
+                lambda: jax.debug.callback(on_host, *(batch[i] for i in present)),
+                lambda: None,
+            )
+            return original(state, data)
 
         object.__setattr__(model, "train_step", train_step)
         return InstalledCapture(model, "train_step")

@@ -55,6 +55,23 @@ class Keras3Torch(Keras3):
         return None
 
     @staticmethod
+    def install_first_batch_hook(model: Any, first_step: int, deliver: Any) -> InstalledCapture:
+        import keras
+
+        original = model.train_step
+        delivered = []
+
+        def train_step(data):
+            if not delivered and Keras3Torch.steps_done(model) == first_step:
+                delivered.append(True)
+                batch = keras.utils.unpack_x_y_sample_weight(data)
+                deliver(*(None if v is None else keras.ops.convert_to_numpy(v) for v in batch))
+            return original(data)
+
+        object.__setattr__(model, "train_step", train_step)
+        return InstalledCapture(model, "train_step")
+
+    @staticmethod
     def install_host_capture(layer: Any, record: HostRecord, due: DueSteps) -> InstalledCapture:
         original = type(layer)._moments.__get__(layer)
         channels = int(np.prod(layer.moving_mean.shape))
