@@ -2,9 +2,11 @@
 
 Each backend runs in a subprocess (``KERAS_BACKEND`` is fixed when Keras is first
 imported) with ``_backend_worker.py``: exact batch statistics against numpy, the
-moving statistics' EMA step by step, bit-identical training with and without the
-callback, and seed 001's pitfall (moving-statistic updates dropped by the train
-step) still captured, all without TensorFlow in that process. This process then
+moving statistics' EMA step by step, the train/inference gap (``probe_data`` and
+the default first-batch probe) against the model computed in numpy, bit-identical
+training with and without the callback (gap and attribution included), and seed
+001's pitfall (moving-statistic updates dropped by the train step) still captured,
+all without TensorFlow in that process. This process then
 reads the runs it wrote as every TensorFlow run is read: ``read_stats``,
 ``tb-bn report`` and the plugin's routes over TensorBoard's Python loader.
 """
