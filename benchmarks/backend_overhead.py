@@ -9,7 +9,9 @@ drifting machine load cancels. Each epoch is timed by a callback (wall clock and
 process CPU); epoch 0 (tracing/compiling) is untimed. The ratio is the median
 epoch CPU (and wall) time with the callback over the median without it.
 
-Run: ``python benchmarks/backend_overhead.py [--quick | --smoke] [--out PATH]``.
+Run: ``python benchmarks/backend_overhead.py [--quick | --smoke] [--out PATH]
+[--backends jax,torch]``. PyTorch's eager CPU kernels are slow and, on a loaded
+machine, their epoch times spread widely: read its ratio with its per-epoch samples.
 """
 
 from __future__ import annotations
@@ -108,11 +110,16 @@ def main(argv=None) -> int:
         print(json.dumps(child(sys.argv[2])))
         return 0
     started = time.perf_counter()
+    backends = BACKENDS
+    if argv is None and "--backends" in sys.argv:  # e.g. --backends jax,torch
+        at = sys.argv.index("--backends")
+        backends = tuple(sys.argv[at + 1].split(","))
+        argv = sys.argv[1:at] + sys.argv[at + 2 :]
     args = harness.parse_args("backend_overhead", __doc__.splitlines()[0], argv)
     p = MODES[args.mode]
-    print(f"mode={args.mode} {p} batch={BATCH}", flush=True)
+    print(f"mode={args.mode} {p} batch={BATCH} backends={backends}", flush=True)
     results = {}
-    for backend in BACKENDS:
+    for backend in backends:
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
         proc = subprocess.run(
             [sys.executable, __file__, "--child", args.mode],
