@@ -211,8 +211,41 @@ def check_not_yet_supported_say_so(logdir: str) -> None:
             raise AssertionError(f"{start} ran on {BACKEND}")
 
 
+def check_only_logged_steps_reach_the_host(logdir: str) -> None:
+    """On JAX the compiled step calls the host only in steps whose state is logged (every 3rd and
+    each epoch's last); PyTorch's eager step hands over a reference in every step."""
+    from tb_bn_plugin.training import host_capture
+
+    seen: list[int] = []
+    make_recorder = host_capture.HostStatsCapture._recorder
+
+    def counting_recorder(self, slot):
+        record = make_recorder(self, slot)
+
+        def counted(mean, variance, count, masked, step):
+            if self._enabled:  # not paused for the gap probe's passes
+                seen.append(self._clock() if step is None else step)
+            record(mean, variance, count, masked, step)
+
+        return counted
+
+    host_capture.HostStatsCapture._recorder = counting_recorder
+    try:
+        fit(build(), [BatchNormCallback(logdir, log_every_n_steps=3, run_name="cadence")])
+    finally:
+        host_capture.HostStatsCapture._recorder = make_recorder
+    steps_before = sorted(set(seen))
+    if BACKEND == "jax":
+        logged = {s for s in range(1, STEPS * EPOCHS + 1) if s % 3 == 0 or s % STEPS == 0}
+        assert steps_before == sorted(s - 1 for s in logged), steps_before
+        assert len(seen) == 2 * len(logged)  # two layers
+    else:
+        assert steps_before == list(range(STEPS * EPOCHS)), steps_before
+
+
 if __name__ == "__main__":
     logdir = sys.argv[1]
+    check_only_logged_steps_reach_the_host(logdir)
     check_exact_and_unperturbed(logdir)
     check_stale(logdir)
     check_not_yet_supported_say_so(logdir)

@@ -41,7 +41,7 @@ def backend_logdir(request, tmp_path_factory):
 
 def test_runs_read_back_like_tensorflow_runs(backend_logdir):
     stats = read_stats(backend_logdir)
-    assert set(stats) == {"healthy", "stale"}
+    assert set(stats) == {"healthy", "stale", "cadence"}
     for run in stats.values():
         assert set(run) == {"bn0", "bn1"}
         assert run["bn0"]["batch_mean"][1].shape[1] == 5
