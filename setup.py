@@ -14,14 +14,22 @@ setup(
     # as a package, so setuptools ships it without warning that it is not configured.
     packages=find_namespace_packages(include=["tb_bn_plugin", "tb_bn_plugin.*"]),
     package_data={"tb_bn_plugin.plugin.static": ["*"]},
+    # TensorFlow is an extra: Keras 3 on JAX or PyTorch logs, and the BN Internals tab,
+    # read_stats and tb-bn report work, without it (event files are written with
+    # TensorBoard's own writer). The TensorFlow backend, tf-keras, tf.distribute, the graph
+    # view and tb-bn graph need it: pip install "tb_bn_plugin[tensorflow]".
     install_requires=[
-        "tensorflow>=2.16",
+        "keras>=3.0",
         "tensorboard>=2.16",
         "numpy",
         "protobuf",
     ],
     extras_require={
-        "test": ["pytest", "playwright", "tf-keras", "ruff==0.17.6"],
+        "tensorflow": ["tensorflow>=2.16"],
+        "jax": ["jax"],
+        "torch": ["torch"],
+        # tests/run.sh installs jax and the CPU build of torch itself (see there).
+        "test": ["tensorflow>=2.16", "pytest", "playwright", "tf-keras", "ruff==0.17.6"],
     },
     entry_points={
         "tensorboard_plugins": [

@@ -9,7 +9,7 @@ PORT="${2:-6006}"
 PYTHON="${PYTHON:-python3}"
 
 "$PYTHON" -m pip install --quiet --upgrade pip
-"$PYTHON" -m pip install --quiet -e .
+"$PYTHON" -m pip install --quiet -e '.[tensorflow]'
 "$PYTHON" demo/train.py --logdir "$LOGDIR"
 echo "Serving TensorBoard on http://127.0.0.1:${PORT}/#bn_internals (Ctrl-C to stop)"
 exec "$PYTHON" -m tensorboard.main --logdir "$LOGDIR" --host 127.0.0.1 --port "$PORT"

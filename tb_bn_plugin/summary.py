@@ -1,10 +1,13 @@
-"""Writing BN Internals summaries with ``tf.summary``.
+"""Writing BN Internals summaries: with ``tf.summary``, or without TensorFlow.
 
-``SummaryWriter`` owns one run's ``tf.summary`` file writer and writes every
-tag's ``SummaryMetadata`` once, with the tag's first event in its file.
-Logged steps are written in one traced call for all layers. What each payload
-holds (tensor and metadata content) is encoded in ``records``; the tags come
-from ``metadata``.
+``SummaryWriter`` owns one run's event file writer and writes every tag's
+``SummaryMetadata`` once, with the tag's first event in its file. Two sinks
+write the same events: ``tf.summary`` (TensorFlow models: logged steps are
+written in one traced call for all layers, and tf.distribute's chief-only
+convention applies), and TensorBoard's own framework-independent
+``EventFileWriter`` (numpy and protobuf only), for Keras on JAX or PyTorch,
+where TensorFlow may not be installed. What each payload holds (tensor and
+metadata content) is encoded in ``records``; the tags come from ``metadata``.
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ import functools
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import numpy as np
-import tensorflow as tf
 
 from tb_bn_plugin import metadata, records
 from tb_bn_plugin.records import LayerSnapshot
@@ -36,26 +39,50 @@ class SummaryWriter:
     """
 
     def __init__(
-        self, logdir: str, max_queue: int = 100, flush_millis: int = 30_000, temporary: bool = False
+        self,
+        logdir: str,
+        max_queue: int = 100,
+        flush_millis: int = 30_000,
+        temporary: bool = False,
+        tensorflow: bool = True,
     ) -> None:
-        """``temporary``: ``close`` deletes ``logdir`` (a non-chief worker's; see ``for_run``)."""
+        """``temporary``: ``close`` deletes ``logdir`` (a non-chief worker's; see ``for_run``).
+
+        ``tensorflow``: write with ``tf.summary``; False: with TensorBoard's
+        ``EventFileWriter``, without importing TensorFlow (same events).
+        """
         self.logdir = logdir
         self.temporary = temporary
-        self._writer = tf.summary.create_file_writer(
-            logdir, max_queue=max_queue, flush_millis=flush_millis
-        )
+        if tensorflow:
+            import tensorflow as tf
+
+            self._writer = tf.summary.create_file_writer(
+                logdir, max_queue=max_queue, flush_millis=flush_millis
+            )
+            self._events = None
+        else:
+            from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+            self._writer = None
+            self._events = EventFileWriter(
+                logdir, max_queue_size=max_queue, flush_secs=flush_millis / 1000
+            )
         self._written_tags: set[str] = set()
         self._batch_writers: dict[tuple[str, ...], Callable[..., Any]] = {}
 
     @classmethod
-    def for_run(cls, run_dir: str, strategy: tf.distribute.Strategy) -> SummaryWriter:
-        """The writer of one run under ``strategy``.
+    def for_run(cls, run_dir: str, strategy: Any) -> SummaryWriter:
+        """The writer of one run under a ``tf.distribute`` strategy, or None without TensorFlow.
 
         Where this process writes summaries: into ``run_dir``, checked first
         (``PermissionError`` naming it when it cannot hold event files). On a
         non-chief multi-worker worker: into a temporary directory that
-        ``close`` deletes (``worker_temp_dir``).
+        ``close`` deletes (``worker_temp_dir``). ``strategy=None`` writes
+        without TensorFlow.
         """
+        if strategy is None:
+            _check_writable(run_dir)
+            return cls(run_dir, tensorflow=False)
         worker_dir = worker_temp_dir(strategy)
         if worker_dir is not None:
             return cls(worker_dir, temporary=True)
@@ -75,13 +102,19 @@ class SummaryWriter:
 
     def graph(self, graph_def: Any) -> None:
         """Write ``graph_def`` as this run's graph (Graphs tab; analysed by the plugin)."""
-        write_graph(graph_def, self._writer)
+        if self._events is None:
+            write_graph(graph_def, self._writer)
+            return
+        self._events.add_event(
+            event_pb2().Event(wall_time=time.time(), graph_def=graph_def.SerializeToString())
+        )
+        self._events.flush()
 
     def flush(self) -> None:
-        self._writer.flush()
+        (self._writer or self._events).flush()
 
     def close(self) -> None:
-        self._writer.close()
+        (self._writer or self._events).close()
         if self.temporary:
             shutil.rmtree(self.logdir, ignore_errors=True)
 
@@ -95,15 +128,21 @@ class SummaryWriter:
         if tag not in self._written_tags:
             serialized = metadata.create_summary_metadata(content()).SerializeToString()
             self._written_tags.add(tag)
+        if self._events is not None:
+            self._events.add_event(_tensor_event(tag, tensor, step, serialized))
+            return
+        import tensorflow as tf
+
         with self._writer.as_default():
             tf.summary.write(tag=tag, tensor=tensor, step=step, metadata=serialized)
 
     def write_items(self, step: int, items: Sequence[Item]) -> None:
         """Write several tags at ``step``.
 
-        Eagerly while a tag still needs its metadata, else in one traced call.
+        With ``tf.summary``: eagerly while a tag still needs its metadata, else
+        in one traced call.
         """
-        if any(tag not in self._written_tags for tag, _, _ in items):
+        if self._events is not None or any(tag not in self._written_tags for tag, _, _ in items):
             for tag, tensor, content in items:
                 self._write(tag, tensor, step, content)
             return
@@ -111,9 +150,13 @@ class SummaryWriter:
         write = self._batch_writers.get(tags)
         if write is None:
             write = self._batch_writers[tags] = self._trace_batch_writer(tags)
+        import tensorflow as tf
+
         write(tf.constant(step, tf.int64), [tensor for _, tensor, _ in items])
 
     def _trace_batch_writer(self, tags: tuple[str, ...]) -> Callable[..., Any]:
+        import tensorflow as tf
+
         writer = self._writer
 
         def write(step: tf.Tensor, tensors: list[tf.Tensor]) -> None:
@@ -169,7 +212,27 @@ def layer_items(
     return items
 
 
-def worker_temp_dir(strategy: tf.distribute.Strategy) -> Optional[str]:
+def event_pb2() -> Any:
+    """TensorBoard's ``Event`` protobuf module (no TensorFlow needed)."""
+    from tensorboard.compat.proto import event_pb2
+
+    return event_pb2
+
+
+def _tensor_event(tag: str, tensor: np.ndarray, step: int, serialized_metadata: bytes) -> Any:
+    """The ``Event`` ``tf.summary.write(tag, tensor, step, metadata)`` writes, built without TF."""
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.util import tensor_util
+
+    value = summary_pb2.Summary.Value(tag=tag, tensor=tensor_util.make_tensor_proto(tensor))
+    if serialized_metadata:
+        value.metadata.ParseFromString(serialized_metadata)
+    return event_pb2().Event(
+        wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=[value])
+    )
+
+
+def worker_temp_dir(strategy: Any) -> Optional[str]:
     """None where this process writes summaries; on a non-chief worker a new temporary directory.
 
     TensorFlow's multi-worker convention: only the chief writes summaries
@@ -203,6 +266,7 @@ def write_graph(graph_def: Any, writer_or_logdir: Any) -> None:
     TensorBoard shows it in the Graphs tab and the BN plugin analyses it. Must
     be called eagerly (not inside a ``tf.function``).
     """
+    import tensorflow as tf
     from tensorflow.core.framework import graph_pb2 as tf_graph_pb2
 
     if not isinstance(graph_def, tf_graph_pb2.GraphDef):

@@ -191,3 +191,35 @@ def test_a_temporary_writer_deletes_its_directory_on_close(tmp_path):
     assert os.listdir(logdir)
     writer.close()
     assert not logdir.exists()
+
+
+def test_the_tensorflow_free_writer_writes_the_same_events(tmp_path):
+    """``SummaryWriter(tensorflow=False)`` (Keras on JAX/PyTorch) writes what ``tf.summary`` writes:
+    the same tags, steps, tensors (dtype, shape, bytes) and metadata, in the same order; and its
+    graph event is the run graph TensorBoard reads."""
+    configs = [_config("enc/bn", 3), _config("head_bn", 5, scale=False)]
+    runs = {}
+    for name, tensorflow in (("tf", True), ("free", False)):
+        writer = SummaryWriter(str(tmp_path / name), tensorflow=tensorflow)
+        for step, full in ((10, True), (20, False), (30, True)):
+            snaps = [_snapshot(c, seed=step + i, replicas=(i == 0)) for i, c in enumerate(configs)]
+            writer.layer_step(snaps, step, full, np.dtype(np.float16))
+        writer.write("bn_internals/extra", np.arange(4.0), 40, {"kind": "extra"})
+        writer.close()
+        runs[name] = _events(str(tmp_path / name))
+    assert len(runs["tf"]) == len(runs["free"]) > 0
+    for (step_a, tag_a, tensor_a, md_a), (step_b, tag_b, tensor_b, md_b) in zip(
+        runs["tf"], runs["free"]
+    ):
+        assert (step_a, tag_a, md_a) == (step_b, tag_b, md_b)
+        assert tensor_a.dtype == tensor_b.dtype and tensor_a.shape == tensor_b.shape
+        assert tensor_a.tobytes() == tensor_b.tobytes()
+
+    graph = tf.compat.v1.GraphDef()
+    graph.node.add(name="bn", op="FusedBatchNormV3")
+    writer = SummaryWriter(str(tmp_path / "graph"), tensorflow=False)
+    writer.graph(graph)
+    writer.close()
+    accumulator = event_accumulator.EventAccumulator(str(tmp_path / "graph"))
+    accumulator.Reload()
+    assert [n.name for n in accumulator.Graph().node] == ["bn"]

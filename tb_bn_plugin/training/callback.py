@@ -18,8 +18,11 @@ import numpy as np
 from tb_bn_plugin import metadata, records
 from tb_bn_plugin.training import graph_trace
 from tb_bn_plugin.training.capture import BatchNormRef, find_batchnorm_layers
+from tb_bn_plugin.training.compat import flavour_of, keras_runs_on_tensorflow
+from tb_bn_plugin.training.compat.base import DueSteps
 from tb_bn_plugin.training.compat.bound_keras import Callback
 from tb_bn_plugin.training.gap_probe import SCOPES, GapProbe, GapProbeWarning, GapResult
+from tb_bn_plugin.training.host_gap import HostFirstBatchStash, HostGapProbe, probe_from_data
 from tb_bn_plugin.training.probe_batch import (
     DEFAULT_PROBE_SIZE,
     FirstBatchStash,
@@ -166,9 +169,14 @@ class BatchNormCallback(Callback):
         self.gap_attribution = int(gap_attribution)
         self.gap_scope = gap_scope
         self.probe_size = probe_size
-        self._probe_batch: Optional[ProbeBatch] = (
-            probe_batch_from_data(probe_data, probe_size) if probe_data is not None else None
-        )
+        # TensorFlow models get a ProbeBatch of tensors, others numpy arrays (host_gap).
+        self._probe_batch: Optional[ProbeBatch | tuple] = None
+        if probe_data is not None:
+            self._probe_batch = (
+                probe_batch_from_data(probe_data, probe_size)
+                if keras_runs_on_tensorflow()
+                else probe_from_data(probe_data, probe_size)
+            )
         if self.gap_attribution and not gap_every_n_epochs:
             warnings.warn(
                 "BatchNormCallback: gap_attribution is computed at epoch-end gap measurements, "
@@ -189,8 +197,8 @@ class BatchNormCallback(Callback):
         self._session: Optional[LoggingSession] = None  # one per fit
         self._awaiting_build = False
         self._epoch_base = 0
-        self._stash: Optional[FirstBatchStash] = None
-        self._gap_probe: Optional[GapProbe] = None
+        self._stash: Optional[FirstBatchStash | HostFirstBatchStash] = None
+        self._gap_probe: Optional[GapProbe | HostGapProbe] = None
         self._gap_off = False
         self._last_gap_step = -1
         self._first_gap_step = -1
@@ -214,7 +222,7 @@ class BatchNormCallback(Callback):
     def on_train_begin(self, logs: Optional[dict] = None) -> None:
         self._session = LoggingSession(
             self.run_dir,
-            self.model.distribute_strategy,
+            self._strategy(),
             self.layer_patterns,
             self.channel_dtype.name,
             self.max_bytes_per_log,
@@ -318,8 +326,19 @@ class BatchNormCallback(Callback):
 
     # -- internals ----------------------------------------------------------------
 
+    def _strategy(self) -> Any:
+        """The model's ``tf.distribute`` strategy; None on a backend other than TensorFlow."""
+        return self.model.distribute_strategy if self._on_tensorflow else None
+
+    @property
+    def _on_tensorflow(self) -> bool:
+        return flavour_of(self.model).uses_tensorflow
+
     def _start_capture(self, refs: list[BatchNormRef]) -> None:
-        self._session.start_capture(refs, self.model.optimizer.iterations)
+        # The steps this fit logs the state after (a compiled JAX step sends only their
+        # statistics to the host): every log_every_n_steps-th and each epoch's last.
+        due = DueSteps(self.log_every_n_steps, self._steps_done(), (self.params or {}).get("steps"))
+        self._session.start_capture(refs, self.model.optimizer.iterations, self.model, due)
         logger.info(
             "BatchNormCallback: logging %d BatchNormalization layers to %s "
             "(per-channel snapshot every %d logged steps)",
@@ -334,6 +353,13 @@ class BatchNormCallback(Callback):
 
     def _write_model_graph(self) -> None:
         """Trace the training and inference steps (nothing runs) and write them as the run graph."""
+        if not self._on_tensorflow:
+            logger.info(
+                "BatchNormCallback: the graph view needs the TensorFlow backend; no graph is "
+                "written for a model on %s.",
+                flavour_of(self.model).__class__.__name__,
+            )
+            return
         if not getattr(self.model, "inputs", None):
             logger.info(
                 "BatchNormCallback: %r has no symbolic inputs (subclassed model); no graph is "
@@ -371,7 +397,10 @@ class BatchNormCallback(Callback):
         self._first_gap_step = self._last_gap_step + 1
         if self._gap_off or self._probe_batch is not None:
             return
-        self._stash = FirstBatchStash(self.model, self.probe_size)
+        if self._on_tensorflow:
+            self._stash = FirstBatchStash(self.model, self.probe_size)
+        else:
+            self._stash = HostFirstBatchStash(self.model, self.probe_size, self._steps_done())
         if self._stash.unsupported is not None:
             self._disable_gap(f"{self._stash.unsupported}; pass probe_data to measure the gap")
             return
@@ -395,7 +424,7 @@ class BatchNormCallback(Callback):
             stacklevel=3,
         )
 
-    def _ensure_gap_probe(self) -> Optional[GapProbe]:
+    def _ensure_gap_probe(self) -> Optional[GapProbe | HostGapProbe]:
         if self._gap_probe is not None or self._gap_off or self._capture is None:
             return self._gap_probe
         batch = self._probe_batch
@@ -410,7 +439,8 @@ class BatchNormCallback(Callback):
         try:
             all_refs = [r for r in find_batchnorm_layers(self.model) if r.built]
             tapped = [r for r in self._session.select_layers(self.model) if r.built]
-            self._gap_probe = GapProbe(
+            probe_class = GapProbe if self._on_tensorflow else HostGapProbe
+            self._gap_probe = probe_class(
                 self.model, all_refs, tapped, batch, self.gap_scope, self._capture
             )
         except Exception as err:  # never break training over a diagnostic
@@ -483,7 +513,7 @@ class BatchNormCallback(Callback):
         )
 
     def _steps_done(self) -> int:
-        return int(self.model.optimizer.iterations.numpy())
+        return flavour_of(self.model).steps_done(self.model)
 
     def _log(self, steps_done: int, force_snapshot: bool = False) -> None:
         """Log the state after the step that brought the optimizer to ``steps_done``."""

@@ -35,13 +35,13 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 import numpy as np
-import tensorflow as tf
 
 from tb_bn_plugin import metadata, records
 from tb_bn_plugin.records import LayerSnapshot
 from tb_bn_plugin.series import LayerConfig
 from tb_bn_plugin.training.compat import flavour_of
 from tb_bn_plugin.training.compat.base import InstalledCapture, KerasFlavour, Record
+from tb_bn_plugin.training.lazy_tf import tf
 
 
 class UnsupportedLayerError(ValueError):

@@ -37,13 +37,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
 import numpy as np
-import tensorflow as tf
 
 from tb_bn_plugin import metadata
 from tb_bn_plugin.numerics import gap
 from tb_bn_plugin.training.capture import BatchNormRef, StatsCapture
 from tb_bn_plugin.training.compat import flavour_of
 from tb_bn_plugin.training.layer_tap import ATTRIBUTION, INFERENCE, TRAIN, BatchNormTap, ProbePass
+from tb_bn_plugin.training.lazy_tf import tf
 from tb_bn_plugin.training.probe_batch import ProbeBatch
 
 # Which layers run in training mode in the training-mode passes.
@@ -131,7 +131,9 @@ class GapProbe:
         self._flavour.check_probe(all_refs, probe.size)
         self._tap = BatchNormTap(all_refs, tapped)
         self._capture = capture
-        self._compile_loss, self._compile_metrics = self._compiled_objects()
+        self._compile_loss, self._compile_metrics = compiled_objects(
+            self._flavour, model, self.warnings
+        )
         self.loss_names = ["loss"]
         if self._compile_loss is not None and len(self._compile_loss.metrics) > 1:
             self.loss_names += [m.name for m in self._compile_loss.metrics]
@@ -328,27 +330,27 @@ class GapProbe:
                 self.metric_names = names
         return tf.stack(losses), tf.stack(metrics) if metrics else tf.zeros([0])
 
-    def _compiled_objects(self) -> tuple[Any, Any]:
-        """The model's built CompileLoss / CompileMetrics, or None with a warning why not."""
-        flavour = self._flavour
-        loss = flavour.compiled_loss(self.model)
-        if loss is None:
-            self.warnings.append(
-                "the model has no compiled loss (compile(loss=...)); the probe losses are NaN "
-                "and no attribution is computed"
-            )
-        elif not flavour.is_built(loss):
-            self.warnings.append(
-                "the compiled loss was not built by a training step; the probe losses are NaN"
-            )
-            loss = None
-        metrics = flavour.compiled_metrics(self.model)
-        if metrics is not None and not flavour.is_built(metrics):
-            self.warnings.append(
-                "the compiled metrics were not built by a training step; they are not logged"
-            )
-            metrics = None
-        return loss, metrics
+
+def compiled_objects(flavour: Any, model: Any, warnings: list[str]) -> tuple[Any, Any]:
+    """The model's built CompileLoss / CompileMetrics, or None with a warning (appended) why not."""
+    loss = flavour.compiled_loss(model)
+    if loss is None:
+        warnings.append(
+            "the model has no compiled loss (compile(loss=...)); the probe losses are NaN "
+            "and no attribution is computed"
+        )
+    elif not flavour.is_built(loss):
+        warnings.append(
+            "the compiled loss was not built by a training step; the probe losses are NaN"
+        )
+        loss = None
+    metrics = flavour.compiled_metrics(model)
+    if metrics is not None and not flavour.is_built(metrics):
+        warnings.append(
+            "the compiled metrics were not built by a training step; they are not logged"
+        )
+        metrics = None
+    return loss, metrics
 
 
 def _sums_of_squares(reference: Any, other: Any) -> tuple[tf.Tensor, tf.Tensor]:

@@ -13,9 +13,8 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
-import tensorflow as tf
-
 from tb_bn_plugin.training.capture import BatchNormRef
+from tb_bn_plugin.training.lazy_tf import tf
 
 # Kinds of probe passes.
 INFERENCE = "inference"  # every BN layer in inference mode
@@ -40,8 +39,8 @@ class LayerOutputs:
 class ProbePass:
     """One traced forward pass: its kind and, per tapped layer's slot, its ``LayerOutputs``.
 
-    ``index`` (``attribution`` passes): a scalar int32 tensor, the slot of the
-    tapped layer that runs in inference mode.
+    ``index`` (``attribution`` passes): the slot of the tapped layer that runs
+    in inference mode: a scalar int32 tensor in traced passes, an int in eager ones.
     """
 
     def __init__(self, kind: str, index: Optional[tf.Tensor] = None) -> None:
@@ -110,6 +109,8 @@ class BatchNormTap:
                 return out_train
             if slot is None:
                 return out_train
+            if isinstance(p.index, int):  # eager passes (Keras on JAX/PyTorch)
+                return out_inference if p.index == slot else out_train
             return tf.where(tf.equal(p.index, slot), out_inference, out_train)
 
         return call

@@ -45,10 +45,10 @@ import os
 from collections.abc import Sequence
 from typing import Any, Optional
 
-import tensorflow as tf
-
 from tb_bn_plugin import records
 from tb_bn_plugin.training.capture import require_built
+from tb_bn_plugin.training.compat import flavour_of
+from tb_bn_plugin.training.lazy_tf import tf
 from tb_bn_plugin.training.session import (
     DEFAULT_CHANNEL_DTYPE,
     DEFAULT_MAX_BYTES_PER_LOG,
@@ -84,6 +84,11 @@ class BatchNormLogger:
         self.log_every_n_steps = log_every_n_steps
         self.run_dir = os.path.join(os.fspath(log_dir), run_name)
         self.optimizer = optimizer
+        if not flavour_of(model).uses_tensorflow:
+            raise NotImplementedError(
+                "BatchNormLogger supports TensorFlow models (Keras 3 on the tensorflow backend, "
+                "tf-keras) only; on JAX and PyTorch use BatchNormCallback with model.fit"
+            )
         strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
         self._session = LoggingSession(
             self.run_dir, strategy, layers, channel_dtype, max_bytes_per_log

@@ -35,7 +35,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Optional
 
 import numpy as np
-import tensorflow as tf
 
 from tb_bn_plugin import metadata, records
 from tb_bn_plugin.diagnostics.ema import ema_error_finding
@@ -57,6 +56,7 @@ from tb_bn_plugin.training.capture import (
 )
 from tb_bn_plugin.training.compat import flavour_of
 from tb_bn_plugin.training.compat.bound_keras import Callback
+from tb_bn_plugin.training.lazy_tf import tf
 from tb_bn_plugin.training.session import DEFAULT_RUN_NAME
 
 DEFAULT_BATCH_SIZE = 32
@@ -173,7 +173,16 @@ class _InputRecorder:
         return call
 
 
+def _require_tensorflow(model: Any) -> None:
+    if not flavour_of(model).uses_tensorflow:
+        raise NotImplementedError(
+            "precise_stats, recalibrate and PreciseStatsMonitor run on the TensorFlow backend "
+            "only for now (KERAS_BACKEND=tensorflow); BatchNormCallback works on every backend"
+        )
+
+
 def _selected(model: Any, layers: Optional[Sequence[str]]) -> list[BatchNormRef]:
+    _require_tensorflow(model)
     refs = find_batchnorm_layers(model, layers)
     require_built(refs, "measuring precise statistics (or fit it)")
     for i, ref in enumerate(refs):
@@ -382,6 +391,7 @@ class PreciseStatsMonitor(Callback):
         self._writer = None
 
     def on_train_begin(self, logs: Optional[dict] = None) -> None:
+        _require_tensorflow(self.model)  # before any training time is spent
         if self.log_dir is not None and self._writer is None:
             self._writer = SummaryWriter(os.path.join(os.fspath(self.log_dir), self.run_name))
 

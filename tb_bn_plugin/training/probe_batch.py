@@ -11,9 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-import tensorflow as tf
-
 from tb_bn_plugin.training.compat import flavour_of
+from tb_bn_plugin.training.lazy_tf import tf
 
 DEFAULT_PROBE_SIZE = 256
 

@@ -11,11 +11,13 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 import numpy as np
-import tensorflow as tf
 
 from tb_bn_plugin import records
 from tb_bn_plugin.summary import SummaryWriter
 from tb_bn_plugin.training.capture import BatchNormRef, StatsCapture, find_batchnorm_layers
+from tb_bn_plugin.training.compat.base import DueSteps
+from tb_bn_plugin.training.host_capture import HostStatsCapture
+from tb_bn_plugin.training.lazy_tf import tf
 
 DEFAULT_MAX_BYTES_PER_LOG = 50_000
 DEFAULT_CHANNEL_DTYPE = "float32"
@@ -27,7 +29,8 @@ class LoggingSession:
 
     Args:
       run_dir: where the run's event files go (``SummaryWriter.for_run``).
-      strategy: the ``tf.distribute`` strategy the model trains under.
+      strategy: the ``tf.distribute`` strategy the model trains under; None for a model on a
+        backend other than TensorFlow (then nothing here imports TensorFlow).
       layers: optional glob patterns over layer paths (``select_layers``).
       channel_dtype: storage dtype of per-channel snapshots.
       max_bytes_per_log: average budget in bytes per logged step (sizes the cadence).
@@ -40,7 +43,7 @@ class LoggingSession:
     def __init__(
         self,
         run_dir: str,
-        strategy: tf.distribute.Strategy,
+        strategy: Optional[tf.distribute.Strategy],
         layers: Optional[Sequence[str]] = None,
         channel_dtype: str = DEFAULT_CHANNEL_DTYPE,
         max_bytes_per_log: int = DEFAULT_MAX_BYTES_PER_LOG,
@@ -51,7 +54,7 @@ class LoggingSession:
         self.channel_dtype = np.dtype(channel_dtype)
         self.max_bytes_per_log = max_bytes_per_log
         self.writer: Optional[SummaryWriter] = None
-        self.capture: Optional[StatsCapture] = None
+        self.capture: Optional[StatsCapture | HostStatsCapture] = None
         self.cadence = records.SnapshotCadence(1)
         self.last_logged = -1
         self.last_snapshot = -1
@@ -67,15 +70,27 @@ class LoggingSession:
             self.writer = SummaryWriter.for_run(self.run_dir, self.strategy)
         return self.writer
 
-    def start_capture(self, refs: Sequence[BatchNormRef], clock: Any) -> StatsCapture:
-        """Capture ``refs`` in every training step traced from now on.
+    def start_capture(
+        self,
+        refs: Sequence[BatchNormRef],
+        clock: Any,
+        model: Any = None,
+        due: DueSteps = DueSteps(),
+    ) -> StatsCapture | HostStatsCapture:
+        """Capture ``refs`` in every training step traced (or run) from now on.
 
-        ``clock``: a variable holding the number of training steps done. The
-        layers are checked (``UnsupportedLayerError``) and the writer opened
-        before the wrappers go in, so a failure leaves the model as it was.
-        The snapshot cadence is sized for these layers.
+        ``clock``: a variable holding the number of training steps done (on
+        TensorFlow). Without TensorFlow (``strategy`` None): ``model``, whose
+        optimizer counts the steps, and ``due``, the steps that will be logged
+        (a compiled JAX step sends only those to the host). The layers
+        are checked (``UnsupportedLayerError``) and the writer opened before the
+        wrappers go in, so a failure leaves the model as it was. The snapshot
+        cadence is sized for these layers.
         """
-        capture = StatsCapture(refs, clock, self.strategy)
+        if self.strategy is None:
+            capture = HostStatsCapture(refs, model, due)
+        else:
+            capture = StatsCapture(refs, clock, self.strategy)
         self.open_writer()
         capture.install()
         self.capture = capture

@@ -5,9 +5,12 @@ through one ``KerasFlavour`` (``compat.flavour_of``): finding BatchNormalization
 layers and their channel axis, installing the batch-statistics capture,
 computing a layer's batch moments, running forward passes that change no
 state, reaching the compiled loss and metrics. ``keras3.Keras3`` and
-``tf_keras.TfKeras`` implement it; a new backend is a new implementation.
+``tf_keras.TfKeras`` implement it for TensorFlow; ``keras3_jax.Keras3Jax`` and
+``keras3_torch.Keras3Torch`` for Keras 3 on JAX and PyTorch, which also
+implement ``HostKerasFlavour`` (capture without TensorFlow: see there).
 
-Also here: the types the protocol speaks in (``Record``, ``InstalledCapture``).
+Also here: the types the protocol speaks in (``Record``, ``HostRecord``,
+``InstalledCapture``). Importing this module does not import TensorFlow.
 """
 
 from __future__ import annotations
@@ -15,14 +18,23 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
 
-import tensorflow as tf
+import numpy as np
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 # What a capture wrapper calls in every training step with one layer's (C,) batch mean,
 # (C,) biased batch variance and the scalar count of values per channel; ``masked``
 # says whether the count came from a Keras mask.
-Record = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, bool], None]
+Record = Callable[[Any, Any, Any, bool], None]
+
+# What a host flavour's capture wrapper calls with one layer's (C,) batch mean, (C,) biased
+# batch variance (arrays of the backend or numpy), the count of values per channel, whether
+# it came from a mask, and the number of training steps done before that step (None: read
+# the clock now).
+HostRecord = Callable[[Any, Any, float, bool, Optional[int]], None]
 
 
 @dataclasses.dataclass
@@ -53,6 +65,10 @@ class KerasFlavour(Protocol):
     # may run the whole model in training mode (``gap_scope="model"``).
     supports_model_scope: bool
 
+    # Whether models of this flavour run on TensorFlow: capture variables, ``tf.summary``,
+    # the traced graph and the gap probe's ``tf.function``s. False: ``HostKerasFlavour``.
+    uses_tensorflow: bool
+
     # -- discovery ------------------------------------------------------------
 
     def owns(self, obj: Any) -> bool:
@@ -72,6 +88,9 @@ class KerasFlavour(Protocol):
 
     def explicit_strategy(self, model: Any) -> Optional[tf.distribute.Strategy]:
         """The ``tf.distribute`` strategy ``model`` was created under; None without one."""
+
+    def steps_done(self, model: Any) -> int:
+        """Training steps ``model``'s optimizer has done, outside a train step."""
 
     # -- capture inside the training step -------------------------------------
 
@@ -120,3 +139,64 @@ class KerasFlavour(Protocol):
 
     def check_probe(self, refs: Sequence[Any], size: int) -> None:
         """Raise ``ValueError`` when a layer of ``refs`` cannot train on ``size`` samples."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DueSteps:
+    """Which training steps' statistics will be logged, as a compiled train step can test it.
+
+    The state after a step is logged when the steps done after it are a
+    multiple of ``every``, or end an epoch: ``first`` steps were done when
+    ``fit`` started and every epoch has ``epoch_steps`` steps (None: unknown,
+    every step is due). ``every=None``: every step is due (custom loops).
+    """
+
+    every: Optional[int] = None
+    first: int = 0
+    epoch_steps: Optional[int] = None
+
+    @property
+    def always(self) -> bool:
+        return self.every is None or self.epoch_steps is None
+
+    def test(self, done_after: Any, either: Callable[[Any, Any], Any]) -> Any:
+        """Whether the state at ``done_after`` steps is logged; ``either``: the logical or of the
+        array type ``done_after`` is (a traced scalar)."""
+        return either(
+            done_after % self.every == 0, (done_after - self.first) % self.epoch_steps == 0
+        )
+
+
+class HostKerasFlavour(KerasFlavour, Protocol):
+    """A Keras 3 backend other than TensorFlow (``uses_tensorflow`` False).
+
+    There are no capture variables: the capture wrapper hands each layer's
+    batch statistics to a ``HostRecord`` on the host. Where the train step is
+    compiled (JAX), it does so only in the steps ``due`` names, from inside the
+    compiled step; where it runs eagerly (PyTorch) it keeps a reference in every
+    step. Variables are read with ``read_values`` (a JAX model's variables hold
+    no values between the syncs Keras makes at epoch ends).
+    """
+
+    def install_step_hook(self, model: Any) -> Optional[InstalledCapture]:
+        """What the layer wrappers need from the train step (JAX: the step count), or None."""
+
+    def install_first_batch_hook(
+        self, model: Any, first_step: int, deliver: Callable[[Any, Any, Any], None]
+    ) -> InstalledCapture:
+        """Wrap ``model.train_step`` (whatever is bound now) so that the training step that
+        starts at ``first_step`` steps done calls ``deliver(x, y, sample_weight)`` with its batch
+        as numpy arrays (the gap's default probe batch)."""
+
+    def install_host_capture(self, layer: Any, record: HostRecord, due: Any) -> InstalledCapture:
+        """Wrap ``layer``'s ``_moments`` so that it calls ``record`` in training steps ``due``
+        (a ``DueSteps``) says will be logged, and returns what the original returned."""
+
+    def read_values(self, model: Any, variables: Sequence[Any]) -> list[np.ndarray]:
+        """The current values of ``model``'s ``variables`` (its weights, optimizer variables)."""
+
+    def settle(self) -> None:
+        """Wait until every ``HostRecord`` call of the steps run so far has happened."""
+
+    def sync_variables(self, model: Any) -> None:
+        """Bring ``model``'s variables up to date for an eager call (JAX: ``jax_state_sync``)."""

@@ -1,4 +1,4 @@
-"""Which Keras ``tf.keras`` is in this process, and the ``Callback`` base class taken from it.
+"""Which Keras the package's callbacks belong to in this process, and its ``Callback`` class.
 
 The package's Keras callbacks (``BatchNormCallback``, ``PreciseStatsMonitor``)
 subclass the ``Callback`` of the Keras whose ``model.fit`` runs them, and
@@ -7,7 +7,9 @@ directly). TensorFlow binds ``tf.keras`` when it is first used: to Keras 3
 by default, to tf-keras (legacy Keras 2) when ``TF_USE_LEGACY_KERAS=1`` was
 set before TensorFlow was imported. This module is the one place the package
 reads that binding; ``tests/training/test_legacy_keras.py`` runs the
-tf-keras case.
+tf-keras case. Otherwise ``tf.keras`` is Keras 3, whose callbacks serve every
+backend: it is taken from ``keras`` directly, without importing TensorFlow
+(JAX and PyTorch users may not have it).
 
 Which adapter handles a given model or layer is decided per object by
 ``compat.flavour_of``, not here.
@@ -15,14 +17,20 @@ Which adapter handles a given model or layer is decided per object by
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
-
-import tensorflow as tf
 
 
 def bound_keras() -> ModuleType:
     """The Keras module TensorFlow binds to ``tf.keras`` here (see the module docstring)."""
-    return tf.keras
+    # TensorFlow's own test for the binding (tensorflow/python/util/lazy_loader.py).
+    if os.environ.get("TF_USE_LEGACY_KERAS", None) in ("true", "True", "1"):
+        import tensorflow as tf
+
+        return tf.keras
+    import keras
+
+    return keras
 
 
 # The base class of this package's Keras callbacks.

@@ -1,4 +1,7 @@
-"""Keras 3 (on the TensorFlow backend): the ``KerasFlavour`` of ``keras.layers.BatchNormalization``.
+"""Keras 3: the ``KerasFlavour`` of ``keras.layers.BatchNormalization`` (TensorFlow backend).
+
+``Keras3`` is also the base of the JAX and PyTorch flavours (``keras3_jax``,
+``keras3_torch``), which share its discovery, data and gap-container methods.
 
 Capture: a Keras 3 BatchNormalization layer computes its training-mode
 statistics in ``_moments(inputs, mask)``, which returns exactly the mean and
@@ -12,6 +15,7 @@ updates and ``add_loss`` calls, while reads see the current values.
 
 The ``keras`` package is imported only when a Keras 3 object is handled:
 under ``TF_USE_LEGACY_KERAS=1`` this module stays importable without it.
+TensorFlow is imported only by the methods that build TensorFlow ops.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Sequence
-from typing import Any, Optional
-
-import tensorflow as tf
+from typing import TYPE_CHECKING, Any, Optional
 
 from tb_bn_plugin.training.compat.base import InstalledCapture, Record
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 def _keras() -> Any:
@@ -36,6 +41,7 @@ class Keras3:
     """``KerasFlavour`` for Keras 3 models and layers."""
 
     supports_model_scope = True
+    uses_tensorflow = True
 
     # -- discovery ------------------------------------------------------------
 
@@ -65,6 +71,10 @@ class Keras3:
     def explicit_strategy(model: Any) -> Optional[tf.distribute.Strategy]:
         return getattr(model, "_distribute_strategy", None)
 
+    @staticmethod
+    def steps_done(model: Any) -> int:
+        return int(model.optimizer.iterations.numpy())
+
     # -- capture inside the training step -------------------------------------
 
     @staticmethod
@@ -75,6 +85,8 @@ class Keras3:
 
     @staticmethod
     def batch_moments(layer: Any, inputs: Any, mask: Any) -> tuple[tf.Tensor, tf.Tensor]:
+        import tensorflow as tf
+
         compute_dtype = _keras().backend.result_type(inputs.dtype, "float32")
         inputs = tf.cast(inputs, compute_dtype)
         # The class's own _moments: the capture wrapper on the instance stays out of this.
@@ -122,6 +134,8 @@ class Keras3:
 
 def _wrap_moments(layer: Any, record: Record):
     """A Keras 3 layer's ``_moments(inputs, mask)`` that also records what it returns."""
+    import tensorflow as tf
+
     original = type(layer)._moments.__get__(layer)
 
     def _moments(inputs, mask):

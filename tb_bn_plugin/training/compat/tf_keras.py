@@ -58,6 +58,7 @@ class TfKeras:
     """``KerasFlavour`` for tf-keras models and layers."""
 
     supports_model_scope = False  # tf-keras dropout advances stateful RNG ops no scope can undo
+    uses_tensorflow = True
 
     # -- discovery ------------------------------------------------------------
 
@@ -90,6 +91,10 @@ class TfKeras:
     @staticmethod
     def explicit_strategy(model: Any) -> Optional[tf.distribute.Strategy]:
         return getattr(model, "_distribute_strategy", None)
+
+    @staticmethod
+    def steps_done(model: Any) -> int:
+        return int(model.optimizer.iterations.numpy())
 
     # -- capture inside the training step -------------------------------------
 

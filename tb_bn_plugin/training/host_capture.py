@@ -1,0 +1,149 @@
+"""Capturing batch statistics on Keras 3 backends other than TensorFlow (JAX, PyTorch).
+
+``HostStatsCapture`` is ``capture.StatsCapture``'s counterpart for a
+``compat.base.HostKerasFlavour``: no capture variables and no TensorFlow. The
+flavour's wrapper on each layer's ``_moments`` hands the mean and biased
+variance the layer normalised with to a slot here (on JAX from inside the
+compiled step, only in steps ``DueSteps`` names; on PyTorch in every step, by
+reference), with the step count they belong to. A snapshot reads the slots
+and the layers' moving statistics, gamma and beta through the flavour
+(``read_values``: on JAX from the state Keras holds between epoch-end syncs).
+Single device only: ``replicas`` is 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import numpy as np
+
+from tb_bn_plugin import metadata
+from tb_bn_plugin.records import LayerSnapshot
+from tb_bn_plugin.training.capture import BatchNormRef, layer_config
+from tb_bn_plugin.training.compat.base import DueSteps, HostRecord, InstalledCapture
+
+
+@dataclasses.dataclass
+class _Slot:
+    """One layer's latest captured statistics and the steps done before the step they are of."""
+
+    mean: Any = None
+    variance: Any = None
+    count: float = math.nan
+    step: int = -1
+
+
+class HostStatsCapture:
+    """``StatsCapture``'s interface for a model on a ``HostKerasFlavour``.
+
+    Args:
+      refs: the layers to capture (built).
+      model: the model they belong to (its optimizer's ``iterations`` is the clock).
+      due: the steps whose statistics will be logged (``DueSteps``; JAX sends only those).
+    """
+
+    replicas = 1
+    gated = False
+
+    def __init__(self, refs: Sequence[BatchNormRef], model: Any, due: DueSteps) -> None:
+        self.configs = [layer_config(ref, i) for i, ref in enumerate(refs)]
+        self._refs = list(refs)
+        self._model = model
+        self._flavour = refs[0].flavour if refs else None
+        self._due = due
+        self._slots = [_Slot() for _ in self._refs]
+        self._installed: list[InstalledCapture] = []
+        self._enabled = True
+
+    def install(self) -> None:
+        """Wrap the train step and each layer's ``_moments``; takes effect in steps traced (JAX) or
+        run (PyTorch) afterwards."""
+        hook = self._flavour.install_step_hook(self._model)
+        self._installed = ([hook] if hook is not None else []) + [
+            self._flavour.install_host_capture(ref.layer, self._recorder(slot), self._due)
+            for ref, slot in zip(self._refs, self._slots)
+        ]
+
+    def uninstall(self) -> None:
+        for installed in self._installed:
+            installed.uninstall()
+        self._installed = []
+
+    def capture_next_steps(self, due: bool) -> None:
+        """No wrapper here adds gated computation (``gated`` is False)."""
+
+    def paused(self) -> _Paused:
+        """Context manager: calls inside it do not record."""
+        return _Paused(self)
+
+    def _recorder(self, slot: _Slot) -> HostRecord:
+        capture = self
+
+        def record(mean: Any, variance: Any, count: float, masked: bool, step: Optional[int]):
+            if not capture._enabled:
+                return
+            slot.mean, slot.variance, slot.count = mean, variance, count
+            slot.step = capture._clock() if step is None else step
+
+        return record
+
+    def _clock(self) -> int:
+        iterations = self._model.optimizer.iterations
+        return int(self._flavour.read_values(self._model, [iterations])[0])
+
+    def snapshot(self, steps_done: int) -> list[LayerSnapshot]:
+        """Every layer's statistics after the step that brought the clock to ``steps_done``."""
+        self._flavour.settle()
+        variables = []
+        for ref in self._refs:
+            layer = ref.layer
+            variables += [layer.moving_mean, layer.moving_variance]
+            variables += [layer.gamma] if layer.scale else []
+            variables += [layer.beta] if layer.center else []
+        values_read = iter(self._flavour.read_values(self._model, variables))
+        out = []
+        for config, ref, slot in zip(self.configs, self._refs, self._slots):
+            c = config.channels
+            training = slot.step == steps_done - 1
+            values: dict[str, np.ndarray] = {}
+            if training:
+                values[metadata.BATCH_MEAN] = _host(slot.mean, c)
+                values[metadata.BATCH_VARIANCE] = _host(slot.variance, c)
+            else:
+                values[metadata.BATCH_MEAN] = np.full(c, np.nan)
+                values[metadata.BATCH_VARIANCE] = np.full(c, np.nan)
+            for stat in config.stats()[2:]:
+                values[stat] = _host(next(values_read), c)
+            out.append(
+                LayerSnapshot(
+                    config=config,
+                    values=values,
+                    training=training,
+                    trainable=bool(ref.layer.trainable),
+                    count=float(slot.count) if training else math.nan,
+                    momentum=float(ref.layer.momentum),
+                    replicas=None,
+                )
+            )
+        return out
+
+
+def _host(value: Any, channels: int) -> np.ndarray:
+    """A (C,) float64 numpy copy of a backend array (numpy, JAX or torch, on any device)."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=np.float32).reshape(channels).astype(np.float64)
+
+
+class _Paused:
+    def __init__(self, capture: HostStatsCapture) -> None:
+        self._capture = capture
+
+    def __enter__(self) -> None:
+        self._capture._enabled = False
+
+    def __exit__(self, *exc: Any) -> None:
+        self._capture._enabled = True

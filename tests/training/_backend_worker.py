@@ -1,0 +1,255 @@
+"""One backend's BatchNormCallback checks, run by ``test_backends.py`` in a subprocess.
+
+``python _backend_worker.py LOGDIR`` with ``KERAS_BACKEND`` set (``jax`` or
+``torch``) and, with ``TB_BN_BLOCK_TENSORFLOW=1``, TensorFlow made unimportable
+before anything else is imported. Trains small models on synthetic data,
+asserts in this process (a failure exits non-zero with the traceback) and
+leaves two runs in LOGDIR for the parent to read: ``healthy`` and ``stale``
+(a train step that drops the moving-statistic updates, seed 001's pitfall).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if os.environ.get("TB_BN_BLOCK_TENSORFLOW") == "1":
+    # As if TensorFlow were not installed: ``import tensorflow`` raises ModuleNotFoundError and
+    # importlib.util.find_spec("tensorflow") is None (torch._dynamo probes it that way).
+    sys.modules["tensorflow"] = None
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tb_bn_plugin import (  # noqa: E402
+    BatchNormCallback,
+    BatchNormLogger,
+    precise_stats,
+    read_gap,
+    read_stats,
+)
+
+BACKEND = keras.backend.backend()
+MOMENTUM = 0.9
+BATCH = 16
+STEPS = 4  # per epoch
+EPOCHS = 3
+
+
+def data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    x = rng.normal(2.0, 3.0, (BATCH * STEPS, 5)).astype("float32")
+    y = (x[:, :1] * 0.3 - x[:, 1:2]).astype("float32")
+    return x, y
+
+
+def stale_model_class() -> type:
+    """A model whose train step keeps the moving statistics as they were (TF1's UPDATE_OPS never
+    run), on this backend's train-step signature."""
+    if BACKEND == "jax":
+
+        class Stale(keras.Model):
+            def train_step(self, state, data):
+                logs, new_state = super().train_step(state, data)
+                return logs, (new_state[0], state[1], new_state[2], new_state[3])
+
+        return Stale
+
+    class Stale(keras.Model):
+        def train_step(self, data):
+            saved = [v.value.clone() for v in self.non_trainable_variables]
+            logs = super().train_step(data)
+            for v, value in zip(self.non_trainable_variables, saved):
+                v.assign(value)
+            return logs
+
+    return Stale
+
+
+def build(model_class: type = keras.Model) -> keras.Model:
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((5,))
+    h = keras.layers.BatchNormalization(momentum=MOMENTUM, name="bn0")(inputs)
+    h = keras.layers.Dense(4, activation="relu")(h)
+    h = keras.layers.BatchNormalization(momentum=MOMENTUM, name="bn1")(h)
+    model = model_class(inputs, keras.layers.Dense(1)(h))
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+    return model
+
+
+def fit(model: keras.Model, callbacks: list) -> None:
+    x, y = data()
+    model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0, callbacks=callbacks)
+
+
+def weights(model: keras.Model) -> list[np.ndarray]:
+    return [keras.ops.convert_to_numpy(v.value) for v in model.weights]
+
+
+PROBE = 32  # probe_data samples
+
+
+def callback(logdir: str, run: str, every: int, gap: bool = False) -> BatchNormCallback:
+    """With ``gap``: the gap with attribution on ``probe_data``; without: the default gap (on
+    the first training batch)."""
+    if not gap:
+        return BatchNormCallback(logdir, log_every_n_steps=every, run_name=run)
+    x, y = data()
+    return BatchNormCallback(
+        logdir,
+        log_every_n_steps=every,
+        run_name=run,
+        gap_attribution=True,
+        probe_data=(x[:PROBE], y[:PROBE]),
+    )
+
+
+def forward(model: keras.Model, x: np.ndarray, training: bool) -> np.ndarray:
+    """The model's output computed in numpy (float64), BN layers with batch or moving statistics."""
+    w = {v.path: w.astype(np.float64) for v, w in zip(model.weights, weights(model))}
+    layers = [layer for layer in model.layers if layer.weights]
+    h = x.astype(np.float64)
+    for layer in layers:
+        p = layer.name
+        if isinstance(layer, keras.layers.BatchNormalization):
+            mean, var = (
+                (h.mean(0), h.var(0))
+                if training
+                else (
+                    w[f"{p}/moving_mean"],
+                    w[f"{p}/moving_variance"],
+                )
+            )
+            h = (h - mean) / np.sqrt(var + layer.epsilon) * w[f"{p}/gamma"] + w[f"{p}/beta"]
+        else:
+            h = h @ w[f"{p}/kernel"] + w[f"{p}/bias"]
+            h = np.maximum(h, 0) if layer.activation is keras.activations.relu else h
+    return h
+
+
+def check_gap(logdir: str, run: str, model: keras.Model, probe: int) -> None:
+    """The gap at the last epoch end (the final state) against the model computed in numpy on
+    the first ``probe`` samples (``probe_data``, or the stashed first training batch)."""
+    x, y = data()
+    gap = read_gap(logdir)[run]
+    # After the fit's first step (the loss scale of train-inference-gap), then at epoch ends.
+    assert list(gap.steps) == [1] + [STEPS * (e + 1) for e in range(EPOCHS)], gap.steps
+    mse = {
+        mode: np.mean((forward(model, x[:probe], mode == "train") - y[:probe]) ** 2)
+        for mode in ("train", "inference")
+    }
+    np.testing.assert_allclose(gap.train_loss[-1], mse["train"], rtol=1e-4)
+    np.testing.assert_allclose(gap.inference_loss[-1], mse["inference"], rtol=1e-4)
+    for name in ("bn0", "bn1"):  # measured and derived from the statistics agree
+        np.testing.assert_allclose(gap.local[name], gap.local_derived[name], rtol=1e-3)
+        assert np.isfinite(gap.compound[name]).all()
+
+
+def check_exact_and_unperturbed(logdir: str) -> None:
+    bare = build()
+    fit(bare, [])
+    logged = build()
+    fit(logged, [callback(logdir, "healthy", 1, gap=True)])
+    for a, b, v in zip(weights(bare), weights(logged), logged.weights):
+        assert np.array_equal(a, b), f"{v.path} differs with the callback"
+
+    x, _ = data()
+    stats = read_stats(logdir)["healthy"]
+    bn0 = stats["bn0"]
+    steps = bn0["batch_mean"][0]
+    assert list(steps) == list(range(1, STEPS * EPOCHS + 1)), steps
+    for name, layer in stats.items():
+        moving = (
+            np.zeros(layer["moving_mean"][1].shape[1]),
+            np.ones(layer["moving_mean"][1].shape[1]),
+        )
+        for i, step in enumerate(steps):
+            batch_mean, batch_var = layer["batch_mean"][1][i], layer["batch_variance"][1][i]
+            if name == "bn0":  # fed straight from the input: the batch is known
+                xb = x[(step - 1) % STEPS * BATCH :][:BATCH].astype(np.float64)
+                np.testing.assert_allclose(batch_mean, xb.mean(0), rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(batch_var, xb.var(0), rtol=1e-5, atol=1e-6)
+            # The moving statistics follow the EMA of the logged batch statistics step by step.
+            moving = (
+                moving[0] * MOMENTUM + batch_mean * (1 - MOMENTUM),
+                moving[1] * MOMENTUM + batch_var * (1 - MOMENTUM),
+            )
+            np.testing.assert_allclose(layer["moving_mean"][1][i], moving[0], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                layer["moving_variance"][1][i], moving[1], rtol=1e-5, atol=1e-6
+            )
+        final = {v.path: w for v, w in zip(logged.weights, weights(logged))}
+        assert np.array_equal(layer["moving_mean"][1][-1], final[f"{name}/moving_mean"])
+    check_gap(logdir, "healthy", logged, PROBE)
+    assert np.isfinite(read_gap(logdir)["healthy"].attribution["bn0"][1:]).all()  # epoch ends
+
+
+def check_stale(logdir: str) -> None:
+    model = build(stale_model_class())
+    fit(model, [callback(logdir, "stale", 2)])
+    x, _ = data()
+    bn0 = read_stats(logdir)["stale"]["bn0"]
+    step = bn0["batch_mean"][0][-1]
+    xb = x[(step - 1) % STEPS * BATCH :][:BATCH]
+    np.testing.assert_allclose(bn0["batch_mean"][1][-1], xb.mean(0), rtol=1e-5, atol=1e-6)
+    assert np.all(bn0["moving_mean"][1] == 0) and np.all(bn0["moving_variance"][1] == 1)
+    check_gap(logdir, "stale", model, BATCH)
+
+
+def check_not_yet_supported_say_so(logdir: str) -> None:
+    """What does not run on this backend yet fails at once, naming what works."""
+    model = build()
+    x, _ = data()
+    for start in (
+        lambda: precise_stats(model, x, num_batches=1),
+        lambda: BatchNormLogger(model, logdir, optimizer=model.optimizer),
+    ):
+        try:
+            start()
+        except NotImplementedError as err:
+            assert "BatchNormCallback" in str(err), err
+        else:
+            raise AssertionError(f"{start} ran on {BACKEND}")
+
+
+def check_only_logged_steps_reach_the_host(logdir: str) -> None:
+    """On JAX the compiled step calls the host only in steps whose state is logged (every 3rd and
+    each epoch's last); PyTorch's eager step hands over a reference in every step."""
+    from tb_bn_plugin.training import host_capture
+
+    seen: list[int] = []
+    make_recorder = host_capture.HostStatsCapture._recorder
+
+    def counting_recorder(self, slot):
+        record = make_recorder(self, slot)
+
+        def counted(mean, variance, count, masked, step):
+            if self._enabled:  # not paused for the gap probe's passes
+                seen.append(self._clock() if step is None else step)
+            record(mean, variance, count, masked, step)
+
+        return counted
+
+    host_capture.HostStatsCapture._recorder = counting_recorder
+    try:
+        fit(build(), [BatchNormCallback(logdir, log_every_n_steps=3, run_name="cadence")])
+    finally:
+        host_capture.HostStatsCapture._recorder = make_recorder
+    steps_before = sorted(set(seen))
+    if BACKEND == "jax":
+        logged = {s for s in range(1, STEPS * EPOCHS + 1) if s % 3 == 0 or s % STEPS == 0}
+        assert steps_before == sorted(s - 1 for s in logged), steps_before
+        assert len(seen) == 2 * len(logged)  # two layers
+    else:
+        assert steps_before == list(range(STEPS * EPOCHS)), steps_before
+
+
+if __name__ == "__main__":
+    logdir = sys.argv[1]
+    check_only_logged_steps_reach_the_host(logdir)
+    check_exact_and_unperturbed(logdir)
+    check_stale(logdir)
+    check_not_yet_supported_say_so(logdir)
+    if os.environ.get("TB_BN_BLOCK_TENSORFLOW") == "1":
+        assert sys.modules["tensorflow"] is None
+    print(f"{BACKEND}: ok")

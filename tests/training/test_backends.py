@@ -1,0 +1,95 @@
+"""BatchNormCallback on Keras 3's JAX and PyTorch backends, with TensorFlow unimportable.
+
+Each backend runs in a subprocess (``KERAS_BACKEND`` is fixed when Keras is first
+imported) with ``_backend_worker.py``: exact batch statistics against numpy, the
+moving statistics' EMA step by step, the train/inference gap (``probe_data`` and
+the default first-batch probe) against the model computed in numpy, bit-identical
+training with and without the callback (gap and attribution included), and seed
+001's pitfall (moving-statistic updates dropped by the train step) still captured,
+all without TensorFlow in that process. This process then
+reads the runs it wrote as every TensorFlow run is read: ``read_stats``,
+``tb-bn report`` and the plugin's routes over TensorBoard's Python loader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tb_bn_plugin.cli.main import main
+from tb_bn_plugin.reading.load import read_stats
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_backend_worker.py")
+
+
+@pytest.fixture(scope="module", params=["jax", "torch"])
+def backend_logdir(request, tmp_path_factory):
+    pytest.importorskip(request.param)
+    logdir = str(tmp_path_factory.mktemp(f"logdir_{request.param}"))
+    env = dict(os.environ, KERAS_BACKEND=request.param, TB_BN_BLOCK_TENSORFLOW="1")
+    result = subprocess.run(
+        [sys.executable, WORKER, logdir], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{request.param}: ok" in result.stdout
+    return logdir
+
+
+def test_runs_read_back_like_tensorflow_runs(backend_logdir):
+    stats = read_stats(backend_logdir)
+    assert set(stats) == {"healthy", "stale", "cadence"}
+    for run in stats.values():
+        assert set(run) == {"bn0", "bn1"}
+        assert run["bn0"]["batch_mean"][1].shape[1] == 5
+
+
+def test_report_diagnoses_the_dropped_updates(backend_logdir, capsys):
+    status = main(["report", backend_logdir, "--json", "--fail-on", "never"])
+    assert status == 0
+    report = {r["run"]: r for r in json.loads(capsys.readouterr().out)["runs"]}
+    codes = {run: {f["code"] for f in r["findings"]} for run, r in report.items()}
+    assert "stale-moving-stats" in codes["stale"]
+    assert not {"stale-moving-stats", "non-finite"} & codes["healthy"]
+
+
+def test_plugin_serves_the_runs(backend_logdir):
+    from tensorboard import program
+    from tensorboard.backend import application
+    from tensorboard.backend.event_processing import data_ingester
+    from tensorboard.plugins.core import core_plugin
+    from werkzeug.test import Client
+
+    from tb_bn_plugin.plugin import loader
+
+    tb = program.TensorBoard(plugins=[core_plugin.CorePluginLoader(), loader.BNInternalsLoader()])
+    tb.configure(
+        [
+            "tensorboard",
+            "--logdir",
+            backend_logdir,
+            "--reload_interval",
+            "0",
+            "--reload_task",
+            "blocking",
+        ]
+    )
+    ingester = data_ingester.LocalDataIngester(tb.flags)
+    ingester.start()
+    client = Client(
+        application.TensorBoardWSGIApp(
+            tb.flags,
+            tb.plugin_loaders,
+            ingester.data_provider,
+            None,
+            ingester.deprecated_multiplexer,
+        )
+    )
+    response = client.get("/data/plugin/bn_internals/layer?run=healthy&layer=bn0")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    response = client.get("/data/plugin/bn_internals/diagnostics?run=stale")
+    assert response.status_code == 200
+    assert "stale-moving-stats" in response.get_data(as_text=True)
