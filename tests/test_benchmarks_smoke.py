@@ -1,4 +1,4 @@
-"""The benchmark scripts run (``--smoke``) and write JSON with the expected keys; numbers are not checked."""
+"""Benchmark scripts run (``--smoke``) and write JSON holding the expected keys."""
 
 from __future__ import annotations
 
@@ -29,6 +29,15 @@ EXPECTED = {
         "components",
     },
     "mirrored_overhead": {"params", "targets", "configs", "callback_signature_defaults"},
+    "fit_overhead": {
+        "params",
+        "targets",
+        "verdict",
+        "configurations",
+        "components_extra_cpu_s",
+        "first_fit",
+        "retrace_warnings",
+    },
     "log_cost": {"params", "models", "fits"},
     "storage": {"model", "channels", "scenarios", "target_bytes_per_logged_step"},
     "plugin_latency": {"params", "targets", "loaders"},
