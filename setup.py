@@ -21,7 +21,7 @@ setup(
         "protobuf",
     ],
     extras_require={
-        "test": ["pytest", "playwright", "tf-keras"],
+        "test": ["pytest", "playwright", "tf-keras", "ruff==0.17.6"],
     },
     entry_points={
         "tensorboard_plugins": [

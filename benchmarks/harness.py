@@ -33,7 +33,7 @@ RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 
 
 def quiet_tensorflow() -> None:
-    """Hide TF's C++ info logs and GPUs (these benchmarks are about CPU training). Call before importing TF."""
+    """Hide TF's C++ info logs and GPUs (CPU benchmarks). Call before importing TF."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
@@ -44,7 +44,7 @@ def quiet_tensorflow() -> None:
 def parse_args(
     name: str, description: str, argv: Optional[Sequence[str]] = None
 ) -> argparse.Namespace:
-    """Common options. ``args.mode`` is ``"full"``, ``"quick"`` or ``"smoke"``; ``args.out`` the JSON path."""
+    """Common options: ``args.mode`` ("full", "quick" or "smoke"), ``args.out`` (the JSON path)."""
     parser = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=description)
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
@@ -109,9 +109,8 @@ def machine_info() -> dict[str, Any]:
     try:
         import tensorflow as tf
 
-        info["tf_keras_version"] = (
-            getattr(tf.keras, "__version__", None)
-            or getattr(getattr(tf.keras, "version", None), "__call__", lambda: None)()
+        info["tf_keras_version"] = getattr(tf.keras, "__version__", None) or (
+            tf.keras.version() if callable(getattr(tf.keras, "version", None)) else None
         )
         info["tf_intra_op_threads"] = tf.config.threading.get_intra_op_parallelism_threads()
         info["tf_inter_op_threads"] = tf.config.threading.get_inter_op_parallelism_threads()
@@ -181,7 +180,7 @@ def median(values: Sequence[float]) -> float:
 def pairwise_ratios(
     samples: Mapping[str, Sequence[Mapping[str, float]]], baseline: str, key: str
 ) -> dict[str, dict[str, float]]:
-    """Per configuration: median, min and max of ``sample[key] / baseline_sample[key]`` within each round."""
+    """Per configuration: median, min and max of the per-round ``sample[key] / baseline[key]``."""
     base = samples[baseline]
     out = {}
     for name, rows in samples.items():

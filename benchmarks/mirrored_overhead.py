@@ -1,4 +1,4 @@
-"""Training overhead of BatchNormCallback under MirroredStrategy with 2 logical CPU devices (ResNet-20).
+"""Training overhead of BatchNormCallback under MirroredStrategy, 2 logical CPUs (ResNet-20).
 
 Configurations ``bare`` (no logging callback) and ``bn_default``
 (``BatchNormCallback`` with its defaults), each with its own identically built

@@ -376,7 +376,7 @@ def dead_channels(run_dir: str, verbose: int, size: Size = DEMO) -> None:
 
 
 def non_finite(run_dir: str, verbose: int, size: Size = DEMO) -> None:
-    """A corrupt sample (Inf pixels) late in the first epoch: NaN statistics; TerminateOnNaN stops."""
+    """A corrupt sample (Inf pixels) late in epoch 1: NaN statistics; TerminateOnNaN stops."""
     x, y = synthetic_images(size.samples, size=size.image)
     steps = size.samples // size.batch
     corrupt = (steps * 2 // 3) * size.batch  # first sample of a batch after a few logged steps

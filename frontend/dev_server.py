@@ -77,7 +77,7 @@ def tensorboard_csp(script_shas: list[str]) -> str:
             "object-src 'none'",
             "style-src 'self' https://www.gstatic.com data: 'unsafe-inline'",
             "connect-src 'self'",
-            "script-src %s" % script_src,
+            f"script-src {script_src}",
         ]
     )
 

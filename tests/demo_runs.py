@@ -1,4 +1,4 @@
-"""Shared by the real-run tests: the demo's scenarios (demo/train.py) at test size, each run once."""
+"""Shared by the real-run tests: the demo's scenarios (demo/train.py) at test size, run once."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Benchmark scripts run (``--smoke``) and write JSON holding the expected keys."""
+"""The benchmark scripts run (``--smoke``) and write JSON with the expected keys; no numbers."""
 
 from __future__ import annotations
 

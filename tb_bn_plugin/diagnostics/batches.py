@@ -86,7 +86,7 @@ def replica_mean_spread(replicas: ReplicaSeries, epsilon: float) -> np.ndarray:
 
 
 def replica_batch_too_small(run: RunData, thresholds: Thresholds = Thresholds()) -> list[Finding]:
-    """``replica-batch-too-small``: an unsynchronised layer normalises over small per-replica batches."""
+    """``replica-batch-too-small``: an unsynchronised layer normalises small per-replica batches."""
     findings = []
     for layer in run.ordered_layers():
         replicas = layer.replicas
@@ -123,7 +123,8 @@ def replica_batch_too_small(run: RunData, thresholds: Thresholds = Thresholds())
         reason = (
             f"normalises over {per_replica:g} values per channel"
             if small.any()
-            else f"has batch means {evidence['replica_mean_spread']:.2g} global std apart from the others' "
+            else f"has batch means {evidence['replica_mean_spread']:.2g} global std apart from "
+            "the others' "
             f"(sampling noise alone: about {evidence['iid_mean_spread']:.2g})"
         )
         findings.append(

@@ -39,7 +39,7 @@ class Finding:
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    """A diagnosis's stable ``code``, its ``severity`` and what the user can do about it (``fix``)."""
+    """A diagnosis's stable ``code``, its ``severity`` and what the user can do (``fix``)."""
 
     code: str
     severity: str

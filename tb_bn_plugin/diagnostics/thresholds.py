@@ -1,4 +1,4 @@
-"""The thresholds of every statistics rule; ``diagnostics`` (the package docstring) gives each rule."""
+"""The thresholds of the statistics rules; the ``diagnostics`` package docstring gives each."""
 
 from __future__ import annotations
 

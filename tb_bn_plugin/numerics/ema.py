@@ -123,7 +123,8 @@ class RecalibrationReport:
                 f"{r.max_abs_mean_change:.4g}",
                 f"{r.min_variance_ratio:.4g}..{r.max_variance_ratio:.4g}",
                 f"{r.error_before.mean_shift:.3g} (max {r.error_before.max_mean_shift:.3g})",
-                f"{r.error_before.abs_log_var_ratio:.3g} (max {r.error_before.max_abs_log_var_ratio:.3g})",
+                f"{r.error_before.abs_log_var_ratio:.3g} "
+                f"(max {r.error_before.max_abs_log_var_ratio:.3g})",
             )
             for r in self.layers
         ]

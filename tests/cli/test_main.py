@@ -74,7 +74,8 @@ def test_failed_tensorflow_import_is_not_hidden(tmp_path):
     fake = tmp_path / "tensorflow"
     fake.mkdir()
     (fake / "__init__.py").write_text(
-        "import os\nos.write(2, b'native loader says why\\n')\nraise ImportError('broken tensorflow')\n"
+        "import os\nos.write(2, b'native loader says why\\n')\n"
+        "raise ImportError('broken tensorflow')\n"
     )
     result = run_cli(
         "report",

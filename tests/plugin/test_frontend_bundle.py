@@ -57,7 +57,8 @@ def test_sources_present():
     for dep, version in {**pkg.get("dependencies", {}), **pkg.get("devDependencies", {})}.items():
         entry = locked.get(f"node_modules/{dep}")
         assert entry, (
-            f"{dep} is in package.json but not in package-lock.json: run `npm --prefix frontend install`"
+            f"{dep} is in package.json but not in package-lock.json: "
+            "run `npm --prefix frontend install`"
         )
         assert entry["version"] == version, (
             f"{dep}: package.json pins {version}, lock has {entry['version']}"

@@ -1,4 +1,4 @@
-"""Run by tests/test_distribute.py in a fresh process: 2 logical CPUs must be set before TF starts."""
+"""Run by test_distribute.py in a fresh process: 2 logical CPUs must be set before TF starts."""
 
 import json
 import os

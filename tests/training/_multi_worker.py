@@ -1,4 +1,4 @@
-"""One worker of tests/test_distribute.py's MultiWorkerMirroredStrategy test (TF_CONFIG set by the test).
+"""One worker of test_distribute.py's MultiWorkerMirroredStrategy test (TF_CONFIG set by it).
 
 Usage: ``_multi_worker.py fit|loop LOG_DIR OUT_JSON``. Trains the same model
 twice under one strategy, without and with logging to LOG_DIR
@@ -84,7 +84,7 @@ def collective_ops(fn: tf.types.experimental.PolymorphicFunction, *args) -> int:
 def loop(
     strategy: tf.distribute.Strategy, ds: tf.data.Dataset, log_dir: Optional[str]
 ) -> tuple[keras.Model, dict]:
-    """Two epochs of a custom loop (GradientTape in ``strategy.run``), logged with ``BatchNormLogger``.
+    """Two epochs of a custom loop (GradientTape in ``strategy.run``) logged by ``BatchNormLogger``.
 
     Also returns the number of collective ops in the traced train step.
     """

@@ -35,7 +35,7 @@ def _run(mode: str) -> dict:
 
 
 def _check_replicas(replicas: dict, findings: dict, x: np.ndarray) -> None:
-    """2 replicas x 8 rows of 16-row batches over ``x`` (2 epochs): per-replica and global statistics, diagnostic.
+    """2 replicas x 8 rows of 16-row batches over ``x`` (2 epochs): replica, global stats, finding.
 
     ``replicas``: ``ReplicaSeries`` fields plus its ``global_moments()`` as ``global_*``;
     ``findings``: code -> evidence.
@@ -56,7 +56,7 @@ def _check_replicas(replicas: dict, findings: dict, x: np.ndarray) -> None:
     np.testing.assert_allclose(
         replicas["global_variance"], [b.var(axis=0) for b in batches], rtol=1e-4
     )
-    # 8 values per replica: the diagnostic fires, with the spread of the halves' means in global stds.
+    # 8 values per replica: the diagnostic fires, with the halves' means' spread in global stds.
     evidence = findings["replica-batch-too-small"]
     assert (evidence["replicas"], evidence["per_replica_count"], evidence["global_count"]) == (
         2,
@@ -122,7 +122,7 @@ def _free_ports(n: int) -> list[int]:
 
 
 def _run_workers(tmp_path, mode: str, log_dir: str, n: int = 2, timeout: float = 120) -> list[dict]:
-    """Run ``n`` ``_multi_worker.py MODE`` processes as one cluster; kill them all on failure or timeout."""
+    """Run ``n`` ``_multi_worker.py MODE`` processes as a cluster; kill all on failure/timeout."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(n)]}
     procs = []
     try:
@@ -180,7 +180,8 @@ def test_multi_worker_chief_writes_and_training_is_unchanged(tmp_path, mode):
     )
     if mode == "loop":  # the capture adds no collective to the train step
         assert chief["logged"]["collective_ops"] == chief["bare"]["collective_ops"] > 0
-    # Gradients are all-reduced; an unsynchronised layer's moving statistics follow each worker's own share.
+    # Gradients are all-reduced; an unsynchronised layer's moving statistics follow each worker's
+    # own share.
     for a, b in zip(chief["trainable_weights"], worker["trainable_weights"]):
         np.testing.assert_array_equal(a, b)
     # Only the chief wrote, under log_dir; the other worker's temporary directory is gone.
@@ -191,7 +192,7 @@ def test_multi_worker_chief_writes_and_training_is_unchanged(tmp_path, mode):
     }
     assert len(written) == 1 and next(iter(written)).startswith("train/events.out.tfevents.")
     assert os.listdir(tmp_path / "worker1_tmp") == []
-    # The chief's replica normalises the first half of every 16-row global batch (DATA auto-sharding).
+    # The chief's replica normalises the first half of each 16-row global batch (DATA sharding).
     x = np.array(chief["x"], dtype=np.float64)
     run = load_runs(open_logdir(log_dir))["train"]
     layer = run.layers["bn"]

@@ -1,4 +1,4 @@
-"""BatchNormLogger in real tf.GradientTape loops: numbers against numpy, read back with read_stats."""
+"""BatchNormLogger in real tf.GradientTape loops: numbers against numpy, read with read_stats."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_gradient_tape_loop_with_optimizer_clock(keras, tmp_path):
             grads = tape.gradient(loss, model.trainable_variables)
             opt.apply_gradients(zip(grads, model.trainable_variables))
 
-        for epoch in range(2):
+        for _epoch in range(2):
             for i in (0, 8):
                 train_step(x[i : i + 8], y[i : i + 8])
                 assert logger.log()

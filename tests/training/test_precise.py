@@ -2,98 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
-from tb_bn_plugin.diagnostics.ema import ema_error_finding
-from tb_bn_plugin.numerics import ema, moments
-
-# -- pure math ----------------------------------------------------------------------
-
-
-def batch_moments(x: np.ndarray) -> moments.Moments:
-    """Reference moments of one batch in numpy: channels along the last axis."""
-    x = np.asarray(x, dtype=np.float64)
-    flat = x.reshape(-1, x.shape[-1])
-    mean = flat.mean(axis=0)
-    return moments.Moments(
-        np.full(flat.shape[1], float(len(flat))), mean, ((flat - mean) ** 2).sum(axis=0)
-    )
-
-
-def test_combine_moments_unequal_batches_matches_numpy():
-    rng = np.random.RandomState(0)
-    x = rng.randn(103, 5) * 3 + 7
-    parts = [batch_moments(x[a:b]) for a, b in ((0, 40), (40, 41), (41, 100), (100, 103))]
-    total = moments.combine_moments(parts)
-    np.testing.assert_array_equal(total.count, 103)
-    np.testing.assert_allclose(total.mean, x.mean(axis=0), rtol=1e-12)
-    np.testing.assert_allclose(total.variance, x.var(axis=0), rtol=1e-12)
-    # Tuples work too, and an empty batch is neutral.
-    again = moments.combine_moments(
-        [(p.count, p.mean, p.m2) for p in parts] + [(0, np.zeros(5), np.zeros(5))]
-    )
-    np.testing.assert_allclose(again.variance, x.var(axis=0), rtol=1e-12)
-
-
-def test_combine_moments_stable_for_large_mean():
-    rng = np.random.RandomState(1)
-    x = rng.randn(10_000, 3) + 1e8  # naive E[x^2]-E[x]^2 loses every digit here
-    parts = [batch_moments(x[i : i + 999]) for i in range(0, len(x), 999)]
-    total = moments.combine_moments(parts)
-    np.testing.assert_allclose(total.variance, x.var(axis=0), rtol=1e-6)
-    naive = (x**2).mean(axis=0) - x.mean(axis=0) ** 2
-    assert (
-        np.max(np.abs(naive - x.var(axis=0))) > 1e-3
-    )  # the test data does defeat the naive formula
-
-
-def test_combine_replicas_gives_the_whole_batch_per_step():
-    rng = np.random.RandomState(2)
-    sizes = (8, 3, 8, 5)  # uneven shares, e.g. a last batch that does not divide evenly
-    steps = [rng.randn(sum(sizes), 4) * [1, 2, 3, 4] + [1e4, 0, -5, 2] for _ in range(3)]
-    shares = [np.split(x, np.cumsum(sizes)[:-1]) for x in steps]
-    total = moments.combine_replicas(
-        count=[list(sizes)] * 3,
-        mean=[[s.mean(axis=0) for s in step] for step in shares],
-        variance=[[s.var(axis=0) for s in step] for step in shares],
-    )
-    np.testing.assert_array_equal(total.count, np.full((3, 4), sum(sizes)))
-    np.testing.assert_allclose(total.mean, [x.mean(axis=0) for x in steps], rtol=1e-12)
-    np.testing.assert_allclose(total.variance, [x.var(axis=0) for x in steps], rtol=1e-9)
-
-
-def test_ema_error_math():
-    err = ema.measure_ema_error(
-        moving_mean=np.array([1.0, 0.0]),
-        moving_variance=np.array([4.0, 1.0]),
-        precise_mean=np.array([0.0, 0.0]),
-        precise_variance=np.array([1.0, 1.0]),
-        epsilon=0.0,
-    )
-    assert err.mean_shift == pytest.approx(0.5) and err.max_mean_shift == pytest.approx(1.0)
-    assert err.abs_log_var_ratio == pytest.approx(math.log(4) / 2)
-    assert err.max_abs_log_var_ratio == pytest.approx(math.log(4))
-    assert err.score == pytest.approx(0.5 + math.log(4) / 2)
-    perfect = ema.measure_ema_error(np.ones(3), np.ones(3), np.ones(3), np.ones(3), 1e-3)
-    assert perfect.score == 0.0
-
-
-def test_ema_error_finding():
-    pytest.importorskip("tb_bn_plugin.diagnostics")
-    from tb_bn_plugin.diagnostics import Finding
-
-    good = ema.EmaError(0.01, 0.02, 0.01, 0.02)
-    bad = ema.EmaError(0.3, 1.5, 0.1, 0.2)
-    assert ema_error_finding({"a": good}) == []
-    (finding,) = ema_error_finding({"a": good, "b": bad}, step=7)
-    assert isinstance(finding, Finding)
-    assert (finding.code, finding.severity, finding.layers) == ("ema-error", "warning", ["b"])
-    assert finding.evidence["step"] == 7 and "recalibrate" in finding.fix
-    finding.to_json()
-
+from tb_bn_plugin.numerics import ema
 
 # -- precise_stats in real Keras ------------------------------------------------------
 

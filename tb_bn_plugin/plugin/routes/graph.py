@@ -32,7 +32,7 @@ def graph_impl(source: ExperimentSource, run: str) -> dict[str, Any]:
     report = report_graph(graph)
     return {
         "run": run,
-        # float32 constants as they print (0.99, not 0.9900000095), like every other route's numbers.
+        # float32 constants as they print (0.99, not 0.9900000095), like every route's numbers.
         "sites": [
             {**site.to_json(), "momentum": json_values(site.momentum)} for site in report.sites
         ],
