@@ -87,25 +87,24 @@ class SummaryWriter:
     def _write(
         self, tag: str, tensor: np.ndarray, step: int, content: Callable[[], dict[str, Any]]
     ) -> None:
+        with self._writer.as_default():
+            tf.summary.write(
+                tag=tag, tensor=tensor, step=step, metadata=self._metadata(tag, content)
+            )
+
+    def _metadata(self, tag: str, content: Callable[[], dict[str, Any]]) -> bytes:
+        """The serialized metadata of ``tag``'s next event: the tag's own for its first
+        event in this file, else empty."""
         # Metadata goes with a tag's first event in this file only: TensorBoard's
         # loaders (Python and Rust) take a time series' metadata from its first
         # event, and repeating it would multiply the bytes of small records.
-        serialized = b""
-        if tag not in self._written_tags:
-            serialized = metadata.create_summary_metadata(content()).SerializeToString()
-            self._written_tags.add(tag)
-        with self._writer.as_default():
-            tf.summary.write(tag=tag, tensor=tensor, step=step, metadata=serialized)
+        if tag in self._written_tags:
+            return b""
+        self._written_tags.add(tag)
+        return metadata.create_summary_metadata(content()).SerializeToString()
 
     def write_items(self, step: int, items: Sequence[Item]) -> None:
-        """Write several tags at ``step``.
-
-        Eagerly while a tag still needs its metadata, else in one traced call.
-        """
-        if any(tag not in self._written_tags for tag, _, _ in items):
-            for tag, tensor, content in items:
-                self._write(tag, tensor, step, content)
-            return
+        """Write several tags at ``step`` in one traced call."""
         # The writer's resource goes in as an argument, not captured by the trace: one
         # traced function serves every writer (every fit of a model) with the same
         # tensor shapes, so a new fit neither retraces nor warns about retracing.
@@ -113,17 +112,20 @@ class SummaryWriter:
             self._writer._resource,
             tf.constant(step, tf.int64),
             tf.constant([tag for tag, _, _ in items]),
+            tf.constant([self._metadata(tag, content) for tag, _, content in items]),
             [tensor for _, tensor, _ in items],
         )
 
 
 @tf.function(autograph=False)
-def _write_batch(writer: tf.Tensor, step: tf.Tensor, tags: tf.Tensor, tensors: list) -> None:
-    """Write ``tensors[i]`` under ``tags[i]`` at ``step`` into the summary writer resource
-    ``writer``; the tags' metadata was written with their first events."""
+def _write_batch(
+    writer: tf.Tensor, step: tf.Tensor, tags: tf.Tensor, metadata: tf.Tensor, tensors: list
+) -> None:
+    """Write ``tensors[i]`` under ``tags[i]`` with serialized ``metadata[i]`` (empty after a
+    tag's first event) at ``step`` into the summary writer resource ``writer``."""
     for i, tensor in enumerate(tensors):
         tf.raw_ops.WriteSummary(
-            writer=writer, step=step, tensor=tensor, tag=tags[i], summary_metadata=""
+            writer=writer, step=step, tensor=tensor, tag=tags[i], summary_metadata=metadata[i]
         )
 
 
