@@ -7,7 +7,8 @@ tag's ``SummaryMetadata``.
 
 Schema history:
   * version 1: ``layer_summary``, ``layer_channels``, ``gap`` and ``ema_error`` payloads;
-    ``layer_replicas`` added later within version 1 (readers skip kinds they do not know).
+    ``layer_replicas`` added later within version 1 (readers skip kinds they do not know);
+    ``ema_weights_gap`` added within version 1 the same way.
 
 The ``layer_replicas`` payload (tag ``layer_tag(path, "replicas")``) holds the
 per-replica batch statistics of an unsynchronised layer trained on more than
@@ -45,6 +46,16 @@ penalties; multi-output models add each output's unweighted loss
 (``"<output>_loss"``). Per-layer fields are ``GAP_LAYER_FIELDS``; a value is
 NaN where it was not measured (e.g. ``attribution`` outside attribution
 evaluations, any loss of a model without a compiled loss).
+
+The ``ema_weights_gap`` payload (tag ``ema_weights_gap_tag()``) has the
+``gap`` payload's layout and content, with ``"kind": "ema_weights_gap"``. It
+is written once at the end of a ``fit`` whose optimizer has ``use_ema=True``:
+Keras then ends ``fit`` by writing the averaged (EMA) weights into the
+trainable variables, and never averages the moving statistics. Its training
+mode losses are those of the EMA weights with statistics re-estimated on the
+probe batch (each BN layer normalising with the probe's batch statistics at
+its input), its inference-mode losses those of the EMA weights with the moving
+statistics as they are.
 """
 
 from __future__ import annotations
@@ -64,6 +75,7 @@ KIND_LAYER_CHANNELS = "layer_channels"
 KIND_GAP = "gap"
 KIND_EMA_ERROR = "ema_error"
 KIND_LAYER_REPLICAS = "layer_replicas"
+KIND_EMA_WEIGHTS_GAP = "ema_weights_gap"
 
 # Last part of a layer payload's tag: ``layer_tag(path, SUFFIX_...)``.
 SUFFIX_SUMMARY = "summary"
@@ -123,6 +135,11 @@ def layer_tag(layer_path: str, kind: str) -> str:
 def gap_tag() -> str:
     """The tag for the model-level train/inference gap payload."""
     return f"{TAG_PREFIX}/_model/gap"
+
+
+def ema_weights_gap_tag() -> str:
+    """The tag of the gap measured with the optimizer's EMA weights at the end of ``fit``."""
+    return f"{TAG_PREFIX}/_model/ema_weights_gap"
 
 
 # -- ema_error payload: tag (encoding) ---------------------------------------------------

@@ -312,10 +312,11 @@ def gap_content(
     layers: Sequence[str],
     probe_size: int,
     scope: str,
+    kind: str = metadata.KIND_GAP,
 ) -> dict[str, Any]:
-    """The metadata content describing a ``gap_record``'s layout."""
+    """The metadata content of a ``gap_record``'s layout (``gap`` or ``ema_weights_gap``)."""
     return {
-        "kind": metadata.KIND_GAP,
+        "kind": kind,
         "losses": list(losses),
         "metrics": list(metrics),
         "layers": list(layers),

@@ -165,6 +165,8 @@ class RunData:
       errors: data of this run that could not be decoded (one line each).
       ema_error: layer path -> its EMA-vs-precise error, for layers a
         ``PreciseStatsMonitor`` measured.
+      ema_weights_gap: the gap measured with the optimizer's EMA weights at
+        the end of ``fit`` (``use_ema=True`` only; see ``metadata``).
     """
 
     run: str
@@ -172,6 +174,7 @@ class RunData:
     gap: Optional[GapSeries] = None
     errors: list[str] = dataclasses.field(default_factory=list)
     ema_error: dict[str, EmaErrorSeries] = dataclasses.field(default_factory=dict)
+    ema_weights_gap: Optional[GapSeries] = None
 
     def ordered_layers(self) -> list[LayerSeries]:
         """Layers in model order."""

@@ -49,6 +49,7 @@ def build_seed004_graph(
     wire_updates: bool = True,
     freeze: bool = False,
     momentum: float = 0.99,
+    control_flow_v2: bool = False,
 ):
     """Seed 004's graph: two fused BatchNorm ops behind a ``Switch`` on ``training``.
 
@@ -57,9 +58,14 @@ def build_seed004_graph(
     ``assign_sub`` update with ``momentum`` per statistic, a gradient-descent
     train op ``train`` (depending on the updates when ``wire_updates``).
     ``freeze`` folds the variables into constants like a frozen ``.pb``.
+    ``control_flow_v2`` keeps TF 2.x's default for ``tf.compat.v1`` graphs: the
+    cond becomes an ``If`` op calling branch functions, and taking gradients
+    leaves the original branches in the library beside the ``*_rewritten``
+    ones the ``If`` calls.
     """
     graph = tf.Graph()
-    with control_flow_v1(), graph.as_default():
+    flow = contextlib.nullcontext() if control_flow_v2 else control_flow_v1()
+    with flow, graph.as_default():
         x = tf.compat.v1.placeholder(tf.float32, (None, 4, 4, 3), name="input_node")
         training = tf.compat.v1.placeholder(tf.bool, (), name="training")
         with tf.compat.v1.variable_scope("bn", use_resource=False):

@@ -38,7 +38,9 @@ logged / not measured::
           "errors": [str],             # data of this run that could not be decoded
           "gap": null | {              # latest train/inference gap on the probe batch
             "step": int, "train_loss": float, "inference_loss": float,
-            "relative_loss_gap": float # |inference - train| / |train|
+            "relative_loss_gap": float, # |inference - train| / |train|
+            "loss_reference": float,    # largest training-mode probe loss of the run
+            "scaled_loss_gap": float    # |inference - train| / max(|train|, 0.1 * reference)
           },
           "layers": [                  # in model order
             {
@@ -236,6 +238,8 @@ def _gap_report(run: RunData) -> tuple[Optional[dict[str, Any]], dict[str, dict[
         "train_loss": json_safe(summary.train_loss),
         "inference_loss": json_safe(summary.inference_loss),
         "relative_loss_gap": json_safe(summary.relative_loss_gap),
+        "loss_reference": json_safe(summary.loss_reference),
+        "scaled_loss_gap": json_safe(summary.scaled_loss_gap),
     }
     layers = {}
     for path in set(summary.local) | set(summary.compound) | set(summary.attribution):

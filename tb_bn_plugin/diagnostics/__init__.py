@@ -29,6 +29,11 @@ Rules (``Thresholds`` field = default):
 ``momentum-one`` (error)
     A trained step with momentum >= 1; in a graph (``graph``), a site whose
     moving-average update's momentum constant is 1.
+``inverted-momentum`` (warning)
+    A trained step with momentum ``< inverted_momentum = 0.5``: the moving
+    statistics average fewer than ``1/(1-m) = 2`` batches (PyTorch's momentum,
+    the weight of the new batch, copied into Keras); the fix gives
+    ``1 - momentum``.
 ``slow-momentum`` (warning)
     At the latest trained snapshot (step n, momentum m), the EMA still weighs
     its initial value by ``m**n > initial_weight = 0.05`` and the moving
@@ -52,9 +57,15 @@ Rules (``Thresholds`` field = default):
     distributed data). Never fires for ``synchronized=True`` layers or
     single-device runs.
 ``train-inference-gap`` (warning)
-    At the latest gap measurement with finite losses,
-    ``|inference - train| / max(|train|, loss_floor = 1e-8) > relative_loss_gap = 0.25``
-    or some layer's compound gap ``> compound_gap = 0.5``. Names the layers
+    At the latest gap measurement with finite losses, the loss gap relative to
+    a scale that does not vanish as the model converges,
+    ``|inference - train| / max(|train|, reference_share * reference)``
+    with ``reference`` the largest training-mode probe loss of the run
+    (``reference_share = 0.1``), exceeds ``relative_loss_gap = 0.25``; or a
+    compiled metric's gap, scaled the same way by its own largest
+    training-mode value, does; or some layer's compound gap exceeds
+    ``compound_gap = 1.0`` (the output difference exceeds the output's own
+    RMS: healthy deep networks reach 0.6 and more). Names the layers
     whose score (attribution if measured, else local gap, else compound gap)
     is at least ``attribution_share = 0.5`` of the top score.
 ``frozen-bn`` (info)
@@ -75,6 +86,11 @@ Rules (``Thresholds`` field = default):
     At the latest ``PreciseStatsMonitor`` measurement, some channel's moving
     statistics mismatch the layer's precise population statistics (same
     mismatch thresholds); recommends ``tb_bn_plugin.recalibrate``.
+``ema-weights-stale-stats`` (warning)
+    After a ``fit`` with an EMA optimizer (``use_ema=True``), the probe loss of
+    the EMA weights with the moving statistics vs with statistics re-estimated
+    for them (``RunData.ema_weights_gap``) differs by more than
+    ``relative_loss_gap``, scaled as for ``train-inference-gap``.
 
 Graph rules (``graph.report_graph``, over the BatchNorm sites of a GraphDef):
 

@@ -47,6 +47,7 @@ CATALOGUE: dict[str, Rule] = build_catalogue(FAMILIES)
 DIAGNOSTICS: tuple[Callable[[RunData, Thresholds], list[Finding]], ...] = (
     moving_stats.stale_moving_stats,
     moving_stats.momentum_one,
+    moving_stats.inverted_momentum,
     moving_stats.slow_momentum,
     batches.tiny_batch,
     batches.replica_batch_too_small,
@@ -56,6 +57,7 @@ DIAGNOSTICS: tuple[Callable[[RunData, Thresholds], list[Finding]], ...] = (
     values.dead_channels,
     values.non_finite,
     ema.ema_error,
+    ema.ema_weights_stale_stats,
 )
 
 

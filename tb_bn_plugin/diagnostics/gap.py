@@ -11,7 +11,7 @@ import numpy as np
 from tb_bn_plugin.diagnostics import layer_view as view
 from tb_bn_plugin.diagnostics.finding import Finding, Rule
 from tb_bn_plugin.diagnostics.thresholds import Thresholds
-from tb_bn_plugin.numerics.gap import relative_loss_gap
+from tb_bn_plugin.numerics.gap import relative_loss_gap, scaled_gap
 from tb_bn_plugin.series import GapSeries, RunData
 
 TRAIN_INFERENCE_GAP = Rule(
@@ -33,19 +33,31 @@ class GapSummary:
     """A ``GapSeries`` at one step; per-layer dicts hold only finite values.
 
     ``local`` is the measured local gap where finite, else the one derived from
-    statistics.
+    statistics. ``loss_reference`` is the largest finite training-mode probe
+    loss of the series (the loss's scale on this task); ``scaled_loss_gap`` the
+    loss gap relative to it (``numerics.gap.scaled_gap``). ``metric_gaps``
+    holds each compiled metric's gap at the step, scaled the same way by the
+    metric's own largest training-mode value.
     """
 
     step: int
     train_loss: float
     inference_loss: float
     relative_loss_gap: float
+    loss_reference: float
+    scaled_loss_gap: float
+    metric_gaps: dict[str, float]
     compound: dict[str, float]
     local: dict[str, float]
     attribution: dict[str, float]
 
 
-def gap_summary(gap: GapSeries, loss_floor: float = 1e-8) -> Optional[GapSummary]:
+def _largest_magnitude(values: np.ndarray) -> float:
+    finite = np.abs(values[np.isfinite(values)])
+    return float(finite.max()) if finite.size else 0.0
+
+
+def gap_summary(gap: GapSeries, thresholds: Thresholds = Thresholds()) -> Optional[GapSummary]:
     """The gap at the latest step where both probe losses are finite; None if there is none."""
     finite = np.isfinite(gap.train_loss) & np.isfinite(gap.inference_loss)
     if not finite.any():
@@ -56,12 +68,28 @@ def gap_summary(gap: GapSeries, loss_floor: float = 1e-8) -> Optional[GapSummary
         values = {path: float(series[i]) for path, series in per_layer.items() if len(series) > i}
         return {path: value for path, value in values.items() if np.isfinite(value)}
 
+    def scaled(train_series: np.ndarray, inference_series: np.ndarray) -> float:
+        return scaled_gap(
+            float(train_series[i]),
+            float(inference_series[i]),
+            _largest_magnitude(train_series),
+            thresholds.reference_share,
+        )
+
+    metric_gaps = {
+        name: scaled(np.asarray(modes["train"]), np.asarray(modes["inference"]))
+        for name, modes in gap.metrics.items()
+        if len(modes["train"]) > i and len(modes["inference"]) > i
+    }
     train, inference = float(gap.train_loss[i]), float(gap.inference_loss[i])
     return GapSummary(
         step=int(gap.steps[i]),
         train_loss=train,
         inference_loss=inference,
-        relative_loss_gap=float(relative_loss_gap(train, inference, loss_floor)),
+        relative_loss_gap=float(relative_loss_gap(train, inference, thresholds.loss_floor)),
+        loss_reference=_largest_magnitude(gap.train_loss),
+        scaled_loss_gap=scaled(gap.train_loss, gap.inference_loss),
+        metric_gaps={name: v for name, v in metric_gaps.items() if np.isfinite(v)},
         compound=at_step(gap.compound),
         local={**at_step(gap.local_derived), **at_step(gap.local)},
         attribution=at_step(gap.attribution),
@@ -70,12 +98,17 @@ def gap_summary(gap: GapSeries, loss_floor: float = 1e-8) -> Optional[GapSummary
 
 def train_inference_gap(run: RunData, thresholds: Thresholds = Thresholds()) -> list[Finding]:
     """``train-inference-gap``: the probe batch behaves markedly differently in inference mode."""
-    summary = None if run.gap is None else gap_summary(run.gap, thresholds.loss_floor)
+    summary = None if run.gap is None else gap_summary(run.gap, thresholds)
     if summary is None:
         return []
     max_compound = max(summary.compound.values(), default=0.0)
-    loss_gap = summary.relative_loss_gap > thresholds.relative_loss_gap
-    if not (loss_gap or max_compound > thresholds.compound_gap):
+    loss_gap = summary.scaled_loss_gap > thresholds.relative_loss_gap
+    metric_gaps = {
+        name: value
+        for name, value in summary.metric_gaps.items()
+        if value > thresholds.relative_loss_gap
+    }
+    if not (loss_gap or metric_gaps or max_compound > thresholds.compound_gap):
         return []
     basis, scores = next(
         (
@@ -95,16 +128,24 @@ def train_inference_gap(run: RunData, thresholds: Thresholds = Thresholds()) -> 
         (p for p, score in scores.items() if cutoff > 0 and score >= cutoff),
         key=lambda p: (index.get(p, math.inf), p),
     )
-    title = (
-        f"inference-mode loss differs from training-mode loss by {summary.relative_loss_gap:.0%}"
-        if loss_gap
-        else f"layer outputs differ by up to {max_compound:.0%} (RMS) between modes"
-    )
+    if loss_gap:
+        title = (
+            f"inference-mode loss {summary.inference_loss:.4g} vs training-mode "
+            f"{summary.train_loss:.4g}: a gap of {summary.scaled_loss_gap:.0%} of the loss scale"
+        )
+    elif metric_gaps:
+        name, value = max(metric_gaps.items(), key=lambda item: item[1])
+        title = f"{name} differs between modes by {value:.0%} of its scale"
+    else:
+        title = f"layer outputs differ by up to {max_compound:.0%} (RMS) between modes"
     evidence: dict[str, Any] = {
         "step": summary.step,
         "train_loss": summary.train_loss,
         "inference_loss": summary.inference_loss,
         "relative_loss_gap": summary.relative_loss_gap,
+        "loss_reference": summary.loss_reference,
+        "scaled_loss_gap": summary.scaled_loss_gap,
+        **{f"metric_gap/{name}": value for name, value in summary.metric_gaps.items()},
         "max_compound_gap": max_compound,
         "ranking": basis,
         **{f"{basis}/{p}": scores[p] for p in named},

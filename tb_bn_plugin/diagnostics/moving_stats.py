@@ -1,4 +1,4 @@
-"""Rules about the moving statistics: stale, frozen by momentum 1, slow, uninitialised."""
+"""Rules about the moving statistics: stale, frozen by momentum 1, inverted, slow, uninitialised."""
 
 from __future__ import annotations
 
@@ -42,6 +42,18 @@ MOMENTUM_ONE = Rule(
     "decay; PyTorch's momentum is the weight of the new batch (Keras momentum = 1 - PyTorch "
     "momentum). To freeze the statistics on purpose set layer.trainable = False, which in "
     "Keras 3 also normalises with them during training.",
+)
+
+
+INVERTED_MOMENTUM = Rule(
+    "inverted-momentum",
+    "warning",
+    "Keras' momentum is the weight of the old moving value: moving = momentum * moving + "
+    "(1 - momentum) * batch. PyTorch's momentum is the weight of the new batch, so "
+    "PyTorch's default 0.1 copied into Keras gives moving statistics that average only the "
+    "last one or two batches: inference normalises with the noise of the latest batches "
+    "instead of the data's statistics. Convert: Keras momentum = 1 - PyTorch momentum "
+    "(PyTorch 0.1 -> BatchNormalization(momentum=0.9); Keras default 0.99).",
 )
 
 
@@ -153,6 +165,36 @@ def momentum_one(run: RunData, thresholds: Thresholds = Thresholds()) -> list[Fi
                     },
                 )
             )
+    return findings
+
+
+def inverted_momentum(run: RunData, thresholds: Thresholds = Thresholds()) -> list[Finding]:
+    """``inverted-momentum``: a trained step with momentum below ``inverted_momentum``.
+
+    An EMA with momentum m weighs the batch k steps back by ``(1 - m) * m**k``:
+    it averages over about ``1 / (1 - m)`` batches, fewer than 2 below 0.5.
+    """
+    findings = []
+    for layer in run.ordered_layers():
+        momentum = view.momentum(layer)
+        hit = view.trained(layer) & (momentum < thresholds.inverted_momentum)
+        if not hit.any():
+            continue
+        value = float(momentum[hit][-1])
+        findings.append(
+            INVERTED_MOMENTUM.finding(
+                f"momentum is {value:g}: the moving statistics average about "
+                f"{1.0 / (1.0 - value):.2g} batches (PyTorch convention?); use {1.0 - value:g}",
+                [layer.config.path],
+                {
+                    "momentum": value,
+                    "keras_momentum_if_pytorch": 1.0 - value,
+                    "batches_averaged": 1.0 / (1.0 - value),
+                    "affected_steps": int(hit.sum()),
+                    "momentum_threshold": thresholds.inverted_momentum,
+                },
+            )
+        )
     return findings
 
 

@@ -22,6 +22,8 @@ from tb_bn_plugin.graph.ops import FUSED_OUTPUT_PORTS
 # Steps any walk back through the graph may take: bounds every trace.
 TRACE_BUDGET = 64
 _EVIDENCE_EXAMPLES = 5
+# The suffix TensorFlow gives an ``If`` branch it rewrote to output what its gradient needs.
+REWRITTEN_SUFFIX = "_rewritten"
 # TensorFlow's and TensorBoard's copies of the GraphDef proto.
 _GRAPH_DEF_PROTOS = frozenset({"tensorflow.GraphDef", "tensorboard.GraphDef"})
 
@@ -198,6 +200,16 @@ class IndexedGraphDef:
     ``problems`` describes inconsistencies found while indexing (inputs naming
     missing nodes, duplicate node names, calls to functions missing from the
     library); the analysis goes on around them.
+
+    ``reachable`` holds the graphs that can run: the top-level graph, the
+    library's entry points, and every function they call, directly or through
+    other functions. Entry points are the functions nothing in the GraphDef
+    calls (a SavedModel's concrete functions are called from its object graph,
+    a bare function library from outside), except orphaned control-flow
+    branches: taking gradients through a control flow v2 ``If`` rewrites its
+    branches (``<branch>_rewritten``, with the extra outputs the gradient
+    needs) and re-points the ``If`` at them, leaving the original ``<branch>``
+    behind, called by nothing. Their BatchNorm ops are not sites.
     """
 
     def __init__(self, graph_def: Any) -> None:
@@ -217,6 +229,27 @@ class IndexedGraphDef:
         self.problems: list[str] = []
         missing = self._link_calls()
         self._collect_problems(missing)
+        self.reachable = self._reachable()
+
+    def _reachable(self) -> list[GraphIndex]:
+        """The top-level graph and the functions reachable from it and from entry points."""
+        callees: dict[str, set[str]] = {"": set()}
+        for function in self.functions.values():
+            for caller_graph, _, _ in function.callers:
+                callees.setdefault(caller_graph.function, set()).add(function.function)
+        entry_points = [
+            name
+            for name, function in self.functions.items()
+            if not function.callers and f"{name}{REWRITTEN_SUFFIX}" not in self.functions
+        ]
+        reached: set[str] = set()
+        stack = [*callees[""], *entry_points]
+        while stack:
+            function = stack.pop()
+            if function not in reached:
+                reached.add(function)
+                stack.extend(callees.get(function, ()))
+        return [self.top, *(g for name, g in self.functions.items() if name in reached)]
 
     def _link_calls(self) -> list[str]:
         """Fill each function's ``callers``; the calls to functions not in the library."""

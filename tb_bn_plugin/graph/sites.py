@@ -87,7 +87,7 @@ def find_sites(graph_def: Any) -> GraphSites:
     graphs = IndexedGraphDef(coerce_graph_def(graph_def))
     layers: dict[str, _LayerOps] = collections.defaultdict(_LayerOps)
     updates = []
-    for graph in graphs.graphs:
+    for graph in graphs.reachable:
         for node in graph:
             if node.op in FUSED_OPS:
                 _add_fused(layers, graph, node)

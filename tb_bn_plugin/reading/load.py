@@ -86,12 +86,14 @@ class Plan:
     Attributes:
       layers: run -> layer path -> kind (``KIND_LAYER_*``) -> tag.
       gap: run -> its gap tag.
+      ema_weights_gap: run -> its ema_weights_gap tag.
       ema_error: run -> layer path -> its ema_error tag.
       errors: run -> tags whose metadata could not be read.
     """
 
     layers: dict[str, dict[str, dict[str, TagInfo]]]
     gap: dict[str, TagInfo]
+    ema_weights_gap: dict[str, TagInfo]
     ema_error: dict[str, dict[str, TagInfo]]
     errors: dict[str, list[str]]
 
@@ -109,14 +111,15 @@ class Plan:
         if wanted is not None:
             tag_filter = [metadata.layer_tag(p, k) for p in wanted for k in _LAYER_SUFFIXES]
             if with_gap:
-                tag_filter.append(metadata.gap_tag())
+                tag_filter += [metadata.gap_tag(), metadata.ema_weights_gap_tag()]
         tags, errors = list_tags(source, runs, tag_filter)
-        plan = cls(layers={}, gap={}, ema_error={}, errors=errors)
+        plan = cls(layers={}, gap={}, ema_weights_gap={}, ema_error={}, errors=errors)
         for run, infos in tags.items():
             for info in infos:
-                if info.kind == metadata.KIND_GAP:
+                if info.kind in (metadata.KIND_GAP, metadata.KIND_EMA_WEIGHTS_GAP):
                     if with_gap:
-                        plan.gap[run] = info
+                        gaps = plan.gap if info.kind == metadata.KIND_GAP else plan.ema_weights_gap
+                        gaps[run] = info
                     continue
                 if info.kind == metadata.KIND_EMA_ERROR:
                     path = str(info.content.get("layer_path"))
@@ -183,7 +186,7 @@ class Plan:
                 for kind, info in by_kind.items():
                     snapshots = kind == metadata.KIND_LAYER_CHANNELS and (run, path) in sampling
                     want(run, info.tag, sampling[run, path][1] if snapshots else downsample)
-        for run, info in self.gap.items():
+        for run, info in [*self.gap.items(), *self.ema_weights_gap.items()]:
             want(run, info.tag, downsample)
         for run, by_path in self.ema_error.items():
             for info in by_path.values():
@@ -216,12 +219,13 @@ def assemble(
             run_data.ema_error[path] = decode.ema_error_series(info, data[info.tag])
         except _UNREADABLE:
             run_data.errors.append(f"ema_error of layer {path!r}: unexpected layout")
-    if run in plan.gap:
-        tag = plan.gap[run]
-        try:
-            run_data.gap = decode.gap_series(tag, data[tag.tag], wanted)
-        except _UNREADABLE as err:
-            run_data.errors.append(f"gap: unreadable data ({err})")
+    for field, tags in (("gap", plan.gap), ("ema_weights_gap", plan.ema_weights_gap)):
+        if run in tags:
+            tag = tags[run]
+            try:
+                setattr(run_data, field, decode.gap_series(tag, data[tag.tag], wanted))
+            except _UNREADABLE as err:
+                run_data.errors.append(f"{field}: unreadable data ({err})")
     for path, by_kind in plan.layers.get(run, {}).items():
         if (run, path) in cached:
             run_data.layers[path] = cached[run, path]

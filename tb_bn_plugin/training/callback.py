@@ -89,7 +89,11 @@ class BatchNormCallback(Callback):
         its training-mode input, batch vs. moving statistics), and the local
         gap derived from statistics alone. Cost: two forward passes of the
         probe batch; the probe functions are traced once per model (later fits
-        of the same model reuse them).
+        of the same model reuse them). When any gap cadence is on, the gap is
+        also measured once after the first training step of each ``fit``: its
+        loss, taken before the model has learnt, is the scale the
+        ``train-inference-gap`` diagnostic measures gaps against once the loss
+        approaches 0.
       gap_every_n_steps: also measure the gap every n training steps (default
         None: only at epoch ends). The gap is neither measured nor the probe
         batch stashed when both cadences are off.
@@ -199,6 +203,7 @@ class BatchNormCallback(Callback):
         self._gap_probe: Optional[GapProbe] = None
         self._gap_off = False
         self._last_gap_step = -1
+        self._first_gap_step = -1
 
     @property
     def gap_enabled(self) -> bool:
@@ -278,11 +283,12 @@ class BatchNormCallback(Callback):
             and steps_done % self.log_every_n_steps == 0
         ):
             self._log(steps_done)
+        periodic_gap = bool(self.gap_every_n_steps) and steps_done % self.gap_every_n_steps == 0
         if (
-            self.gap_every_n_steps
+            self.gap_enabled
             and steps_done > self._last_gap_step
             and steps_done > 0
-            and steps_done % self.gap_every_n_steps == 0
+            and (periodic_gap or steps_done == self._first_gap_step)
         ):
             self._log_gap(steps_done, attribution=False)
         if self._capture.gated:
@@ -314,6 +320,8 @@ class BatchNormCallback(Callback):
             if steps_done > self._session.last_snapshot:
                 # The final state always has per-channel detail.
                 self._log(steps_done, force_snapshot=True)
+            if getattr(self.model.optimizer, "use_ema", False):
+                self._log_ema_weights_gap(steps_done)
         self._stop_gap()
         if self._session is not None:
             self._session.close()
@@ -383,6 +391,9 @@ class BatchNormCallback(Callback):
         self._gap_probe = None
         self._gap_off = not self.gap_enabled
         self._last_gap_step = self._steps_done()
+        # One measurement right after the fit's first step: the loss before the model has
+        # learnt, the scale train-inference-gap compares gaps with once the loss nears 0.
+        self._first_gap_step = self._last_gap_step + 1
         if self._gap_off or self._probe_batch is not None:
             return
         cache = self._cache
@@ -463,9 +474,33 @@ class BatchNormCallback(Callback):
         self._write_gap(result, steps_done)
         self._last_gap_step = steps_done
 
-    def _write_gap(self, result: GapResult, steps_done: int) -> None:
+    def _log_ema_weights_gap(self, steps_done: int) -> None:
+        """The gap of the EMA weights ``fit`` leaves in the model (``use_ema=True``).
+
+        Keras ends ``fit`` with ``optimizer.finalize_variable_values``, before
+        ``on_train_end``: the trainable variables now hold the EMA weights while
+        the moving statistics are those of the live weights (EMA averages
+        trainable variables only). The probe's training-mode pass normalises
+        with statistics re-estimated for the EMA weights (the probe's batch
+        statistics at every BN layer), its inference-mode pass with the moving
+        statistics as they are; neither changes a variable.
+        """
+        if not self.gap_enabled:
+            return
+        probe = self._ensure_gap_probe()
+        if probe is None:
+            return
+        try:
+            result = probe.evaluate(attribution=False)
+        except Exception as err:  # never break training over a diagnostic
+            logger.debug("EMA-weights gap evaluation failed", exc_info=True)
+            self._disable_gap(f"the EMA-weights gap failed ({type(err).__name__}: {err})")
+            return
+        self._write_gap(result, steps_done, ema_weights=True)
+
+    def _write_gap(self, result: GapResult, steps_done: int, ema_weights: bool = False) -> None:
         self._session.writer.write(
-            metadata.gap_tag(),
+            metadata.ema_weights_gap_tag() if ema_weights else metadata.gap_tag(),
             records.gap_record(
                 result.train_losses,
                 result.inference_losses,
@@ -480,6 +515,7 @@ class BatchNormCallback(Callback):
                 result.layer_paths,
                 result.probe_size,
                 result.scope,
+                metadata.KIND_EMA_WEIGHTS_GAP if ema_weights else metadata.KIND_GAP,
             ),
         )
 

@@ -136,7 +136,14 @@ def test_json_matches_schema(tmp_path, tmp_path_factory, capsys):
             "train_loss",
             "inference_loss",
             "relative_loss_gap",
+            "loss_reference",
+            "scaled_loss_gap",
         }
+        gap = by_run["healthy"]["gap"]
+        scale = max(abs(gap["train_loss"]), 0.1 * gap["loss_reference"])
+        assert gap["scaled_loss_gap"] == pytest.approx(
+            abs(gap["inference_loss"] - gap["train_loss"]) / scale
+        )
         assert set(healthy["gap"]) == {"local", "compound", "attribution"}
 
 

@@ -218,6 +218,30 @@ def test_momentum_one():
     assert findings[0].severity == "error"
 
 
+@pytest.mark.parametrize("momentum", [0.1, 0.01, 0.0])
+def test_inverted_momentum_from_pytorch(momentum):
+    layer = simulate_layer(momentum=momentum)
+    findings = diagnose(run_of(layer))
+    [finding] = by_code(findings, "inverted-momentum")
+    assert finding.severity == "warning" and finding.layers == ["bn"]
+    assert finding.evidence["momentum"] == momentum
+    assert finding.evidence["keras_momentum_if_pytorch"] == pytest.approx(1.0 - momentum)
+    assert finding.evidence["batches_averaged"] == pytest.approx(1.0 / (1.0 - momentum))
+    assert finding.evidence["affected_steps"] == 50
+    assert "1 - PyTorch momentum" in finding.fix
+    assert [f.code for f in serious(findings)] == ["inverted-momentum"]
+
+
+@pytest.mark.parametrize("momentum", [0.5, 0.9, 0.99])
+def test_inverted_momentum_quiet_for_keras_momenta(momentum):
+    assert moving_stats.inverted_momentum(run_of(simulate_layer(momentum=momentum))) == []
+
+
+def test_inverted_momentum_ignores_frozen_layers():
+    layer = simulate_layer(momentum=0.1, training=[False] * 50, initial=(RNG_MEAN, RNG_STD**2))
+    assert moving_stats.inverted_momentum(run_of(layer)) == []
+
+
 SLOW_MEAN, SLOW_STD = [5.0, -3.0, 0.0, 0.05], [1.0, 2.0, 1.0, 1.0]
 
 
@@ -281,7 +305,7 @@ def with_replicas(
     shift: float = 0.0,
     synchronized: bool = False,
 ) -> tuple[LayerSeries, np.ndarray]:
-    """``layer`` with per-replica statistics at its last 10 snapshot steps, and the (10, R, n, C) samples.
+    """``layer`` with per-replica statistics at its last 10 snapshot steps; (10, R, n, C) samples.
 
     Replica r's samples are N(mean + r * shift * std, std**2).
     """
@@ -301,7 +325,7 @@ def with_replicas(
 
 
 def replica_spread(samples: np.ndarray) -> float:
-    """Median over steps of the mean over channels of std(replica means) / global std, from (S, R, n, C) samples."""
+    """Median over steps of the channel-mean std(replica means) / global std, (S, R, n, C)."""
     whole = samples.reshape(samples.shape[0], -1, samples.shape[-1])  # every step's global batch
     spread = samples.mean(axis=2).std(axis=1) / np.sqrt(whole.var(axis=1) + 1e-3)
     return float(np.median(spread.mean(axis=1)))
@@ -329,7 +353,7 @@ def test_replica_batch_too_small_with_spread_of_replica_means(shift):
 
 
 def test_replica_batch_too_small_from_the_spread_of_replica_means_at_many_values_per_channel():
-    """A conv feature map gives many correlated values per channel: the replicas' means show the few samples."""
+    """A conv feature map: many correlated values per channel; replica means see few samples."""
     layer, samples = with_replicas(simulate_layer(), replicas=4, per_replica=256, shift=1.0)
     [finding] = by_code(diagnose(run_of(layer)), "replica-batch-too-small")
     evidence = finding.evidence
@@ -373,7 +397,7 @@ def test_train_inference_gap_prefers_attribution_and_fires_on_compound_gap():
     gap = gap_series(
         0.4,
         0.45,
-        compound={"dense/bn": 0.9, "conv/bn": 0.95},
+        compound={"dense/bn": 1.2, "conv/bn": 1.25},
         local_derived={"dense/bn": 0.5, "conv/bn": 0.6},
         attribution={"dense/bn": 0.8, "conv/bn": 0.3},
     )
@@ -381,9 +405,57 @@ def test_train_inference_gap_prefers_attribution_and_fires_on_compound_gap():
     [finding] = gap_rules.train_inference_gap(run)
     assert finding.layers == ["dense/bn"]
     assert finding.evidence["ranking"] == "attribution"
-    assert finding.evidence["max_compound_gap"] == 0.95
-    assert not gap_rules.train_inference_gap(run, Thresholds(compound_gap=1.0))
+    assert finding.evidence["max_compound_gap"] == 1.25
+    assert not gap_rules.train_inference_gap(run, Thresholds(compound_gap=1.3))
     assert not gap_rules.train_inference_gap(run_of(*healthy_layers()))
+    # A healthy small dense network's compound gap (0.60) no longer fires (threshold was 0.5).
+    healthy = gap_series(0.4, 0.45, compound={"dense/bn": 0.6, "conv/bn": 0.3})
+    assert not gap_rules.train_inference_gap(run_of(*healthy_layers(), gap=healthy))
+
+
+def converging_gap(
+    train: list[float], inference: list[float], metrics: Optional[dict] = None
+) -> GapSeries:
+    """A gap measured at every epoch end (steps 100, 200, ...) of a model that learns."""
+    steps = 100 * np.arange(1, len(train) + 1)
+    metrics = {
+        name: {"train": np.array(t, float), "inference": np.array(i, float)}
+        for name, (t, i) in (metrics or {}).items()
+    }
+    return GapSeries(steps, np.array(train), np.array(inference), metrics, {}, {}, {}, {})
+
+
+def test_train_inference_gap_quiet_on_a_converged_model():
+    """Issue #12's false alarm: probe loss 0.0021 vs 0.0036, 100% accuracy in both modes."""
+    gap = converging_gap(
+        [0.69, 0.08, 0.0021],
+        [0.95, 0.09, 0.0036],
+        {"accuracy": ([0.55, 0.97, 1.0], [0.5, 0.97, 1.0])},
+    )
+    run = run_of(*healthy_layers(), gap=gap)
+    assert gap_rules.train_inference_gap(run) == []
+    summary = gap_rules.gap_summary(gap)
+    assert summary.relative_loss_gap == pytest.approx((0.0036 - 0.0021) / 0.0021)  # 71%
+    assert summary.loss_reference == 0.69
+    assert summary.scaled_loss_gap == pytest.approx((0.0036 - 0.0021) / (0.1 * 0.69))
+    assert summary.metric_gaps == {"accuracy": 0.0}
+    # Where the loss scale is still the loss itself, the plain relative gap decides.
+    big = converging_gap([0.69, 0.3], [0.95, 0.5])
+    [finding] = gap_rules.train_inference_gap(run_of(*healthy_layers(), gap=big))
+    assert finding.evidence["scaled_loss_gap"] == pytest.approx(0.2 / 0.3)
+
+
+def test_train_inference_gap_fires_on_metric_disagreement():
+    gap = converging_gap(
+        [0.69, 0.01],
+        [0.95, 0.02],
+        {"accuracy": ([0.55, 1.0], [0.5, 0.62]), "mae": ([0.5, 0.1], [0.5, 0.11])},
+    )
+    [finding] = gap_rules.train_inference_gap(run_of(*healthy_layers(), gap=gap))
+    assert finding.evidence["metric_gap/accuracy"] == pytest.approx(0.38)
+    assert finding.evidence["metric_gap/mae"] == pytest.approx(0.1)
+    assert finding.evidence["scaled_loss_gap"] == pytest.approx(0.01 / 0.069)
+    assert "accuracy" in finding.title
 
 
 def test_frozen_bn_is_info_only():
@@ -495,3 +567,22 @@ def test_to_json_makes_numpy_and_non_finite_values_json_safe():
     assert obj["evidence"] == {"a": "inf", "b": 0.5, "c": True}
     assert obj["channels"] == {"l": [3]}
     json.dumps(obj, allow_nan=False)
+
+
+def test_ema_weights_stale_stats_scaled_by_the_untrained_loss():
+    """The corpus's numbers: 0.854 (stale) vs 0.026 (re-estimated) fires; 0.015 vs 0.0045 not."""
+    from tb_bn_plugin.diagnostics import ema
+
+    epoch_gaps = converging_gap([1.4, 0.05, 0.02], [1.5, 0.05, 0.02])
+    assert ema.ema_weights_stale_stats(run_of(*healthy_layers(), gap=epoch_gaps)) == []
+    stale = converging_gap([0.026], [0.854])
+    run = run_of(*healthy_layers(), gap=epoch_gaps)
+    run.ema_weights_gap = stale
+    [finding] = ema.ema_weights_stale_stats(run)
+    assert finding.code == "ema-weights-stale-stats" and finding.severity == "warning"
+    assert finding.evidence["loss_reference"] == 1.4
+    assert finding.evidence["scaled_loss_gap"] == pytest.approx((0.854 - 0.026) / 0.14)
+    assert "tb_bn_plugin.recalibrate(model" in finding.fix
+    assert [f.code for f in diagnose(run)] == ["ema-weights-stale-stats"]
+    run.ema_weights_gap = converging_gap([0.0045], [0.0153])
+    assert ema.ema_weights_stale_stats(run) == []

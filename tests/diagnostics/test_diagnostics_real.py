@@ -35,8 +35,13 @@ EXPECTED = {
 }
 
 
-# Codes whose real run needs a tf.distribute strategy: checked by the named test instead.
-ELSEWHERE = {"replica-batch-too-small": "test_distribute.py::test_mirrored_strategy_two_replicas"}
+# Codes whose real run is not a demo scenario (a tf.distribute strategy, the accuracy corpus):
+# checked by the named test instead.
+ELSEWHERE = {
+    "replica-batch-too-small": "test_distribute.py::test_mirrored_strategy_two_replicas",
+    "inverted-momentum": "test_accuracy_corpus.py (scenario inverted-momentum)",
+    "ema-weights-stale-stats": "test_accuracy_corpus.py (scenario ema-weights)",
+}
 
 
 def findings_of(tmp_path_factory, scenario: str):

@@ -28,8 +28,10 @@ from _bn_graphs import (
     two_seed004_layers,
 )
 
+from tb_bn_plugin.diagnostics.graph import report_graph
 from tb_bn_plugin.graph.index import MalformedGraphError
 from tb_bn_plugin.graph.model import (
+    KIND_FUNCTIONAL_IF,
     KIND_SEPARATE_FUNCTIONS,
     KIND_SWITCH_MERGE,
     KIND_UNSWITCHED,
@@ -64,6 +66,28 @@ def test_frozen_seed004_graph():
     # Freezing keeps only what bn/cond/Merge needs: the updates are gone.
     assert site.update_ops == [] and site.updates_wired is None
     assert site.moving_variables == ["bn/moving_mean", "bn/moving_variance"]
+
+
+@pytest.mark.parametrize("wire_updates", [True, False])
+def test_orphaned_branch_functions_are_not_sites(wire_updates):
+    """Seed 004 under TF 2.x's default control flow v2, with a train op (issue #12).
+
+    Gradients rewrite the ``If``'s branches; the originals stay in the library,
+    called by nothing. They used to make two extra ``unswitched`` sites.
+    """
+    graph_def = build_seed004_graph(control_flow_v2=True, wire_updates=wire_updates)
+    library = [f.signature.name for f in graph_def.library.function]
+    orphans = [n for n in library if "_cond_" in n and not n.endswith("_rewritten")]
+    orphans = [n for n in orphans if "_grad_" not in n]
+    assert len(orphans) == 2  # the situation under test: the original branches remain
+    (site,) = find_sites(graph_def).sites
+    assert site.name == "bn" and site.kind == KIND_FUNCTIONAL_IF
+    functions = {ref.function for ref in site.training_path + site.inference_path}
+    assert functions and all(f.endswith("_rewritten") for f in functions)
+    assert names(site.update_ops) == ["bn/AssignMovingAvg", "bn/AssignMovingAvg_1"]
+    assert site.updates_wired is wire_updates
+    codes = [f.code for f in report_graph(graph_def).findings]
+    assert codes == ([] if wire_updates else ["update-ops-not-wired"])
 
 
 def test_layers_keep_their_scopes():

@@ -113,8 +113,9 @@ def test_logged_statistics_match_numpy(case):
         np.testing.assert_allclose(out[f"{key}_mean"], x.mean(axis=(0, 1, 2)), rtol=1e-6)
         np.testing.assert_allclose(out[f"{key}_variance"], x.var(axis=(0, 1, 2)), rtol=1e-6)
 
-    # The gap at each epoch end on the stashed first batch (the BN layer is the first layer).
-    assert out["gap_steps"] == [2, 4]
+    # The gap after the first step and at each epoch end on the stashed first batch (the BN
+    # layer is the first layer).
+    assert out["gap_steps"] == [1, 2, 4]
     assert np.isfinite(out["gap_local"]).all() and np.all(np.array(out["gap_local"]) > 0)
     assert np.isfinite(out["gap_train_loss"]).all() and np.isfinite(out["gap_inference_loss"]).all()
     if case in ("fused", "unfused"):
@@ -149,7 +150,7 @@ def test_training_identical_with_and_without_callback():
     assert out["layers"] == ["fused", "renorm", "unfused", "virtual"]
     assert all(all(t == 1.0 for t in trained) for trained in out["training"].values())
     # 72 training samples in batches of 16 (the last one of 8): epochs end at steps 5, 10, 15.
-    assert out["gap_steps"] == [2, 4, 5, 6, 8, 10, 12, 14, 15]
+    assert out["gap_steps"] == [1, 2, 4, 5, 6, 8, 10, 12, 14, 15]
     at_epoch_end = np.isin(out["gap_steps"], [5, 10, 15])
     for values in out["attribution"].values():
         values = np.array(values, dtype=np.float64)
