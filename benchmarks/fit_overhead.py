@@ -1,4 +1,4 @@
-"""Per-``fit`` cost of BatchNormCallback in short fits, as a user who calls ``fit`` in a loop pays it.
+"""Per-``fit`` cost of BatchNormCallback in short fits, as users who call ``fit`` in a loop pay it.
 
 One model (a CIFAR-style ResNet, 32x32x3, batch 64), fitted again and again
 in ONE process: every measurement is one whole ``model.fit`` of ``steps``
@@ -8,17 +8,25 @@ round (``harness.alternate``), process CPU and wall time. Configurations:
 * ``bare``: no callback;
 * ``keras_tensorboard``: ``keras.callbacks.TensorBoard(histogram_freq=1)``, the reference;
 * ``bn_default``: ``BatchNormCallback()`` at its defaults (graph, gap probe, capture);
+* ``bn_no_graph``: ``BatchNormCallback(write_graph=False)`` (capture and gap probe);
 * ``bn_capture_only``: ``BatchNormCallback(write_graph=False, gap_every_n_epochs=0)``;
 * ``bare_after_bn``: a bare ``fit`` right after an (untimed) ``bn_default`` fit,
   which shows whether the callback leaves work (a retrace) to the next plain ``fit``.
 
 Ratios are taken pair by pair within a round against ``bare``; "extra CPU per
-fit" is the median of (configuration - bare) CPU seconds. TensorFlow's
-"triggered tf.function retracing" warnings are counted per configuration.
+fit" is the median of (configuration - bare) CPU seconds. The components of
+the defaults' fixed cost are differences of those medians: capture
+(``bn_capture_only``), gap probe (``bn_no_graph`` - ``bn_capture_only``), run
+graph (``bn_default`` - ``bn_no_graph``). The work paid once per model (the
+first ``fit`` of a new model with the callback, against a new model's first
+bare ``fit``) is measured after the rounds. TensorFlow's "triggered
+tf.function retracing" warnings (logged to the ``tensorflow`` logger) are
+counted per configuration over the whole run, warm-up included.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -42,31 +50,45 @@ MODES = {
     "quick": dict(steps=20, rounds=3, batch=32, blocks=2, width=16, image=32),
     "smoke": dict(steps=3, rounds=2, batch=8, blocks=1, width=4, image=16),
 }
+FIRST_FIT_ROUNDS = {"full": 2, "quick": 1, "smoke": 1}
 TARGETS = {"bn_default_cpu_ratio": 1.05, "bn_default_extra_vs_tensorboard": 2.0}
 
 
 class RetraceCounter(logging.Handler):
-    """Counts TensorFlow's "triggered tf.function retracing" warnings."""
+    """Counts TensorFlow's "triggered tf.function retracing" warnings.
+
+    TensorFlow logs them through the ``tensorflow`` logger (``tf.get_logger()``),
+    whose own handler prints them; this handler sits beside it.
+    """
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.count = 0
+        self.functions: set[str] = set()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if "retracing" in record.getMessage():
+        message = record.getMessage()
+        if "triggered tf.function retracing" in message:
             self.count += 1
+            # "... calls to <function NAME at 0x...> triggered ...": which function retraced.
+            self.functions.add(message.split("<", 1)[-1].split(" at 0x", 1)[0])
 
 
-def main(argv=None) -> int:
-    started = time.perf_counter()
-    args = harness.parse_args("fit_overhead", __doc__.splitlines()[0], argv)
-    p = MODES[args.mode]
+def compiled_resnet(p: dict):
     model = resnet(blocks_per_stage=p["blocks"], width=p["width"], image=p["image"])
     model.compile(
         keras.optimizers.SGD(0.01, momentum=0.9),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
+    return model
+
+
+def main(argv=None) -> int:
+    started = time.perf_counter()
+    args = harness.parse_args("fit_overhead", __doc__.splitlines()[0], argv)
+    p = MODES[args.mode]
+    model = compiled_resnet(p)
     n_bn = sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
     data = dataset(p["batch"], p["image"])
     root = tempfile.mkdtemp(prefix="fit_overhead_")
@@ -75,8 +97,10 @@ def main(argv=None) -> int:
     retraces: dict[str, int] = {}
     fits = {"n": 0}
 
-    def fit(callbacks):
-        model.fit(data, steps_per_epoch=p["steps"], epochs=1, verbose=0, callbacks=callbacks)
+    def fit(callbacks, on=None):
+        (on or model).fit(
+            data, steps_per_epoch=p["steps"], epochs=1, verbose=0, callbacks=callbacks
+        )
 
     def logdir() -> str:
         fits["n"] += 1
@@ -103,6 +127,9 @@ def main(argv=None) -> int:
             "keras_tensorboard", lambda: [keras.callbacks.TensorBoard(logdir(), histogram_freq=1)]
         ),
         "bn_default": counted("bn_default", lambda: [BatchNormCallback(logdir())]),
+        "bn_no_graph": counted(
+            "bn_no_graph", lambda: [BatchNormCallback(logdir(), write_graph=False)]
+        ),
         "bn_capture_only": counted(
             "bn_capture_only",
             lambda: [BatchNormCallback(logdir(), write_graph=False, gap_every_n_epochs=0)],
@@ -118,7 +145,6 @@ def main(argv=None) -> int:
     for name, run in configs.items():  # warm-up: every configuration once, untimed
         print(f"  warm-up {name}", flush=True)
         run()
-    retraces.clear()
     samples = harness.alternate(configs, p["rounds"])
     summary = harness.summarize(samples, "bare")
     base = samples["bare"]
@@ -138,6 +164,27 @@ def main(argv=None) -> int:
         for name, s in summary.items()
     ]
     print(harness.format_table(headers, rows))
+    extra = {name: s["extra_cpu_s"] for name, s in summary.items()}
+    components = {
+        "capture_s": extra["bn_capture_only"],
+        "gap_probe_s": extra["bn_no_graph"] - extra["bn_capture_only"],
+        "run_graph_s": extra["bn_default"] - extra["bn_no_graph"],
+        "next_plain_fit_s": extra["bare_after_bn"],
+    }
+    print(
+        "extra CPU per fit at defaults by component: "
+        + ", ".join(f"{k[:-2]} {v:+.2f} s" for k, v in components.items())
+    )
+    first_fit = measure_first_fit(p, data, FIRST_FIT_ROUNDS[args.mode], fit, logdir)
+    print(
+        f"first fit of a new model (once per model): bare {first_fit['bare_cpu_s']:.2f} s CPU, "
+        f"with BatchNormCallback() {first_fit['bn_default_cpu_s']:.2f} s "
+        f"({first_fit['extra_cpu_s']:+.2f} s)"
+    )
+    print(
+        f"retracing warnings over the whole run: {counter.count}"
+        + (f" ({', '.join(sorted(counter.functions))})" if counter.functions else "")
+    )
     tb_extra = summary["keras_tensorboard"]["extra_cpu_s"]
     verdict = {
         "bn_default_cpu_ratio": summary["bn_default"]["cpu_ratio"]["median"],
@@ -147,8 +194,9 @@ def main(argv=None) -> int:
     }
     print(
         f"bn_default: CPU ratio {verdict['bn_default_cpu_ratio']:.3f} (target <= "
-        f"{TARGETS['bn_default_cpu_ratio']}), extra CPU {verdict['bn_default_extra_vs_tensorboard']:.1f}x "
-        f"Keras TensorBoard's (target <= {TARGETS['bn_default_extra_vs_tensorboard']})"
+        f"{TARGETS['bn_default_cpu_ratio']}), extra CPU "
+        f"{verdict['bn_default_extra_vs_tensorboard']:.1f}x Keras TensorBoard's "
+        f"(target <= {TARGETS['bn_default_extra_vs_tensorboard']})"
     )
     result = {
         "params": p,
@@ -156,9 +204,28 @@ def main(argv=None) -> int:
         "targets": TARGETS,
         "verdict": verdict,
         "configurations": summary,
+        "components_extra_cpu_s": components,
+        "first_fit": first_fit,
+        "retrace_warnings": {"total": counter.count, "functions": sorted(counter.functions)},
     }
     harness.write_json(args, result, started)
     return 0
+
+
+def measure_first_fit(p: dict, data, rounds: int, fit, logdir) -> dict:
+    """CPU seconds of a new model's first ``fit``, bare and with ``BatchNormCallback()``
+    (alternating, median over ``rounds``): what the callback traces once per model."""
+    bare, with_callback = [], []
+    for _ in range(rounds):
+        bare.append(harness.time_call(functools.partial(fit, [], on=compiled_resnet(p)))[1])
+        first = functools.partial(fit, [BatchNormCallback(logdir())], on=compiled_resnet(p))
+        with_callback.append(harness.time_call(first)[1])
+    return {
+        "bare_cpu_s": harness.median(bare),
+        "bn_default_cpu_s": harness.median(with_callback),
+        "extra_cpu_s": harness.median([b - a for a, b in zip(bare, with_callback)]),
+        "rounds": rounds,
+    }
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ class SummaryWriter:
     """Writes BN Internals tags of one run into ``logdir``.
 
     A logged step's records of every layer are written by one call of a
-    traced function (one per set of tags), not by one eager
+    traced function (shared by every writer), not by one eager
     ``tf.summary.write`` per tag: eager writes cost about 0.45 ms each, which
     dominated a log at 100 layers.
     """
@@ -68,7 +68,6 @@ class SummaryWriter:
                 logdir, max_queue_size=max_queue, flush_secs=flush_millis / 1000
             )
         self._written_tags: set[str] = set()
-        self._batch_writers: dict[tuple[str, ...], Callable[..., Any]] = {}
 
     @classmethod
     def for_run(cls, run_dir: str, strategy: Any) -> SummaryWriter:
@@ -121,13 +120,7 @@ class SummaryWriter:
     def _write(
         self, tag: str, tensor: np.ndarray, step: int, content: Callable[[], dict[str, Any]]
     ) -> None:
-        # Metadata goes with a tag's first event in this file only: TensorBoard's
-        # loaders (Python and Rust) take a time series' metadata from its first
-        # event, and repeating it would multiply the bytes of small records.
-        serialized = b""
-        if tag not in self._written_tags:
-            serialized = metadata.create_summary_metadata(content()).SerializeToString()
-            self._written_tags.add(tag)
+        serialized = self._metadata(tag, content)
         if self._events is not None:
             self._events.add_event(_tensor_event(tag, tensor, step, serialized))
             return
@@ -136,35 +129,55 @@ class SummaryWriter:
         with self._writer.as_default():
             tf.summary.write(tag=tag, tensor=tensor, step=step, metadata=serialized)
 
-    def write_items(self, step: int, items: Sequence[Item]) -> None:
-        """Write several tags at ``step``.
+    def _metadata(self, tag: str, content: Callable[[], dict[str, Any]]) -> bytes:
+        """The serialized metadata of ``tag``'s next event: the tag's own for its first
+        event in this file, else empty."""
+        # Metadata goes with a tag's first event in this file only: TensorBoard's
+        # loaders (Python and Rust) take a time series' metadata from its first
+        # event, and repeating it would multiply the bytes of small records.
+        if tag in self._written_tags:
+            return b""
+        self._written_tags.add(tag)
+        return metadata.create_summary_metadata(content()).SerializeToString()
 
-        With ``tf.summary``: eagerly while a tag still needs its metadata, else
-        in one traced call.
-        """
-        if self._events is not None or any(tag not in self._written_tags for tag, _, _ in items):
+    def write_items(self, step: int, items: Sequence[Item]) -> None:
+        """Write several tags at ``step``: with ``tf.summary`` in one traced call."""
+        if self._events is not None:
             for tag, tensor, content in items:
                 self._write(tag, tensor, step, content)
             return
-        tags = tuple(tag for tag, _, _ in items)
-        write = self._batch_writers.get(tags)
-        if write is None:
-            write = self._batch_writers[tags] = self._trace_batch_writer(tags)
         import tensorflow as tf
 
-        write(tf.constant(step, tf.int64), [tensor for _, tensor, _ in items])
+        # The writer's resource goes in as an argument, not captured by the trace: one
+        # traced function serves every writer (every fit of a model) with the same
+        # tensor shapes, so a new fit neither retraces nor warns about retracing.
+        _batch_writer()(
+            self._writer._resource,
+            tf.constant(step, tf.int64),
+            tf.constant([tag for tag, _, _ in items]),
+            tf.constant([self._metadata(tag, content) for tag, _, content in items]),
+            [tensor for _, tensor, _ in items],
+        )
 
-    def _trace_batch_writer(self, tags: tuple[str, ...]) -> Callable[..., Any]:
-        import tensorflow as tf
 
-        writer = self._writer
+@functools.cache
+def _batch_writer() -> Callable[..., None]:
+    """The one traced function writing a logged step's tags (built on first use: TensorFlow
+    is imported only where it writes)."""
+    import tensorflow as tf
 
-        def write(step: tf.Tensor, tensors: list[tf.Tensor]) -> None:
-            with writer.as_default():
-                for tag, tensor in zip(tags, tensors):
-                    tf.summary.write(tag=tag, tensor=tensor, step=step)
+    @tf.function(autograph=False)
+    def write_batch(
+        writer: tf.Tensor, step: tf.Tensor, tags: tf.Tensor, metadata: tf.Tensor, tensors: list
+    ) -> None:
+        """Write ``tensors[i]`` under ``tags[i]`` with serialized ``metadata[i]`` (empty after
+        a tag's first event) at ``step`` into the summary writer resource ``writer``."""
+        for i, tensor in enumerate(tensors):
+            tf.raw_ops.WriteSummary(
+                writer=writer, step=step, tensor=tensor, tag=tags[i], summary_metadata=metadata[i]
+            )
 
-        return tf.function(write, autograph=False)
+    return write_batch
 
 
 def layer_items(

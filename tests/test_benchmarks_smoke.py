@@ -29,6 +29,15 @@ EXPECTED = {
         "components",
     },
     "mirrored_overhead": {"params", "targets", "configs", "callback_signature_defaults"},
+    "fit_overhead": {
+        "params",
+        "targets",
+        "verdict",
+        "configurations",
+        "components_extra_cpu_s",
+        "first_fit",
+        "retrace_warnings",
+    },
     "log_cost": {"params", "models", "fits"},
     "storage": {"model", "channels", "scenarios", "target_bytes_per_logged_step"},
     "plugin_latency": {"params", "targets", "loaders"},
@@ -101,6 +110,16 @@ def test_benchmark_smoke(name, tmp_path):
                 "compare_cold_s",
                 "compare_warm",
             } <= set(loader)
+    elif name == "fit_overhead":
+        assert {"bare", "keras_tensorboard", "bn_default", "bare_after_bn"} <= set(
+            data["configurations"]
+        )
+        for config in data["configurations"].values():
+            assert {"cpu_ratio", "wall_ratio", "extra_cpu_s"} <= set(config)
+        assert {"capture_s", "gap_probe_s", "run_graph_s", "next_plain_fit_s"} == set(
+            data["components_extra_cpu_s"]
+        )
+        assert {"total", "functions"} == set(data["retrace_warnings"])
     else:
         for scenario in data["scenarios"].values():
             assert {

@@ -17,12 +17,13 @@ import numpy as np
 
 from tb_bn_plugin import metadata, records
 from tb_bn_plugin.training import graph_trace
-from tb_bn_plugin.training.capture import BatchNormRef, find_batchnorm_layers
+from tb_bn_plugin.training.capture import BatchNormRef, StatsCapture, find_batchnorm_layers
 from tb_bn_plugin.training.compat import flavour_of, keras_runs_on_tensorflow
 from tb_bn_plugin.training.compat.base import DueSteps
 from tb_bn_plugin.training.compat.bound_keras import Callback
 from tb_bn_plugin.training.gap_probe import SCOPES, GapProbe, GapProbeWarning, GapResult
 from tb_bn_plugin.training.host_gap import HostFirstBatchStash, HostGapProbe, probe_from_data
+from tb_bn_plugin.training.model_cache import FitCache, fit_cache
 from tb_bn_plugin.training.probe_batch import (
     DEFAULT_PROBE_SIZE,
     FirstBatchStash,
@@ -90,11 +91,12 @@ class BatchNormCallback(Callback):
         pass), the *local* gap (the difference the layer itself makes when fed
         its training-mode input, batch vs. moving statistics), and the local
         gap derived from statistics alone. Cost: two forward passes of the
-        probe batch; the probe functions are traced once per ``fit``. When any
-        gap cadence is on, the gap is also measured once after the first
-        training step of each ``fit``: its loss, taken before the model has
-        learnt, is the scale the ``train-inference-gap`` diagnostic measures
-        gaps against once the loss approaches 0.
+        probe batch; the probe functions are traced once per model (later fits
+        of the same model reuse them). When any gap cadence is on, the gap is
+        also measured once after the first training step of each ``fit``: its
+        loss, taken before the model has learnt, is the scale the
+        ``train-inference-gap`` diagnostic measures gaps against once the loss
+        approaches 0.
       gap_every_n_steps: also measure the gap every n training steps (default
         None: only at epoch ends). The gap is neither measured nor the probe
         batch stashed when both cadences are off.
@@ -124,8 +126,15 @@ class BatchNormCallback(Callback):
         or to measure the gap on held-out data.
       probe_size: the most samples the probe batch holds (default 256).
       write_graph: write the model's training-mode and inference-mode forward
-        passes (traced, not run) once per ``fit`` as the run graph, for
-        TensorBoard's Graphs tab and the plugin's switch-path view.
+        passes (traced, not run, once per model) as the run graph of every
+        ``fit``, for TensorBoard's Graphs tab and the plugin's switch-path view.
+
+    What the callback traces (the instrumented train function, the snapshot
+    and gap-probe functions, the run graph) is kept with the model and reused
+    by its later fits with a new callback; after a ``fit`` the model has its
+    own train function back, unchanged. Every logged step is written to the
+    event file as it is logged (the file is flushed at each log), so a process
+    killed in training keeps every step logged before the kill.
     """
 
     def __init__(
@@ -195,6 +204,7 @@ class BatchNormCallback(Callback):
         # step), so Keras may dispatch batch-end hooks asynchronously.
         self.async_safe = True
         self._session: Optional[LoggingSession] = None  # one per fit
+        self._cache: Optional[FitCache] = None  # the model's, during a fit
         self._awaiting_build = False
         self._epoch_base = 0
         self._stash: Optional[FirstBatchStash | HostFirstBatchStash] = None
@@ -220,6 +230,8 @@ class BatchNormCallback(Callback):
     # -- Keras hooks --------------------------------------------------------------
 
     def on_train_begin(self, logs: Optional[dict] = None) -> None:
+        self._cache = fit_cache(self.model)
+        self._cache.begin_fit(self.model)
         self._session = LoggingSession(
             self.run_dir,
             self._strategy(),
@@ -318,11 +330,19 @@ class BatchNormCallback(Callback):
                 self._log(steps_done, force_snapshot=True)
             if getattr(self.model.optimizer, "use_ema", False):
                 self._log_ema_weights_gap(steps_done)
-            self._stop_capture()
         self._stop_gap()
         if self._session is not None:
             self._session.close()
             self._session = None
+        if self._cache is not None:
+            # The wrappers are off and the model runs its own train function again: the
+            # next fit without the callback neither retraces nor runs the capture.
+            if self._on_tensorflow:
+                self._cache.restore_train_function(self.model)
+            else:
+                # The compiled step holding this fit's wrappers goes; Keras remakes its own.
+                self.model.train_function = None
+            self._cache = None
 
     # -- internals ----------------------------------------------------------------
 
@@ -335,10 +355,22 @@ class BatchNormCallback(Callback):
         return flavour_of(self.model).uses_tensorflow
 
     def _start_capture(self, refs: list[BatchNormRef]) -> None:
-        # The steps this fit logs the state after (a compiled JAX step sends only their
-        # statistics to the host): every log_every_n_steps-th and each epoch's last.
-        due = DueSteps(self.log_every_n_steps, self._steps_done(), (self.params or {}).get("steps"))
-        self._session.start_capture(refs, self.model.optimizer.iterations, self.model, due)
+        if self._on_tensorflow:
+            # The capture's variables live in the cached traced functions: reuse them.
+            cache = self._cache
+            clock = self.model.optimizer.iterations
+            if cache.capture is None or [r.layer for r in cache.capture.refs] != [
+                r.layer for r in refs
+            ]:
+                cache.capture = StatsCapture(refs, clock, self.model.distribute_strategy)
+                cache.gap_probe = cache.gap_key = None
+            self._session.start_capture(refs, clock, capture=cache.capture)
+        else:
+            # The steps this fit logs the state after (a compiled JAX step sends only their
+            # statistics to the host): every log_every_n_steps-th and each epoch's last.
+            steps = (self.params or {}).get("steps")
+            due = DueSteps(self.log_every_n_steps, self._steps_done(), steps)
+            self._session.start_capture(refs, None, self.model, due)
         logger.info(
             "BatchNormCallback: logging %d BatchNormalization layers to %s "
             "(per-channel snapshot every %d logged steps)",
@@ -346,10 +378,17 @@ class BatchNormCallback(Callback):
             self.run_dir,
             self._session.cadence.interval,
         )
-        # The train function was made before on_train_begin but is traced on its
-        # first call; remaking it guarantees the trace sees the wrappers even
-        # when this model was fit before.
-        self.model.make_train_function(force=True)
+        self._use_instrumented_train_function()
+
+    def _use_instrumented_train_function(self) -> None:
+        """The train function Keras made before on_train_begin has no wrappers in it: use the
+        one traced with them (made now and kept with the model, or kept from an earlier fit)."""
+        if not self._on_tensorflow:
+            # The compiled step holds this fit's logging cadence (DueSteps): made per fit.
+            self.model.make_train_function(force=True)
+            return
+        stash_installed = self._stash is not None and self._stash.unsupported is None
+        self._cache.use_train_function(self.model, self._capture, stash_installed)
 
     def _write_model_graph(self) -> None:
         """Trace the training and inference steps (nothing runs) and write them as the run graph."""
@@ -367,11 +406,15 @@ class BatchNormCallback(Callback):
                 self.model.name,
             )
             return
-        try:
-            # Forward passes only: the BN sites and updates without the gradient
-            # ops, which would multiply the graph's bytes in the event file.
-            graph_def = graph_trace.trace_model_graph(self.model, train_step=False)
-        except Exception as err:  # the graph view is optional; never break training over it
+        if self._cache.graph is None:
+            try:
+                # Forward passes only: the BN sites and updates without the gradient
+                # ops, which would multiply the graph's bytes in the event file.
+                self._cache.graph = graph_trace.trace_model_graph(self.model, train_step=False)
+            except Exception as err:  # the graph view is optional; never break training over it
+                self._cache.graph = err
+        if isinstance(self._cache.graph, Exception):
+            err = self._cache.graph
             warnings.warn(
                 f"BatchNormCallback: could not trace the model's steps for the graph view "
                 f"({type(err).__name__}: {err}); statistics are logged as usual. "
@@ -379,12 +422,7 @@ class BatchNormCallback(Callback):
                 stacklevel=4,
             )
             return
-        self._session.writer.graph(graph_def)
-
-    def _stop_capture(self) -> None:
-        self._session.stop_capture()
-        # Drop the traced function holding the wrappers; Keras remakes it on demand.
-        self.model.train_function = None
+        self._session.writer.graph(self._cache.graph)
 
     # -- train/inference gap ---------------------------------------------------------
 
@@ -397,24 +435,26 @@ class BatchNormCallback(Callback):
         self._first_gap_step = self._last_gap_step + 1
         if self._gap_off or self._probe_batch is not None:
             return
-        if self._on_tensorflow:
-            self._stash = FirstBatchStash(self.model, self.probe_size)
-        else:
+        if not self._on_tensorflow:
             self._stash = HostFirstBatchStash(self.model, self.probe_size, self._steps_done())
+        else:
+            # The stash's variables live in the cached train functions: reuse it, restashed.
+            cache = self._cache
+            if cache.stash is None or cache.stash.probe_size != self.probe_size:
+                cache.stash = FirstBatchStash(self.model, self.probe_size)
+            self._stash = cache.stash
+            self._stash.restash()
         if self._stash.unsupported is not None:
             self._disable_gap(f"{self._stash.unsupported}; pass probe_data to measure the gap")
             return
         self._stash.install()
-        # Keras binds train_step when it makes the train function: remake it.
-        self.model.make_train_function(force=True)
+        self._use_instrumented_train_function()
 
     def _stop_gap(self) -> None:
         self._gap_probe = None
         if self._stash is not None:
             self._stash.uninstall()
             self._stash = None
-            # Drop the traced function holding the stash wrapper.
-            self.model.train_function = None
 
     def _disable_gap(self, reason: str) -> None:
         self._gap_off = True
@@ -436,13 +476,27 @@ class BatchNormCallback(Callback):
                 f"{reason or 'no probe batch was stashed from the training data'}; pass probe_data"
             )
             return None
+        all_refs = [r for r in find_batchnorm_layers(self.model) if r.built]
+        tapped = [r for r in self._session.select_layers(self.model) if r.built]
+        # On TensorFlow the probe's traced functions are kept with the model (the host
+        # probe on JAX and PyTorch runs eagerly and has nothing to keep).
+        cache = self._cache if self._on_tensorflow else None
+        key = (
+            tuple(r.layer for r in all_refs),
+            tuple(r.layer for r in tapped),
+            self.gap_scope,
+            self._capture,
+        )
+        if cache is not None and cache.gap_key == key and cache.gap_probe.use_probe(batch):
+            self._gap_probe = cache.gap_probe
+            return self._gap_probe
         try:
-            all_refs = [r for r in find_batchnorm_layers(self.model) if r.built]
-            tapped = [r for r in self._session.select_layers(self.model) if r.built]
             probe_class = GapProbe if self._on_tensorflow else HostGapProbe
             self._gap_probe = probe_class(
                 self.model, all_refs, tapped, batch, self.gap_scope, self._capture
             )
+            if cache is not None:
+                cache.gap_probe, cache.gap_key = self._gap_probe, key
         except Exception as err:  # never break training over a diagnostic
             logger.debug("gap probe construction failed", exc_info=True)
             self._disable_gap(

@@ -210,6 +210,11 @@ class StatsCapture:
         self._enabled = True
         self._snapshot_fn = tf.function(self._gather, autograph=False)
 
+    @property
+    def refs(self) -> list[BatchNormRef]:
+        """The captured layers."""
+        return list(self._refs)
+
     # -- wrapping ---------------------------------------------------------------
 
     def install(self) -> None:

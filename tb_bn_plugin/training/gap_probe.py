@@ -83,8 +83,9 @@ class GapProbe:
     """Measures the train/inference gap of ``model`` on a fixed probe batch.
 
     The probe functions are traced once (the main one at construction, the
-    attribution one at its first use) and reused: build one per ``fit`` (the
-    layer set and probe batch are then fixed).
+    attribution one at its first use) and reused for the same layers and a
+    probe batch of the same shapes (``use_probe``): ``BatchNormCallback`` keeps
+    one per model across fits.
 
     Args:
       model: a built Keras 3 or tf-keras model; the compiled loss/metrics are used when the
@@ -149,6 +150,24 @@ class GapProbe:
                 *self._args
             )
         self._attribute: Any = None  # traced on first use
+
+    def use_probe(self, probe: ProbeBatch) -> bool:
+        """Measure on ``probe`` from now on, without tracing again, if it has the traced probe
+        batch's structure, shapes and dtypes; otherwise return False and change nothing."""
+        structure = (probe.x, probe.y, probe.sample_weight)
+        if tf.nest.map_structure(lambda _: 0, structure) != self._structure:
+            return False
+        leaves = tf.nest.flatten(structure)
+        if [i for i, t in enumerate(leaves) if t is not None] != self._present:
+            return False
+        args = [tf.convert_to_tensor(leaves[i]) for i in self._present]
+        if any(
+            new.shape != old.shape or new.dtype != old.dtype for new, old in zip(args, self._args)
+        ):
+            return False
+        self.probe = probe
+        self._args = args
+        return True
 
     @property
     def can_attribute(self) -> bool:

@@ -75,7 +75,7 @@ class FirstBatchStash:
 
     def __init__(self, model: Any, probe_size: int) -> None:
         self._model = model
-        self._probe_size = probe_size
+        self.probe_size = probe_size
         self._structure: Any = None
         self._slots: Optional[list[Optional[tf.Variable]]] = None
         self._count: Optional[tf.Variable] = None
@@ -89,6 +89,12 @@ class FirstBatchStash:
 
     def uninstall(self) -> None:
         self._model.__dict__.pop("train_step", None)
+
+    def restash(self) -> None:
+        """Stash the first batch of the next training step again (a new ``fit``'s first batch),
+        in train functions traced before as well."""
+        if self._count is not None:
+            self._count.assign(0)
 
     def probe(self) -> Optional[ProbeBatch]:
         """The stashed batch, or None when nothing was stashed yet."""
@@ -144,7 +150,7 @@ class FirstBatchStash:
                 None
                 if t is None
                 else tf.Variable(
-                    tf.zeros([self._probe_size] + t.shape[1:].as_list(), t.dtype),
+                    tf.zeros([self.probe_size] + t.shape[1:].as_list(), t.dtype),
                     trainable=False,
                     name="bn_probe_stash",
                 )
@@ -156,11 +162,11 @@ class FirstBatchStash:
 
     def _copy(self, flat: list) -> tf.Tensor:
         present = [t for t in flat if t is not None]
-        n = tf.minimum(tf.shape(present[0])[0], self._probe_size)
+        n = tf.minimum(tf.shape(present[0])[0], self.probe_size)
         for t, slot in zip(flat, self._slots):
             if t is None:
                 continue
-            part = t[: self._probe_size]
-            slot.assign(tf.pad(part, [[0, self._probe_size - n]] + [[0, 0]] * (t.shape.rank - 1)))
+            part = t[: self.probe_size]
+            slot.assign(tf.pad(part, [[0, self.probe_size - n]] + [[0, 0]] * (t.shape.rank - 1)))
         self._count.assign(n)
         return tf.constant(True)

@@ -76,6 +76,7 @@ class LoggingSession:
         clock: Any,
         model: Any = None,
         due: DueSteps = DueSteps(),
+        capture: Optional[StatsCapture] = None,
     ) -> StatsCapture | HostStatsCapture:
         """Capture ``refs`` in every training step traced (or run) from now on.
 
@@ -85,11 +86,13 @@ class LoggingSession:
         (a compiled JAX step sends only those to the host). The layers
         are checked (``UnsupportedLayerError``) and the writer opened before the
         wrappers go in, so a failure leaves the model as it was. The snapshot
-        cadence is sized for these layers.
+        cadence is sized for these layers. ``capture``: a ``StatsCapture`` of
+        ``refs`` and ``clock`` to use again (an earlier fit's, whose traced
+        functions hold its variables) instead of a new one.
         """
         if self.strategy is None:
             capture = HostStatsCapture(refs, model, due)
-        else:
+        elif capture is None:
             capture = StatsCapture(refs, clock, self.strategy)
         self.open_writer()
         capture.install()
@@ -106,9 +109,13 @@ class LoggingSession:
 
         Every layer's summary record and, when the cadence says so (or
         ``force_snapshot``), its per-channel snapshot. Returns whether it did.
+        The step is in the event file when this returns: a process killed
+        afterwards (out of memory, pre-empted, SIGKILL) keeps it.
         """
         full = self.cadence.next(force_snapshot)
         self.writer.layer_step(self.capture.snapshot(steps_done), step, full, self.channel_dtype)
+        # Without the flush the writer's queue (up to 100 events or 30 s) dies with the process.
+        self.writer.flush()
         self.last_logged = step
         if full:
             self.last_snapshot = step

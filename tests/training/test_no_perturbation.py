@@ -40,14 +40,25 @@ _SCRIPT = textwrap.dedent(
         model = keras.Model(inp, keras.layers.Dense(3)(h))
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         model.compile(keras.optimizers.Adam(1e-2), loss, metrics=["accuracy"])
-        log_dir = os.path.join(sys.argv[1], "with")
-        callbacks = [BatchNormCallback(log_dir, **kwargs)] if with_callback else []
-        history = model.fit(
-            x, y, batch_size=16, epochs=3, validation_split=0.25, verbose=0, callbacks=callbacks
-        )
+
+        def callbacks(run):
+            if not with_callback:
+                return []
+            return [BatchNormCallback(os.path.join(sys.argv[1], run), **kwargs)]
+
+        # Full batches only: after a partial last batch Keras traces its train function with
+        # a relaxed batch dimension, and the model's own train function, first traced in the
+        # third fit when the callback ran the first two, would be a graph of other shapes
+        # (other kernels, other rounding) than the one traced in the first fit without it.
+        history = model.fit(x, y, batch_size=24, epochs=3, validation_split=0.25, verbose=0,
+                            callbacks=callbacks("with"))
+        # Fitting again with a new callback reuses what the first one traced; then a fit
+        # without the callback runs the model's own train function again.
+        again = model.fit(x, y, batch_size=24, epochs=1, verbose=0, callbacks=callbacks("again"))
+        plain = model.fit(x, y, batch_size=24, epochs=1, verbose=0)
         state = model.variables + model.optimizer.variables + model.metrics_variables
-        values = [np.asarray(v.numpy()).tolist() for v in state]
-        return {"state": values, "history": history.history}
+        histories = [h.history for h in (history, again, plain)]
+        return {"state": [np.asarray(v.numpy()).tolist() for v in state], "history": histories}
 
     print(json.dumps({"without": train(False), "with": train(True)}))
     """
@@ -66,7 +77,8 @@ GAP_HEAVY = {
     "kwargs", [{}, {"log_every_n_steps": 1}, GAP_HEAVY], ids=["defaults", "every-step", "gap-heavy"]
 )
 def test_training_identical_with_and_without_callback(tmp_path, kwargs):
-    """Weights, moving statistics, optimizer and metric state and history, bit for bit."""
+    """Weights, moving statistics, optimizer and metric state and history, bit for bit, over a
+    fit with the callback, a second fit with a new one and a third fit without."""
     proc = subprocess.run(
         [sys.executable, "-c", _SCRIPT, str(tmp_path), json.dumps(kwargs)],
         capture_output=True,
@@ -82,10 +94,10 @@ def test_training_identical_with_and_without_callback(tmp_path, kwargs):
     assert without["history"] == with_cb["history"]
     gap = read_gap(str(tmp_path / "with"))["train"]
     if kwargs is GAP_HEAVY:
-        # 72 training samples in batches of 16: epochs end at steps 5, 10, 15.
-        np.testing.assert_array_equal(gap.steps, [1, 2, 4, 5, 6, 8, 10, 12, 14, 15])
-        at_epoch_end = np.isin(gap.steps, [5, 10, 15])
+        # 72 training samples in batches of 24: epochs end at steps 3, 6, 9.
+        np.testing.assert_array_equal(gap.steps, [1, 2, 3, 4, 6, 8, 9])
+        at_epoch_end = np.isin(gap.steps, [3, 6, 9])
         for values in gap.attribution.values():
             assert np.isfinite(values[at_epoch_end]).all() and np.isnan(values[~at_epoch_end]).all()
     else:
-        np.testing.assert_array_equal(gap.steps, [1, 5, 10, 15])
+        np.testing.assert_array_equal(gap.steps, [1, 3, 6, 9])
