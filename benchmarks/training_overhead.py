@@ -72,7 +72,7 @@ CIFAR_EPOCH_STEPS = 782  # CIFAR-10's 50,000 images at batch 64
 def resnet(
     blocks_per_stage: int = 3, width: int = 16, image: int = 32, classes: int = 10, seed: int = 0
 ):
-    """CIFAR ResNet-(6n+2) with projection shortcuts: ResNet-20 (n=3) has 21 BatchNormalization layers."""
+    """CIFAR ResNet-(6n+2), projection shortcuts: ResNet-20 (n=3) has 21 BN layers."""
     init = keras.initializers.HeNormal(seed=seed)
     inputs = keras.Input((image, image, 3))
     h = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=init)(
@@ -134,7 +134,7 @@ class _Turns:
         self.last = {}
 
     def run_epoch(self, name):
-        """Let ``name`` run its next epoch; returns its timed sample once that epoch (and teardown if last) ended."""
+        """Let ``name`` run its next epoch; its timed sample once it (and any teardown) ended."""
         self.done[name].clear()
         self.go[name].set()
         self.done[name].wait()
@@ -142,7 +142,7 @@ class _Turns:
 
 
 class _Start(keras.callbacks.Callback):
-    """First callback: waits for its turn, then starts the clock before every other on_epoch_begin."""
+    """First callback: waits for its turn, then starts the clock before any other on_epoch_begin."""
 
     def __init__(self, turns, name):
         super().__init__()
@@ -169,7 +169,7 @@ class _Stop(keras.callbacks.Callback):
             self.turns.done[self.name].set()
 
     def on_train_end(self, logs=None):
-        # Last epoch: hand back only after every callback's teardown, so it overlaps no one's timing.
+        # Last epoch: hand back only after every callback's teardown (overlapping no timing).
         self.turns.done[self.name].set()
 
 
@@ -212,7 +212,8 @@ def measure(callbacks: dict, p: dict, image: int, scope=contextlib.nullcontext) 
         turns.ready[name].wait()  # one at a time through fit's setup
 
     print(
-        f"model: ResNet-{6 * p['blocks'] + 2}, {n_bn} BatchNormalization layers, {n_params:,} parameters"
+        f"model: ResNet-{6 * p['blocks'] + 2}, {n_bn} BatchNormalization layers, "
+        f"{n_params:,} parameters"
     )
     print("warm-up epoch per configuration (traces the train functions)...", flush=True)
     for name in callbacks:
@@ -270,7 +271,7 @@ def measure(callbacks: dict, p: dict, image: int, scope=contextlib.nullcontext) 
 
 
 class EpochWork:
-    """Process CPU seconds spent in a ``BatchNormCallback``'s logs and gap evaluations, per epoch."""
+    """Process CPU seconds in a ``BatchNormCallback``'s logs and gap evaluations, per epoch."""
 
     def __init__(self, callback: BatchNormCallback, steps_per_epoch: int) -> None:
         self.by_epoch: dict[int, float] = {}
@@ -295,7 +296,7 @@ class EpochWork:
 
 
 def step_capture_ratio(p: dict, image: int, block: int, rounds: int) -> dict:
-    """Train-function CPU with the capture wrappers vs without, alternating blocks of ``block`` steps."""
+    """Train-function CPU with the capture wrappers vs without, in alternating blocks."""
     data = dataset(p["batch"], image)
     functions = {}
     for name in ("bare", "capture"):
@@ -362,7 +363,10 @@ def callback_defaults() -> dict:
     }
 
 
-WINDOW = "one epoch of K steps of a long fit, incl. all on_epoch_begin/end hooks; epoch 0 untimed warm-up"
+WINDOW = (
+    "one epoch of K steps of a long fit, incl. all on_epoch_begin/end hooks; "
+    "epoch 0 untimed warm-up"
+)
 
 
 def main(argv=None) -> int:
