@@ -110,3 +110,16 @@ def scaled_gap(
     if scale == 0:
         return 0.0 if difference == 0 else math.inf
     return difference / scale
+
+
+def attribution_share(layer_loss: float, train_loss: float, inference_loss: float) -> float:
+    """``(layer_loss - train_loss) / (inference_loss - train_loss)``, NaN when the modes agree.
+
+    ``layer_loss`` is the loss of a training-mode pass with one layer switched
+    to inference mode: the share of the model-level loss gap that layer alone
+    accounts for.
+    """
+    span = inference_loss - train_loss
+    if span == 0:
+        return float("nan")
+    return float((layer_loss - train_loss) / span)

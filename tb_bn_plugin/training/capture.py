@@ -246,9 +246,9 @@ class StatsCapture:
             self._due.assign(due)
             self._due_value = due
 
-    def paused(self) -> _Paused:
+    def paused(self) -> Paused:
         """Context manager: functions traced inside it do not write the capture variables."""
-        return _Paused(self)
+        return Paused(self)
 
     def _recorder(self, layer: Any, slots: _CaptureSlots) -> Record:
         """What a wrapper calls with the (C,) mean, (C,) biased variance and count it saw."""
@@ -382,8 +382,12 @@ def _global_count(count: tf.Tensor) -> tf.Tensor:
     return count * float(context.num_replicas_in_sync)
 
 
-class _Paused:
-    def __init__(self, capture: StatsCapture) -> None:
+class Paused:
+    """Context: a capture's wrappers record nothing while it is open (functions traced
+    inside, e.g. the gap probe's, leave the captured statistics alone). Serves
+    ``StatsCapture`` and ``HostStatsCapture`` alike: both gate on ``_enabled``."""
+
+    def __init__(self, capture: Any) -> None:
         self._capture = capture
 
     def __enter__(self) -> None:

@@ -212,13 +212,11 @@ class GapProbe:
                     self._attribute = tf.function(
                         self._attribution_pass, autograph=False
                     ).get_concrete_function(tf.constant(0, tf.int32), *self._args)
-            span = inference_losses[0] - train_losses[0]
             for i in range(n):
                 loss_i = float(self._attribute(tf.constant(i, tf.int32), *self._args).numpy())
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    values[i, col(metadata.GAP_ATTRIBUTION)] = (
-                        (loss_i - train_losses[0]) / span if span != 0 else np.nan
-                    )
+                values[i, col(metadata.GAP_ATTRIBUTION)] = gap.attribution_share(
+                    loss_i, train_losses[0], inference_losses[0]
+                )
         return GapResult(
             loss_names=list(self.loss_names),
             metric_names=list(self.metric_names),

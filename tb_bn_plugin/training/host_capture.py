@@ -22,7 +22,7 @@ import numpy as np
 
 from tb_bn_plugin import metadata
 from tb_bn_plugin.records import LayerSnapshot
-from tb_bn_plugin.training.capture import BatchNormRef, layer_config
+from tb_bn_plugin.training.capture import BatchNormRef, Paused, layer_config
 from tb_bn_plugin.training.compat.base import DueSteps, HostRecord, InstalledCapture
 
 
@@ -75,9 +75,9 @@ class HostStatsCapture:
     def capture_next_steps(self, due: bool) -> None:
         """No wrapper here adds gated computation (``gated`` is False)."""
 
-    def paused(self) -> _Paused:
+    def paused(self) -> Paused:
         """Context manager: calls inside it do not record."""
-        return _Paused(self)
+        return Paused(self)
 
     def _recorder(self, slot: _Slot) -> HostRecord:
         capture = self
@@ -136,14 +136,3 @@ def _host(value: Any, channels: int) -> np.ndarray:
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
     return np.asarray(value, dtype=np.float32).reshape(channels).astype(np.float64)
-
-
-class _Paused:
-    def __init__(self, capture: HostStatsCapture) -> None:
-        self._capture = capture
-
-    def __enter__(self) -> None:
-        self._capture._enabled = False
-
-    def __exit__(self, *exc: Any) -> None:
-        self._capture._enabled = True

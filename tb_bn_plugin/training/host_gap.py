@@ -126,7 +126,6 @@ class HostGapProbe:
                     float(ref.layer.epsilon),
                 )
         if attribution and self.can_attribute:
-            span = inference_losses[0] - train_losses[0]
             for i in range(len(self._tapped)):
                 with (
                     self._tap.active(ProbePass(ATTRIBUTION, i)),
@@ -134,10 +133,9 @@ class HostGapProbe:
                 ):
                     y_pred = self.model(x, training=self.scope == SCOPE_MODEL)
                     loss_i = self._score(y, y_pred, sample_weight, with_metrics=False)[0][0]
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    values[i, col(metadata.GAP_ATTRIBUTION)] = (
-                        (loss_i - train_losses[0]) / span if span != 0 else np.nan
-                    )
+                values[i, col(metadata.GAP_ATTRIBUTION)] = gap.attribution_share(
+                    loss_i, train_losses[0], inference_losses[0]
+                )
         return GapResult(
             loss_names=list(self.loss_names),
             metric_names=list(self.metric_names),

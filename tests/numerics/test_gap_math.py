@@ -139,3 +139,11 @@ def test_gap_summary_takes_latest_finite_step_and_prefers_measured_local():
     assert summary.attribution == {}
     gap.train_loss[:] = nan
     assert gap_summary(gap) is None
+
+
+def test_attribution_share_is_the_layers_part_of_the_loss_gap():
+    from tb_bn_plugin.numerics.gap import attribution_share
+
+    assert attribution_share(1.5, 1.0, 3.0) == 0.25
+    assert attribution_share(3.0, 1.0, 3.0) == 1.0
+    assert np.isnan(attribution_share(2.0, 1.0, 1.0))  # the modes agree: no gap to share
