@@ -45,6 +45,8 @@ class SeriesCache:
         ]
         if series.replicas is not None:
             arrays += [series.replicas.count, series.replicas.mean, series.replicas.variance]
+        if series.calls is not None:
+            arrays += [series.calls.count, series.calls.mean, series.calls.variance]
         size = sum(a.nbytes for a in arrays)
         with self._lock:
             if key in self._entries:
