@@ -21,6 +21,7 @@ moments are returned unchanged, and the callback's outputs feed nothing.
 from __future__ import annotations
 
 import contextvars
+import functools
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -125,14 +126,22 @@ class Keras3Jax(Keras3):
         original = type(layer)._moments.__get__(layer)
         channels = int(np.prod(layer.moving_mean.shape))
 
-        def on_host(step, mean, variance, count, masked):
-            record(mean, variance, float(count), bool(masked), int(step))
+        # Calls of the layer traced so far in the step whose count tracer is ``[0]``: host
+        # callbacks are unordered, so each carries its call number, fixed when traced.
+        traced = [None, 0]
+
+        def on_host(call, step, mean, variance, count, masked):
+            record(mean, variance, float(count), bool(masked), int(step), call)
 
         def _moments(inputs, mask):
             mean, variance = original(inputs, mask)
             step = _TRACED_STEP.get()
             if step is None:  # not inside fit's train step
                 return mean, variance
+            if traced[0] is not step:
+                traced[:] = [step, 0]
+            call = traced[1]
+            traced[1] += 1
             if mask is None:
                 count = jnp.float32(inputs.size / channels)
             else:
@@ -140,7 +149,7 @@ class Keras3Jax(Keras3):
             args = (step, mean, variance, count, mask is not None)
 
             def send():
-                jax.debug.callback(on_host, *args)
+                jax.debug.callback(functools.partial(on_host, call), *args)
 
             if due.always:
                 send()

@@ -82,7 +82,7 @@ class Keras3Torch(Keras3):
                 count = inputs.numel() / channels
             else:
                 count = float(mask.float().sum())
-            record(mean.detach(), variance.detach(), count, mask is not None, None)
+            record(mean.detach(), variance.detach(), count, mask is not None, None, None)
             return mean, variance
 
         object.__setattr__(layer, "_moments", _moments)
