@@ -6,10 +6,13 @@ against numpy moments of the batch each call saw.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from tb_bn_plugin import BatchNormCallback, read_stats
+from tb_bn_plugin.cli.main import main
 from tb_bn_plugin.diagnostics import diagnose
 from tb_bn_plugin.numerics.moments import call_divergence
 from tb_bn_plugin.reading.load import load_runs
@@ -110,7 +113,9 @@ def _fit_siamese(keras, x, y, log_dir, epochs=4, batch_size=None, d=3):
     return run
 
 
-def test_shared_layer_fires_on_differently_distributed_calls_with_numpy_evidence(keras, tmp_path):
+def test_shared_layer_fires_on_differently_distributed_calls_with_numpy_evidence(
+    keras, tmp_path, capsys
+):
     d = 3
     x, y = _two_halves(d=d)
     findings = [
@@ -126,6 +131,18 @@ def test_shared_layer_fires_on_differently_distributed_calls_with_numpy_evidence
     np.testing.assert_allclose(finding.evidence["log_var_ratio"], np.median(log_var), rtol=1e-3)
     assert finding.evidence["calls"] == 2 and finding.evidence["count_per_call"] == [32.0, 32.0]
     assert "concatenated batch" in finding.fix and "own BatchNormalization" in finding.fix
+
+    # tb-bn report: the layer's calls and their divergence, JSON and text.
+    status = main(["report", str(tmp_path), "--json", "--fail-on", "warning"])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 1
+    (layer,) = [entry for entry in report["runs"][0]["layers"] if entry["path"] == "shared_bn"]
+    assert layer["calls"] == 2
+    np.testing.assert_allclose(layer["call_divergence"]["mean_shift"], np.median(shift), rtol=1e-4)
+    assert "shared-layer" in {f["code"] for f in report["runs"][0]["findings"]}
+    main(["report", str(tmp_path), "--fail-on", "never"])
+    text = capsys.readouterr().out
+    assert "shared_bn (2 calls)" in text and "shared-layer" in text
 
 
 def test_shared_layer_quiet_when_calls_see_one_distribution(keras, tmp_path):
