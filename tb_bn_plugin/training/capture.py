@@ -226,7 +226,8 @@ class StatsCapture:
         self._local = strategy.experimental_local_results
         self._slots = [_CaptureSlots(c.channels, strategy) for c in self.configs]
         self._call_slots = [_ExtraCallSlots(c.channels, strategy) for c in self.configs]
-        # Calls numbered so far, per layer index: per traced function graph, or (eagerly) per step.
+        # Calls numbered so far, per (replica, layer index): per traced function graph, or (eagerly)
+        # per step.
         self._graph_calls: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._eager_calls: tuple[int, dict[int, int]] = (-1, {})
         # Indices of the layers some traced step calls more than once (their extra slots are read).
@@ -340,8 +341,10 @@ class StatsCapture:
             calls = self._eager_calls[1]
         else:
             calls = self._graph_calls.setdefault(_step_graph(), {})
-        call = calls.get(index, 0)
-        calls[index] = call + 1
+        # MirroredStrategy traces every replica's step into one graph: each counts its own calls.
+        key = (_replica_id(), index)
+        call = calls.get(key, 0)
+        calls[key] = call + 1
         if call == 1 and index not in self._shared:
             self._shared = tuple(sorted(self._shared + (index,)))
         if call >= MAX_CALLS:
@@ -498,6 +501,13 @@ def _calls_of_step(
         np.vstack([values[metadata.BATCH_MEAN], stats[ran, 0]]),
         np.vstack([values[metadata.BATCH_VARIANCE], stats[ran, 1]]),
     )
+
+
+def _replica_id() -> int:
+    """The replica being traced or run (0 outside a strategy); a Python int."""
+    context = tf.distribute.get_replica_context()
+    replica = None if context is None else tf.get_static_value(context.replica_id_in_sync_group)
+    return 0 if replica is None else int(replica)
 
 
 def _step_graph() -> Any:
