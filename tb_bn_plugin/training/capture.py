@@ -30,8 +30,8 @@ every call: the wrapper numbers the calls of a step as they are traced (per
 traced function; per step when running eagerly) and call ``k``
 assigns its own slot. Call 0 fills the slots a single-call layer uses, so
 nothing changes for it; calls 1 to ``MAX_CALLS - 1`` fill one extra variable
-per layer. Calls beyond ``MAX_CALLS`` are not captured: the callback warns
-(``uncaptured_calls``) when one is traced.
+per layer. Calls beyond ``MAX_CALLS`` are not captured: a ``UserWarning`` names
+the layer when one is traced (``uncaptured_calls`` keeps the most seen).
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ class StatsCapture:
         # Calls numbered so far, per (replica, layer index): per traced function graph, or (eagerly)
         # per step.
         self._graph_calls: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._eager_calls: tuple[int, dict[int, int]] = (-1, {})
+        self._eager_calls: tuple[int, dict[tuple[int, int], int]] = (-1, {})
         # Indices of the layers some traced step calls more than once (their extra slots are read).
         self._shared: tuple[int, ...] = ()
         # Layer path -> most calls traced in one step, for layers called more than MAX_CALLS times.
@@ -349,15 +349,13 @@ class StatsCapture:
             self._shared = tuple(sorted(self._shared + (index,)))
         if call >= MAX_CALLS:
             path = self.configs[index].path
-            if call + 1 > self.uncaptured_calls.get(path, 0):
-                if path not in self.uncaptured_calls:
-                    warnings.warn(
-                        f"BatchNormalization layer {path!r} is called more than {MAX_CALLS} "
-                        f"times in one training step: only its first {MAX_CALLS} calls are "
-                        "captured",
-                        stacklevel=2,
-                    )
-                self.uncaptured_calls[path] = call + 1
+            if path not in self.uncaptured_calls:
+                warnings.warn(
+                    f"BatchNormalization layer {path!r} is called more than {MAX_CALLS} times "
+                    f"in one training step: only its first {MAX_CALLS} calls are captured",
+                    stacklevel=2,
+                )
+            self.uncaptured_calls[path] = max(call + 1, self.uncaptured_calls.get(path, 0))
         return call
 
     # -- reading ----------------------------------------------------------------

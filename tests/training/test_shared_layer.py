@@ -173,3 +173,28 @@ def test_call_divergence_against_direct_pairwise_formula():
                 for j, k in pairs
             ]
             assert shift[p, c] == pytest.approx(max(d)) and log_var[p, c] == pytest.approx(max(r))
+
+
+def test_calls_beyond_the_captured_ones_warn_naming_the_layer(keras, tmp_path):
+    """Five calls per step on TensorFlow: the first four are logged, a UserWarning says so."""
+    d = 2
+    inp = keras.Input((5 * d,))
+    shared = keras.layers.BatchNormalization(name="shared_bn")
+    outs = [shared(inp[:, i * d : (i + 1) * d]) for i in range(5)]
+    model = keras.Model(inp, keras.layers.Dense(1)(keras.layers.Concatenate()(outs)))
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.random.RandomState(0).randn(16, 5 * d).astype("float32") + np.repeat(np.arange(5), d)
+    with pytest.warns(UserWarning, match="'shared_bn' is called more than 4 times"):
+        model.fit(
+            x,
+            np.zeros((16, 1), "float32"),
+            batch_size=16,
+            epochs=2,
+            verbose=0,
+            callbacks=[BatchNormCallback(str(tmp_path), log_every_n_steps=1)],
+        )
+    steps, mean = read_stats(str(tmp_path))["train"]["shared_bn"]["call_batch_mean"]
+    assert mean.shape == (2, 4, d)
+    x64 = x.astype(np.float64)
+    expected = [x64[:, i * d : (i + 1) * d].mean(0) for i in range(4)]
+    np.testing.assert_allclose(mean, [expected] * 2, rtol=1e-5)
