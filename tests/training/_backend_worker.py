@@ -394,12 +394,13 @@ def check_only_logged_steps_reach_the_host(logdir: str) -> None:
         assert steps_before == list(range(STEPS * EPOCHS)), steps_before
 
 
-DEMO_SCENARIOS = ("healthy", "stale-moving-stats", "slow-momentum")
+# The healthy run and one whose custom train step differs per backend (PreciseStatsMonitor in
+# fit is checked above, against numpy).
+DEMO_SCENARIOS = ("healthy", "stale-moving-stats")
 
 
 def run_demo(logdir: str) -> None:
-    """``demo/train.py --backend BACKEND --size test`` on the scenarios whose code differs per
-    backend (a custom train step, ``PreciseStatsMonitor``) and the healthy one."""
+    """``demo/train.py --backend BACKEND --size test`` on ``DEMO_SCENARIOS``."""
     import contextlib
     import importlib.util
     import io
