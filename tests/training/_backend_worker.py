@@ -156,6 +156,35 @@ def check_gap(logdir: str, run: str, model: keras.Model, probe: int) -> None:
         assert np.isfinite(gap.compound[name]).all()
 
 
+def check_logged_steps(logdir: str, run: str, model: keras.Model) -> None:
+    """Every step of ``run`` is logged: the first layer's batch statistics are those of the
+    step's batch (full batches, no shuffling), the moving statistics follow the EMA of the logged
+    batch statistics step by step, and the last logged ones are ``model``'s final ones."""
+    x, _ = data()
+    stats = read_stats(logdir)[run]
+    steps = stats["bn0"]["batch_mean"][0]
+    assert list(steps) == list(range(1, STEPS * EPOCHS + 1)), steps
+    for name, layer in stats.items():
+        channels = layer["moving_mean"][1].shape[1]
+        moving = (np.zeros(channels), np.ones(channels))
+        for i, step in enumerate(steps):
+            batch_mean, batch_var = layer["batch_mean"][1][i], layer["batch_variance"][1][i]
+            if name == "bn0":  # fed straight from the input: the batch is known
+                xb = x[(step - 1) % STEPS * BATCH :][:BATCH].astype(np.float64)
+                np.testing.assert_allclose(batch_mean, xb.mean(0), rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(batch_var, xb.var(0), rtol=1e-5, atol=1e-6)
+            moving = (
+                moving[0] * MOMENTUM + batch_mean * (1 - MOMENTUM),
+                moving[1] * MOMENTUM + batch_var * (1 - MOMENTUM),
+            )
+            np.testing.assert_allclose(layer["moving_mean"][1][i], moving[0], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                layer["moving_variance"][1][i], moving[1], rtol=1e-5, atol=1e-6
+            )
+        final = keras.ops.convert_to_numpy(model.get_layer(name).moving_mean)
+        assert np.array_equal(layer["moving_mean"][1][-1], final)
+
+
 def check_exact_and_unperturbed(logdir: str) -> keras.Model:
     """The callback and a ``PreciseStatsMonitor`` on one fit; returns the trained model."""
     bare = build()
@@ -167,32 +196,7 @@ def check_exact_and_unperturbed(logdir: str) -> keras.Model:
         assert np.array_equal(a, b), f"{v.path} differs with the callback"
 
     x, _ = data()
-    stats = read_stats(logdir)["healthy"]
-    bn0 = stats["bn0"]
-    steps = bn0["batch_mean"][0]
-    assert list(steps) == list(range(1, STEPS * EPOCHS + 1)), steps
-    for name, layer in stats.items():
-        moving = (
-            np.zeros(layer["moving_mean"][1].shape[1]),
-            np.ones(layer["moving_mean"][1].shape[1]),
-        )
-        for i, step in enumerate(steps):
-            batch_mean, batch_var = layer["batch_mean"][1][i], layer["batch_variance"][1][i]
-            if name == "bn0":  # fed straight from the input: the batch is known
-                xb = x[(step - 1) % STEPS * BATCH :][:BATCH].astype(np.float64)
-                np.testing.assert_allclose(batch_mean, xb.mean(0), rtol=1e-5, atol=1e-6)
-                np.testing.assert_allclose(batch_var, xb.var(0), rtol=1e-5, atol=1e-6)
-            # The moving statistics follow the EMA of the logged batch statistics step by step.
-            moving = (
-                moving[0] * MOMENTUM + batch_mean * (1 - MOMENTUM),
-                moving[1] * MOMENTUM + batch_var * (1 - MOMENTUM),
-            )
-            np.testing.assert_allclose(layer["moving_mean"][1][i], moving[0], rtol=1e-5, atol=1e-6)
-            np.testing.assert_allclose(
-                layer["moving_variance"][1][i], moving[1], rtol=1e-5, atol=1e-6
-            )
-        final = {v.path: w for v, w in zip(logged.weights, weights(logged))}
-        assert np.array_equal(layer["moving_mean"][1][-1], final[f"{name}/moving_mean"])
+    check_logged_steps(logdir, "healthy", logged)
     check_gap(logdir, "healthy", logged, PROBE)
     assert np.isfinite(read_gap(logdir)["healthy"].attribution["bn0"][1:]).all()  # epoch ends
     # The monitor measured at each epoch end, the last time on the final state.
@@ -330,28 +334,8 @@ def check_logger(logdir: str) -> None:
     logged = loop("logger")
     for a, b, v in zip(weights(bare), weights(logged), logged.weights):
         assert np.array_equal(a, b), f"{v.path} differs with the logger"
+    check_logged_steps(logdir, "logger", logged)
     x, _ = data()
-    layers = read_stats(logdir)["logger"]
-    assert list(layers["bn0"]["batch_mean"][0]) == list(range(1, STEPS * EPOCHS + 1))
-    for name, layer in layers.items():
-        state = (
-            np.zeros(layer["moving_mean"][1].shape[1]),
-            np.ones(layer["moving_mean"][1].shape[1]),
-        )
-        for i, step in enumerate(layer["batch_mean"][0]):
-            batch_mean, batch_var = layer["batch_mean"][1][i], layer["batch_variance"][1][i]
-            if name == "bn0":
-                xb = x[(step - 1) % STEPS * BATCH :][:BATCH].astype(np.float64)
-                np.testing.assert_allclose(batch_mean, xb.mean(0), rtol=1e-5, atol=1e-6)
-                np.testing.assert_allclose(batch_var, xb.var(0), rtol=1e-5, atol=1e-6)
-            state = (
-                state[0] * MOMENTUM + batch_mean * (1 - MOMENTUM),
-                state[1] * MOMENTUM + batch_var * (1 - MOMENTUM),
-            )
-            np.testing.assert_allclose(layer["moving_mean"][1][i], state[0], rtol=1e-5, atol=1e-6)
-            np.testing.assert_allclose(layer["moving_variance"][1][i], state[1], rtol=1e-5)
-        final = keras.ops.convert_to_numpy(logged.get_layer(name).moving_mean)
-        assert np.array_equal(layer["moving_mean"][1][-1], final)
 
     loop("logger-counter", optimizer_clock=False, every=5)
     counted = read_stats(logdir)["logger-counter"]["bn0"]
