@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -170,6 +171,40 @@ def test_dev_server_mimics_tensorboard_entry_and_routes():
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(base + "data/plugin/bn_internals/layer?run=nope&layer=x")
         assert e.value.code == 404 and "error" in json.loads(e.value.read())
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_dev_server_compare_route_overlays_runs_sharing_a_layer():
+    server, base = dev_server.serve_in_thread(scenario="demo")
+    route = base + "data/plugin/bn_internals/compare?"
+    path = "model/block1/conv1_bn"
+    runs = ["cnn_baseline", fixtures.COMPARE_RUN]
+    ds = fixtures.Dataset("demo")
+    try:
+        query = urllib.parse.urlencode({"layer": path, "run": runs, "resolution": 40}, doseq=True)
+        with urllib.request.urlopen(route + query) as r:
+            body = json.loads(r.read())
+        assert body["layer"] == path and [x["run"] for x in body["runs"]] == runs
+        for answer, run in zip(body["runs"], runs):
+            layer = ds.layer_route(run, path, 40)
+            assert answer["steps"] == layer["steps"] and len(answer["steps"]) == 40
+            assert answer["momentum"] == layer["config"]["momentum"]
+            assert set(answer["summary"]) == set(fixtures.COMPARE_STATS)
+            assert answer["summary"]["mean_shift"] == layer["summary"]["mean_shift"]
+        assert [x["momentum"] for x in body["runs"]] == [0.99, 0.9]
+        bad = [
+            ({"layer": path}, 400),
+            ({"layer": path, "run": ["cnn_baseline", "cnn_baseline"]}, 400),
+            ({"layer": path, "run": ["cnn_baseline", "nope"]}, 404),
+            ({"layer": path, "run": [fixtures.BIG_RUN]}, 404),
+            ({"layer": path, "run": runs, "resolution": "x"}, 400),
+        ]
+        for params, status in bad:
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(route + urllib.parse.urlencode(params, doseq=True))
+            assert e.value.code == status and json.loads(e.value.read())["error"]
     finally:
         server.shutdown()
         server.server_close()
@@ -456,6 +491,41 @@ def test_diagnostics_list_and_layer_links(tab):
     # an affected-layer link opens that layer's detail
     hostile.locator(f'.affected[data-layer="{HOSTILE}"] > .layer-link').click()
     f.wait_for_selector(f'[data-view=layer]:not([hidden]) .layer-detail[data-layer="{HOSTILE}"]')
+
+
+@browser_only
+def test_diagnostics_follow_the_run_selector(tab):
+    t = tab("small")
+    f = t.frame
+    t.go(view="diagnostics")
+    f.wait_for_selector("[data-view=diagnostics] article.finding")
+    runs = lambda: f.eval_on_selector_all(  # noqa: E731
+        "article.finding", "as => [...new Set(as.map(a => a.dataset.run))]"
+    )
+    counts = lambda: f.inner_text("[data-view=diagnostics] [data-role=counts]").lower()  # noqa: E731
+    assert set(runs()) == {"cnn_baseline", fixtures.HOSTILE_RUN}
+    assert counts().split() == ["2", "errors", "3", "warnings", "1", "info"]
+    f.evaluate(
+        "name => [...document.querySelectorAll('[data-view=diagnostics] label.run-option')]"
+        ".find(l => l.dataset.run === name).querySelector('input').click()",
+        fixtures.HOSTILE_RUN,
+    )
+    f.wait_for_selector("[data-view=diagnostics] [data-role=run-selector][data-selected='2']")
+    assert runs() == ["cnn_baseline"]
+    assert counts().split() == ["1", "error", "1", "warning", "0", "info"]
+    # The selection is the one of every view: the overview shows the same runs.
+    f.click("[role=tab][data-tab=overview]")
+    f.wait_for_selector("[data-view=overview] tr[data-layer]")
+    assert set(
+        f.eval_on_selector_all(
+            "[data-view=overview] tr[data-run]", "rs => rs.map(r => r.dataset.run)"
+        )
+    ) == {"cnn_baseline"}
+    f.click("[role=tab][data-tab=diagnostics]")
+    f.wait_for_selector("[data-view=diagnostics] article.finding")
+    f.click("[data-view=diagnostics] [data-action=select-none]")
+    f.wait_for_selector("[data-view=diagnostics] [data-message=info]")
+    assert "No run selected" in f.inner_text("[data-view=diagnostics] .findings")
 
 
 @browser_only
