@@ -95,6 +95,9 @@ function withAlpha(color, alpha) {
   return color;
 }
 
+// Tick spacings of the step axis: whole steps only (a run logged at steps 1-4 has no step 1.5).
+const STEP_INCRS = [1, 2, 5].flatMap((m) => Array.from({ length: 10 }, (_, e) => m * 10 ** e)).sort((a, b) => a - b);
+
 export const PALETTE = ["#1976d2", "#e65100", "#2e7d32", "#8e24aa", "#00838f", "#c2185b", "#6d4c41", "#546e7a", "#f9a825", "#3949ab"];
 
 function cleanValues(values, n, positiveOnly) {
@@ -150,7 +153,7 @@ export function seriesChart(container, steps, series, opts = {}) {
   }
   const ax = axisStyle();
   const axes = [
-    { ...ax, label: opts.xLabel || undefined, size: 34, values: (_u, vals) => vals.map((v) => (v === null ? "" : fmt(v, 4))) },
+    { ...ax, label: opts.xLabel || undefined, size: 34, incrs: STEP_INCRS, values: (_u, vals) => vals.map((v) => (v === null ? "" : fmt(v, 4))) },
     { ...ax, label: opts.yLabel || undefined, size: axisSize, values: fmtTick },
   ];
   const scales = { x: { time: false }, y: logY ? { distr: 3 } : { auto: true } };

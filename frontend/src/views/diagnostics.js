@@ -30,16 +30,37 @@ export function groupFindings(findings) {
 const isMapping = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
 
 /**
+ * The layer/site a key such as `local/<path>` is about (train-inference-gap's
+ * per-layer scores), with the key's prefix; the longest matching name wins
+ * (paths contain slashes). null when the key names none of `names`.
+ */
+function perNameKey(key, names) {
+  let best = null;
+  for (const n of names) {
+    if (n && key.length > n.length + 1 && key.endsWith(`/${n}`) && (!best || n.length > best.name.length)) {
+      best = { name: n, prefix: key.slice(0, key.length - n.length - 1) };
+    }
+  }
+  return best;
+}
+
+/**
  * The evidence of `f` that is about `name` (a layer or site): entries keyed by
- * the finding's other layers/sites are left out, and a mapping keyed by layer
- * (e.g. ema-error's `layers`) contributes only this layer's entry.
+ * the finding's other layers/sites are left out, an entry keyed `<what>/<name>`
+ * becomes this row's `<what>`, and a mapping keyed by layer (e.g. ema-error's
+ * `layers`) contributes only this layer's entry.
  */
 function evidenceFor(f, name, names) {
   const out = {};
   for (const [key, value] of Object.entries(f.evidence || {})) {
-    if (key === name) out.detail = value;
-    else if (names.includes(key)) continue;
-    else if (isMapping(value) && name in value) {
+    if (names.includes(key)) {
+      if (key === name) out.detail = value;
+      continue;
+    }
+    const per = perNameKey(key, names);
+    if (per) {
+      if (per.name === name) out[per.prefix] = value;
+    } else if (isMapping(value) && name in value) {
       const mine = value[name];
       if (isMapping(mine)) Object.assign(out, mine);
       else out[key] = mine;
