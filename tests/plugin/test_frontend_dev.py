@@ -529,6 +529,41 @@ def test_diagnostics_follow_the_run_selector(tab):
 
 
 @browser_only
+def test_affected_table_rows_their_evidence_and_keep_the_sort(tab):
+    t = tab("small")
+    f = t.frame
+    t.go(view="diagnostics")
+    card = "article.finding[data-code=mean_shift_high][data-run=cnn_baseline]"
+    f.wait_for_selector(f"{card} tr[data-layer]")
+    (finding,) = [
+        d
+        for d in fixtures.Dataset("small").diagnostics_route("cnn_baseline")["diagnostics"]
+        if d["code"] == "mean_shift_high"
+    ]
+    # Evidence keyed mean_shift/<layer> is that row's mean_shift column, not a shared line.
+    cells = lambda: f.eval_on_selector_all(  # noqa: E731
+        f"{card} tr[data-layer]",
+        "rs => rs.map(r => [r.dataset.layer, "
+        "Number(r.querySelector('td[data-key=mean_shift]').textContent)])",
+    )
+    expected = [[p, finding["evidence"][f"mean_shift/{p}"]] for p in finding["layers"]]
+    assert cells() == expected
+    assert "mean_shift/" not in f.inner_text(f"{card} [data-role=shared-evidence]")
+    f.click(f"{card} button[data-sort-col=mean_shift]")  # largest first
+    f.click(f"{card} button[data-sort-col=mean_shift]")  # smallest first
+    ascending = sorted(expected, key=lambda c: c[1])
+    assert cells() == ascending
+    # The sort survives re-renders: the Refresh button, a changed filter.
+    f.click("[data-action=refresh]")
+    f.wait_for_selector("section[data-view=diagnostics][data-state=ready]")
+    assert cells() == ascending
+    f.select_option("select[data-control=severity]", "error")
+    f.wait_for_selector("[data-view=diagnostics] article.finding[data-severity=error]")
+    assert cells() == ascending
+    assert f.get_attribute(f'{card} th[data-sort-key="mean_shift"]', "aria-sort") == "ascending"
+
+
+@browser_only
 def test_graph_view_draws_both_paths_and_wiring(tab):
     t = tab("small")
     f = t.frame
