@@ -180,6 +180,7 @@ export function seriesChart(container, steps, series, opts = {}) {
   for (const idx of hiddenLegend) if (rows[idx]) rows[idx].style.display = "none";
   container.dataset.points = String(n);
   container.dataset.series = String(series.length);
+  container.dataset.yScale = logY ? "log" : "linear";
   container.dataset.chart = container.dataset.chart || "series";
   track(
     container,

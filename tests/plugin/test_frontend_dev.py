@@ -465,6 +465,13 @@ def test_gap_view(tab):
     assert f.locator('[data-chart="gap-metric"]').count() == 2
     f.wait_for_selector('[data-chart="gap-layers"] canvas')
     assert f.locator("table[data-table=gap] tr[data-layer]").count() == 8
+    # Two runs with a gap: their overlay; losses on a log axis on demand (kept in the state).
+    f.wait_for_selector("[data-card=gap-compare][data-runs='2'] canvas")
+    assert f.get_attribute('[data-chart="gap-loss"]', "data-y-scale") == "linear"
+    f.check("input[data-control=gap-log]")
+    f.wait_for_selector('[data-chart="gap-compare"][data-y-scale=log] canvas')
+    f.wait_for_selector('[data-chart="gap-loss"][data-y-scale=log] canvas')
+    assert f.evaluate("new URLSearchParams(location.hash.slice(1)).get('glog')") == "1"
     t.go(view="gap", run=fixtures.HOSTILE_RUN)
     f.wait_for_selector('[data-chart="gap-attribution"] canvas')
     t.go(view="gap", run="broken_run")
