@@ -571,6 +571,26 @@ def test_affected_table_rows_their_evidence_and_keep_the_sort(tab):
 
 
 @browser_only
+def test_axis_tick_labels_stay_short_and_distinct(browser):
+    """format.js's tickLabels, run in Chromium: losses of 1e6 label as "1.2M", not "1.20e+6"."""
+    page = browser.new_page()
+    try:
+        source = (FRONTEND / "src" / "format.js").read_text(encoding="utf-8")
+        page.add_script_tag(type="module", content=source + "\nwindow.tickLabels = tickLabels;")
+        page.wait_for_function("typeof window.tickLabels === 'function'")
+        labels = lambda vals: page.evaluate("v => window.tickLabels(v)", vals)  # noqa: E731
+        assert labels([0, 2e5, 4e5, 6e5, 8e5, 1e6, 1.2e6]) == [
+            "0", "200k", "400k", "600k", "800k", "1M", "1.2M",
+        ]  # fmt: skip
+        assert labels([1e6, 1.0001e6, 1.0002e6]) == ["1M", "1.0001M", "1.0002M"]
+        assert labels([-2.5e9, 0, 2.5e9]) == ["-2.5G", "0", "2.5G"]
+        assert labels([1e-4, 1.5e-4, 2e-4]) == ["1e\u22124", "1.5e\u22124", "2e\u22124"]
+        assert labels([0.1, 0.2, 0.30000000000000004, None]) == ["0.1", "0.2", "0.3", ""]
+    finally:
+        page.close()
+
+
+@browser_only
 def test_graph_view_draws_both_paths_and_wiring(tab):
     t = tab("small")
     f = t.frame
