@@ -21,8 +21,8 @@ its event file, read like any run), then, for each TensorBoard loader
   (empty cache, background warming off; median over fresh plugins / different
   layers, wall time and CPU time of this process and of the data server),
   *warm* the median of repeated requests;
-* the memory each loader holds once loaded (this process's peak RSS growth for
-  the Python loader, the data server's RSS for the Rust one).
+* the memory each loader holds once loaded (this process's RSS growth for the
+  Python loader, the data server's RSS for the Rust one).
 
 The Python loader reads a logdir of the same runs and layers with at most
 ``PYTHON_LOADER_STEPS`` logged steps (it keeps every event as a parsed proto;
@@ -45,7 +45,6 @@ import gzip
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -532,22 +531,27 @@ def loaders() -> list[str]:
         return ["python"]
 
 
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def _proc_status(pid: str) -> dict[str, str]:
+    """``/proc/<pid>/status`` as name -> value; empty for a process that is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return {k: v.strip() for k, v in (line.split(":", 1) for line in f if ":" in line)}
+    except OSError:
+        return {}
+
+
+def _rss_bytes(status: dict[str, str]) -> int:
+    return int(status.get("VmRSS", "0 kB").split()[0]) * 1024
+
+
+def _own_rss_bytes() -> int:
+    return _rss_bytes(_proc_status("self"))
 
 
 def _children_rss_bytes() -> int:
-    """Resident memory of this process's children now (the Rust data server), from /proc."""
-    total = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
-        except OSError:
-            continue
-        if int(fields.get("PPid", "0").strip()) == os.getpid() and "VmRSS" in fields:
-            total += int(fields["VmRSS"].split()[0]) * 1024
-    return total
+    """Resident memory of this process's children now (the Rust data server)."""
+    statuses = (_proc_status(pid) for pid in filter(str.isdigit, os.listdir("/proc")))
+    return sum(_rss_bytes(s) for s in statuses if s.get("PPid") == str(os.getpid()))
 
 
 def _children_cpu_s() -> float:
@@ -624,12 +628,12 @@ def main(argv=None) -> int:
                 for kind in ("summary", "channels")
             }
             print(f"{loader} loader ({steps} logged steps) ...", flush=True)
-            rss_before = _peak_rss_bytes()
+            rss_before = _own_rss_bytes()
             load_s, _, (provider, multiplexer, stop) = harness.time_call(
                 lambda: start_loader(logdir, loader, expected)  # noqa: B023 - called here
             )
             # The Python loader holds the data in this process, the Rust one in its server.
-            held = _peak_rss_bytes() - rss_before if loader == "python" else _children_rss_bytes()
+            held = _own_rss_bytes() - rss_before if loader == "python" else _children_rss_bytes()
             try:
                 results[loader] = {
                     "steps": steps,
