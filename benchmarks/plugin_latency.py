@@ -26,7 +26,7 @@ its event file, read like any run), then, for each TensorBoard loader
 
 The Python loader reads a logdir of the same runs and layers with at most
 ``PYTHON_LOADER_STEPS`` logged steps (it keeps every event as a parsed proto;
-the full size would need ~25 GB). The first paint runs with the plugin's
+the full size would need 16-25 GB). The first paint runs with the plugin's
 default background warming (``--bn_internals_warm_interval``), as a user meets it.
 
 Targets (full size): overview and a 4-run compare < 1 s, one layer's detail < 200 ms,
@@ -81,8 +81,8 @@ SIZES = {
 }  # runs, layers, steps
 COMPARE_RUNS = 4
 # The Python loader reads a logdir of the same runs and layers with at most this many
-# logged steps: its multiplexer keeps every event as a parsed proto (~3.4 KB each
-# measured: ~25 GB at the full size's 7.5 M events, ~2.5 GB at 500 steps). Its routes
+# logged steps: its multiplexer keeps every event as a parsed proto (2.2-3.4 KB each
+# measured: 16-25 GB at the full size's 7.5 M events, 1.7-2.5 GB at 500 steps). Its routes
 # read evenly spaced samples (the overview 64 per layer, a layer 1,000), so their cost
 # hardly depends on the number of steps.
 PYTHON_LOADER_STEPS = 500
