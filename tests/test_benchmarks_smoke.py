@@ -102,8 +102,12 @@ def test_benchmark_smoke(name, tmp_path):
         assert "python" in data["loaders"]
         for loader in data["loaders"].values():
             assert {
+                "steps",
                 "load_s",
+                "loaded_rss_bytes",
                 "overview_cold_s",
+                "overview_cold_cpu_s",
+                "overview_cold_server_cpu_s",
                 "layer_cold_s",
                 "overview_warm",
                 "layer_warm",
