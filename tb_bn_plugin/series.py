@@ -188,6 +188,8 @@ class RunData:
         ``PreciseStatsMonitor`` measured.
       ema_weights_gap: the gap measured with the optimizer's EMA weights at
         the end of ``fit`` (``use_ema=True`` only; see ``metadata``).
+      version: what it was read from, for caches of results computed from it:
+        (tag, latest step) of each tag read, sorted; empty when not read from storage.
     """
 
     run: str
@@ -196,6 +198,7 @@ class RunData:
     errors: list[str] = dataclasses.field(default_factory=list)
     ema_error: dict[str, EmaErrorSeries] = dataclasses.field(default_factory=dict)
     ema_weights_gap: Optional[GapSeries] = None
+    version: tuple[tuple[str, Optional[int]], ...] = ()
 
     def ordered_layers(self) -> list[LayerSeries]:
         """Layers in model order."""

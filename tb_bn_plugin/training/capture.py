@@ -253,8 +253,8 @@ class StatsCapture:
         self._due_value = True
         self._installed: list[InstalledCapture] = []
         self._enabled = True
-        self._snapshot_fn = tf.function(self._gather, autograph=False)
-        self._snapshot_shared = self._shared
+        self._snapshot_fn: Any = None  # traced at the first snapshot
+        self._snapshot_shared = self._shared  # the shared layers it reads
 
     @property
     def refs(self) -> list[BatchNormRef]:
@@ -408,9 +408,12 @@ class StatsCapture:
         with unsynchronised layers, one all-gather of the per-replica statistics,
         so every worker must take snapshots at the same steps.
         """
-        if self._snapshot_shared != self._shared:
-            # A step traced since the last snapshot calls some layer several times.
-            self._snapshot_fn = tf.function(self._gather, autograph=False)
+        if self._snapshot_fn is None or self._snapshot_shared != self._shared:
+            # Traced anew when a step traced since the last snapshot calls some layer several
+            # times. Called as a concrete function: TensorFlow's frequent-retracing detector
+            # (which keys on _gather's code, shared by every capture: one per model) never sees
+            # it, so fitting model after model (folds, tuner trials) prints no retracing warning.
+            self._snapshot_fn = tf.function(self._gather, autograph=False).get_concrete_function()
             self._snapshot_shared = self._shared
         floats, counts, captured_at, replica_rows, call_rows = self._snapshot_fn()
         floats, counts, captured_at, replica_rows = (
