@@ -210,10 +210,18 @@ def application(name: str, steps: int, batch: int = 16, **options):
     1x1, so its BN layers normalise over 16 values per channel while the
     weights still change fast; ResNet50's probe loss is 0.029 in training mode
     and 0.52 in inference mode (accuracy 12.5 points lower). MobileNetV2 uses
-    BN momentum 0.999 (slow-momentum: the probe's inference-mode accuracy is
-    90% below its training-mode accuracy), and some of its channels reach a
-    batch variance below 1e-6 (dead-channels). EfficientNetB0: probe loss 0.11
-    in training mode, 2.18 in inference mode, and dead channels as well.
+    BN momentum 0.999 (slow-momentum: after 320 steps the moving statistics
+    still weigh their initial value by 0.999^320 = 73%, and the probe's
+    inference-mode accuracy is 90% below its training-mode accuracy).
+    EfficientNetB0: probe loss 0.11 in training mode, 2.18 in inference mode.
+
+    dead-channels is real in both (checked on the trained models over all 640
+    training images, not one batch): MobileNetV2's block_14/15/16_depthwise_BN
+    have 25, 49 and 32 of 336 channels whose input variance is 0 to 6e-23 (dead
+    ReLU6 expansion units feeding 1x1 maps); EfficientNetB0's block6b-7a BN
+    layers have 6-8 of 1152 channels at 1e-16 to 7e-12, and its stem_bn 17 of
+    32 channels at 4e-7 to 1e-6, 1000 times below epsilon (its built-in
+    Rescaling(1/255) expects 0..255 pixels and gets images in about [-3, 3]).
     """
 
     def train(run_dir):
@@ -351,6 +359,79 @@ def seed003_decay_0999(run_dir):
     fit(compile_model(conv_net(0.999)), run_dir, x, y, batch=32, steps=150)
 
 
+def shared_tower(name: str):
+    """A conv tower with BatchNormalization, applied to several inputs with shared weights."""
+    layers = keras().layers
+    return keras().Sequential(
+        [
+            keras().Input((16, 16, 3)),
+            layers.Conv2D(16, 3, padding="same", use_bias=False),
+            layers.BatchNormalization(momentum=0.9, name="bn1"),
+            layers.Activation("relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(32, 3, padding="same", use_bias=False),
+            layers.BatchNormalization(momentum=0.9, name="bn2"),
+            layers.Activation("relu"),
+            layers.GlobalAveragePooling2D(),
+        ],
+        name=name,
+    )
+
+
+def pairs_model(head: Callable):
+    """Input (16, 16, 6): two images side by side in the channels, one shared tower on each."""
+    k = keras()
+    inputs = k.Input((16, 16, 6))
+    tower = shared_tower("tower")
+    first, second = tower(inputs[..., :3]), tower(inputs[..., 3:])
+    return k.Model(inputs, head(first, second))
+
+
+def gan_discriminator(run_dir):
+    """A GAN-like discriminator called on a real and a generated batch in every step.
+
+    The "generated" images come from a poor generator: blurred, dimmer, noisier
+    copies with a colour offset, so the two calls of each BN layer normalise
+    differently distributed batches and every call updates the same moving
+    statistics. The train/inference gap is the real consequence: in inference
+    mode both branches are normalised with the mixture, and the probe loss is
+    0.79 (worse than chance, ln 2 = 0.69) against 0.42 in training mode.
+    """
+    k = keras()
+    real, _ = images(1280, seed=4)
+    fake, _ = images(1280, seed=5, noise=0.8)
+    fake = 0.4 * (fake + np.roll(fake, 1, axis=1) + np.roll(fake, 1, axis=2)) / 3 + 0.6
+    rng = np.random.default_rng(6)
+    order = rng.permutation(len(real))
+    x = np.concatenate([real, fake[order]], axis=-1).astype(np.float32)
+    y = np.tile(np.array([[1.0, 0.0]], np.float32), (len(x), 1))  # real -> 1, generated -> 0
+    k.utils.set_random_seed(0)
+    score = k.layers.Dense(1, activation="sigmoid")
+    model = pairs_model(lambda a, b: k.layers.Concatenate()([score(a), score(b)]))
+    model.compile(optimizer=k.optimizers.Adam(1e-3), loss="binary_crossentropy")
+    fit(model, run_dir, x, y, batch=32, steps=200)
+
+
+def siamese_same_distribution(run_dir):
+    """A Siamese net on two random images of one distribution: same class or not."""
+    k = keras()
+    x, labels = images(1280, seed=7)
+    partner = np.random.default_rng(8).permutation(len(x))
+    pairs = np.concatenate([x, x[partner]], axis=-1).astype(np.float32)
+    same = (labels == labels[partner]).astype(np.float32)[:, None]
+    k.utils.set_random_seed(0)
+    layers = k.layers
+    model = pairs_model(
+        lambda a, b: layers.Dense(1, activation="sigmoid")(
+            layers.Dense(16, activation="relu")(
+                layers.Lambda(lambda t: k.ops.abs(t[0] - t[1]))([a, b])
+            )
+        )
+    )
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="binary_crossentropy")
+    fit(model, run_dir, pairs, same, batch=32, steps=200)
+
+
 def seed004_graph(path):
     """Seed 004: a tf.compat.v1 graph, control flow v2 (TF 2.x default), updates not wired."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tests"))
@@ -400,11 +481,21 @@ SCENARIOS = [
     Scenario("efficientnetb0", "keras.applications.EfficientNetB0, weights=None, 320 steps",
              frozenset({"train-inference-gap", "dead-channels"}),
              application("EfficientNetB0", 320)),
+    Scenario("gan-discriminator", "shared discriminator on real and generated batches, 200 steps",
+             frozenset({"shared-layer", "train-inference-gap"}), gan_discriminator),
+    Scenario("siamese-same-distribution", "Siamese towers on two random images, 200 steps",
+             frozenset(), siamese_same_distribution),
 ]  # fmt: skip
 
 BY_NAME = {s.name: s for s in SCENARIOS}
 # The subset the test suite runs (tests/test_accuracy_corpus.py): the new codes and defect 1.
-FAST = ("inverted-momentum", "ema-weights", "resnet8-m0.99", "seed004-graph")
+FAST = (
+    "inverted-momentum",
+    "ema-weights",
+    "resnet8-m0.99",
+    "seed004-graph",
+    "gan-discriminator",
+)
 
 
 def diagnose_scenario(scenario: Scenario, workdir: str) -> dict:
@@ -428,6 +519,19 @@ def diagnose_scenario(scenario: Scenario, workdir: str) -> dict:
         run = load_runs(open_logdir(logdir), runs=[scenario.name])[scenario.name]
         findings = diagnose(run)
         extra = {"errors": run.errors}
+        shared = {p: layer.calls for p, layer in run.layers.items() if layer.calls is not None}
+        if shared:
+            from tb_bn_plugin.numerics.moments import call_divergence
+
+            # Per shared layer: median over steps of the median over channels (the rule's measure).
+            extra["call_divergence"] = {}
+            for path, calls in shared.items():
+                epsilon = run.layers[path].config.epsilon
+                shift, log_var = call_divergence(calls.mean, calls.variance, epsilon)
+                extra["call_divergence"][path] = {
+                    "mean_shift": float(np.median(np.median(shift, axis=1))),
+                    "log_var_ratio": float(np.median(np.median(log_var, axis=1))),
+                }
         if run.gap is not None:
             from tb_bn_plugin.diagnostics.gap import gap_summary
 

@@ -9,6 +9,23 @@ Schema history:
   * version 1: ``layer_summary``, ``layer_channels``, ``gap`` and ``ema_error`` payloads;
     ``layer_replicas`` added later within version 1 (readers skip kinds they do not know);
     ``ema_weights_gap`` added within version 1 the same way.
+  * version 2: ``layer_calls`` (every call of a layer called several times in one
+    training step). The ``summary`` and ``channels`` payloads of such a layer hold
+    its first call's batch statistics (call 0); version 1 writers stored whichever
+    call ran last, without saying so. Single-call layers are written exactly as in
+    version 1, so readers of version 2 read version 1 logs unchanged; version 1
+    readers ask to be upgraded for version 2 data.
+
+The ``layer_calls`` payload (tag ``layer_tag(path, "calls")``) holds the batch
+statistics of every call of a layer that normalised several batches in one
+training step (a shared layer: Siamese towers, a GAN discriminator applied to
+real and generated batches, a block reused at several depths). It is written
+with the layer's per-channel snapshots, at steps where the layer trained, and
+only for layers called more than once per step. Content ``{"kind":
+"layer_calls", "layer": LayerConfig JSON, "calls": K, "columns":
+CALL_COLUMNS}``; the tensor is float32 of shape (K, 1 + 2C), one row per call in
+the order the step made them (row 0 is what ``summary``/``channels`` hold):
+``[count, batch_mean (C), batch_variance (C)]``, the ``layer_replicas`` layout.
 
 The ``layer_replicas`` payload (tag ``layer_tag(path, "replicas")``) holds the
 per-replica batch statistics of an unsynchronised layer trained on more than
@@ -66,7 +83,7 @@ from typing import Any
 from tensorboard.compat.proto import summary_pb2
 
 PLUGIN_NAME = "bn_internals"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TAG_PREFIX = PLUGIN_NAME
 
 # Payload kinds (the ``kind`` field of the metadata content).
@@ -76,11 +93,13 @@ KIND_GAP = "gap"
 KIND_EMA_ERROR = "ema_error"
 KIND_LAYER_REPLICAS = "layer_replicas"
 KIND_EMA_WEIGHTS_GAP = "ema_weights_gap"
+KIND_LAYER_CALLS = "layer_calls"
 
 # Last part of a layer payload's tag: ``layer_tag(path, SUFFIX_...)``.
 SUFFIX_SUMMARY = "summary"
 SUFFIX_CHANNELS = "channels"
 SUFFIX_REPLICAS = "replicas"
+SUFFIX_CALLS = "calls"
 SUFFIX_EMA_ERROR = "ema_error"
 
 # Per-channel statistics, in the order they are stored as rows.
@@ -114,6 +133,8 @@ GAP_LAYER_FIELDS = (GAP_COMPOUND, GAP_LOCAL, GAP_LOCAL_DERIVED, GAP_ATTRIBUTION)
 
 # Column groups of a ``layer_replicas`` row: a count, then C means, then C variances.
 REPLICA_COLUMNS = ("count", BATCH_MEAN, BATCH_VARIANCE)
+# Column groups of a ``layer_calls`` row: the ``layer_replicas`` layout, one row per call.
+CALL_COLUMNS = REPLICA_COLUMNS
 
 # Columns of a summary row: statistics of one quantity across channels.
 SUMMARY_COLUMNS = ("mean", "std", "min", "p05", "p50", "p95", "max")

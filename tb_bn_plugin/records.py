@@ -151,7 +151,10 @@ def channel_record(
 
 
 def replica_record(count: np.ndarray, mean: np.ndarray, variance: np.ndarray) -> np.ndarray:
-    """The (R, 1 + 2C) float32 ``layer_replicas`` record: per replica a count, (C,) moments."""
+    """The (R, 1 + 2C) float32 ``layer_replicas`` record: per replica a count, (C,) moments.
+
+    Also the ``layer_calls`` record, with one row per call instead of per replica.
+    """
     count = np.asarray(count, dtype=np.float64)[:, None]
     return np.concatenate([count, np.asarray(mean), np.asarray(variance)], axis=1).astype(
         np.float32
@@ -280,6 +283,16 @@ def layer_replicas_content(config: LayerConfig, replicas: int) -> dict[str, Any]
     }
 
 
+def layer_calls_content(config: LayerConfig, calls: int) -> dict[str, Any]:
+    """The metadata content of a layer's ``layer_calls`` tag (``replica_record``, row per call)."""
+    return {
+        "kind": metadata.KIND_LAYER_CALLS,
+        "layer": config.to_json(),
+        "calls": calls,
+        "columns": list(metadata.CALL_COLUMNS),
+    }
+
+
 # -- gap payload: encoding ------------------------------------------------------
 
 
@@ -361,6 +374,9 @@ class LayerSnapshot:
     # Unsynchronised layers on several replicas, at training steps: (count (R,), mean (R, C),
     # variance (R, C)) of every replica; replica 0's are also in ``values``/``count``.
     replicas: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None
+    # Layers called several times in the step, at training steps: (count (K,), mean (K, C),
+    # variance (K, C)) of every call in order; call 0's are also in ``values``/``count``.
+    calls: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None
 
 
 # -- gap payload: decoding -------------------------------------------------------------

@@ -52,19 +52,25 @@ class LayerConfig:
 
 
 @dataclasses.dataclass
-class ReplicaSeries:
-    """Per-replica batch statistics of an unsynchronised layer trained on several replicas.
+class MomentGroups:
+    """Batch statistics of several groups normalised separately in one step (replicas, calls).
 
     Attributes:
-      steps: (P,) int64 steps with per-replica statistics (trained snapshot steps).
-      count: (P, R) values per channel each replica normalised over.
-      mean / variance: (P, R, C) each replica's batch mean and biased variance.
+      steps: (P,) int64 steps with per-group statistics (trained snapshot steps).
+      count: (P, G) values per channel each group normalised over.
+      mean / variance: (P, G, C) each group's batch mean and biased variance.
     """
 
     steps: np.ndarray
     count: np.ndarray
     mean: np.ndarray
     variance: np.ndarray
+
+
+@dataclasses.dataclass
+class ReplicaSeries(MomentGroups):
+    """Per-replica batch statistics of an unsynchronised layer trained on several replicas
+    (G = R replicas)."""
 
     @property
     def replicas(self) -> int:
@@ -73,6 +79,17 @@ class ReplicaSeries:
     def global_moments(self) -> moments.Moments:
         """(P, C) moments of the whole batch across replicas (``moments.combine_replicas``)."""
         return moments.combine_replicas(self.count, self.mean, self.variance)
+
+
+@dataclasses.dataclass
+class CallSeries(MomentGroups):
+    """Per-call batch statistics of a layer called several times in one training step
+    (G = K calls, in the order the step made them; call 0 is also the layer's
+    ``batch_mean``/``batch_variance``)."""
+
+    @property
+    def calls(self) -> int:
+        return int(self.count.shape[1])
 
 
 @dataclasses.dataclass
@@ -91,6 +108,9 @@ class LayerSeries:
       replicas: per-replica batch statistics, only for an unsynchronised layer
         trained on more than one replica (then ``batch_mean``/``batch_variance``
         and ``info["count"]`` are the first replica's).
+      calls: per-call batch statistics, only for a layer called more than once
+        in a training step (then ``batch_mean``/``batch_variance`` and
+        ``info["count"]`` are the first call's).
     """
 
     config: LayerConfig
@@ -100,6 +120,7 @@ class LayerSeries:
     channel_steps: np.ndarray
     channels: dict[str, np.ndarray]
     replicas: Optional[ReplicaSeries] = None
+    calls: Optional[CallSeries] = None
 
     def summary_column(self, stat: str, column: str) -> np.ndarray:
         """(S,) one column (e.g. ``"mean"``) of a stat's across-channel summary."""

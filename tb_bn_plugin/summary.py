@@ -92,7 +92,7 @@ class SummaryWriter:
         self, snapshots: Sequence[LayerSnapshot], step: int, full: bool, channel_dtype: np.dtype
     ) -> None:
         """Write one logged step: every layer's summary record, and per-channel snapshots
-        (with per-replica statistics where captured) if ``full``."""
+        (with per-replica and per-call statistics where captured) if ``full``."""
         self.write_items(step, layer_items(snapshots, full, channel_dtype))
 
     def write(self, tag: str, tensor: np.ndarray, step: int, content: dict[str, Any]) -> None:
@@ -225,6 +225,15 @@ def layer_items(
             )
             for c, snap in zip(configs, snapshots)
             if snap.replicas is not None
+        ]
+        items += [
+            (
+                metadata.layer_tag(c.path, metadata.SUFFIX_CALLS),
+                records.replica_record(*snap.calls),
+                functools.partial(records.layer_calls_content, c, len(snap.calls[0])),
+            )
+            for c, snap in zip(configs, snapshots)
+            if snap.calls is not None
         ]
     return items
 

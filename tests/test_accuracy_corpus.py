@@ -3,7 +3,7 @@
 Real Keras training on data made by the corpus, read back through
 TensorBoard's data path: every expected code fires and no warning or error
 fires that is not expected. Covers the codes without a demo scenario
-(``inverted-momentum``, ``ema-weights-stale-stats``), issue #12's false alarm
+(``inverted-momentum``, ``ema-weights-stale-stats``, ``shared-layer``), issue #12's false alarm
 on a converged ResNet at momentum 0.99, and seed 004 under control flow v2.
 """
 
@@ -40,7 +40,7 @@ def test_fast_scenario_fires_exactly_what_it_expects(name, tmp_path):
 
 def test_corpus_covers_every_new_code_and_the_seeds():
     expected = {code for s in CORPUS.SCENARIOS for code in s.expected}
-    assert {"inverted-momentum", "ema-weights-stale-stats"} <= expected
+    assert {"inverted-momentum", "ema-weights-stale-stats", "shared-layer"} <= expected
     assert len(CORPUS.SCENARIOS) >= 15
     names = {s.name for s in CORPUS.SCENARIOS}
     assert all(any(n.startswith(f"seed00{i}") for n in names) for i in (1, 2, 3, 4))

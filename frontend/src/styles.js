@@ -236,7 +236,7 @@ svg .edge-label.warn { fill: var(--sev-error); font-weight: 500; }
 .shared-evidence { color: var(--text-2); font-size: 12px; }
 .finding-count { color: var(--text-2); font-size: 12px; }
 .graph-findings .site-link { padding: 0; }
-.replica-finding .evidence { margin: 6px 0; }
+.replica-finding .evidence, .call-finding .evidence { margin: 6px 0; }
 `;
 
 let injected = false;

@@ -62,7 +62,11 @@ logged / not measured::
               "moving_mean": null | {"mean": float, "min": float, "max": float},
               "moving_variance": null | {"mean": float, "min": float, "max": float},
               "gap": null | {"local": float | null, "compound": float | null,
-                             "attribution": float | null}   # at the run's gap step
+                             "attribution": float | null},  # at the run's gap step
+              "calls": int,                 # calls per training step (> 1: a shared layer)
+              "call_divergence": null | {"mean_shift": float, "log_var_ratio": float}
+                  # shared layers, at the latest step with per-call statistics: the median
+                  # over channels of numerics.moments.call_divergence (shared-layer's measure)
             }
           ],
           "findings": [                # diagnostics.Finding.to_json(), by severity then model order
@@ -97,6 +101,7 @@ from tb_bn_plugin import metadata
 from tb_bn_plugin.cli.errors import CommandError
 from tb_bn_plugin.diagnostics import SEVERITY_ORDER, Finding, Thresholds, diagnose
 from tb_bn_plugin.formatting import json_safe, text_table
+from tb_bn_plugin.numerics.moments import call_divergence
 from tb_bn_plugin.reading.event_files import BadFile, check_event_files, event_files
 from tb_bn_plugin.series import LayerSeries, RunData
 
@@ -203,7 +208,17 @@ def layer_report(layer: LayerSeries, gap: Optional[dict[str, Any]] = None) -> di
         "moving_mean": None,
         "moving_variance": None,
         "gap": gap,
+        "calls": 1,
+        "call_divergence": None,
     }
+    calls = layer.calls
+    if calls is not None and len(calls.steps):
+        shift, log_var = call_divergence(calls.mean[-1], calls.variance[-1], config.epsilon)
+        entry["calls"] = calls.calls
+        entry["call_divergence"] = {
+            "mean_shift": json_safe(float(np.nanmedian(shift))),
+            "log_var_ratio": json_safe(float(np.nanmedian(log_var))),
+        }
     if t is not None and metadata.MEAN_SHIFT in layer.summary:
         entry["mean_shift"] = {
             "mean": json_safe(_column(layer, metadata.MEAN_SHIFT, "mean", t)),
@@ -330,7 +345,7 @@ def _range(stats: Optional[dict[str, Any]]) -> str:
 
 
 LAYER_COLUMNS = (
-    ("layer", lambda l: l["path"]),
+    ("layer", lambda l: l["path"] + (f" ({l['calls']} calls)" if l["calls"] > 1 else "")),
     ("ch", lambda l: _fmt(l["channels"])),
     ("momentum", lambda l: _fmt(l["momentum"], "g")),
     ("steps", lambda l: f"{l['logged_steps']} (last {_fmt(l['last_step'])})"),

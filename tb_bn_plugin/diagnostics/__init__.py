@@ -45,6 +45,16 @@ Rules (``Thresholds`` field = default):
 ``tiny-batch`` (warning)
     A trained step whose batch statistics came from fewer than
     ``min_count = 8`` values per channel.
+``shared-layer`` (warning)
+    A layer called several times in one training step (per-call statistics
+    logged, ``LayerSeries.calls``) whose calls normalise markedly different
+    batches: per logged step and channel, the largest standardized mean
+    difference between two calls ``|mu_j - mu_k| / sqrt((var_j + var_k)/2 + eps)``
+    or log variance ratio (``numerics.moments.call_divergence``), median over
+    channels, then over steps, exceeds ``shared_layer_shift = 0.5`` or
+    ``shared_layer_log_var = log 2``. Calls on one distribution (a Siamese net
+    on two random halves of the same data) differ by sampling noise only and
+    stay below.
 ``replica-batch-too-small`` (warning)
     An unsynchronised layer trained on several replicas (per-replica
     statistics logged, ``LayerSeries.replicas``) normalised over fewer than

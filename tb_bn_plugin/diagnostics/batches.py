@@ -1,4 +1,5 @@
-"""Rules about the batches BatchNorm normalises over: too few values per channel, per replica."""
+"""Rules about the batches BatchNorm normalises over: too few values per channel, per replica,
+several differently distributed batches per step (a shared layer)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from tb_bn_plugin import metadata
 from tb_bn_plugin.diagnostics import layer_view as view
 from tb_bn_plugin.diagnostics.finding import Finding, Rule
 from tb_bn_plugin.diagnostics.thresholds import Thresholds
+from tb_bn_plugin.numerics.moments import call_divergence
 from tb_bn_plugin.series import ReplicaSeries, RunData
 
 TINY_BATCH = Rule(
@@ -38,6 +40,21 @@ REPLICA_BATCH_TOO_SMALL = Rule(
     "global batch statistics (one all-reduce per layer and step), or a larger per-replica "
     "batch (global batch = per-replica batch x replicas), or GroupNormalization, which "
     "does not depend on the batch.",
+)
+
+
+SHARED_LAYER = Rule(
+    "shared-layer",
+    "warning",
+    "One BatchNormalization layer is called several times in each training step on "
+    "differently distributed batches (Siamese towers on different inputs, a GAN "
+    "discriminator on real and generated batches, one block reused at several depths). "
+    "Each call normalises with its own batch statistics, but every call updates the same "
+    "moving statistics (Keras 3), so at inference each branch is normalised with a mixture "
+    "of all branches' statistics: a train/inference gap that no single branch shows. Give "
+    "each branch its own BatchNormalization layer (share the other weights), or make one "
+    "call over the concatenated batch (keras.ops.concatenate([a, b], axis=0), then split "
+    "the output) so that every sample is normalised with the same statistics.",
 )
 
 
@@ -133,6 +150,61 @@ def replica_batch_too_small(run: RunData, thresholds: Thresholds = Thresholds())
                 f"(global batch {evidence['global_count']:g} values per channel)",
                 [layer.config.path],
                 evidence,
+            )
+        )
+    return findings
+
+
+def shared_layer(run: RunData, thresholds: Thresholds = Thresholds()) -> list[Finding]:
+    """``shared-layer``: the calls of one layer in one step normalise markedly different batches.
+
+    Per logged step with per-call statistics, ``numerics.moments.call_divergence``
+    gives per channel the largest standardized mean difference and log variance
+    ratio between two calls; the rule takes the median over channels (a few
+    noisy channels do not make a layer) and over steps, and fires when either
+    exceeds ``shared_layer_shift`` or ``shared_layer_log_var``.
+    """
+    findings = []
+    for layer in run.ordered_layers():
+        calls = layer.calls
+        if calls is None or calls.calls < 2 or not len(calls.steps):
+            continue
+        shift, log_var = call_divergence(calls.mean, calls.variance, layer.config.epsilon)
+        step_shift = np.nanmedian(shift, axis=1)
+        step_log_var = np.nanmedian(log_var, axis=1)
+        median_shift = float(np.nanmedian(step_shift))
+        median_log_var = float(np.nanmedian(step_log_var))
+        if not (
+            median_shift > thresholds.shared_layer_shift
+            or median_log_var > thresholds.shared_layer_log_var
+        ):
+            continue
+        channel_shift = np.nanmedian(shift, axis=0)
+        channel_log_var = np.nanmedian(log_var, axis=0)
+        marked = np.flatnonzero(
+            (channel_shift > thresholds.shared_layer_shift)
+            | (channel_log_var > thresholds.shared_layer_log_var)
+        )
+        evidence: dict[str, Any] = {
+            "calls": calls.calls,
+            "call_steps": len(calls.steps),
+            "count_per_call": [float(c) for c in np.median(calls.count, axis=0)],
+            "mean_shift": median_shift,
+            "log_var_ratio": median_log_var,
+            "max_channel_mean_shift": float(np.nanmax(channel_shift)),
+            "marked_channels": int(len(marked)),
+            "channels": layer.config.channels,
+            "shift_threshold": thresholds.shared_layer_shift,
+            "log_var_threshold": thresholds.shared_layer_log_var,
+        }
+        findings.append(
+            SHARED_LAYER.finding(
+                f"called {calls.calls} times per step on batches whose means differ by "
+                f"{median_shift:.2g} pooled std and whose variances differ by a factor "
+                f"{math.exp(median_log_var):.3g} (median over channels)",
+                [layer.config.path],
+                evidence,
+                channels={layer.config.path: [int(c) for c in marked]},
             )
         )
     return findings

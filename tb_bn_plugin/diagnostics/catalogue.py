@@ -51,6 +51,7 @@ DIAGNOSTICS: tuple[Callable[[RunData, Thresholds], list[Finding]], ...] = (
     moving_stats.slow_momentum,
     batches.tiny_batch,
     batches.replica_batch_too_small,
+    batches.shared_layer,
     gap.train_inference_gap,
     modes.frozen_bn,
     moving_stats.uninitialized_moving_stats,

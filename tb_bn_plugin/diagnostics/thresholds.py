@@ -25,3 +25,5 @@ class Thresholds:
     loss_floor: float = 1e-8
     attribution_share: float = 0.5
     dead_variance: float = 1e-6
+    shared_layer_shift: float = 0.5
+    shared_layer_log_var: float = math.log(2.0)

@@ -113,3 +113,43 @@ def combine_replicas(count: np.ndarray, mean: np.ndarray, variance: np.ndarray) 
         (count[..., r, None], mean[..., r, :], variance[..., r, :] * count[..., r, None])
         for r in range(count.shape[-1])
     )
+
+
+def call_divergence(
+    mean: np.ndarray, variance: np.ndarray, epsilon: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """How differently the K calls of one layer in one step normalise, per channel: scale-free.
+
+    ``mean``, ``variance``: (..., K, C) each call's batch mean and biased variance.
+    Returns ``(shift, log_var)``, each (..., C), the largest over pairs of calls
+    ``j, k`` of
+
+    * the standardized mean difference ``|mu_j - mu_k| / sqrt((var_j + var_k) / 2 + eps)``:
+      the gap between the two calls' centres in units of their pooled standard
+      deviation (Cohen's d), so it does not depend on the channel's scale; and
+    * the log variance ratio ``|log((var_j + eps) / (var_k + eps))|``.
+
+    Why these: call ``k`` outputs ``(x - mu_k) / sqrt(var_k + eps)``, while the
+    shared moving statistics (which every call updates) are a mixture of all
+    calls', so at inference call ``j``'s input is shifted by about ``shift / 2``
+    of its std and scaled by about ``exp(log_var / 2)``. When the calls see
+    batches from one distribution (a Siamese net on two random halves of the
+    same data), both are sampling noise of order ``sqrt(2 / n)`` and ``2 /
+    sqrt(n)`` for n independent values per channel, so they vanish as the
+    batch grows; when the calls see different distributions (real vs
+    generated images, shallow vs deep activations) they stay large.
+    """
+    mean = np.asarray(mean, dtype=np.float64)
+    variance = np.asarray(variance, dtype=np.float64)
+    calls = mean.shape[-2]
+    shape = mean.shape[:-2] + mean.shape[-1:]
+    shift, log_var = np.zeros(shape), np.zeros(shape)
+    for j in range(calls):
+        for k in range(j + 1, calls):
+            pooled = np.sqrt((variance[..., j, :] + variance[..., k, :]) / 2 + epsilon)
+            shift = np.maximum(shift, np.abs(mean[..., j, :] - mean[..., k, :]) / pooled)
+            log_var = np.maximum(
+                log_var,
+                np.abs(np.log((variance[..., j, :] + epsilon) / (variance[..., k, :] + epsilon))),
+            )
+    return shift, log_var

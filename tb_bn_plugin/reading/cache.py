@@ -66,6 +66,8 @@ class SeriesCache:
         ]
         if series.replicas is not None:
             arrays += [series.replicas.count, series.replicas.mean, series.replicas.variance]
+        if series.calls is not None:
+            arrays += [series.calls.count, series.calls.mean, series.calls.variance]
         self._insert(key, series, sum(a.nbytes for a in arrays))
 
     def _insert(self, key: Hashable, value: Any, size: int) -> None:

@@ -18,7 +18,15 @@ from tensorboard.data import provider as tb_provider
 
 from tb_bn_plugin import records
 from tb_bn_plugin.reading.tags import TagInfo
-from tb_bn_plugin.series import EmaErrorSeries, GapSeries, LayerConfig, LayerSeries, ReplicaSeries
+from tb_bn_plugin.series import (
+    CallSeries,
+    EmaErrorSeries,
+    GapSeries,
+    LayerConfig,
+    LayerSeries,
+    MomentGroups,
+    ReplicaSeries,
+)
 
 Events = list[tb_provider.TensorDatum]
 
@@ -30,8 +38,11 @@ def layer_series(
     channels_data: Optional[Events] = None,
     replicas_tag: Optional[TagInfo] = None,
     replicas_data: Optional[Events] = None,
+    calls_tag: Optional[TagInfo] = None,
+    calls_data: Optional[Events] = None,
 ) -> LayerSeries:
-    """One layer's series from its summary (and optional channel and per-replica) events."""
+    """One layer's series from its summary (and optional channel, per-replica and per-call)
+    events."""
     config = summary_tag.layer
     c = config.channels
     summary_data = dedupe_steps(summary_data)
@@ -53,19 +64,25 @@ def layer_series(
             s: snapshots[:, rows.index(s)] if s in rows else np.empty((0, c))
             for s in config.stats()
         },
-        replicas=replica_series(replicas_tag, replicas_data or [])
+        replicas=moment_groups(ReplicaSeries, replicas_tag, "replicas", replicas_data or [])
         if replicas_tag is not None
+        else None,
+        calls=moment_groups(CallSeries, calls_tag, "calls", calls_data or [])
+        if calls_tag is not None
         else None,
     )
 
 
-def replica_series(tag: TagInfo, data: Events) -> ReplicaSeries:
-    """A layer's ``ReplicaSeries`` from its ``layer_replicas`` events (layout in ``metadata``)."""
-    c, r = tag.layer.channels, int(tag.content["replicas"])
+def moment_groups(
+    kind: type[MomentGroups], tag: TagInfo, groups_key: str, data: Events
+) -> MomentGroups:
+    """A ``ReplicaSeries`` or ``CallSeries`` from ``layer_replicas`` or ``layer_calls`` events
+    (one layout, in ``metadata``); ``groups_key``: the content field with the row count."""
+    c, g = tag.layer.channels, int(tag.content[groups_key])
     data = dedupe_steps(data)
-    rows = stack(data, r * (1 + 2 * c)).reshape(len(data), r, 1 + 2 * c)
+    rows = stack(data, g * (1 + 2 * c)).reshape(len(data), g, 1 + 2 * c)
     count, mean, variance = records.split_replica_record(rows, c)
-    return ReplicaSeries(steps_of(data), count, mean, variance)
+    return kind(steps_of(data), count, mean, variance)
 
 
 def gap_series(tag: TagInfo, data: Events, layers: Optional[Iterable[str]] = None) -> GapSeries:

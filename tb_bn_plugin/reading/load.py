@@ -33,13 +33,19 @@ _LAYER_KINDS = (
     metadata.KIND_LAYER_SUMMARY,
     metadata.KIND_LAYER_CHANNELS,
     metadata.KIND_LAYER_REPLICAS,
+    metadata.KIND_LAYER_CALLS,
 )
 # Layer payloads skipped without ``with_channels``.
-_PER_CHANNEL_KINDS = (metadata.KIND_LAYER_CHANNELS, metadata.KIND_LAYER_REPLICAS)
+_PER_CHANNEL_KINDS = (
+    metadata.KIND_LAYER_CHANNELS,
+    metadata.KIND_LAYER_REPLICAS,
+    metadata.KIND_LAYER_CALLS,
+)
 _LAYER_SUFFIXES = (
     metadata.SUFFIX_SUMMARY,
     metadata.SUFFIX_CHANNELS,
     metadata.SUFFIX_REPLICAS,
+    metadata.SUFFIX_CALLS,
     metadata.SUFFIX_EMA_ERROR,
 )
 # What a decoder raises for data that does not fit its layout.
@@ -263,6 +269,7 @@ def _layer(
         return None
     channels = by_kind.get(metadata.KIND_LAYER_CHANNELS)
     replicas = by_kind.get(metadata.KIND_LAYER_REPLICAS)
+    calls = by_kind.get(metadata.KIND_LAYER_CALLS)
     try:
         return decode.layer_series(
             summary,
@@ -271,6 +278,8 @@ def _layer(
             data.get(channels.tag) if channels else None,
             replicas,
             data.get(replicas.tag) if replicas else None,
+            calls,
+            data.get(calls.tag) if calls else None,
         )
     except _UNREADABLE as err:
         errors.append(f"layer {path!r}: unreadable data ({err})")
@@ -305,19 +314,31 @@ def read_stats(logdir: str) -> dict[str, dict[str, dict[str, StatSeries]]]:
     (steps, channels) float array. Batch statistics are NaN at steps where the
     layer did not normalise with batch statistics. Reads through TensorBoard's
     event-file loading and keeps every logged step.
+
+    A layer called several times in one training step (a shared layer) also has
+    ``call_count``, ``call_batch_mean`` and ``call_batch_variance``: ``steps`` the
+    (P,) trained snapshot steps, values (P, K) and (P, K, C) for its K calls in the
+    order the step made them (call 0's are ``batch_mean``/``batch_variance``).
     """
     runs = load_runs(open_logdir(logdir))
     return {
-        run: {
-            path: {
-                stat: (series.channel_steps.copy(), values)
-                for stat, values in series.channels.items()
-            }
-            for path, series in run_data.layers.items()
-        }
+        run: {path: _layer_stats(series) for path, series in run_data.layers.items()}
         for run, run_data in runs.items()
         if run_data.layers
     }
+
+
+def _layer_stats(series: LayerSeries) -> dict[str, StatSeries]:
+    """``read_stats``' entry for one layer: its snapshots, and its calls' if it has several."""
+    stats = {
+        stat: (series.channel_steps.copy(), values) for stat, values in series.channels.items()
+    }
+    calls = series.calls
+    if calls is not None:
+        stats["call_count"] = (calls.steps.copy(), calls.count)
+        stats["call_batch_mean"] = (calls.steps.copy(), calls.mean)
+        stats["call_batch_variance"] = (calls.steps.copy(), calls.variance)
+    return stats
 
 
 def read_gap(logdir: str) -> dict[str, GapSeries]:

@@ -24,6 +24,14 @@ statistics are the global ones every replica normalised with, and its count is
 the global one (see ``_global_count``). Under MultiWorkerMirroredStrategy the
 other workers' replicas are read with one all-gather per snapshot (not per
 training step).
+
+A layer called several times in one training step (a shared layer) records
+every call: the wrapper numbers the calls of a step as they are traced (per
+traced function; per step when running eagerly) and call ``k``
+assigns its own slot. Call 0 fills the slots a single-call layer uses, so
+nothing changes for it; calls 1 to ``MAX_CALLS - 1`` fill one extra variable
+per layer. Calls beyond ``MAX_CALLS`` are not captured: a ``UserWarning`` names
+the layer when one is traced (``uncaptured_calls`` keeps the most seen).
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
+import warnings
+import weakref
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -169,6 +179,32 @@ class _CaptureSlots:
             self.step = tf.Variable(tf.constant(-1, tf.int64), name="bn_capture_step", **kwargs)
 
 
+# Calls of one layer per training step whose statistics are captured (the first ones).
+MAX_CALLS = 4
+
+
+class _ExtraCallSlots:
+    """Replica-local variables the calls 1 .. ``MAX_CALLS - 1`` of one layer in a step write to."""
+
+    def __init__(self, channels: int, strategy: tf.distribute.Strategy) -> None:
+        kwargs = dict(
+            trainable=False,
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.NONE,
+        )
+        extra = MAX_CALLS - 1
+        with strategy.scope():
+            self.stats = tf.Variable(
+                tf.zeros([extra, 2, channels], tf.float32), name="bn_capture_call_stats", **kwargs
+            )
+            self.count = tf.Variable(
+                tf.zeros([extra], tf.float32), name="bn_capture_call_count", **kwargs
+            )
+            self.step = tf.Variable(
+                tf.fill([extra], tf.constant(-1, tf.int64)), name="bn_capture_call_step", **kwargs
+            )
+
+
 class StatsCapture:
     """Installs the capture wrappers on a model's BN layers and reads snapshots.
 
@@ -189,6 +225,15 @@ class StatsCapture:
         self._strategy = strategy
         self._local = strategy.experimental_local_results
         self._slots = [_CaptureSlots(c.channels, strategy) for c in self.configs]
+        self._call_slots = [_ExtraCallSlots(c.channels, strategy) for c in self.configs]
+        # Calls numbered so far, per (replica, layer index): per traced function graph, or (eagerly)
+        # per step.
+        self._graph_calls: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._eager_calls: tuple[int, dict[tuple[int, int], int]] = (-1, {})
+        # Indices of the layers some traced step calls more than once (their extra slots are read).
+        self._shared: tuple[int, ...] = ()
+        # Layer path -> most calls traced in one step, for layers called more than MAX_CALLS times.
+        self.uncaptured_calls: dict[str, int] = {}
         local_replicas = len(self._local(self._slots[0].count)) if self._slots else 1
         # Multi-worker: the other workers' replicas are read with one all-gather per snapshot.
         self._cross_worker = strategy.num_replicas_in_sync > local_replicas
@@ -209,6 +254,7 @@ class StatsCapture:
         self._installed: list[InstalledCapture] = []
         self._enabled = True
         self._snapshot_fn: Any = None  # traced at the first snapshot
+        self._snapshot_shared = self._shared  # the shared layers it reads
 
     @property
     def refs(self) -> list[BatchNormRef]:
@@ -220,8 +266,8 @@ class StatsCapture:
     def install(self) -> None:
         """Wrap each layer's statistics method; takes effect in functions traced afterwards."""
         self._installed = [
-            ref.flavour.install_capture(ref.layer, self._recorder(ref.layer, slots), self._due)
-            for ref, slots in zip(self._refs, self._slots)
+            ref.flavour.install_capture(ref.layer, self._recorder(i), self._due)
+            for i, ref in enumerate(self._refs)
         ]
 
     def uninstall(self) -> None:
@@ -250,29 +296,67 @@ class StatsCapture:
         """Context manager: functions traced inside it do not write the capture variables."""
         return Paused(self)
 
-    def _recorder(self, layer: Any, slots: _CaptureSlots) -> Record:
-        """What a wrapper calls with the (C,) mean, (C,) biased variance and count it saw."""
+    def _recorder(self, index: int) -> Record:
+        """What layer ``index``'s wrapper calls with the (C,) mean, (C,) biased variance and
+        count it saw, once per call of the layer in the step."""
         capture = self
+        layer = self._refs[index].layer
 
         def record(mean: tf.Tensor, variance: tf.Tensor, count: tf.Tensor, masked: bool) -> None:
             if not capture._enabled:
                 return
-            channels = slots.stats.shape[1]
-            slots.stats.assign(
-                tf.stack(
-                    [
-                        tf.reshape(tf.cast(mean, tf.float32), [channels]),
-                        tf.reshape(tf.cast(variance, tf.float32), [channels]),
-                    ]
-                )
+            call = capture._next_call(index)
+            if call >= MAX_CALLS:
+                return
+            channels = capture.configs[index].channels
+            stats = tf.stack(
+                [
+                    tf.reshape(tf.cast(mean, tf.float32), [channels]),
+                    tf.reshape(tf.cast(variance, tf.float32), [channels]),
+                ]
             )
             # Keras computes masked moments per replica, even when synchronized.
             if not masked and getattr(layer, "synchronized", False):
                 count = _global_count(count)
-            slots.count.assign(count)
-            slots.step.assign(tf.cast(tf.convert_to_tensor(capture._clock), tf.int64))
+            step = tf.cast(tf.convert_to_tensor(capture._clock), tf.int64)
+            if call == 0:
+                slots = capture._slots[index]
+                slots.stats.assign(stats)
+                slots.count.assign(count)
+                slots.step.assign(step)
+            else:
+                extra = capture._call_slots[index]
+                extra.stats[call - 1].assign(stats)
+                extra.count[call - 1].assign(tf.cast(count, tf.float32))
+                extra.step[call - 1].assign(step)
 
         return record
+
+    def _next_call(self, index: int) -> int:
+        """The number of layer ``index``'s call being traced (or run eagerly) within its step."""
+        if tf.executing_eagerly():
+            step = int(tf.convert_to_tensor(self._clock).numpy())
+            if self._eager_calls[0] != step:
+                self._eager_calls = (step, {})
+            calls = self._eager_calls[1]
+        else:
+            calls = self._graph_calls.setdefault(_step_graph(), {})
+        # MirroredStrategy traces every replica's step into one graph: each counts its own calls.
+        key = (_replica_id(), index)
+        call = calls.get(key, 0)
+        calls[key] = call + 1
+        if call == 1 and index not in self._shared:
+            self._shared = tuple(sorted(self._shared + (index,)))
+        if call >= MAX_CALLS:
+            path = self.configs[index].path
+            if path not in self.uncaptured_calls:
+                warnings.warn(
+                    f"BatchNormalization layer {path!r} is called more than {MAX_CALLS} times "
+                    f"in one training step: only its first {MAX_CALLS} calls are captured",
+                    stacklevel=2,
+                )
+            self.uncaptured_calls[path] = max(call + 1, self.uncaptured_calls.get(path, 0))
+        return call
 
     # -- reading ----------------------------------------------------------------
 
@@ -289,7 +373,18 @@ class StatsCapture:
             floats.extend(_flat(p) for p in parts)
         counts = tf.stack([c for _, c, _ in first]) if first else tf.zeros([0])
         steps = tf.stack([t for _, _, t in first]) if first else tf.zeros([0], tf.int64)
-        return _concat(floats), counts, steps, self._replica_rows()
+        return _concat(floats), counts, steps, self._replica_rows(), self._call_rows()
+
+    def _call_rows(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """The shared layers' extra calls: stats (flat), counts and steps, ``_shared`` order."""
+        slots = [self._call_slots[i] for i in self._shared]
+        return (
+            _concat([_flat(self._local(s.stats)[0]) for s in slots]),
+            _concat([self._local(s.count)[0] for s in slots]),
+            tf.concat([self._local(s.step)[0] for s in slots], 0)
+            if slots
+            else tf.zeros([0], tf.int64),
+        )
 
     def _replica_rows(self) -> tf.Tensor:
         """(R, W): per replica, each ``_per_replica`` layer's [count, mean (C), variance (C)]."""
@@ -313,14 +408,20 @@ class StatsCapture:
         with unsynchronised layers, one all-gather of the per-replica statistics,
         so every worker must take snapshots at the same steps.
         """
-        if self._snapshot_fn is None:
-            # Called as a concrete function: TensorFlow's frequent-retracing detector (which
-            # keys on _gather's code, shared by every capture: one per model) never sees it,
-            # so fitting model after model (folds, tuner trials) prints no retracing warning.
+        if self._snapshot_fn is None or self._snapshot_shared != self._shared:
+            # Traced anew when a step traced since the last snapshot calls some layer several
+            # times. Called as a concrete function: TensorFlow's frequent-retracing detector
+            # (which keys on _gather's code, shared by every capture: one per model) never sees
+            # it, so fitting model after model (folds, tuner trials) prints no retracing warning.
             self._snapshot_fn = tf.function(self._gather, autograph=False).get_concrete_function()
-        floats, counts, captured_at, replica_rows = (t.numpy() for t in self._snapshot_fn())
+            self._snapshot_shared = self._shared
+        floats, counts, captured_at, replica_rows, call_rows = self._snapshot_fn()
+        floats, counts, captured_at, replica_rows = (
+            t.numpy() for t in (floats, counts, captured_at, replica_rows)
+        )
         floats = floats.astype(np.float64)
         replicas = self._split_replicas(replica_rows.astype(np.float64))
+        extra_calls = self._split_calls(*(t.numpy() for t in call_rows))
         out = []
         offset = 0
         for i, (config, ref, count, at) in enumerate(
@@ -332,6 +433,9 @@ class StatsCapture:
             for stat in (metadata.BATCH_MEAN, metadata.BATCH_VARIANCE) + config.stats()[2:]:
                 values[stat] = floats[offset : offset + c]
                 offset += c
+            calls = None
+            if training and i in extra_calls:
+                calls = _calls_of_step(values, float(count), extra_calls[i], steps_done - 1)
             if not training:
                 values[metadata.BATCH_MEAN] = np.full(c, np.nan)
                 values[metadata.BATCH_VARIANCE] = np.full(c, np.nan)
@@ -344,8 +448,26 @@ class StatsCapture:
                     count=float(count) if training else math.nan,
                     momentum=float(ref.layer.momentum),
                     replicas=replicas.get(i) if training else None,
+                    calls=calls,
                 )
             )
+        return out
+
+    def _split_calls(
+        self, stats: np.ndarray, counts: np.ndarray, steps: np.ndarray
+    ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Shared layer index -> its extra calls' (stats (K-1, 2, C), count (K-1,), step (K-1,))."""
+        out = {}
+        extra = MAX_CALLS - 1
+        offset = 0
+        for n, i in enumerate(self._shared):
+            width = extra * 2 * self.configs[i].channels
+            out[i] = (
+                stats[offset : offset + width].astype(np.float64).reshape(extra, 2, -1),
+                counts[n * extra : (n + 1) * extra].astype(np.float64),
+                steps[n * extra : (n + 1) * extra],
+            )
+            offset += width
         return out
 
     def _split_replicas(
@@ -361,6 +483,43 @@ class StatsCapture:
             )
             offset += width
         return out
+
+
+def _calls_of_step(
+    values: dict[str, np.ndarray],
+    count: float,
+    extra: tuple[np.ndarray, np.ndarray, np.ndarray],
+    step: int,
+) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(count (K,), mean (K, C), variance (K, C)) of the K calls made in ``step``: call 0 from
+    ``values``/``count``, then the extra calls that ran in that step; ``None`` for one call."""
+    stats, counts, steps = extra
+    ran = np.flatnonzero(steps == step)
+    if not len(ran):
+        return None
+    return (
+        np.concatenate([[count], counts[ran]]),
+        np.vstack([values[metadata.BATCH_MEAN], stats[ran, 0]]),
+        np.vstack([values[metadata.BATCH_VARIANCE], stats[ran, 1]]),
+    )
+
+
+def _replica_id() -> int:
+    """The replica being traced or run (0 outside a strategy); a Python int."""
+    context = tf.distribute.get_replica_context()
+    replica = None if context is None else tf.get_static_value(context.replica_id_in_sync_group)
+    return 0 if replica is None else int(replica)
+
+
+def _step_graph() -> Any:
+    """The graph of the function being traced, outside any ``tf.cond``/``tf.while_loop`` branch
+    (tf-keras' fused path records inside a ``tf.cond``: its calls belong to the function)."""
+    from tensorflow.python.ops.control_flow_v2_func_graphs import ControlFlowFuncGraph
+
+    graph = tf.compat.v1.get_default_graph()
+    while isinstance(graph, ControlFlowFuncGraph):
+        graph = graph.outer_graph
+    return graph
 
 
 def _flat(value: Any) -> tf.Tensor:

@@ -9,6 +9,11 @@ reference), with the step count they belong to. A snapshot reads the slots
 and the layers' moving statistics, gamma and beta through the flavour
 (``read_values``: on JAX from the state Keras holds between epoch-end syncs).
 Single device only: ``replicas`` is 1.
+
+A layer called several times in one step (a shared layer) fills one slot per
+call: on JAX each host callback carries its call number (fixed when the step
+is traced, since callbacks are unordered); on PyTorch the calls arrive in
+the order the eager step makes them and are numbered here.
 """
 
 from __future__ import annotations
@@ -67,7 +72,8 @@ class HostStatsCapture:
         self._flavour = refs[0].flavour if refs else None
         self._due = due
         self._clock = clock or self._optimizer_steps
-        self._slots = [_Slot() for _ in self._refs]
+        # Per layer, one slot per call of the layer in a step (call 0 first).
+        self._slots: list[list[_Slot]] = [[_Slot()] for _ in self._refs]
         self._installed: list[InstalledCapture] = []
         self._enabled = True
         self.state: Optional[Sequence[Sequence[Any]]] = None
@@ -79,8 +85,8 @@ class HostStatsCapture:
         if self._due.every is not None:  # fit's train step (a custom loop has none to hook)
             hook = self._flavour.install_step_hook(self._model)
         self._installed = ([hook] if hook is not None else []) + [
-            self._flavour.install_host_capture(ref.layer, self._recorder(slot), self._due)
-            for ref, slot in zip(self._refs, self._slots)
+            self._flavour.install_host_capture(ref.layer, self._recorder(slots), self._due)
+            for ref, slots in zip(self._refs, self._slots)
         ]
 
     def uninstall(self) -> None:
@@ -95,14 +101,27 @@ class HostStatsCapture:
         """Context manager: calls inside it do not record."""
         return Paused(self)
 
-    def _recorder(self, slot: _Slot) -> HostRecord:
+    def _recorder(self, slots: list[_Slot]) -> HostRecord:
         capture = self
 
-        def record(mean: Any, variance: Any, count: float, masked: bool, step: Optional[int]):
+        def record(
+            mean: Any,
+            variance: Any,
+            count: float,
+            masked: bool,
+            step: Optional[int],
+            call: Optional[int],
+        ):
             if not capture._enabled:
                 return
-            slot.mean, slot.variance, slot.count = mean, variance, count
-            slot.step = capture._clock() if step is None else step
+            step = capture._clock() if step is None else step
+            if call is None:  # in order: the first call of a step is the one of a new step
+                ran = [k for k, s in enumerate(slots) if s.step == step]
+                call = ran[-1] + 1 if ran else 0
+            while len(slots) <= call:
+                slots.append(_Slot())
+            slot = slots[call]
+            slot.mean, slot.variance, slot.count, slot.step = mean, variance, count, step
 
         return record
 
@@ -124,9 +143,11 @@ class HostStatsCapture:
             variables += [layer.beta] if layer.center else []
         values_read = iter(self._flavour.read_values(self._model, variables, self.state))
         out = []
-        for config, ref, slot in zip(self.configs, self._refs, self._slots):
+        for config, ref, slots in zip(self.configs, self._refs, self._slots):
             c = config.channels
+            slot = slots[0]
             training = slot.step == steps_done - 1
+            ran = [s for s in slots if s.step == steps_done - 1]
             values: dict[str, np.ndarray] = {}
             if training:
                 values[metadata.BATCH_MEAN] = _host(slot.mean, c)
@@ -145,6 +166,13 @@ class HostStatsCapture:
                     count=float(slot.count) if training else math.nan,
                     momentum=float(ref.layer.momentum),
                     replicas=None,
+                    calls=(
+                        np.array([s.count for s in ran], dtype=np.float64),
+                        np.stack([_host(s.mean, c) for s in ran]),
+                        np.stack([_host(s.variance, c) for s in ran]),
+                    )
+                    if training and len(ran) > 1
+                    else None,
                 )
             )
         return out

@@ -19,6 +19,8 @@ from tb_bn_plugin.cli import main  # noqa: E402
 TOP_KEYS = {"schema_version", "logdir", "fail_on", "failed", "counts", "bad_files", "runs"}
 RUN_KEYS = {"run", "errors", "gap", "layers", "findings", "counts"}
 LAYER_KEYS = {
+    "calls",
+    "call_divergence",
     "path",
     "index",
     "channels",
@@ -112,6 +114,7 @@ def test_json_matches_schema(tmp_path, tmp_path_factory, capsys):
             assert layer["mode"] in ("train", "inference")
             assert set(layer["moving_mean"]) == {"mean", "min", "max"}
             assert layer["logged_steps"] >= 2
+            assert layer["calls"] == 1 and layer["call_divergence"] is None
         for finding in run["findings"]:
             assert set(finding) == FINDING_KEYS
             assert finding["severity"] in ("error", "warning", "info") and finding["fix"]

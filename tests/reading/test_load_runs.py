@@ -35,6 +35,8 @@ GAP = {
     "scope": "batchnorm",
 }
 EMA = {"kind": metadata.KIND_EMA_ERROR, "layer_path": BN.path, "fields": list(EmaError.FIELDS)}
+# A schema version newer than this reader's (it must ask to be upgraded).
+FUTURE = metadata.SCHEMA_VERSION + 1
 
 
 def values(config: LayerConfig, step: int) -> dict[str, np.ndarray]:
@@ -59,6 +61,7 @@ class RawWriter:
         from tensorboard.util import tensor_util
 
         if isinstance(content, dict):
+            # Version 1 (the oldest): a current reader reads old logs.
             content = json.dumps({"version": 1, **content}).encode()
         summary_metadata = summary_pb2.SummaryMetadata(
             plugin_data=summary_pb2.SummaryMetadata.PluginData(
@@ -142,7 +145,7 @@ def logdir(tmp_path_factory):
         metadata.layer_tag("future", metadata.SUFFIX_SUMMARY),
         1,
         [0.0],
-        json.dumps({"version": 2, "kind": metadata.KIND_LAYER_SUMMARY}).encode(),
+        json.dumps({"version": FUTURE, "kind": metadata.KIND_LAYER_SUMMARY}).encode(),
     )
     bad.write(metadata.layer_tag(BN.path, metadata.SUFFIX_EMA_ERROR), 1, [1.0, 2.0], EMA)
     bad.write(metadata.gap_tag(), 1, [1.0], GAP)
@@ -187,7 +190,8 @@ def test_corrupt_tags_are_errors_of_their_run_only(logdir):
     expected = sorted(
         [
             "tag 'bn_internals/garbled/summary': unreadable bn_internals metadata",
-            "tag 'bn_internals/future/summary': bn_internals data written with schema version 2",
+            "tag 'bn_internals/future/summary': bn_internals data written with schema version "
+            f"{FUTURE}",
             f"ema_error of layer {BN.path!r}: unexpected layout",
             "gap: unreadable data (event at step 1 holds 1 values, layout expects 6)",
             "layer 'orphan' has per-channel data but no summary records",

@@ -357,10 +357,10 @@ def check_only_logged_steps_reach_the_host(logdir: str) -> None:
     def counting_recorder(self, slot):
         record = make_recorder(self, slot)
 
-        def counted(mean, variance, count, masked, step):
+        def counted(mean, variance, count, masked, step, call):
             if self._enabled:  # not paused for the gap probe's passes
                 seen.append(self._clock() if step is None else step)
-            record(mean, variance, count, masked, step)
+            record(mean, variance, count, masked, step, call)
 
         return counted
 
@@ -376,6 +376,40 @@ def check_only_logged_steps_reach_the_host(logdir: str) -> None:
         assert len(seen) == 2 * len(logged)  # two layers
     else:
         assert steps_before == list(range(STEPS * EPOCHS)), steps_before
+
+
+def check_shared_layer_calls(logdir: str) -> None:
+    """One BN layer called on two towers' inputs per step: every call's statistics, vs numpy."""
+    import tempfile
+
+    d = 3
+    rng = np.random.default_rng(2)
+    x = np.concatenate(
+        [rng.normal(0.5, 1.0, (BATCH, d)), rng.normal(-2.0, 3.0, (BATCH, d))], axis=1
+    ).astype("float32")
+    inp = keras.Input((2 * d,))
+    shared = keras.layers.BatchNormalization(name="shared_bn", momentum=MOMENTUM)
+    h = keras.layers.Concatenate()([shared(inp[:, :d]), shared(inp[:, d:])])
+    model = keras.Model(inp, keras.layers.Dense(1)(h))
+    model.compile(optimizer="sgd", loss="mse")
+    with tempfile.TemporaryDirectory() as shared_logdir:
+        model.fit(
+            x,
+            rng.normal(size=(BATCH, 1)).astype("float32"),
+            batch_size=BATCH,
+            epochs=3,
+            shuffle=False,
+            verbose=0,
+            callbacks=[BatchNormCallback(shared_logdir, log_every_n_steps=1)],
+        )
+        layer = read_stats(shared_logdir)["train"]["shared_bn"]
+    steps, mean = layer["call_batch_mean"]
+    assert list(steps) == [1, 2, 3], steps
+    a, b = x[:, :d].astype(np.float64), x[:, d:].astype(np.float64)
+    np.testing.assert_allclose(mean[:, 0], np.tile(a.mean(0), (3, 1)), rtol=1e-5)
+    np.testing.assert_allclose(mean[:, 1], np.tile(b.mean(0), (3, 1)), rtol=1e-5)
+    variance = layer["call_batch_variance"][1]
+    np.testing.assert_allclose(variance[:, 1], np.tile(b.var(0), (3, 1)), rtol=1e-4)
 
 
 # The healthy run and one whose custom train step differs per backend (PreciseStatsMonitor in
@@ -403,6 +437,7 @@ def run_demo(logdir: str) -> None:
 
 if __name__ == "__main__":
     logdir, demo_logdir = sys.argv[1:3]
+    check_shared_layer_calls(logdir)
     check_only_logged_steps_reach_the_host(logdir)
     check_precise_and_recalibrate(check_exact_and_unperturbed(logdir))
     check_stale(logdir)

@@ -4,6 +4,8 @@
 model input, trained with the callback on known batches; prints what was logged, what the
 layer holds, and its precise statistics before / moving statistics after ``recalibrate``
 and, for virtual batches, why a 6-sample probe batch is refused.
+``shared <fused as JSON>``: one BatchNormalization layer called on two towers' inputs per
+step (fused or not); prints each call's logged batch mean and the numpy means of its input.
 ``identical``: a model with every BN variant trained with and without the callback under
 op determinism; prints whether the state matches bit for bit.
 """
@@ -171,7 +173,45 @@ def identical() -> dict:
     }
 
 
+def shared(fused):
+    d = 4
+    rng = np.random.default_rng(3)
+    # Rank 4 (the fused kernel's): two towers' images side by side in the channels.
+    x = np.concatenate(
+        [rng.normal(0.5, 1.0, (8, 3, 3, d)), rng.normal(-2.0, 3.0, (8, 3, 3, d))], axis=-1
+    ).astype("float32")
+    inp = keras.Input((3, 3, 2 * d))
+    bn = keras.layers.BatchNormalization(name="shared_bn", fused=fused)
+    h = keras.layers.Concatenate()([bn(inp[..., :d]), bn(inp[..., d:])])
+    model = keras.Model(inp, keras.layers.Dense(1)(keras.layers.Flatten()(h)))
+    model.compile("sgd", "mse")
+    with tempfile.TemporaryDirectory() as logdir:
+        model.fit(
+            x,
+            rng.normal(size=(8, 1)).astype("float32"),
+            batch_size=8,
+            epochs=2,
+            shuffle=False,
+            verbose=0,
+            callbacks=[BatchNormCallback(logdir, log_every_n_steps=1)],
+        )
+        calls = next(iter(load_runs(open_logdir(logdir)).values())).layers["shared_bn"].calls
+    return {
+        "steps": calls.steps.tolist(),
+        "mean": calls.mean.tolist(),
+        "expected": [
+            x[..., :d].mean(axis=(0, 1, 2)).tolist(),
+            x[..., d:].mean(axis=(0, 1, 2)).tolist(),
+        ],
+    }
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
-    result = stats(*json.loads(sys.argv[2])) if mode == "stats" else identical()
+    if mode == "stats":
+        result = stats(*json.loads(sys.argv[2]))
+    elif mode == "shared":
+        result = shared(json.loads(sys.argv[2]))
+    else:
+        result = identical()
     print("RESULT " + json.dumps(result))

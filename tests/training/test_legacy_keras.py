@@ -157,3 +157,11 @@ def test_training_identical_with_and_without_callback():
         assert np.isfinite(values[at_epoch_end]).all() and np.isnan(values[~at_epoch_end]).all()
     # gap_scope="model" falls back to "batchnorm" for tf-keras, with a warning.
     assert any('gap_scope="model" is not supported for tf-keras' in w for w in out["warnings"])
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_every_call_of_a_shared_layer_is_logged(fused):
+    """tf-keras records the fused path's moments inside a tf.cond: calls still count per step."""
+    result = _run("shared", json.dumps(fused))
+    assert result["steps"] == [1, 2]
+    np.testing.assert_allclose(result["mean"], [result["expected"]] * 2, rtol=1e-5)

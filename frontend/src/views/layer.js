@@ -295,6 +295,12 @@ export async function renderLayer(panel, ctx) {
     charts.push(...replicas.draws);
   }
 
+  if (data.calls && Array.isArray(data.calls.steps) && data.calls.steps.length) {
+    const calls = callCharts(data.calls, sync);
+    for (const card of calls.cards) grid.appendChild(card);
+    charts.push(...calls.draws);
+  }
+
   const ema = data.ema_error;
   if (ema && Array.isArray(ema.steps) && ema.steps.length) {
     const chart = emaErrorChart(ema, sync);
@@ -417,32 +423,77 @@ function compareSection(runs, path, comparison) {
  * replica-batch-too-small finding with its evidence.
  */
 function replicaCharts(replicas, syncKey) {
-  const steps = replicas.steps;
-  const global = replicas.global || {};
+  return groupCharts(replicas, syncKey, {
+    role: "replica",
+    group: "replica",
+    title: "per replica",
+    note: "Mean across channels; each replica normalised with its own batch statistics. Thick: the global batch.",
+    total: { label: "global", values: replicas.global || {} },
+    quiet: (n) => `${n} replicas: no replica-batch-too-small finding for this layer.`,
+  });
+}
+
+/**
+ * Per-call batch statistics of a layer called several times in one training
+ * step (a shared layer): one line per call, the calls' divergence (the
+ * shared-layer measure, median over channels) against its thresholds, and the
+ * layer's shared-layer finding.
+ */
+function callCharts(calls, syncKey) {
+  const out = groupCharts(calls, syncKey, {
+    role: "call",
+    group: "call",
+    title: "per call",
+    note: "Mean across channels; each call of the layer in a step normalised with its own batch statistics (call 0 first).",
+    total: null,
+    quiet: (n) => `${n} calls per step on similarly distributed batches: no shared-layer finding for this layer.`,
+  });
+  const limits = calls.thresholds || {};
+  const c = chartCard("calls-divergence", "Difference between the calls", "Median over channels: largest standardized mean difference |μj − μk| / √((σ²j + σ²k)/2 + ε) and |log variance ratio| between two calls. Dashed: the shared-layer thresholds.");
+  out.cards.splice(2, 0, c.card);
+  const flat = (v) => (Array.isArray(calls.steps) ? calls.steps.map(() => v) : []);
+  out.draws.push(() =>
+    seriesChart(
+      c.body,
+      calls.steps,
+      [
+        { label: "mean shift", values: calls.mean_shift, color: PALETTE[0] },
+        { label: "|log var ratio|", values: calls.log_var_ratio, color: PALETTE[1] },
+        { label: "shift threshold", values: flat(limits.mean_shift), color: PALETTE[0], dash: [4, 3] },
+        { label: "log var threshold", values: flat(limits.log_var_ratio), color: PALETTE[1], dash: [4, 3] },
+      ],
+      { syncKey },
+    ),
+  );
+  return out;
+}
+
+/** Charts of batch statistics normalised in separate groups (replicas or calls), and the finding. */
+function groupCharts(groups, syncKey, kind) {
+  const steps = groups.steps;
   const text = cssVar("--text");
   const cards = [];
   const draws = [];
-  for (const [stat, title] of [["batch_mean", "Batch mean per replica"], ["batch_variance", "Batch variance per replica"]]) {
-    const perReplica = Array.isArray(replicas[stat]) ? replicas[stat] : [];
-    const c = chartCard(`replicas-${stat === "batch_mean" ? "mean" : "variance"}`, title, "Mean across channels; each replica normalised with its own batch statistics. Thick: the global batch.");
+  for (const [stat, title] of [["batch_mean", "Batch mean"], ["batch_variance", "Batch variance"]]) {
+    const perGroup = Array.isArray(groups[stat]) ? groups[stat] : [];
+    const c = chartCard(`${kind.role}s-${stat === "batch_mean" ? "mean" : "variance"}`, `${title} ${kind.title}`, kind.note);
     cards.push(c.card);
-    const series = [
-      ...perReplica.map((values, i) => ({ label: `replica ${i}`, values, color: PALETTE[i % PALETTE.length] })),
-      { label: "global", values: global[stat], color: text, width: 2.6 },
-    ];
+    const series = perGroup.map((values, i) => ({ label: `${kind.group} ${i}`, values, color: PALETTE[i % PALETTE.length] }));
+    if (kind.total) series.push({ label: kind.total.label, values: kind.total.values[stat], color: text, width: 2.6 });
     draws.push(() => seriesChart(c.body, steps, series, { syncKey }));
   }
-  const f = replicas.finding;
+  const f = groups.finding;
+  const role = `${kind.role}-finding`;
   cards.push(
     f
       ? h(
           "div",
-          { class: "chart-card wide replica-finding", dataset: { role: "replica-finding", code: f.code, severity: f.severity } },
+          { class: `chart-card wide ${role}`, dataset: { role, code: f.code, severity: f.severity } },
           h("div", { class: "finding-head" }, severityBadge(f.severity), h("span", { class: "finding-title" }, f.title), h("code", { class: "finding-code" }, f.code)),
           evidenceTable(f.evidence),
           h("p", { class: "fix" }, f.fix),
         )
-      : h("div", { class: "chart-card wide muted", dataset: { role: "replica-finding" } }, `${Array.isArray(replicas.count) ? replicas.count.length : 0} replicas: no replica-batch-too-small finding for this layer.`),
+      : h("div", { class: "chart-card wide muted", dataset: { role } }, kind.quiet(Array.isArray(groups.count) ? groups.count.length : 0)),
   );
   return { cards, draws };
 }

@@ -9,8 +9,9 @@ import numpy as np
 from tensorboard import errors
 
 from tb_bn_plugin import diagnostics, metadata, records
-from tb_bn_plugin.diagnostics.batches import replica_batch_too_small
+from tb_bn_plugin.diagnostics.batches import replica_batch_too_small, shared_layer
 from tb_bn_plugin.numerics import drift, ema
+from tb_bn_plugin.numerics.moments import call_divergence
 from tb_bn_plugin.plugin.routes.encoding import json_values
 from tb_bn_plugin.plugin.routes.params import check_run
 from tb_bn_plugin.plugin.routes.runs import ROW_CONFIG_FIELDS
@@ -90,6 +91,7 @@ def layer_impl(
         },
         "ema_error": _ema_error_json(run_data.ema_error.get(layer), resolution),
         "replicas": _replicas_json(run_data, series, resolution),
+        "calls": _calls_json(run_data, series, resolution),
     }
 
 
@@ -129,6 +131,41 @@ def _replicas_json(
         "global": {
             "batch_mean": json_values(combined.mean[picked].mean(axis=1)),
             "batch_variance": json_values(combined.variance[picked].mean(axis=1)),
+        },
+        "finding": finding.to_json() if finding is not None else None,
+    }
+
+
+def _calls_json(
+    run_data: RunData, series: LayerSeries, resolution: int
+) -> Optional[dict[str, Any]]:
+    """Per-call batch statistics (means over channels) of a layer called several times per step,
+    the calls' divergence (``call_divergence``, median over channels) and the layer's
+    ``shared-layer`` finding; ``None`` for a layer called once per step.
+    """
+    calls = series.calls
+    if calls is None or not len(calls.steps):
+        return None
+    picked = evenly_spaced(len(calls.steps), resolution)
+    shift, log_var = call_divergence(
+        calls.mean[picked], calls.variance[picked], series.config.epsilon
+    )
+    finding = next(
+        (f for f in shared_layer(run_data) if series.config.path in f.layers),
+        None,
+    )
+    thresholds = diagnostics.Thresholds()
+    return {
+        "steps": calls.steps[picked].tolist(),
+        # (P, K) -> one list per call.
+        "count": json_values(calls.count[picked].T),
+        "batch_mean": json_values(calls.mean[picked].mean(axis=2).T),
+        "batch_variance": json_values(calls.variance[picked].mean(axis=2).T),
+        "mean_shift": json_values(np.median(shift, axis=1)),
+        "log_var_ratio": json_values(np.median(log_var, axis=1)),
+        "thresholds": {
+            "mean_shift": thresholds.shared_layer_shift,
+            "log_var_ratio": thresholds.shared_layer_log_var,
         },
         "finding": finding.to_json() if finding is not None else None,
     }

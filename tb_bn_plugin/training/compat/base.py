@@ -33,9 +33,10 @@ Record = Callable[[Any, Any, Any, bool], None]
 
 # What a host flavour's capture wrapper calls with one layer's (C,) batch mean, (C,) biased
 # batch variance (arrays of the backend or numpy), the count of values per channel, whether
-# it came from a mask, and the number of training steps done before that step (None: read
-# the clock now).
-HostRecord = Callable[[Any, Any, float, bool, Optional[int]], None]
+# it came from a mask, the number of training steps done before that step (None: read
+# the clock now) and which call of the layer in that step it is (0 for the first; None:
+# the calls arrive in the order the step made them, so the capture numbers them).
+HostRecord = Callable[[Any, Any, float, bool, Optional[int], Optional[int]], None]
 
 
 @dataclasses.dataclass

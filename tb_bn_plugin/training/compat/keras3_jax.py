@@ -26,6 +26,7 @@ Precise statistics run eager inference calls after Keras' ``jax_state_sync``.
 from __future__ import annotations
 
 import contextvars
+import functools
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -113,14 +114,26 @@ class Keras3Jax(Keras3Host):
         original = type(layer)._moments.__get__(layer)
         channels = int(np.prod(layer.moving_mean.shape))
 
-        def on_host(mean, variance, count, masked, step=None):
-            record(mean, variance, float(count), bool(masked), None if step is None else int(step))
+        # Calls of the layer traced so far in fit's step whose count tracer is ``[0]``: host
+        # callbacks are unordered, so each carries its call number, fixed when traced. A custom
+        # loop's step has no count tracer: its calls are numbered as they arrive (``None``).
+        traced = [None, 0]
+
+        def on_host(call, mean, variance, count, masked, step=None):
+            step = None if step is None else int(step)
+            record(mean, variance, float(count), bool(masked), step, call)
 
         def _moments(inputs, mask):
             mean, variance = original(inputs, mask)
             step = _TRACED_STEP.get()
             if step is None and due.every is not None:  # fit's capture, outside its train step
                 return mean, variance
+            call = None
+            if step is not None:
+                if traced[0] is not step:
+                    traced[:] = [step, 0]
+                call = traced[1]
+                traced[1] += 1
             if mask is None:
                 count = jnp.float32(inputs.size / channels)
             else:
@@ -130,7 +143,7 @@ class Keras3Jax(Keras3Host):
             args = (mean, variance, count, mask is not None) + (() if step is None else (step,))
 
             def send():
-                jax.debug.callback(on_host, *args)
+                jax.debug.callback(functools.partial(on_host, call), *args)
 
             if due.always:
                 send()

@@ -66,7 +66,7 @@ class Keras3Torch(Keras3Host):
                 count = inputs.numel() / channels
             else:
                 count = float(mask.float().sum())
-            record(mean.detach(), variance.detach(), count, mask is not None, None)
+            record(mean.detach(), variance.detach(), count, mask is not None, None, None)
             return mean, variance
 
         object.__setattr__(layer, "_moments", _moments)
