@@ -8,7 +8,8 @@ tag's ``SummaryMetadata``.
 Schema history:
   * version 1: ``layer_summary``, ``layer_channels``, ``gap`` and ``ema_error`` payloads;
     ``layer_replicas`` added later within version 1 (readers skip kinds they do not know);
-    ``ema_weights_gap`` added within version 1 the same way.
+    ``ema_weights_gap`` added within version 1 the same way;
+    ``step_functions`` added within version 1 the same way.
 
 The ``layer_replicas`` payload (tag ``layer_tag(path, "replicas")``) holds the
 per-replica batch statistics of an unsynchronised layer trained on more than
@@ -56,6 +57,26 @@ mode losses are those of the EMA weights with statistics re-estimated on the
 probe batch (each BN layer normalising with the probe's batch statistics at
 its input), its inference-mode losses those of the EMA weights with the moving
 statistics as they are.
+
+The ``step_functions`` payload (tag ``step_functions_tag()``) describes, for
+a model trained on a Keras 3 backend without a TensorFlow graph (JAX,
+PyTorch), the two functions its BatchNorm layers run in and whether the
+training one applies the moving-statistic updates. It is written once per
+``fit``, at the fit's first logged step, with content::
+
+    {"kind": "step_functions", "backend": "jax" | "torch",
+     "train_function": str, "inference_function": str,
+     "layers": [N layer paths], "momentum": [N floats],
+     "moving_variables": [N lists of variable paths]}
+
+``train_function`` / ``inference_function`` name the functions as that
+backend compiles or runs them (``jax.jit(Functional.train_step)``). The
+tensor is float32 (N,), per layer whether the real training step that
+brought the optimizer to the event's step changed the moving statistics it
+normalised against: 1 (applied), 0 (left unchanged although they differ
+from the batch statistics and momentum < 1: the train step drops the
+updates), NaN (not decided: the layer normalised with its moving
+statistics, or the update could not change them; ``numerics.ema.updates_applied``).
 """
 
 from __future__ import annotations
@@ -76,6 +97,7 @@ KIND_GAP = "gap"
 KIND_EMA_ERROR = "ema_error"
 KIND_LAYER_REPLICAS = "layer_replicas"
 KIND_EMA_WEIGHTS_GAP = "ema_weights_gap"
+KIND_STEP_FUNCTIONS = "step_functions"
 
 # Last part of a layer payload's tag: ``layer_tag(path, SUFFIX_...)``.
 SUFFIX_SUMMARY = "summary"
@@ -140,6 +162,11 @@ def gap_tag() -> str:
 def ema_weights_gap_tag() -> str:
     """The tag of the gap measured with the optimizer's EMA weights at the end of ``fit``."""
     return f"{TAG_PREFIX}/_model/ema_weights_gap"
+
+
+def step_functions_tag() -> str:
+    """The tag of the step-functions description (backends without a TensorFlow graph)."""
+    return f"{TAG_PREFIX}/_model/step_functions"
 
 
 # -- ema_error payload: tag (encoding) ---------------------------------------------------

@@ -8,7 +8,10 @@ training with and without the callback (gap and attribution included), and seed
 001's pitfall (moving-statistic updates dropped by the train step) still captured,
 all without TensorFlow in that process. This process then
 reads the runs it wrote as every TensorFlow run is read: ``read_stats``,
-``tb-bn report`` and the plugin's routes over TensorBoard's Python loader.
+``tb-bn report`` and the plugin's routes over TensorBoard's Python loader,
+including the graph view, which on these backends shows the two step
+functions and whether the train step applied the moving-statistic updates
+(``step_functions``): yes in ``healthy``, no in ``stale``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ def backend_logdir(request, tmp_path_factory):
     return logdir
 
 
+def _functions(backend: str, model_class: str) -> tuple[str, str]:
+    """The step functions as Keras compiles them by default on ``backend``."""
+    if backend == "jax":
+        return f"jax.jit({model_class}.train_step)", f"jax.jit({model_class}.predict_step)"
+    return f"{model_class}.train_step (eager)", f"{model_class}.predict_step (eager)"
+
+
 def test_runs_read_back_like_tensorflow_runs(backend_logdir):
     stats = read_stats(backend_logdir)
     assert set(stats) == {"healthy", "stale", "cadence"}
@@ -53,7 +63,23 @@ def test_report_diagnoses_the_dropped_updates(backend_logdir, capsys):
     report = {r["run"]: r for r in json.loads(capsys.readouterr().out)["runs"]}
     codes = {run: {f["code"] for f in r["findings"]} for run, r in report.items()}
     assert "stale-moving-stats" in codes["stale"]
-    assert not {"stale-moving-stats", "non-finite"} & codes["healthy"]
+    assert "updates-not-applied" in codes["stale"]
+    assert not {"stale-moving-stats", "updates-not-applied", "non-finite"} & codes["healthy"]
+    backend = os.path.basename(backend_logdir).split("_")[1].rstrip("0123456789")
+    for run, model_class, applied in (("healthy", "Functional", True), ("stale", "Stale", False)):
+        described = report[run]["step_functions"]
+        train, inference = _functions(backend, model_class)
+        assert described["backend"] == backend
+        assert (described["train_function"], described["inference_function"]) == (train, inference)
+        assert described["updates_applied"] == {"bn0": applied, "bn1": applied}
+    # The step the updates were observed in: the fit's first logged one (every 1 / every 2 steps).
+    assert (
+        report["healthy"]["step_functions"]["step"],
+        report["stale"]["step_functions"]["step"],
+    ) == (1, 2)
+    main(["report", backend_logdir, "--run", "stale"])
+    text = capsys.readouterr().out
+    assert f"step functions ({backend})" in text and "bn0 NO, bn1 NO" in text
 
 
 def test_plugin_serves_the_runs(backend_logdir):
@@ -93,3 +119,41 @@ def test_plugin_serves_the_runs(backend_logdir):
     response = client.get("/data/plugin/bn_internals/diagnostics?run=stale")
     assert response.status_code == 200
     assert "stale-moving-stats" in response.get_data(as_text=True)
+    assert "updates-not-applied" in response.get_data(as_text=True)
+
+    # The graph view: no TensorFlow graph, the two step functions per BN site instead.
+    runs = client.get("/data/plugin/bn_internals/runs").get_json()["runs"]
+    assert {r["run"]: r["has_graph"] for r in runs} == {
+        "healthy": True,
+        "stale": True,
+        "cadence": True,
+    }
+    by_run = {r["run"]: {f["code"] for f in r["graph_findings"]} for r in runs}
+    assert by_run["stale"] == {"updates-not-applied"} and by_run["healthy"] == set()
+    backend = os.path.basename(backend_logdir).split("_")[1].rstrip("0123456789")
+    for run, model_class, applied in (("healthy", "Functional", True), ("stale", "Stale", False)):
+        response = client.get(f"/data/plugin/bn_internals/graph?run={run}")
+        assert response.status_code == 200, response.get_data(as_text=True)
+        graph = response.get_json()
+        train, inference = _functions(backend, model_class)
+        assert graph["step_functions"]["backend"] == backend
+        assert [site["name"] for site in graph["sites"]] == ["bn0", "bn1"]
+        for site in graph["sites"]:
+            name = site["name"]
+            assert site["kind"] == "separate_functions"
+            assert site["training_path"] == [train, f"{name}/batch_moments"]
+            assert site["inference_path"] == [inference, f"{name}/moving_statistics"]
+            assert site["ops"][f"{name}/batch_moments"]["function"] == train
+            assert site["update_ops"] == [
+                f"{name}/moving_mean/update",
+                f"{name}/moving_variance/update",
+            ]
+            assert site["updates_applied"] is applied and site["updates_wired"] is None
+            assert site["momentum"] == 0.9
+        codes = {f["code"]: f for f in graph["findings"]}
+        if applied:
+            assert codes == {}
+        else:
+            assert set(codes) == {"updates-not-applied"}
+            assert codes["updates-not-applied"]["sites"] == ["bn0", "bn1"]
+            assert train in codes["updates-not-applied"]["evidence"]["bn0"]

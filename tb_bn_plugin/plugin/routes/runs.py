@@ -140,11 +140,20 @@ def _latest_gap(gap: Optional[GapSeries]) -> Optional[dict[str, Any]]:
 
 
 def runs_with_graph(source: ExperimentSource) -> set[str]:
-    """Runs with a stored run graph (what ``read_run_graph`` reads)."""
+    """Runs with a stored run graph (what ``read_run_graph`` reads) or, trained on JAX or
+    PyTorch, a step-functions description (``read_step_functions``): what the graph view shows."""
     listing = source.provider.list_blob_sequences(
         source.ctx,
         experiment_id=source.experiment_id,
         plugin_name=graph_metadata.PLUGIN_NAME,
         run_tag_filter=tb_provider.RunTagFilter(tags=[graph_metadata.RUN_GRAPH_NAME]),
     )
-    return {run for run, tags in listing.items() if graph_metadata.RUN_GRAPH_NAME in tags}
+    described = source.provider.list_tensors(
+        source.ctx,
+        experiment_id=source.experiment_id,
+        plugin_name=metadata.PLUGIN_NAME,
+        run_tag_filter=tb_provider.RunTagFilter(tags=[metadata.step_functions_tag()]),
+    )
+    return {run for run, tags in listing.items() if graph_metadata.RUN_GRAPH_NAME in tags} | {
+        run for run, tags in described.items() if metadata.step_functions_tag() in tags
+    }

@@ -39,6 +39,7 @@ class Keras3Jax(Keras3):
     """``HostKerasFlavour`` for Keras 3 models on the JAX backend."""
 
     uses_tensorflow = False
+    backend = "jax"
 
     @staticmethod
     def owns(obj: Any) -> bool:
@@ -150,6 +151,14 @@ class Keras3Jax(Keras3):
 
         object.__setattr__(layer, "_moments", _moments)
         return InstalledCapture(layer, "_moments")
+
+    @staticmethod
+    def step_functions(model: Any) -> tuple[str, str]:
+        """Keras jits ``train_step`` and ``predict_step`` separately (unless run eagerly)."""
+        name = type(model).__name__
+        if model.run_eagerly or not model.jit_compile:
+            return f"{name}.train_step (eager)", f"{name}.predict_step (eager)"
+        return f"jax.jit({name}.train_step)", f"jax.jit({name}.predict_step)"
 
     @staticmethod
     def read_values(model: Any, variables: Sequence[Any]) -> list[np.ndarray]:

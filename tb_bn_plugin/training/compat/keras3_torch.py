@@ -22,6 +22,7 @@ class Keras3Torch(Keras3):
     """``HostKerasFlavour`` for Keras 3 models on the PyTorch backend."""
 
     uses_tensorflow = False
+    backend = "torch"
 
     @staticmethod
     def owns(obj: Any) -> bool:
@@ -87,6 +88,15 @@ class Keras3Torch(Keras3):
 
         object.__setattr__(layer, "_moments", _moments)
         return InstalledCapture(layer, "_moments")
+
+    @staticmethod
+    def step_functions(model: Any) -> tuple[str, str]:
+        """Keras runs ``train_step`` and ``predict_step`` eagerly, or each under ``torch.compile``
+        with ``jit_compile=True``."""
+        name = type(model).__name__
+        if model.run_eagerly or not model.jit_compile:
+            return f"{name}.train_step (eager)", f"{name}.predict_step (eager)"
+        return f"torch.compile({name}.train_step)", f"torch.compile({name}.predict_step)"
 
     @staticmethod
     def read_values(model: Any, variables: Sequence[Any]) -> list[np.ndarray]:
