@@ -11,7 +11,7 @@ does inside TensorBoard's plugin iframe:
   ``tensorboard/backend/application.py:_serve_plugin_entry``.
 * ``/data/plugin/bn_internals/index.js`` (and other files of
   ``tb_bn_plugin/plugin/static/``): the built bundle.
-* ``/data/plugin/bn_internals/{runs,layer,gap,diagnostics,graph}``: fixture
+* ``/data/plugin/bn_internals/{runs,layer,compare,gap,diagnostics,graph}``: fixture
   data from ``fixtures/make_fixtures.py`` following ``API.md``.
 * ``/__dev__/scenario?name=demo|small|big|empty|error``: switch the fake logdir;
   ``/__dev__/stats``: how often each route was requested.
@@ -195,7 +195,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: C901 - a flat router
         url = urllib.parse.urlsplit(self.path)
-        q = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query, keep_blank_values=True).items()}
+        params = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+        q = {k: v[-1] for k, v in params.items()}
         path = url.path
         st = self.state
         if path in ("/", "/index.html"):
@@ -245,6 +246,13 @@ class Handler(BaseHTTPRequestHandler):
                         200,
                         ds.layer_route(
                             q.get("run"), q.get("layer"), q.get("resolution"), q.get("channel")
+                        ),
+                    )
+                if route == "compare":
+                    return self._json(
+                        200,
+                        ds.compare_route(
+                            q.get("layer"), params.get("run", []), q.get("resolution")
                         ),
                     )
                 if route == "gap":

@@ -9,7 +9,7 @@ import * as echarts from "echarts/core";
 import { HeatmapChart, BarChart } from "echarts/charts";
 import { GridComponent, TooltipComponent, VisualMapComponent, LegendComponent } from "echarts/components";
 import { CanvasRenderer } from "echarts/renderers";
-import { isNum, fmt } from "./format.js";
+import { isNum, fmt, tickLabels } from "./format.js";
 
 echarts.use([HeatmapChart, BarChart, GridComponent, TooltipComponent, VisualMapComponent, LegendComponent, CanvasRenderer]);
 
@@ -66,7 +66,23 @@ function axisStyle() {
 }
 
 function fmtTick(_u, vals) {
-  return vals.map((v) => (v === null || v === undefined ? "" : fmt(v, 3)));
+  return tickLabels(vals);
+}
+
+/**
+ * An axis as wide as its longest tick label (uPlot's `size` hook), so labels
+ * such as "-1.25M" are never clipped, and no wider than needed.
+ */
+function axisSize(u, values, axisIdx, cycleNum) {
+  const axis = u.axes[axisIdx];
+  if (cycleNum > 1 && axis._size) return axis._size; // settled: avoid re-measuring each layout cycle
+  const longest = (values || []).reduce((acc, v) => (v && v.length > acc.length ? v : acc), "");
+  let width = 0;
+  if (longest) {
+    u.ctx.font = axis.font[0];
+    width = u.ctx.measureText(longest).width / (window.devicePixelRatio || 1);
+  }
+  return Math.ceil(width + axis.ticks.size + axis.gap + 4);
 }
 
 function withAlpha(color, alpha) {
@@ -78,6 +94,9 @@ function withAlpha(color, alpha) {
   }
   return color;
 }
+
+// Tick spacings of the step axis: whole steps only (a run logged at steps 1-4 has no step 1.5).
+const STEP_INCRS = [1, 2, 5].flatMap((m) => Array.from({ length: 10 }, (_, e) => m * 10 ** e)).sort((a, b) => a - b);
 
 export const PALETTE = ["#1976d2", "#e65100", "#2e7d32", "#8e24aa", "#00838f", "#c2185b", "#6d4c41", "#546e7a", "#f9a825", "#3949ab"];
 
@@ -134,13 +153,13 @@ export function seriesChart(container, steps, series, opts = {}) {
   }
   const ax = axisStyle();
   const axes = [
-    { ...ax, label: opts.xLabel || undefined, size: 34, values: (_u, vals) => vals.map((v) => (v === null ? "" : fmt(v, 4))) },
-    { ...ax, label: opts.yLabel || undefined, size: 56, values: fmtTick },
+    { ...ax, label: opts.xLabel || undefined, size: 34, incrs: STEP_INCRS, values: (_u, vals) => vals.map((v) => (v === null ? "" : fmt(v, 4))) },
+    { ...ax, label: opts.yLabel || undefined, size: axisSize, values: fmtTick },
   ];
   const scales = { x: { time: false }, y: logY ? { distr: 3 } : { auto: true } };
   if (opts.y2) {
     scales.y2 = { auto: !opts.y2.range, range: opts.y2.range };
-    axes.push({ ...ax, scale: "y2", side: 1, label: opts.y2.label, size: 48, grid: { show: false }, values: fmtTick });
+    axes.push({ ...ax, scale: "y2", side: 1, label: opts.y2.label, size: axisSize, grid: { show: false }, values: fmtTick });
   }
   if (opts.yRange) scales.y = { ...scales.y, auto: false, range: opts.yRange };
   if (opts.yRangeFn) scales.y = { ...scales.y, range: opts.yRangeFn };
@@ -161,6 +180,7 @@ export function seriesChart(container, steps, series, opts = {}) {
   for (const idx of hiddenLegend) if (rows[idx]) rows[idx].style.display = "none";
   container.dataset.points = String(n);
   container.dataset.series = String(series.length);
+  container.dataset.yScale = logY ? "log" : "linear";
   container.dataset.chart = container.dataset.chart || "series";
   track(
     container,

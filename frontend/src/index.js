@@ -19,7 +19,7 @@ const VIEWS = [
   { id: "diagnostics", title: "Diagnostics", render: renderDiagnostics },
   { id: "graph", title: "Graph", render: renderGraph },
 ];
-const STATE_KEYS = ["view", "run", "layer", "channel", "sort", "dir", "filter", "band", "sev", "drun", "desel", "rx", "lorder", "site"];
+const STATE_KEYS = ["view", "run", "layer", "channel", "sort", "dir", "filter", "band", "sev", "glog", "desel", "rx", "lorder", "site"];
 const REFRESH_MS = 30000;
 
 function parseHash() {

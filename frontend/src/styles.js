@@ -56,6 +56,8 @@ const css = String.raw`
   color-scheme: dark;
 }
 html, body { margin: 0; padding: 0; background: var(--bg); color: var(--text); }
+/* Scrolling to an element (a site link, a card) stops below the sticky header, not under it. */
+html { scroll-padding-top: 56px; }
 body { font: 13px/1.45 var(--font); }
 * { box-sizing: border-box; }
 button, input, select { font: inherit; color: inherit; }
@@ -169,6 +171,8 @@ table.data td.run-cell { max-width: 160px; white-space: nowrap; overflow: hidden
 .finding-section { margin-top: 8px; }
 .finding-section > .label { color: var(--text-2); font-size: 11.5px; text-transform: uppercase; letter-spacing: .04em; margin-bottom: 2px; }
 .finding .fix { margin: 2px 0 0; white-space: pre-wrap; word-break: break-word; }
+/* A problem over 50 layers stays about one screen: its table scrolls (header kept), the fix stays in view. */
+.finding .table-wrap { max-height: 24em; overflow-y: auto; }
 .layer-links { display: flex; flex-wrap: wrap; gap: 4px 14px; }
 .evidence { border-collapse: collapse; font-size: 12px; }
 .evidence td { padding: 1px 14px 1px 0; vertical-align: top; word-break: break-all; }

@@ -38,6 +38,9 @@ from tb_bn_plugin.graph.ops import ADD_OPS, BRANCH_ATTRS, FUSED_OPS, IF_OPS, UPD
 # ``cond``/update scopes repeat within one layer (cond_1, AssignMovingAvg_1); a
 # numbered ``batchnorm_1`` is a second tf.nn.batch_normalization call, kept apart.
 _INNER_SCOPE = re.compile(r"(cond|AssignMovingAvg|AssignNewValue)(_\d+)?|batchnorm|moments")
+# tf.distribute assigns a mirrored variable once per device, each under name
+# scope ``update_<device>`` (``update_0_1``: the layer's second such assignment).
+_DEVICE_UPDATE_SCOPE = re.compile(r"update_\d+(_\d+)?")
 # A library function's name without TensorFlow's and tf-keras' decorations, e.g.
 # "__inference_bn_layer_call_and_return_conditional_losses_133" -> "bn".
 _FUNCTION_NAME = re.compile(
@@ -96,7 +99,7 @@ def find_sites(graph_def: Any) -> GraphSites:
             elif node.op in UPDATE_OPS and wiring.is_update(graph, node):
                 updates.append((graph, node))
     for graph, node in updates:
-        key = _layer_of(graph, node.name)
+        key = _update_layer_of(graph, node.name)
         if key in layers:
             layers[key].updates.append((graph, node))
     updates_wiring = wiring.UpdateWiring()
@@ -125,6 +128,21 @@ def _layer_of(graph: GraphIndex, name: str, depth: int = 0) -> str:
     if graph.function and "/" not in name:
         return _FUNCTION_NAME.fullmatch(graph.function).group("base")
     return _layer_scope(name)
+
+
+def _update_layer_of(graph: GraphIndex, name: str) -> str:
+    """The layer an update op belongs to: ``_layer_of`` without tf.distribute's per-device scope.
+
+    Under ``MirroredStrategy`` an update of ``functional/bn`` is named
+    ``functional/bn/update_0/AssignVariableOp`` (one per device); keyed by
+    its raw scope it would match no layer and the site would look update-less.
+    """
+    segments = _layer_of(graph, name).split("/")
+    while len(segments) > 1 and (
+        _DEVICE_UPDATE_SCOPE.fullmatch(segments[-1]) or _INNER_SCOPE.fullmatch(segments[-1])
+    ):
+        segments.pop()
+    return "/".join(segments)
 
 
 def _layer_scope(name: str) -> str:

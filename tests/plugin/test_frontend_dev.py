@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -170,6 +171,40 @@ def test_dev_server_mimics_tensorboard_entry_and_routes():
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(base + "data/plugin/bn_internals/layer?run=nope&layer=x")
         assert e.value.code == 404 and "error" in json.loads(e.value.read())
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_dev_server_compare_route_overlays_runs_sharing_a_layer():
+    server, base = dev_server.serve_in_thread(scenario="demo")
+    route = base + "data/plugin/bn_internals/compare?"
+    path = "model/block1/conv1_bn"
+    runs = ["cnn_baseline", fixtures.COMPARE_RUN]
+    ds = fixtures.Dataset("demo")
+    try:
+        query = urllib.parse.urlencode({"layer": path, "run": runs, "resolution": 40}, doseq=True)
+        with urllib.request.urlopen(route + query) as r:
+            body = json.loads(r.read())
+        assert body["layer"] == path and [x["run"] for x in body["runs"]] == runs
+        for answer, run in zip(body["runs"], runs):
+            layer = ds.layer_route(run, path, 40)
+            assert answer["steps"] == layer["steps"] and len(answer["steps"]) == 40
+            assert answer["momentum"] == layer["config"]["momentum"]
+            assert set(answer["summary"]) == set(fixtures.COMPARE_STATS)
+            assert answer["summary"]["mean_shift"] == layer["summary"]["mean_shift"]
+        assert [x["momentum"] for x in body["runs"]] == [0.99, 0.9]
+        bad = [
+            ({"layer": path}, 400),
+            ({"layer": path, "run": ["cnn_baseline", "cnn_baseline"]}, 400),
+            ({"layer": path, "run": ["cnn_baseline", "nope"]}, 404),
+            ({"layer": path, "run": [fixtures.BIG_RUN]}, 404),
+            ({"layer": path, "run": runs, "resolution": "x"}, 400),
+        ]
+        for params, status in bad:
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(route + urllib.parse.urlencode(params, doseq=True))
+            assert e.value.code == status and json.loads(e.value.read())["error"]
     finally:
         server.shutdown()
         server.server_close()
@@ -430,6 +465,13 @@ def test_gap_view(tab):
     assert f.locator('[data-chart="gap-metric"]').count() == 2
     f.wait_for_selector('[data-chart="gap-layers"] canvas')
     assert f.locator("table[data-table=gap] tr[data-layer]").count() == 8
+    # Two runs with a gap: their overlay; losses on a log axis on demand (kept in the state).
+    f.wait_for_selector("[data-card=gap-compare][data-runs='2'] canvas")
+    assert f.get_attribute('[data-chart="gap-loss"]', "data-y-scale") == "linear"
+    f.check("input[data-control=gap-log]")
+    f.wait_for_selector('[data-chart="gap-compare"][data-y-scale=log] canvas')
+    f.wait_for_selector('[data-chart="gap-loss"][data-y-scale=log] canvas')
+    assert f.evaluate("new URLSearchParams(location.hash.slice(1)).get('glog')") == "1"
     t.go(view="gap", run=fixtures.HOSTILE_RUN)
     f.wait_for_selector('[data-chart="gap-attribution"] canvas')
     t.go(view="gap", run="broken_run")
@@ -456,6 +498,96 @@ def test_diagnostics_list_and_layer_links(tab):
     # an affected-layer link opens that layer's detail
     hostile.locator(f'.affected[data-layer="{HOSTILE}"] > .layer-link').click()
     f.wait_for_selector(f'[data-view=layer]:not([hidden]) .layer-detail[data-layer="{HOSTILE}"]')
+
+
+@browser_only
+def test_diagnostics_follow_the_run_selector(tab):
+    t = tab("small")
+    f = t.frame
+    t.go(view="diagnostics")
+    f.wait_for_selector("[data-view=diagnostics] article.finding")
+    runs = lambda: f.eval_on_selector_all(  # noqa: E731
+        "article.finding", "as => [...new Set(as.map(a => a.dataset.run))]"
+    )
+    counts = lambda: f.inner_text("[data-view=diagnostics] [data-role=counts]").lower()  # noqa: E731
+    assert set(runs()) == {"cnn_baseline", fixtures.HOSTILE_RUN}
+    assert counts().split() == ["2", "errors", "3", "warnings", "1", "info"]
+    f.evaluate(
+        "name => [...document.querySelectorAll('[data-view=diagnostics] label.run-option')]"
+        ".find(l => l.dataset.run === name).querySelector('input').click()",
+        fixtures.HOSTILE_RUN,
+    )
+    f.wait_for_selector("[data-view=diagnostics] [data-role=run-selector][data-selected='2']")
+    assert runs() == ["cnn_baseline"]
+    assert counts().split() == ["1", "error", "1", "warning", "0", "info"]
+    # The selection is the one of every view: the overview shows the same runs.
+    f.click("[role=tab][data-tab=overview]")
+    f.wait_for_selector("[data-view=overview] tr[data-layer]")
+    assert set(
+        f.eval_on_selector_all(
+            "[data-view=overview] tr[data-run]", "rs => rs.map(r => r.dataset.run)"
+        )
+    ) == {"cnn_baseline"}
+    f.click("[role=tab][data-tab=diagnostics]")
+    f.wait_for_selector("[data-view=diagnostics] article.finding")
+    f.click("[data-view=diagnostics] [data-action=select-none]")
+    f.wait_for_selector("[data-view=diagnostics] [data-message=info]")
+    assert "No run selected" in f.inner_text("[data-view=diagnostics] .findings")
+
+
+@browser_only
+def test_affected_table_rows_their_evidence_and_keep_the_sort(tab):
+    t = tab("small")
+    f = t.frame
+    t.go(view="diagnostics")
+    card = "article.finding[data-code=mean_shift_high][data-run=cnn_baseline]"
+    f.wait_for_selector(f"{card} tr[data-layer]")
+    (finding,) = [
+        d
+        for d in fixtures.Dataset("small").diagnostics_route("cnn_baseline")["diagnostics"]
+        if d["code"] == "mean_shift_high"
+    ]
+    # Evidence keyed mean_shift/<layer> is that row's mean_shift column, not a shared line.
+    cells = lambda: f.eval_on_selector_all(  # noqa: E731
+        f"{card} tr[data-layer]",
+        "rs => rs.map(r => [r.dataset.layer, "
+        "Number(r.querySelector('td[data-key=mean_shift]').textContent)])",
+    )
+    expected = [[p, finding["evidence"][f"mean_shift/{p}"]] for p in finding["layers"]]
+    assert cells() == expected
+    assert "mean_shift/" not in f.inner_text(f"{card} [data-role=shared-evidence]")
+    f.click(f"{card} button[data-sort-col=mean_shift]")  # largest first
+    f.click(f"{card} button[data-sort-col=mean_shift]")  # smallest first
+    ascending = sorted(expected, key=lambda c: c[1])
+    assert cells() == ascending
+    # The sort survives re-renders: the Refresh button, a changed filter.
+    f.click("[data-action=refresh]")
+    f.wait_for_selector("section[data-view=diagnostics][data-state=ready]")
+    assert cells() == ascending
+    f.select_option("select[data-control=severity]", "error")
+    f.wait_for_selector("[data-view=diagnostics] article.finding[data-severity=error]")
+    assert cells() == ascending
+    assert f.get_attribute(f'{card} th[data-sort-key="mean_shift"]', "aria-sort") == "ascending"
+
+
+@browser_only
+def test_axis_tick_labels_stay_short_and_distinct(browser):
+    """format.js's tickLabels, run in Chromium: losses of 1e6 label as "1.2M", not "1.20e+6"."""
+    page = browser.new_page()
+    try:
+        source = (FRONTEND / "src" / "format.js").read_text(encoding="utf-8")
+        page.add_script_tag(type="module", content=source + "\nwindow.tickLabels = tickLabels;")
+        page.wait_for_function("typeof window.tickLabels === 'function'")
+        labels = lambda vals: page.evaluate("v => window.tickLabels(v)", vals)  # noqa: E731
+        assert labels([0, 2e5, 4e5, 6e5, 8e5, 1e6, 1.2e6]) == [
+            "0", "200k", "400k", "600k", "800k", "1M", "1.2M",
+        ]  # fmt: skip
+        assert labels([1e6, 1.0001e6, 1.0002e6]) == ["1M", "1.0001M", "1.0002M"]
+        assert labels([-2.5e9, 0, 2.5e9]) == ["-2.5G", "0", "2.5G"]
+        assert labels([1e-4, 1.5e-4, 2e-4]) == ["1e\u22124", "1.5e\u22124", "2e\u22124"]
+        assert labels([0.1, 0.2, 0.30000000000000004, None]) == ["0.1", "0.2", "0.3", ""]
+    finally:
+        page.close()
 
 
 @browser_only

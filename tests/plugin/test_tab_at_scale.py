@@ -125,6 +125,20 @@ def _worst_first(layers: list[dict], key: str) -> list[str]:
 
 
 @pytest.mark.skipif(_browser_skip_reason() is not None, reason=str(_browser_skip_reason()))
+def _cards(frame):
+    """(run, code, fixes shown) of each Diagnostics card."""
+    return frame.eval_on_selector_all(
+        "article.finding",
+        "as => as.map(a => [a.dataset.run, a.dataset.code, a.querySelectorAll('p.fix').length])",
+    )
+
+
+def _affected_order(frame, card):
+    return frame.eval_on_selector_all(
+        f"{card} tr[data-layer]", "rs => rs.map(r => r.dataset.layer)"
+    )
+
+
 def test_tab_at_scale_in_headless_chromium(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -216,16 +230,15 @@ def test_tab_at_scale_in_headless_chromium(server, tmp_path):
             assert gap.evaluate("c => c.closest('[data-chart]').dataset.series") == "4"
             assert "desel" in state_hash  # the selection is in the state that survives views
 
-            # Diagnostics: one card per (run, code), the fix once, a table of the affected layers.
+            # Diagnostics: one card per (run, code), the fix once, a table of the affected layers;
+            # like the overview, only the selected runs' (the two MobileNet runs here).
             frame.click("[role=tab][data-tab=diagnostics]")
             frame.wait_for_selector("[data-view=diagnostics] article.finding")
-            cards = frame.eval_on_selector_all(
-                "article.finding",
-                "as => as.map(a => "
-                "[a.dataset.run, a.dataset.code, a.querySelectorAll('p.fix').length])",
-            )
+            cards = _cards(frame)
             expected = {(f["run"], f["code"]) for f in diagnosed}
-            assert sorted((r, c) for r, c, _ in cards) == sorted(expected)
+            assert sorted((r, c) for r, c, _ in cards) == sorted(
+                (r, c) for r, c in expected if r in MOBILENET_RUNS
+            )
             assert all(fixes == 1 for _, _, fixes in cards)
             slow = f'article.finding[data-code=slow-momentum][data-run="{FIRST}"]'
             affected = [
@@ -246,12 +259,30 @@ def test_tab_at_scale_in_headless_chromium(server, tmp_path):
                 f'{slow} td[data-key="{key}"]', "cs => cs.map(c => Number(c.textContent))"
             )
             assert values == sorted(values, reverse=True)
+            by_value = _affected_order(frame, slow)
+            assert by_value != affected
+            # The user's sort survives re-renders: a reload, leaving the view and coming back.
+            frame.click("[data-action=refresh]")
+            frame.wait_for_selector("section[data-view=diagnostics][data-state=ready]")
+            assert _affected_order(frame, slow) == by_value
             frame.click(f'{slow} tr[data-layer="{affected[-1]}"] .layer-link')
             frame.wait_for_selector(
                 f'.layer-detail[data-run="{FIRST}"][data-layer="{affected[-1]}"]'
             )
 
             frame.click("[role=tab][data-tab=diagnostics]")
+            frame.wait_for_selector(f"{slow} tr[data-layer]")
+            assert _affected_order(frame, slow) == by_value
+            assert (
+                frame.get_attribute(f'{slow} th[data-sort-key="{key}"]', "aria-sort")
+                == "descending"
+            )
+            # Every run selected: every run's problems, the graph-only run's included.
+            frame.click("[data-view=diagnostics] [data-action=select-all]")
+            frame.wait_for_selector(
+                "[data-view=diagnostics] [data-role=run-selector][data-selected='6']"
+            )
+            assert sorted((r, c) for r, c, _ in _cards(frame)) == sorted(expected)
             unwired = frame.wait_for_selector(
                 f'article.finding[data-code=update-ops-not-wired][data-run="{UNWIRED}"]'
             )

@@ -5,7 +5,12 @@
 import { h, messageBox } from "../dom.js";
 import { api } from "../api.js";
 import { fmtEvidence, severityRank } from "../format.js";
-import { loadRuns, load, runSelect, severityBadge, layerLink, siteLink } from "./common.js";
+import { loadRuns, load, severityBadge, layerLink, siteLink, selectorFor } from "./common.js";
+import { selectedRuns } from "../selection.js";
+
+// Each problem card's sort of its affected table ({key, dir} by card key), kept
+// across re-renders (reloads, filter changes) for as long as the page lives.
+const affectedSort = new Map();
 
 /** Findings grouped by (run, code), most severe first; a group keeps its findings' order. */
 export function groupFindings(findings) {
@@ -25,16 +30,37 @@ export function groupFindings(findings) {
 const isMapping = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
 
 /**
+ * The layer/site a key such as `local/<path>` is about (train-inference-gap's
+ * per-layer scores), with the key's prefix; the longest matching name wins
+ * (paths contain slashes). null when the key names none of `names`.
+ */
+function perNameKey(key, names) {
+  let best = null;
+  for (const n of names) {
+    if (n && key.length > n.length + 1 && key.endsWith(`/${n}`) && (!best || n.length > best.name.length)) {
+      best = { name: n, prefix: key.slice(0, key.length - n.length - 1) };
+    }
+  }
+  return best;
+}
+
+/**
  * The evidence of `f` that is about `name` (a layer or site): entries keyed by
- * the finding's other layers/sites are left out, and a mapping keyed by layer
- * (e.g. ema-error's `layers`) contributes only this layer's entry.
+ * the finding's other layers/sites are left out, an entry keyed `<what>/<name>`
+ * becomes this row's `<what>`, and a mapping keyed by layer (e.g. ema-error's
+ * `layers`) contributes only this layer's entry.
  */
 function evidenceFor(f, name, names) {
   const out = {};
   for (const [key, value] of Object.entries(f.evidence || {})) {
-    if (key === name) out.detail = value;
-    else if (names.includes(key)) continue;
-    else if (isMapping(value) && name in value) {
+    if (names.includes(key)) {
+      if (key === name) out.detail = value;
+      continue;
+    }
+    const per = perNameKey(key, names);
+    if (per) {
+      if (per.name === name) out[per.prefix] = value;
+    } else if (isMapping(value) && name in value) {
       const mine = value[name];
       if (isMapping(mine)) Object.assign(out, mine);
       else out[key] = mine;
@@ -98,18 +124,24 @@ export function problemCard(ctx, group, { inGraph = false } = {}) {
     ),
   );
   const tbody = h("tbody", null, rowEls);
-  const sortState = { key: null, dir: 1 };
-  const sortBy = (key, th) => {
-    sortState.dir = sortState.key === key ? -sortState.dir : typeof rows.find((r) => key in r.evidence)?.evidence[key] === "number" ? -1 : 1;
-    sortState.key = key;
-    const order = rows.map((r, i) => i).sort((i, j) => sortState.dir * compareCells(rows[i].evidence[key], rows[j].evidence[key]) || i - j);
+  const cardKey = JSON.stringify([inGraph, group.run, group.code]);
+  const headCells = {};
+  const applySort = ({ key, dir }) => {
+    const order = rows.map((r, i) => i).sort((i, j) => dir * compareCells(rows[i].evidence[key], rows[j].evidence[key]) || i - j);
     for (const i of order) tbody.appendChild(rowEls[i]);
-    for (const other of th.parentElement.children) other.setAttribute("aria-sort", "none");
-    th.setAttribute("aria-sort", sortState.dir > 0 ? "ascending" : "descending");
+    for (const [k, th] of Object.entries(headCells)) th.setAttribute("aria-sort", k !== key ? "none" : dir > 0 ? "ascending" : "descending");
+  };
+  const sortBy = (key) => {
+    const before = affectedSort.get(cardKey);
+    // A first click sorts numbers largest first (the worst evidence on top), text A to Z.
+    const dir = before && before.key === key ? -before.dir : typeof rows.find((r) => key in r.evidence)?.evidence[key] === "number" ? -1 : 1;
+    affectedSort.set(cardKey, { key, dir });
+    applySort({ key, dir });
   };
   const headCell = (key) => {
     const th = h("th", { scope: "col", dataset: { sortKey: key }, "aria-sort": "none" });
-    th.appendChild(h("button", { type: "button", class: "sort-btn", dataset: { sortCol: key }, title: "Sort by this column", on: { click: () => sortBy(key, th) } }, key));
+    th.appendChild(h("button", { type: "button", class: "sort-btn", dataset: { sortCol: key }, title: "Sort by this column", on: { click: () => sortBy(key) } }, key));
+    headCells[key] = th;
     return th;
   };
   const table = h(
@@ -118,6 +150,8 @@ export function problemCard(ctx, group, { inGraph = false } = {}) {
     h("thead", null, h("tr", null, h("th", { scope: "col" }, what === "site" ? "Site" : "Layer"), titles.length > 1 ? h("th", { scope: "col" }, "Finding") : null, keys.map(headCell))),
     tbody,
   );
+  const kept = affectedSort.get(cardKey);
+  if (kept && keys.includes(kept.key)) applySort(kept);
   return h(
     "article",
     { class: "finding", dataset: { code: group.code, severity: group.severity, run: group.run, count: named } },
@@ -178,13 +212,14 @@ export async function renderDiagnostics(panel, ctx) {
   const runs = await loadRuns(panel, ctx);
   if (!runs) return;
   const state = ctx.state;
-  const runFilter = runs.some((r) => r.run === state.drun) ? state.drun : "";
-  const data = await load(panel, ctx, api.diagnostics(runFilter || null), "diagnostics");
+  const data = await load(panel, ctx, api.diagnostics(), "diagnostics");
   if (!data) return;
   ctx.begin();
+  // The run selector's runs, as in the overview (findings without a run always show).
+  const chosen = new Set(selectedRuns(runs, state));
   const sevFilter = ["error", "warning", "info"].includes(state.sev) ? state.sev : "";
-  const groups = groupFindings(Array.isArray(data.diagnostics) ? data.diagnostics : []);
-  const shown = groups.filter((g) => (!sevFilter || g.severity === sevFilter) && (!runFilter || g.run === runFilter));
+  const groups = groupFindings(Array.isArray(data.diagnostics) ? data.diagnostics : []).filter((g) => !g.run || chosen.has(g.run));
+  const shown = groups.filter((g) => !sevFilter || g.severity === sevFilter);
   const counts = { error: 0, warning: 0, info: 0 };
   for (const g of groups) counts[g.severity] = (counts[g.severity] || 0) + 1;
 
@@ -193,15 +228,15 @@ export async function renderDiagnostics(panel, ctx) {
     sevSelect.appendChild(h("option", { value: v, selected: v === sevFilter }, label));
   }
   panel.appendChild(h("h2", null, "Diagnostics"));
+  panel.appendChild(selectorFor(ctx, runs));
   panel.appendChild(
     h(
       "div",
       { class: "controls" },
-      runSelect(runs, runFilter, (v) => ctx.update({ drun: v }), { allLabel: "All runs", control: "diag-run" }),
       h("label", null, "Severity", sevSelect),
       h(
         "span",
-        { class: "summary-counts", dataset: { role: "counts" }, title: "Problems: one per run and code" },
+        { class: "summary-counts", dataset: { role: "counts" }, title: "Problems in the selected runs: one per run and code" },
         severityBadge("error", `${counts.error} error${counts.error === 1 ? "" : "s"}`),
         severityBadge("warning", `${counts.warning} warning${counts.warning === 1 ? "" : "s"}`),
         severityBadge("info", `${counts.info} info`),
@@ -211,7 +246,8 @@ export async function renderDiagnostics(panel, ctx) {
   const list = h("div", { class: "findings", dataset: { count: shown.length } });
   panel.appendChild(list);
   if (!shown.length) {
-    list.appendChild(messageBox("info", groups.length ? "No finding matches the filter." : "No findings: nothing suspicious in the logged BN statistics."));
+    const none = !chosen.size ? "No run selected: choose runs above." : groups.length ? "No finding matches the filter." : "No findings: nothing suspicious in the logged BN statistics of the selected runs.";
+    list.appendChild(messageBox("info", none));
     return;
   }
   for (const g of shown) list.appendChild(problemCard(ctx, g));

@@ -36,12 +36,17 @@ export async function renderGap(panel, ctx) {
   ctx.begin();
   panel.appendChild(h("h2", null, "Train / inference gap"));
   panel.appendChild(selectorFor(ctx, runs));
-  const overlay = gapOverlay(runs, (overlaid || []).filter((g) => g && Array.isArray(g.steps) && g.steps.length));
+  // Losses on a log axis: an inference loss of 1e6 next to a train loss of 3 leaves the latter flat at 0 on a linear one.
+  const logY = ctx.state.glog === "1";
+  const logBox = h("input", { type: "checkbox", checked: logY, dataset: { control: "gap-log" }, on: { change: () => ctx.update({ glog: logBox.checked ? "1" : "" }) } });
+  const logToggle = h("label", { title: "Plot the losses and metrics on a logarithmic axis" }, logBox, "Log scale");
+  const overlay = gapOverlay(runs, (overlaid || []).filter((g) => g && Array.isArray(g.steps) && g.steps.length), logY);
   if (overlay) {
+    panel.appendChild(h("div", { class: "controls" }, logToggle));
     panel.appendChild(overlay.card);
     overlay.draw();
   }
-  panel.appendChild(h("div", { class: "controls" }, runSelect(runs, run.run, (v) => ctx.update({ run: v }))));
+  panel.appendChild(h("div", { class: "controls" }, runSelect(runs, run.run, (v) => ctx.update({ run: v })), overlay ? null : logToggle));
   if (loadError) {
     panel.appendChild(errorBox(loadError, `the gap of run “${run.run}”`));
     panel.dataset.state = "error";
@@ -78,7 +83,7 @@ export async function renderGap(panel, ctx) {
         { label: "train loss", values: data.train_loss, color: train },
         { label: "inference loss", values: data.inference_loss, color: infer },
       ],
-      { syncKey: "bn-gap" },
+      { syncKey: "bn-gap", logY },
     ),
   );
   for (const [name, m] of Object.entries(data.metrics || {})) {
@@ -93,7 +98,7 @@ export async function renderGap(panel, ctx) {
           { label: `train ${name}`, values: m.train, color: train },
           { label: `inference ${name}`, values: m.inference, color: infer },
         ],
-        { syncKey: "bn-gap" },
+        { syncKey: "bn-gap", logY },
       ),
     );
   }
@@ -216,7 +221,7 @@ export async function renderGap(panel, ctx) {
 }
 
 /** The selected runs' train (solid) and inference (dashed) losses on one chart; null under two runs. */
-function gapOverlay(runs, gaps) {
+function gapOverlay(runs, gaps, logY) {
   if (gaps.length < 2) return null;
   const lines = gaps.flatMap((g) => [
     { label: `${g.run} · train`, steps: g.steps, values: g.train_loss, color: runColor(runs, g.run) },
@@ -227,7 +232,7 @@ function gapOverlay(runs, gaps) {
     `Loss across ${gaps.length} selected runs: training mode vs inference mode`,
     "Solid: train loss (batch statistics); dashed: inference loss (moving statistics). One colour per run.",
     lines,
-    { wide: true, height: 280 },
+    { wide: true, height: 280, logY },
   );
   c.card.dataset.runs = String(gaps.length);
   return c;

@@ -30,7 +30,7 @@ export function overlayCard(key, title, sub, lines, opts = {}) {
       body,
       aligned.steps,
       lines.map((l, i) => ({ label: l.label, values: aligned.values[i], color: l.color, dash: l.dash, spanGaps: true })),
-      { syncKey: opts.syncKey, height: opts.height },
+      { syncKey: opts.syncKey, height: opts.height, logY: opts.logY },
     );
   return { card, draw };
 }
