@@ -1,6 +1,12 @@
 """Demo: small conv nets on synthetic data, one run per BatchNorm pitfall.
 
     python demo/train.py --logdir runs/demo [--scenarios healthy momentum-one ...] [--quiet]
+                         [--backend {tensorflow,jax,torch}] [--size {demo,test}]
+
+``--backend`` (or ``KERAS_BACKEND``) picks Keras 3's backend: on ``jax`` and
+``torch`` TensorFlow is not imported, and every scenario runs there too (its
+custom train steps in that backend's form). ``--size test`` runs them at the
+tests' size (seconds each).
 
 Each scenario is one run (a subfolder of the logdir) logged with
 ``BatchNormCallback``; data is made on the fly (no downloads). All scenarios
@@ -26,12 +32,37 @@ from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def _backend_argument(argv: list[str]) -> str | None:
+    """The value of ``--backend`` in ``argv`` (read before Keras is imported), or None."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--backend="):
+            return arg.split("=", 1)[1]
+        if arg == "--backend" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+if __name__ == "__main__" and _backend_argument(sys.argv[1:]) in BACKENDS:
+    # Keras reads KERAS_BACKEND once, when it is first imported.
+    os.environ["KERAS_BACKEND"] = _backend_argument(sys.argv[1:])
+
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from tb_bn_plugin import BatchNormCallback, PreciseStatsMonitor  # noqa: E402
 
-keras = tf.keras
+if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+    import tensorflow as tf  # noqa: E402
+
+    keras = tf.keras  # Keras 3, or tf-keras under TF_USE_LEGACY_KERAS=1
+else:
+    import keras  # noqa: E402
+
+BACKEND = (
+    keras.backend.backend() if callable(getattr(keras.backend, "backend", None)) else "tensorflow"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +91,7 @@ class Size:
 
 DEMO = Size()
 TEST = Size(samples=512, image=8, width=4, epochs=2, batch=32)
+SIZES = {"demo": DEMO, "test": TEST}
 
 
 # -- data and models ---------------------------------------------------------------
@@ -198,17 +230,33 @@ class SkipMovingStatsUpdate(keras.Model):
             if isinstance(layer, keras.layers.BatchNormalization)
             for v in (layer.moving_mean, layer.moving_variance)
         ]
-        saved = [tf.identity(v.value) for v in moving]
+        saved = [keras.ops.copy(v.value) for v in moving]
         logs = super().train_step(data)
         for variable, value in zip(moving, saved):
             variable.assign(value)
         return logs
 
 
+class KeepNonTrainableState(keras.Model):
+    """JAX's stateless ``train_step(state, data)`` returning the non-trainable state it got.
+
+    The JAX form of ``SkipMovingStatsUpdate`` and ``DroppedStatelessUpdates``: the
+    step computes the updated moving statistics and drops them, so they keep
+    their initial 0 and 1.
+    """
+
+    def train_step(self, state, data):
+        logs, (trainable, _updated, optimizer_values, metric_values) = super().train_step(
+            state, data
+        )
+        return logs, (trainable, state[1], optimizer_values, metric_values)
+
+
 def stale_moving_stats(run_dir: str, verbose: int, size: Size = DEMO) -> None:
     """Custom train_step restores the moving statistics: the TF1 'UPDATE_OPS never run' bug."""
     x, y = synthetic_images(size.samples, size=size.image)
-    model = _compile(conv_net(size.image, width=size.width, model_class=SkipMovingStatsUpdate))
+    model_class = KeepNonTrainableState if BACKEND == "jax" else SkipMovingStatsUpdate
+    model = _compile(conv_net(size.image, width=size.width, model_class=model_class))
     model.fit(
         x,
         y,
@@ -323,7 +371,9 @@ def frozen_bn(run_dir: str, verbose: int, size: Size = DEMO) -> None:
 
 
 class DroppedStatelessUpdates(keras.Model):
-    """A JAX-style custom train_step that forgets to write back the non-trainable variables.
+    """A JAX-style custom train_step that forgets to write back the non-trainable variables
+    (TensorFlow; on JAX the same bug is ``KeepNonTrainableState``, on PyTorch the scenario uses
+    ``SkipMovingStatsUpdate``).
 
     ``stateless_call`` returns the updated moving statistics (the 'update ops')
     instead of assigning them; this step never assigns them, so the moving
@@ -350,7 +400,10 @@ def uninitialized_moving_stats(run_dir: str, verbose: int, size: Size = DEMO) ->
     """Raw 0..255 pixels; the updated moving statistics are never written back: they stay 0/1."""
     x, y = synthetic_images(size.samples, size=size.image)
     x = np.clip(x * 40.0 + 60.0, 0, 255).astype("float32")  # raw pixel values
-    model = _compile(conv_net(size.image, width=size.width, model_class=DroppedStatelessUpdates))
+    model_class = {"jax": KeepNonTrainableState, "torch": SkipMovingStatsUpdate}.get(
+        BACKEND, DroppedStatelessUpdates
+    )
+    model = _compile(conv_net(size.image, width=size.width, model_class=model_class))
     model.fit(
         x,
         y,
@@ -496,13 +549,28 @@ def main(argv: list[str] | None = None) -> int:
         help=f"scenarios to run (default: all): {', '.join(SCENARIOS)}",
     )
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress bars")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=BACKEND,
+        help="Keras 3 backend (default: KERAS_BACKEND, else tensorflow)",
+    )
+    parser.add_argument(
+        "--size", choices=SIZES, default="demo", help="demo (minutes) or test (seconds)"
+    )
     args = parser.parse_args(argv)
+    if args.backend != BACKEND:
+        parser.error(
+            f"--backend {args.backend}: Keras already runs on {BACKEND} in this process "
+            "(KERAS_BACKEND is read when Keras is first imported)"
+        )
+    print(f"Keras backend: {BACKEND}", flush=True)
     start = time.monotonic()
     for i, name in enumerate(args.scenarios, 1):
         scenario = SCENARIOS[name]
         print(f"[{i}/{len(args.scenarios)}] {name}: {scenario.description}", flush=True)
         began = time.monotonic()
-        run_scenario(name, args.logdir, 0 if args.quiet else 1, DEMO)
+        run_scenario(name, args.logdir, 0 if args.quiet else 1, SIZES[args.size])
         print(f"    {name} done in {time.monotonic() - began:.0f} s", flush=True)
     print(
         f"Done in {time.monotonic() - start:.0f} s. Diagnose with: tb-bn report {args.logdir}\n"

@@ -2,7 +2,7 @@
 
 Public API:
   * ``BatchNormCallback``: a Keras callback logging BN internals during ``fit``.
-  * ``BatchNormLogger``: the same for custom ``tf.GradientTape`` loops.
+  * ``BatchNormLogger``: the same for hand-written loops (``tf.GradientTape``, JAX, PyTorch).
   * ``read_stats`` / ``read_gap``: read logged statistics and gaps back as numpy arrays.
   * ``analyze_graph``: find BatchNorm sites and their train/inference switch in a GraphDef.
   * ``write_graph``: store a GraphDef as a run's graph (what the BN Internals graph view reads).

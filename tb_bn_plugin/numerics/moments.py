@@ -1,6 +1,7 @@
 """Per-channel moments of BatchNorm inputs and their exact combination: pure numpy.
 
-``training.precise`` measures per-batch moments on the device and
+``training.precise`` measures per-batch moments on the device (TensorFlow) or
+here (``input_moments``, for Keras 3 on JAX and PyTorch) and
 ``training.capture`` per-replica ones; everything here combines them without
 TensorFlow, so it can be tested exactly.
 
@@ -37,6 +38,25 @@ class Moments:
     def empty(cls, channels: int) -> Moments:
         z = np.zeros(channels, dtype=np.float64)
         return cls(z.copy(), z.copy(), z.copy())
+
+
+def input_moments(x: np.ndarray, axis: int, mask: Optional[np.ndarray] = None) -> Moments:
+    """Per-channel moments of one batch ``x`` in float64, channels along ``axis``.
+
+    ``mask`` (a Keras mask: ``x``'s shape without its last dimension) counts only
+    the positions it marks, as Keras' BatchNormalization does.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    axes = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
+    if mask is None:
+        weights = np.ones_like(x)
+    else:
+        weights = np.broadcast_to(np.asarray(mask, np.float64)[..., None], x.shape)
+    count = np.sum(weights, axis=axes, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, np.sum(weights * x, axis=axes, keepdims=True) / count, 0.0)
+    m2 = np.sum(weights * (x - mean) ** 2, axis=axes)
+    return Moments(count.reshape(-1), mean.reshape(-1), m2.reshape(-1))
 
 
 def merge_moments(a: Moments, b: Moments) -> Moments:

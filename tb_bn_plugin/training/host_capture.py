@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -41,27 +41,43 @@ class HostStatsCapture:
 
     Args:
       refs: the layers to capture (built).
-      model: the model they belong to (its optimizer's ``iterations`` is the clock).
+      model: the model they belong to.
       due: the steps whose statistics will be logged (``DueSteps``; JAX sends only those).
+        ``DueSteps()`` (``every`` None): a custom loop, every training call is recorded.
+      clock: the training steps done so far; default: the model's optimizer's ``iterations``.
+
+    ``state``: where a stateless custom loop (JAX) keeps the variables' values between its
+    steps, ``(variables, values)`` pairs (``HostKerasFlavour.read_values``); snapshots read
+    them instead of those variables (None: read the variables).
     """
 
     replicas = 1
     gated = False
 
-    def __init__(self, refs: Sequence[BatchNormRef], model: Any, due: DueSteps) -> None:
+    def __init__(
+        self,
+        refs: Sequence[BatchNormRef],
+        model: Any,
+        due: DueSteps,
+        clock: Optional[Callable[[], int]] = None,
+    ) -> None:
         self.configs = [layer_config(ref, i) for i, ref in enumerate(refs)]
         self._refs = list(refs)
         self._model = model
         self._flavour = refs[0].flavour if refs else None
         self._due = due
+        self._clock = clock or self._optimizer_steps
         self._slots = [_Slot() for _ in self._refs]
         self._installed: list[InstalledCapture] = []
         self._enabled = True
+        self.state: Optional[Sequence[Sequence[Any]]] = None
 
     def install(self) -> None:
         """Wrap the train step and each layer's ``_moments``; takes effect in steps traced (JAX) or
         run (PyTorch) afterwards."""
-        hook = self._flavour.install_step_hook(self._model)
+        hook = None
+        if self._due.every is not None:  # fit's train step (a custom loop has none to hook)
+            hook = self._flavour.install_step_hook(self._model)
         self._installed = ([hook] if hook is not None else []) + [
             self._flavour.install_host_capture(ref.layer, self._recorder(slot), self._due)
             for ref, slot in zip(self._refs, self._slots)
@@ -90,9 +106,12 @@ class HostStatsCapture:
 
         return record
 
-    def _clock(self) -> int:
-        iterations = self._model.optimizer.iterations
-        return int(self._flavour.read_values(self._model, [iterations])[0])
+    def _optimizer_steps(self) -> int:
+        return self._flavour.steps_done(self._model)
+
+    def settle(self) -> None:
+        """Wait until the statistics of every training step run so far are recorded."""
+        self._flavour.settle()
 
     def moving_statistics(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Every layer's (moving mean, moving variance) now, as (C,) float64 arrays."""
@@ -118,7 +137,7 @@ class HostStatsCapture:
             variables += [layer.moving_mean, layer.moving_variance]
             variables += [layer.gamma] if layer.scale else []
             variables += [layer.beta] if layer.center else []
-        values_read = iter(self._flavour.read_values(self._model, variables))
+        values_read = iter(self._flavour.read_values(self._model, variables, self.state))
         out = []
         for config, ref, slot in zip(self.configs, self._refs, self._slots):
             c = config.channels

@@ -1,6 +1,7 @@
 """``BatchNormLogger``: log BatchNorm internals from a custom training loop.
 
-For loops written with ``tf.GradientTape`` instead of ``model.fit``. The same
+For loops written by hand (``tf.GradientTape``, JAX's ``stateless_call``, PyTorch's
+``backward``) instead of ``model.fit``. The same
 capture and the same summaries as ``BatchNormCallback`` (both drive a
 ``session.LoggingSession``), driven by explicit ``log(step)`` calls::
 
@@ -33,6 +34,22 @@ internal counter advanced by every ``log()`` call: a layer counts as trained
 when it normalised with batch statistics since the previous ``log()`` call,
 so call ``log()`` once per training step.
 
+Keras 3 on JAX and PyTorch (no TensorFlow needed). Create the logger before
+the train step is first traced (JAX) or run. A PyTorch loop assigns the
+variables in place, so ``log()`` reads them as on TensorFlow. A JAX loop is
+stateless (``stateless_call``, ``optimizer.stateless_apply``) and leaves the
+model's variables as they were: pass its state after the step, the values in
+the order of ``model.trainable_variables``, ``model.non_trainable_variables``
+and, with ``optimizer``, ``optimizer.variables``::
+
+    loss, state = train_step(state, x, y)   # state = (trainable, non_trainable, optimizer)
+    logger.log(state=state)
+
+On JAX the batch statistics reach the host by a ``jax.debug.callback`` in every
+traced training step (the logger cannot see which steps it will log, unlike
+``BatchNormCallback`` in ``fit``, which sends only those), and ``log()`` waits
+for the previous step's callbacks before it reads the clock.
+
 Under ``tf.distribute`` it behaves like the callback (README, "tf.distribute"):
 only the chief of a multi-worker cluster writes to ``log_dir``, and every
 worker must call ``log()`` at the same steps (a snapshot gathers the other
@@ -48,6 +65,7 @@ from typing import Any, Optional
 from tb_bn_plugin import records
 from tb_bn_plugin.training.capture import require_built
 from tb_bn_plugin.training.compat import flavour_of
+from tb_bn_plugin.training.compat.base import DueSteps
 from tb_bn_plugin.training.lazy_tf import tf
 from tb_bn_plugin.training.session import (
     DEFAULT_CHANNEL_DTYPE,
@@ -84,12 +102,11 @@ class BatchNormLogger:
         self.log_every_n_steps = log_every_n_steps
         self.run_dir = os.path.join(os.fspath(log_dir), run_name)
         self.optimizer = optimizer
-        if not flavour_of(model).uses_tensorflow:
-            raise NotImplementedError(
-                "BatchNormLogger supports TensorFlow models (Keras 3 on the tensorflow backend, "
-                "tf-keras) only; on JAX and PyTorch use BatchNormCallback with model.fit"
-            )
-        strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+        self._flavour = flavour_of(model)
+        on_tensorflow = self._flavour.uses_tensorflow
+        strategy = None
+        if on_tensorflow:
+            strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
         self._session = LoggingSession(
             self.run_dir, strategy, layers, channel_dtype, max_bytes_per_log
         )
@@ -99,8 +116,14 @@ class BatchNormLogger:
             raise ValueError(
                 f"BatchNormLogger: model {model.name!r} has no BatchNormalization layer to log"
             )
+        self._counter: Any = None
+        if not on_tensorflow:
+            # Steps done before the step being recorded: from the optimizer, or log() calls.
+            self._logged_calls = 0
+            clock = self._optimizer_steps if optimizer is not None else self._calls_before
+            self._session.start_capture(refs, clock, model, DueSteps())
+            return
         if optimizer is not None:
-            self._counter = None
             clock = optimizer.iterations
         else:
             with strategy.scope():
@@ -116,19 +139,60 @@ class BatchNormLogger:
     def channel_dtype(self) -> Any:
         return self._session.channel_dtype
 
-    def _steps_done(self) -> int:
-        if self._counter is None:
+    def _optimizer_steps(self) -> int:
+        if self._flavour.uses_tensorflow:
             return int(self.optimizer.iterations.numpy())
+        # On JAX from the latest state a stateless loop passed to log().
+        state = self._session.capture.state
+        return int(self._flavour.read_values(self.model, [self.optimizer.iterations], state)[0])
+
+    def _owned_values(self, state: Optional[Sequence[Any]]) -> Optional[list[tuple[Any, Any]]]:
+        """A loop's ``(trainable, non_trainable[, optimizer])`` values as ``(variables, values)``
+        pairs (``HostKerasFlavour.read_values``)."""
+        if state is None:
+            return None
+        if not 2 <= len(state) <= 3:
+            raise ValueError(
+                "state must be the (trainable_variables, non_trainable_variables"
+                f"[, optimizer_variables]) values of the loop, got {len(state)} parts"
+            )
+        owners = [self.model.trainable_variables, self.model.non_trainable_variables]
+        if self.optimizer is not None:  # without it, the optimizer's part is not read
+            owners.append(self.optimizer.variables)
+        return list(zip(owners, state))
+
+    def _calls_before(self) -> int:
+        return self._logged_calls
+
+    def _steps_done(self) -> int:
+        if self.optimizer is not None:
+            return self._optimizer_steps()
+        if self._counter is None:
+            return self._logged_calls + 1
         return int(self._counter.numpy()) + 1
 
-    def log(self, step: Optional[int] = None, force_snapshot: bool = False) -> bool:
+    def log(
+        self,
+        step: Optional[int] = None,
+        force_snapshot: bool = False,
+        state: Optional[Sequence[Any]] = None,
+    ) -> bool:
         """Log the state after the latest training step at ``step``, if at the cadence.
 
         ``step`` defaults to the optimizer's ``iterations`` (or the number of
         ``log()`` calls so far, this one included). Returns whether it wrote.
+        ``state``: on JAX, a stateless loop's ``(trainable_variables,
+        non_trainable_variables[, optimizer_variables])`` values after the step (what
+        ``stateless_call`` and ``optimizer.stateless_apply`` return), read instead of the
+        model's variables, which such a loop leaves as they were (module docstring).
         """
-        if self._session.capture is None:
+        capture = self._session.capture
+        if capture is None:
             raise RuntimeError("BatchNormLogger is closed")
+        if not self._flavour.uses_tensorflow:
+            # JAX: the step's host callbacks read the clock as it was before this call.
+            capture.settle()
+            capture.state = self._owned_values(state)
         steps_done = self._steps_done()
         if step is None:
             step = steps_done
@@ -141,6 +205,8 @@ class BatchNormLogger:
             wrote = True
         if self._counter is not None:
             self._counter.assign_add(1)
+        elif not self._flavour.uses_tensorflow:
+            self._logged_calls += 1
         return wrote
 
     def flush(self) -> None:

@@ -26,12 +26,18 @@ usual. No variable is created or assigned by ``precise_stats``; the wrappers
 are removed afterwards. Batches are combined with Chan's parallel algorithm
 in float64 (``moments.combine_moments``). Masked inputs (a Keras mask
 reaching the layer) count only the unmasked positions, like the layer does.
+On Keras 3's JAX and PyTorch backends (no TensorFlow) the same wrappers run in
+an eager inference call instead (``HostKerasFlavour.inference_call``: on JAX
+after Keras' own state sync, so a monitor inside ``fit`` sees the current
+variables; on PyTorch without autograd) and the moments are taken on the host
+(``moments.input_moments``, float64).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -97,7 +103,8 @@ def iterate_batches(
     a numpy array / dict of arrays (x), a tuple ``(x, y[, w])`` of arrays, or
     any iterable of batches (e.g. a ``keras.utils.PyDataset``).
     """
-    if isinstance(dataset, tf.data.Dataset):
+    # A tf.data.Dataset exists only once TensorFlow is imported (a JAX user may not have it).
+    if sys.modules.get("tensorflow") is not None and isinstance(dataset, tf.data.Dataset):
         cardinality = int(dataset.cardinality().numpy())
         return (_features(e) for e in dataset), (cardinality if cardinality >= 0 else None)
     if isinstance(dataset, (np.ndarray, dict, tuple, list)) and not _is_batch_list(dataset):
@@ -139,13 +146,24 @@ def _tf_moments(
     return tf.reshape(count, [-1]), tf.reshape(mean, [-1]), m2
 
 
-class _InputRecorder:
-    """Wraps the layers' ``call`` on the instances; the wrappers record input moments (traced)."""
+def _host_moments(ref: BatchNormRef, inputs: Any, mask: Any) -> Moments:
+    """``_tf_moments`` for an eager call on a backend other than TensorFlow: on the host."""
+    import keras
 
-    def __init__(self, refs: Sequence[BatchNormRef]) -> None:
+    x = keras.ops.convert_to_numpy(inputs)
+    mask = None if mask is None else keras.ops.convert_to_numpy(mask)
+    return moments.input_moments(x, ref.channel_axis(x.ndim), mask)
+
+
+class _InputRecorder:
+    """Wraps the layers' ``call`` on the instances; the wrappers record ``moments_of`` each input
+    (traced into a ``tf.function``, or run eagerly)."""
+
+    def __init__(self, refs: Sequence[BatchNormRef], moments_of: Callable[..., Any]) -> None:
         self._refs = list(refs)
+        self._moments_of = moments_of
         self._saved: list[tuple[Any, bool, Any]] = []
-        self.recorded: list[tuple[int, tuple[tf.Tensor, tf.Tensor, tf.Tensor]]] = []
+        self.recorded: list[tuple[int, Any]] = []
 
     def __enter__(self) -> _InputRecorder:
         for index, ref in enumerate(self._refs):
@@ -167,27 +185,52 @@ class _InputRecorder:
         recorder = self
 
         def call(inputs, training=None, mask=None):
-            recorder.recorded.append((index, _tf_moments(ref, inputs, mask)))
+            recorder.recorded.append((index, recorder._moments_of(ref, inputs, mask)))
             return original(inputs, training=training, mask=mask)
 
         return call
 
 
-def _require_tensorflow(model: Any) -> None:
-    if not flavour_of(model).uses_tensorflow:
-        raise NotImplementedError(
-            "precise_stats, recalibrate and PreciseStatsMonitor run on the TensorFlow backend "
-            "only for now (KERAS_BACKEND=tensorflow); BatchNormCallback works on every backend"
-        )
-
-
 def _selected(model: Any, layers: Optional[Sequence[str]]) -> list[BatchNormRef]:
-    _require_tensorflow(model)
     refs = find_batchnorm_layers(model, layers)
     require_built(refs, "measuring precise statistics (or fit it)")
     for i, ref in enumerate(refs):
         layer_config(ref, i)  # raises UnsupportedLayerError for odd axes
     return refs
+
+
+def _batch_measurer(
+    model: Any, refs: Sequence[BatchNormRef]
+) -> tuple[_InputRecorder, Callable[[Any], list[tuple[int, Moments]]]]:
+    """(the recorder to install, a function from one batch x to its ``(layer index, Moments)``).
+
+    TensorFlow models: one ``tf.function`` of the inference pass returns the moments as extra
+    outputs (traced, maybe more than once, while the wrappers are in place). Other backends:
+    the flavour's eager ``inference_call``, the moments taken on the host.
+    """
+    flavour = flavour_of(model)
+    if not flavour.uses_tensorflow:
+        recorder = _InputRecorder(refs, _host_moments)
+
+        def measure_on_host(x):
+            recorder.recorded = []
+            flavour.inference_call(model, x)
+            return recorder.recorded
+
+        return recorder, measure_on_host
+    recorder = _InputRecorder(refs, _tf_moments)
+
+    def forward(x):
+        recorder.recorded = []
+        model(x, training=False)
+        return [(index, moments) for index, moments in recorder.recorded]
+
+    fn = tf.function(forward, autograph=False, reduce_retracing=True)
+
+    def measure(x):
+        return [(i, Moments(c.numpy(), m.numpy(), m2.numpy())) for i, (c, m, m2) in fn(x)]
+
+    return recorder, measure
 
 
 def _measure(
@@ -198,15 +241,7 @@ def _measure(
     progress: bool,
     batch_size: int,
 ) -> tuple[list[Moments], int]:
-    recorder = _InputRecorder(refs)
-
-    def forward(x):
-        recorder.recorded = []
-        model(x, training=False)
-        return [(index, moments) for index, moments in recorder.recorded]
-
-    # Traced (maybe more than once, e.g. for a smaller last batch) while the wrappers are in place.
-    fn = tf.function(forward, autograph=False, reduce_retracing=True)
+    recorder, measure = _batch_measurer(model, refs)
     batches, known = iterate_batches(dataset, batch_size)
     target = num_batches if num_batches is not None else known
     bar = flavour_of(model).progress_bar(target) if progress else None
@@ -218,10 +253,8 @@ def _measure(
                 break
             if _length(x) == 0:
                 continue
-            for index, (count, mean, m2) in fn(x):
-                totals[index] = moments.merge_moments(
-                    totals[index], Moments(count.numpy(), mean.numpy(), m2.numpy())
-                )
+            for index, batch_moments in measure(x):
+                totals[index] = moments.merge_moments(totals[index], batch_moments)
             done += 1
             if bar is not None:
                 bar.update(done)
@@ -391,9 +424,11 @@ class PreciseStatsMonitor(Callback):
         self._writer = None
 
     def on_train_begin(self, logs: Optional[dict] = None) -> None:
-        _require_tensorflow(self.model)  # before any training time is spent
         if self.log_dir is not None and self._writer is None:
-            self._writer = SummaryWriter(os.path.join(os.fspath(self.log_dir), self.run_name))
+            self._writer = SummaryWriter(
+                os.path.join(os.fspath(self.log_dir), self.run_name),
+                tensorflow=flavour_of(self.model).uses_tensorflow,
+            )
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
         if (epoch + 1) % self.every_n_epochs:
@@ -412,7 +447,7 @@ class PreciseStatsMonitor(Callback):
         )
         errors = ema_errors(self.model, stats)
         step = (
-            int(self.model.optimizer.iterations.numpy())
+            flavour_of(self.model).steps_done(self.model)
             if getattr(self.model, "optimizer", None)
             else 0
         )

@@ -81,9 +81,10 @@ class LoggingSession:
         """Capture ``refs`` in every training step traced (or run) from now on.
 
         ``clock``: a variable holding the number of training steps done (on
-        TensorFlow). Without TensorFlow (``strategy`` None): ``model``, whose
-        optimizer counts the steps, and ``due``, the steps that will be logged
-        (a compiled JAX step sends only those to the host). The layers
+        TensorFlow). Without TensorFlow (``strategy`` None): ``model``, ``due``,
+        the steps that will be logged (a compiled JAX step sends only those to
+        the host), and ``clock`` a function returning the steps done, or None for
+        the model's optimizer's count. The layers
         are checked (``UnsupportedLayerError``) and the writer opened before the
         wrappers go in, so a failure leaves the model as it was. The snapshot
         cadence is sized for these layers. ``capture``: a ``StatsCapture`` of
@@ -91,7 +92,7 @@ class LoggingSession:
         functions hold its variables) instead of a new one.
         """
         if self.strategy is None:
-            capture = HostStatsCapture(refs, model, due)
+            capture = HostStatsCapture(refs, model, due, clock)
         elif capture is None:
             capture = StatsCapture(refs, clock, self.strategy)
         self.open_writer()

@@ -57,3 +57,24 @@ def test_combine_replicas_gives_the_whole_batch_per_step():
     np.testing.assert_array_equal(total.count, np.full((3, 4), sum(sizes)))
     np.testing.assert_allclose(total.mean, [x.mean(axis=0) for x in steps], rtol=1e-12)
     np.testing.assert_allclose(total.variance, [x.var(axis=0) for x in steps], rtol=1e-9)
+
+
+def test_input_moments_channel_axis_and_mask_match_numpy():
+    rng = np.random.RandomState(3)
+    x = rng.randn(4, 3, 6) * 2 + 1e4  # channels along axis 1 (channels-first), a large mean
+    got = moments.input_moments(x.astype(np.float32), axis=1)
+    channels_last = np.moveaxis(x.astype(np.float32).astype(np.float64), 1, -1).reshape(-1, 3)
+    np.testing.assert_array_equal(got.count, 24)
+    np.testing.assert_allclose(got.mean, channels_last.mean(0), rtol=1e-14)
+    np.testing.assert_allclose(got.variance, channels_last.var(0), rtol=1e-12)
+    # A Keras mask (the input's shape without its channel axis, last) counts marked positions.
+    seq = rng.randn(2, 5, 3)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], bool)
+    masked = moments.input_moments(seq, axis=-1, mask=mask)
+    kept = seq[mask]
+    np.testing.assert_array_equal(masked.count, 7)
+    np.testing.assert_allclose(masked.mean, kept.mean(0), rtol=1e-14)
+    np.testing.assert_allclose(masked.variance, kept.var(0), rtol=1e-12)
+    nothing = moments.input_moments(seq, axis=-1, mask=np.zeros((2, 5), bool))
+    np.testing.assert_array_equal(nothing.count, 0)
+    assert np.isnan(nothing.variance).all()

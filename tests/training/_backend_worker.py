@@ -1,11 +1,14 @@
 """One backend's BatchNormCallback checks, run by ``test_backends.py`` in a subprocess.
 
-``python _backend_worker.py LOGDIR`` with ``KERAS_BACKEND`` set (``jax`` or
+``python _backend_worker.py LOGDIR DEMO_LOGDIR`` with ``KERAS_BACKEND`` set (``jax`` or
 ``torch``) and, with ``TB_BN_BLOCK_TENSORFLOW=1``, TensorFlow made unimportable
 before anything else is imported. Trains small models on synthetic data,
 asserts in this process (a failure exits non-zero with the traceback) and
-leaves two runs in LOGDIR for the parent to read: ``healthy`` and ``stale``
-(a train step that drops the moving-statistic updates, seed 001's pitfall).
+leaves runs in LOGDIR for the parent to read: ``healthy`` (with a
+``PreciseStatsMonitor``), ``stale`` (a train step that drops the moving-statistic
+updates, seed 001's pitfall), ``cadence``, and ``logger``/``logger-counter``
+(``BatchNormLogger`` in a hand-written loop); and a few demo scenarios at test
+size in DEMO_LOGDIR (``demo/train.py --backend``).
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ import numpy as np  # noqa: E402
 from tb_bn_plugin import (  # noqa: E402
     BatchNormCallback,
     BatchNormLogger,
+    PreciseStatsMonitor,
     precise_stats,
     read_gap,
     read_stats,
+    recalibrate,
 )
+from tb_bn_plugin.numerics.ema import measure_ema_error  # noqa: E402
 
 BACKEND = keras.backend.backend()
 MOMENTUM = 0.9
@@ -104,14 +110,19 @@ def callback(logdir: str, run: str, every: int, gap: bool = False) -> BatchNormC
     )
 
 
-def forward(model: keras.Model, x: np.ndarray, training: bool) -> np.ndarray:
-    """The model's output computed in numpy (float64), BN layers with batch or moving statistics."""
+def forward(
+    model: keras.Model, x: np.ndarray, training: bool, bn_inputs: dict | None = None
+) -> np.ndarray:
+    """The model's output computed in numpy (float64), BN layers with batch or moving statistics;
+    ``bn_inputs`` (if given) gets each BN layer's input."""
     w = {v.path: w.astype(np.float64) for v, w in zip(model.weights, weights(model))}
     layers = [layer for layer in model.layers if layer.weights]
     h = x.astype(np.float64)
     for layer in layers:
         p = layer.name
         if isinstance(layer, keras.layers.BatchNormalization):
+            if bn_inputs is not None:
+                bn_inputs[p] = h
             mean, var = (
                 (h.mean(0), h.var(0))
                 if training
@@ -145,31 +156,23 @@ def check_gap(logdir: str, run: str, model: keras.Model, probe: int) -> None:
         assert np.isfinite(gap.compound[name]).all()
 
 
-def check_exact_and_unperturbed(logdir: str) -> None:
-    bare = build()
-    fit(bare, [])
-    logged = build()
-    fit(logged, [callback(logdir, "healthy", 1, gap=True)])
-    for a, b, v in zip(weights(bare), weights(logged), logged.weights):
-        assert np.array_equal(a, b), f"{v.path} differs with the callback"
-
+def check_logged_steps(logdir: str, run: str, model: keras.Model) -> None:
+    """Every step of ``run`` is logged: the first layer's batch statistics are those of the
+    step's batch (full batches, no shuffling), the moving statistics follow the EMA of the logged
+    batch statistics step by step, and the last logged ones are ``model``'s final ones."""
     x, _ = data()
-    stats = read_stats(logdir)["healthy"]
-    bn0 = stats["bn0"]
-    steps = bn0["batch_mean"][0]
+    stats = read_stats(logdir)[run]
+    steps = stats["bn0"]["batch_mean"][0]
     assert list(steps) == list(range(1, STEPS * EPOCHS + 1)), steps
     for name, layer in stats.items():
-        moving = (
-            np.zeros(layer["moving_mean"][1].shape[1]),
-            np.ones(layer["moving_mean"][1].shape[1]),
-        )
+        channels = layer["moving_mean"][1].shape[1]
+        moving = (np.zeros(channels), np.ones(channels))
         for i, step in enumerate(steps):
             batch_mean, batch_var = layer["batch_mean"][1][i], layer["batch_variance"][1][i]
             if name == "bn0":  # fed straight from the input: the batch is known
                 xb = x[(step - 1) % STEPS * BATCH :][:BATCH].astype(np.float64)
                 np.testing.assert_allclose(batch_mean, xb.mean(0), rtol=1e-5, atol=1e-6)
                 np.testing.assert_allclose(batch_var, xb.var(0), rtol=1e-5, atol=1e-6)
-            # The moving statistics follow the EMA of the logged batch statistics step by step.
             moving = (
                 moving[0] * MOMENTUM + batch_mean * (1 - MOMENTUM),
                 moving[1] * MOMENTUM + batch_var * (1 - MOMENTUM),
@@ -178,10 +181,73 @@ def check_exact_and_unperturbed(logdir: str) -> None:
             np.testing.assert_allclose(
                 layer["moving_variance"][1][i], moving[1], rtol=1e-5, atol=1e-6
             )
-        final = {v.path: w for v, w in zip(logged.weights, weights(logged))}
-        assert np.array_equal(layer["moving_mean"][1][-1], final[f"{name}/moving_mean"])
+        final = keras.ops.convert_to_numpy(model.get_layer(name).moving_mean)
+        assert np.array_equal(layer["moving_mean"][1][-1], final)
+
+
+def check_exact_and_unperturbed(logdir: str) -> keras.Model:
+    """The callback and a ``PreciseStatsMonitor`` on one fit; returns the trained model."""
+    bare = build()
+    fit(bare, [])
+    logged = build()
+    monitor = PreciseStatsMonitor(logdir, data()[0], run_name="healthy", batch_size=24)
+    fit(logged, [callback(logdir, "healthy", 1, gap=True), monitor])
+    for a, b, v in zip(weights(bare), weights(logged), logged.weights):
+        assert np.array_equal(a, b), f"{v.path} differs with the callback"
+
+    x, _ = data()
+    check_logged_steps(logdir, "healthy", logged)
     check_gap(logdir, "healthy", logged, PROBE)
     assert np.isfinite(read_gap(logdir)["healthy"].attribution["bn0"][1:]).all()  # epoch ends
+    # The monitor measured at each epoch end, the last time on the final state.
+    assert [step for step, _ in monitor.history] == [STEPS * (e + 1) for e in range(EPOCHS)]
+    inputs: dict = {}
+    forward(logged, x, False, inputs)
+    for name, error in monitor.history[-1][1].items():
+        layer = logged.get_layer(name)
+        expected = measure_ema_error(
+            *(keras.ops.convert_to_numpy(v).astype(np.float64) for v in moving_variables(layer)),
+            inputs[name].mean(0),
+            inputs[name].var(0),
+            layer.epsilon,
+        )
+        np.testing.assert_allclose(error.as_array(), expected.as_array(), rtol=1e-4, atol=1e-6)
+    return logged
+
+
+def moving_variables(layer: keras.layers.Layer) -> tuple:
+    return layer.moving_mean, layer.moving_variance
+
+
+def check_precise_and_recalibrate(model: keras.Model) -> None:
+    """Precise statistics are the numpy statistics of each BN layer's inference-mode input over
+    all batches (uneven ones: 24 + 24 + 16) and change nothing; recalibration writes them, the
+    second layer's measured after the first's is recalibrated, and changes nothing else."""
+    x, _ = data()
+    before = weights(model)
+    precise = precise_stats(model, x, progress=False, batch_size=24)
+    assert all(np.array_equal(a, b) for a, b in zip(before, weights(model)))
+    inputs: dict = {}
+    forward(model, x, False, inputs)
+    for name in ("bn0", "bn1"):
+        assert precise[name]["count"] == len(x)
+        rtol = 1e-12 if name == "bn0" else 1e-5  # bn0: the input itself; bn1: after float32 math
+        np.testing.assert_allclose(precise[name]["mean"], inputs[name].mean(0), rtol, atol=1e-7)
+        np.testing.assert_allclose(precise[name]["variance"], inputs[name].var(0), rtol)
+
+    report = recalibrate(model, x, progress=False, batch_size=24)
+    assert report.passes == 3 and [layer.path for layer in report.layers] == ["bn0", "bn1"]
+    inputs = {}
+    forward(model, x, False, inputs)
+    for name in ("bn0", "bn1"):
+        mean, variance = (
+            keras.ops.convert_to_numpy(v) for v in moving_variables(model.get_layer(name))
+        )
+        np.testing.assert_allclose(mean, inputs[name].mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(variance, inputs[name].var(0), rtol=1e-5)
+    for v, a, b in zip(model.weights, before, weights(model)):
+        if "moving" not in v.path:
+            assert np.array_equal(a, b), f"recalibrate changed {v.path}"
 
 
 def check_stale(logdir: str) -> None:
@@ -196,20 +262,88 @@ def check_stale(logdir: str) -> None:
     check_gap(logdir, "stale", model, BATCH)
 
 
-def check_not_yet_supported_say_so(logdir: str) -> None:
-    """What does not run on this backend yet fails at once, naming what works."""
-    model = build()
+def custom_loop(model: keras.Model, optimizer, logger: BatchNormLogger | None) -> None:
+    """EPOCHS epochs of full-batch-sized steps written by hand, as Keras' guides write them on
+    this backend (JAX: stateless, the state written back at the end); ``logger.log`` after each
+    step."""
+    x, y = data()
+    batches = [(x[i : i + BATCH], y[i : i + BATCH]) for i in range(0, len(x), BATCH)]
+    if BACKEND == "jax":
+        import jax
+
+        def loss_and_updates(trainable, non_trainable, xb, yb):
+            y_pred, non_trainable = model.stateless_call(
+                trainable, non_trainable, xb, training=True
+            )
+            return keras.ops.mean((y_pred - yb) ** 2), non_trainable
+
+        grad_fn = jax.value_and_grad(loss_and_updates, has_aux=True)
+
+        @jax.jit
+        def train_step(state, xb, yb):
+            trainable, non_trainable, optimizer_values = state
+            (_, non_trainable), grads = grad_fn(trainable, non_trainable, xb, yb)
+            trainable, optimizer_values = optimizer.stateless_apply(
+                optimizer_values, grads, trainable
+            )
+            return trainable, non_trainable, optimizer_values
+
+        owners = (model.trainable_variables, model.non_trainable_variables, optimizer.variables)
+        state = tuple([v.value for v in variables] for variables in owners)
+        for _ in range(EPOCHS):
+            for xb, yb in batches:
+                state = train_step(state, xb, yb)
+                if logger is not None:
+                    logger.log(state=state)
+        for variables, values in zip(owners, state):
+            for variable, value in zip(variables, values):
+                variable.assign(value)
+        return
+    import torch
+
+    for _ in range(EPOCHS):
+        for xb, yb in batches:
+            loss = ((model(xb, training=True) - torch.as_tensor(yb)) ** 2).mean()
+            model.zero_grad()
+            loss.backward()
+            optimizer.apply([v.value.grad for v in model.trainable_variables])
+            if logger is not None:
+                logger.log()
+
+
+def check_logger(logdir: str) -> None:
+    """``BatchNormLogger`` in a hand-written loop: exact batch statistics, the EMA step by step,
+    the same training with and without it; without an optimizer, its own clock and cadence."""
+
+    def loop(run: str | None, optimizer_clock: bool = True, every: int = 1) -> keras.Model:
+        model = build()
+        optimizer = keras.optimizers.SGD(0.05)
+        optimizer.build(model.trainable_variables)
+        logger = None
+        if run is not None:
+            clock = optimizer if optimizer_clock else None
+            logger = BatchNormLogger(
+                model, logdir, log_every_n_steps=every, run_name=run, optimizer=clock
+            )
+        custom_loop(model, optimizer, logger)
+        if logger is not None:
+            logger.close()
+        return model
+
+    bare = loop(None)
+    logged = loop("logger")
+    for a, b, v in zip(weights(bare), weights(logged), logged.weights):
+        assert np.array_equal(a, b), f"{v.path} differs with the logger"
+    check_logged_steps(logdir, "logger", logged)
     x, _ = data()
-    for start in (
-        lambda: precise_stats(model, x, num_batches=1),
-        lambda: BatchNormLogger(model, logdir, optimizer=model.optimizer),
-    ):
-        try:
-            start()
-        except NotImplementedError as err:
-            assert "BatchNormCallback" in str(err), err
-        else:
-            raise AssertionError(f"{start} ran on {BACKEND}")
+
+    loop("logger-counter", optimizer_clock=False, every=5)
+    counted = read_stats(logdir)["logger-counter"]["bn0"]
+    steps, means = counted["batch_mean"]
+    assert list(steps) == [5, 10], steps
+    for step, mean in zip(steps, means):
+        xb = x[(step - 1) % STEPS * BATCH :][:BATCH].astype(np.float64)
+        np.testing.assert_allclose(mean, xb.mean(0), rtol=1e-5, atol=1e-6)
 
 
 def check_only_logged_steps_reach_the_host(logdir: str) -> None:
@@ -244,12 +378,36 @@ def check_only_logged_steps_reach_the_host(logdir: str) -> None:
         assert steps_before == list(range(STEPS * EPOCHS)), steps_before
 
 
+# The healthy run and one whose custom train step differs per backend (PreciseStatsMonitor in
+# fit is checked above, against numpy).
+DEMO_SCENARIOS = ("healthy", "stale-moving-stats")
+
+
+def run_demo(logdir: str) -> None:
+    """``demo/train.py --backend BACKEND --size test`` on ``DEMO_SCENARIOS``."""
+    import contextlib
+    import importlib.util
+    import io
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "demo", "train.py")
+    spec = importlib.util.spec_from_file_location("tb_bn_demo_train", path)
+    demo = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = demo  # dataclasses look their module up there
+    spec.loader.exec_module(demo)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        argv = ["--backend", BACKEND, "--size", "test", "--quiet", "--logdir", logdir]
+        assert demo.main(argv + ["--scenarios", *DEMO_SCENARIOS]) == 0
+    assert f"Keras backend: {BACKEND}" in printed.getvalue(), printed.getvalue()
+
+
 if __name__ == "__main__":
-    logdir = sys.argv[1]
+    logdir, demo_logdir = sys.argv[1:3]
     check_only_logged_steps_reach_the_host(logdir)
-    check_exact_and_unperturbed(logdir)
+    check_precise_and_recalibrate(check_exact_and_unperturbed(logdir))
     check_stale(logdir)
-    check_not_yet_supported_say_so(logdir)
+    check_logger(logdir)
+    run_demo(demo_logdir)
     if os.environ.get("TB_BN_BLOCK_TENSORFLOW") == "1":
         assert sys.modules["tensorflow"] is None
     print(f"{BACKEND}: ok")

@@ -6,6 +6,9 @@ moving statistics' EMA step by step, the train/inference gap (``probe_data`` and
 the default first-batch probe) against the model computed in numpy, bit-identical
 training with and without the callback (gap and attribution included), and seed
 001's pitfall (moving-statistic updates dropped by the train step) still captured,
+``precise_stats``, ``recalibrate``, ``PreciseStatsMonitor`` and
+``BatchNormLogger`` (a hand-written loop in the backend's own form) against numpy,
+and a few demo scenarios (``demo/train.py --backend``),
 all without TensorFlow in that process. This process then
 reads the runs it wrote as every TensorFlow run is read: ``read_stats``,
 ``tb-bn report`` and the plugin's routes over TensorBoard's Python loader,
@@ -23,10 +26,12 @@ import sys
 import time
 from urllib.parse import urlencode
 
+import numpy as np
 import pytest
 
 from tb_bn_plugin.cli.main import main
-from tb_bn_plugin.reading.load import read_stats
+from tb_bn_plugin.reading.load import load_runs, read_stats
+from tb_bn_plugin.reading.provider import open_logdir
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_backend_worker.py")
 # The real tensorboard process and headless Chromium of the plugin's end-to-end test.
@@ -46,16 +51,27 @@ from test_tensorboard_e2e import (  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["jax", "torch"])
-def backend_logdir(request, tmp_path_factory):
+def backend_logdirs(request, tmp_path_factory):
+    """(the worker's logdir, its demo logdir) on one backend."""
     pytest.importorskip(request.param)
     logdir = str(tmp_path_factory.mktemp(f"logdir_{request.param}"))
+    demo_logdir = str(tmp_path_factory.mktemp(f"demo_{request.param}"))
     env = dict(os.environ, KERAS_BACKEND=request.param, TB_BN_BLOCK_TENSORFLOW="1")
     result = subprocess.run(
-        [sys.executable, WORKER, logdir], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, WORKER, logdir, demo_logdir],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{request.param}: ok" in result.stdout
-    return logdir
+    return logdir, demo_logdir
+
+
+@pytest.fixture
+def backend_logdir(backend_logdirs):
+    return backend_logdirs[0]
 
 
 def _functions(backend: str, model_class: str) -> tuple[str, str]:
@@ -67,10 +83,26 @@ def _functions(backend: str, model_class: str) -> tuple[str, str]:
 
 def test_runs_read_back_like_tensorflow_runs(backend_logdir):
     stats = read_stats(backend_logdir)
-    assert set(stats) == {"healthy", "stale", "cadence"}
+    assert set(stats) == {"healthy", "stale", "cadence", "logger", "logger-counter"}
     for run in stats.values():
         assert set(run) == {"bn0", "bn1"}
         assert run["bn0"]["batch_mean"][1].shape[1] == 5
+    # The PreciseStatsMonitor's measurements, at each epoch end, are read like TensorFlow's.
+    ema_error = load_runs(open_logdir(backend_logdir))["healthy"].ema_error
+    assert set(ema_error) == {"bn0", "bn1"}
+    assert list(ema_error["bn0"].steps) == [4, 8, 12]
+    assert all(np.isfinite(v).all() for v in ema_error["bn0"].values.values())
+
+
+def test_demo_scenarios_diagnosed_on_the_backend(backend_logdirs, capsys):
+    """The demo's pitfalls are diagnosed as on TensorFlow, and its healthy run stays quiet."""
+    status = main(["report", backend_logdirs[1], "--json", "--fail-on", "never"])
+    assert status == 0
+    findings = {r["run"]: r["findings"] for r in json.loads(capsys.readouterr().out)["runs"]}
+    assert set(findings) == {"healthy", "stale-moving-stats"}
+    assert [f for f in findings["healthy"] if f["severity"] in ("error", "warning")] == []
+    errors = {f["code"] for f in findings["stale-moving-stats"] if f["severity"] == "error"}
+    assert errors == {"stale-moving-stats", "uninitialized-moving-stats"}
 
 
 def test_report_diagnoses_the_dropped_updates(backend_logdir, capsys):

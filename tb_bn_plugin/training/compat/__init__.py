@@ -3,7 +3,7 @@
 * ``base``: the protocol (what the training code needs from a flavour) and its types.
 * ``keras3``: Keras 3 on TensorFlow (``keras.layers.BatchNormalization``).
 * ``keras3_jax``, ``keras3_torch``: Keras 3 on JAX and on PyTorch (``base.HostKerasFlavour``:
-  no TensorFlow needed).
+  no TensorFlow needed), on their shared base ``keras3_host``.
 * ``tf_keras``: tf-keras (legacy Keras 2, ``TF_USE_LEGACY_KERAS=1``).
 * ``bound_keras``: which Keras the package's callbacks subclass in this process.
 

@@ -7,7 +7,8 @@ computing a layer's batch moments, running forward passes that change no
 state, reaching the compiled loss and metrics. ``keras3.Keras3`` and
 ``tf_keras.TfKeras`` implement it for TensorFlow; ``keras3_jax.Keras3Jax`` and
 ``keras3_torch.Keras3Torch`` for Keras 3 on JAX and PyTorch, which also
-implement ``HostKerasFlavour`` (capture without TensorFlow: see there).
+implement ``HostKerasFlavour`` (capture without TensorFlow: see there) on the
+base they share, ``keras3_host.Keras3Host``.
 
 Also here: the types the protocol speaks in (``Record``, ``HostRecord``,
 ``InstalledCapture``). Importing this module does not import TensorFlow.
@@ -197,13 +198,25 @@ class HostKerasFlavour(KerasFlavour, Protocol):
 
     def install_host_capture(self, layer: Any, record: HostRecord, due: Any) -> InstalledCapture:
         """Wrap ``layer``'s ``_moments`` so that it calls ``record`` in training steps ``due``
-        (a ``DueSteps``) says will be logged, and returns what the original returned."""
+        (a ``DueSteps``) says will be logged, and returns what the original returned.
+        ``DueSteps()`` (a custom loop): in every training-mode call, traced or eager, with
+        the step None (the record reads its clock)."""
 
-    def read_values(self, model: Any, variables: Sequence[Any]) -> list[np.ndarray]:
-        """The current values of ``model``'s ``variables`` (its weights, optimizer variables)."""
+    def read_values(
+        self, model: Any, variables: Sequence[Any], state: Optional[Sequence[Any]] = None
+    ) -> list[np.ndarray]:
+        """The current values of ``model``'s ``variables`` (its weights, optimizer variables).
+
+        ``state``: where a stateless custom loop keeps their values, ``(variables, values)``
+        pairs, read instead of those variables (JAX; None: Keras' own state in ``fit``, else
+        the variables)."""
 
     def settle(self) -> None:
         """Wait until every ``HostRecord`` call of the steps run so far has happened."""
 
     def sync_variables(self, model: Any) -> None:
         """Bring ``model``'s variables up to date for an eager call (JAX: ``jax_state_sync``)."""
+
+    def inference_call(self, model: Any, x: Any) -> Any:
+        """``model(x, training=False)`` run eagerly on up-to-date variables, without gradient
+        tracking (precise statistics); changes no variable."""

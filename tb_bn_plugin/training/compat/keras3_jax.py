@@ -16,6 +16,11 @@ whatever the train step does afterwards (a custom step that drops the moving
 statistics' updates included). Other steps run a scalar predicate and a
 not-taken branch. The model computes exactly what it computed before: the
 moments are returned unchanged, and the callback's outputs feed nothing.
+
+A custom loop (``BatchNormLogger``: ``DueSteps()``, no step hook) jits its own
+stateless step, whose step count the wrapper cannot see: every training call
+sends its moments without one and the record reads the logger's clock.
+Precise statistics run eager inference calls after Keras' ``jax_state_sync``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any, Optional
 import numpy as np
 
 from tb_bn_plugin.training.compat.base import DueSteps, HostRecord, InstalledCapture
-from tb_bn_plugin.training.compat.keras3 import Keras3
+from tb_bn_plugin.training.compat.keras3_host import Keras3Host, iterations_index
 
 # The optimizer step count traced with the train step that is being traced, if any.
 _TRACED_STEP: contextvars.ContextVar[Any] = contextvars.ContextVar(
@@ -35,26 +40,11 @@ _TRACED_STEP: contextvars.ContextVar[Any] = contextvars.ContextVar(
 )
 
 
-class Keras3Jax(Keras3):
+class Keras3Jax(Keras3Host):
     """``HostKerasFlavour`` for Keras 3 models on the JAX backend."""
 
-    uses_tensorflow = False
     backend = "jax"
-
-    @staticmethod
-    def owns(obj: Any) -> bool:
-        return Keras3.owns(obj) and _backend() == "jax"
-
-    @staticmethod
-    def explicit_strategy(model: Any) -> None:
-        return None
-
-    @staticmethod
-    def steps_done(model: Any) -> int:
-        return int(Keras3Jax.read_values(model, [model.optimizer.iterations])[0])
-
-    def install_capture(self, layer: Any, record: Any, due: Any) -> InstalledCapture:
-        raise NotImplementedError("Keras 3 on JAX captures with install_host_capture")
+    compiler = "jax.jit"
 
     @staticmethod
     def batch_moments(layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any]:
@@ -73,8 +63,7 @@ class Keras3Jax(Keras3):
     def install_step_hook(model: Any) -> InstalledCapture:
         """Wrap ``train_step`` on the instance: the step count in ``state`` is published to the
         layer wrappers while it is traced (Keras jits ``self.train_step``)."""
-        optimizer = model.optimizer
-        index = next(i for i, v in enumerate(optimizer.variables) if v is optimizer.iterations)
+        index = iterations_index(model.optimizer)
         original = model.train_step  # the class's, or a first-batch hook
 
         def train_step(state, data):
@@ -94,8 +83,7 @@ class Keras3Jax(Keras3):
         import jax
         import keras
 
-        optimizer = model.optimizer
-        index = next(i for i, v in enumerate(optimizer.variables) if v is optimizer.iterations)
+        index = iterations_index(model.optimizer)
         original = model.train_step
 
         def train_step(state, data):
@@ -126,19 +114,21 @@ class Keras3Jax(Keras3):
         original = type(layer)._moments.__get__(layer)
         channels = int(np.prod(layer.moving_mean.shape))
 
-        def on_host(step, mean, variance, count, masked):
-            record(mean, variance, float(count), bool(masked), int(step))
+        def on_host(mean, variance, count, masked, step=None):
+            record(mean, variance, float(count), bool(masked), None if step is None else int(step))
 
         def _moments(inputs, mask):
             mean, variance = original(inputs, mask)
             step = _TRACED_STEP.get()
-            if step is None:  # not inside fit's train step
+            if step is None and due.every is not None:  # fit's capture, outside its train step
                 return mean, variance
             if mask is None:
                 count = jnp.float32(inputs.size / channels)
             else:
                 count = jnp.sum(jnp.asarray(mask, jnp.float32))
-            args = (step, mean, variance, count, mask is not None)
+            # A custom loop's step (no step hook) is sent without a step count: the record
+            # reads its clock.
+            args = (mean, variance, count, mask is not None) + (() if step is None else (step,))
 
             def send():
                 jax.debug.callback(on_host, *args)
@@ -153,29 +143,25 @@ class Keras3Jax(Keras3):
         return InstalledCapture(layer, "_moments")
 
     @staticmethod
-    def step_functions(model: Any) -> tuple[str, str]:
-        """Keras jits ``train_step`` and ``predict_step`` separately (unless run eagerly)."""
-        name = type(model).__name__
-        if model.run_eagerly or not model.jit_compile:
-            return f"{name}.train_step (eager)", f"{name}.predict_step (eager)"
-        return f"jax.jit({name}.train_step)", f"jax.jit({name}.predict_step)"
-
-    @staticmethod
-    def read_values(model: Any, variables: Sequence[Any]) -> list[np.ndarray]:
-        """From ``model._jax_state`` while Keras holds the state there (inside an epoch), else
-        from the variables."""
-        state = getattr(model, "_jax_state", None)
-        if not state or getattr(model, "_jax_state_synced", True):
-            return [np.asarray(v.value) for v in variables]
-        where: dict[int, Any] = {}
-        for key, owned in (
-            ("trainable_variables", model.trainable_variables),
-            ("non_trainable_variables", model.non_trainable_variables),
-            ("optimizer_variables", model.optimizer.variables),
-        ):
-            values = state.get(key) or ()
-            for ref, value in zip(owned, values):
-                where[id(ref)] = value
+    def read_values(
+        model: Any, variables: Sequence[Any], state: Optional[Sequence[Any]] = None
+    ) -> list[np.ndarray]:
+        """From ``state`` when given, else from ``model._jax_state`` while Keras holds the state
+        there (inside an epoch of ``fit``), else from the variables."""
+        if state is not None:
+            owned_values = state
+        else:
+            held = getattr(model, "_jax_state", None)
+            if not held or getattr(model, "_jax_state_synced", True):
+                return [np.asarray(v.value) for v in variables]
+            owned_values = (
+                (model.trainable_variables, held.get("trainable_variables") or ()),
+                (model.non_trainable_variables, held.get("non_trainable_variables") or ()),
+                (model.optimizer.variables, held.get("optimizer_variables") or ()),
+            )
+        where = {
+            id(ref): value for owned, values in owned_values for ref, value in zip(owned, values)
+        }
         return [
             np.asarray(where[id(v)]) if id(v) in where else np.asarray(v.value) for v in variables
         ]
@@ -191,12 +177,6 @@ class Keras3Jax(Keras3):
         """Keras' own sync for callbacks: the variables take the state's arrays (the next step
         gathers the same values back)."""
         model.jax_state_sync()
-
-
-def _backend() -> Optional[str]:
-    import keras
-
-    return keras.backend.backend()
 
 
 KERAS3_JAX = Keras3Jax()

@@ -15,31 +15,14 @@ from typing import Any
 import numpy as np
 
 from tb_bn_plugin.training.compat.base import DueSteps, HostRecord, InstalledCapture
-from tb_bn_plugin.training.compat.keras3 import Keras3
+from tb_bn_plugin.training.compat.keras3_host import Keras3Host
 
 
-class Keras3Torch(Keras3):
+class Keras3Torch(Keras3Host):
     """``HostKerasFlavour`` for Keras 3 models on the PyTorch backend."""
 
-    uses_tensorflow = False
     backend = "torch"
-
-    @staticmethod
-    def owns(obj: Any) -> bool:
-        import keras
-
-        return Keras3.owns(obj) and keras.backend.backend() == "torch"
-
-    @staticmethod
-    def explicit_strategy(model: Any) -> None:
-        return None
-
-    @staticmethod
-    def steps_done(model: Any) -> int:
-        return int(Keras3Torch.read_values(model, [model.optimizer.iterations])[0])
-
-    def install_capture(self, layer: Any, record: Any, due: Any) -> InstalledCapture:
-        raise NotImplementedError("Keras 3 on PyTorch captures with install_host_capture")
+    compiler = "torch.compile"
 
     @staticmethod
     def batch_moments(layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any]:
@@ -55,15 +38,16 @@ class Keras3Torch(Keras3):
     def install_step_hook(model: Any) -> None:
         return None
 
-    @staticmethod
-    def install_first_batch_hook(model: Any, first_step: int, deliver: Any) -> InstalledCapture:
+    def install_first_batch_hook(
+        self, model: Any, first_step: int, deliver: Any
+    ) -> InstalledCapture:
         import keras
 
         original = model.train_step
         delivered = []
 
         def train_step(data):
-            if not delivered and Keras3Torch.steps_done(model) == first_step:
+            if not delivered and self.steps_done(model) == first_step:
                 delivered.append(True)
                 batch = keras.utils.unpack_x_y_sample_weight(data)
                 deliver(*(None if v is None else keras.ops.convert_to_numpy(v) for v in batch))
@@ -90,25 +74,20 @@ class Keras3Torch(Keras3):
         return InstalledCapture(layer, "_moments")
 
     @staticmethod
-    def step_functions(model: Any) -> tuple[str, str]:
-        """Keras runs ``train_step`` and ``predict_step`` eagerly, or each under ``torch.compile``
-        with ``jit_compile=True``."""
-        name = type(model).__name__
-        if model.run_eagerly or not model.jit_compile:
-            return f"{name}.train_step (eager)", f"{name}.predict_step (eager)"
-        return f"torch.compile({name}.train_step)", f"torch.compile({name}.predict_step)"
-
-    @staticmethod
-    def read_values(model: Any, variables: Sequence[Any]) -> list[np.ndarray]:
+    def read_values(model: Any, variables: Sequence[Any], state: Any = None) -> list[np.ndarray]:
+        """The variables themselves: a PyTorch loop assigns them in place (``state`` unused)."""
         return [v.value.detach().cpu().numpy() for v in variables]
 
     @staticmethod
     def settle() -> None:
         """Eager steps: every record has happened."""
 
-    @staticmethod
-    def sync_variables(model: Any) -> None:
-        """The variables are always up to date."""
+    def inference_call(self, model: Any, x: Any) -> Any:
+        """Without autograd's graph: nothing here is differentiated."""
+        import torch
+
+        with torch.no_grad():
+            return model(x, training=False)
 
 
 KERAS3_TORCH = Keras3Torch()
