@@ -171,11 +171,9 @@ def test_plugin_serves_the_runs(backend_logdir):
 
     # The graph view: no TensorFlow graph, the two step functions per BN site instead.
     runs = client.get("/data/plugin/bn_internals/runs").get_json()["runs"]
-    assert {r["run"]: r["has_graph"] for r in runs} == {
-        "healthy": True,
-        "stale": True,
-        "cadence": True,
-    }
+    has_graph = {r["run"]: r["has_graph"] for r in runs}
+    # Every fit with BatchNormCallback describes its step functions (custom-loop runs do not).
+    assert all(has_graph[run] for run in ("healthy", "stale", "cadence")), has_graph
     by_run = {r["run"]: {f["code"] for f in r["graph_findings"]} for r in runs}
     assert by_run["stale"] == {"updates-not-applied"} and by_run["healthy"] == set()
     backend = os.path.basename(backend_logdir).split("_")[1].rstrip("0123456789")
