@@ -11,13 +11,17 @@ round (``harness.alternate``), process CPU and wall time. Configurations:
 * ``bn_no_graph``: ``BatchNormCallback(write_graph=False)`` (capture and gap probe);
 * ``bn_capture_only``: ``BatchNormCallback(write_graph=False, gap_every_n_epochs=0)``;
 * ``bare_after_bn``: a bare ``fit`` right after an (untimed) ``bn_default`` fit,
-  which shows whether the callback leaves work (a retrace) to the next plain ``fit``.
+  which shows whether the callback leaves work (a retrace) to the next plain ``fit``;
+* ``bare_after_bare``: its control, a bare ``fit`` right after an (untimed) bare fit.
 
 Ratios are taken pair by pair within a round against ``bare``; "extra CPU per
 fit" is the median of (configuration - bare) CPU seconds. The components of
 the defaults' fixed cost are differences of those medians: capture
 (``bn_capture_only``), gap probe (``bn_no_graph`` - ``bn_capture_only``), run
-graph (``bn_default`` - ``bn_no_graph``). The work paid once per model (the
+graph (``bn_default`` - ``bn_no_graph``), next plain fit (``bare_after_bn`` -
+``bare_after_bare``: both time a bare ``fit`` that follows an untimed one); and,
+measured directly inside the ``bn_default`` fits, the CPU of the gap probe's
+evaluations (``gap_evaluations``). The work paid once per model (the
 first ``fit`` of a new model with the callback, against a new model's first
 bare ``fit``) is measured after the rounds. TensorFlow's "triggered
 tf.function retracing" warnings (logged to the ``tensorflow`` logger) are
@@ -42,6 +46,7 @@ import tensorflow as tf  # noqa: E402
 from training_overhead import dataset, resnet  # noqa: E402
 
 from tb_bn_plugin import BatchNormCallback  # noqa: E402
+from tb_bn_plugin.training.gap_probe import GapProbe  # noqa: E402
 
 keras = tf.keras
 
@@ -72,6 +77,31 @@ class RetraceCounter(logging.Handler):
             self.count += 1
             # "... calls to <function NAME at 0x...> triggered ...": which function retraced.
             self.functions.add(message.split("<", 1)[-1].split(" at 0x", 1)[0])
+
+
+class GapEvaluationClock:
+    """Process CPU seconds spent in ``GapProbe.evaluate`` (the probe's forward passes) while
+    installed: the gap probe's share of a fit measured directly, not as a difference of
+    two noisy whole-fit medians."""
+
+    def __init__(self) -> None:
+        self.cpu_s = 0.0
+        self._evaluate = GapProbe.evaluate
+
+    def install(self) -> None:
+        evaluate = self._evaluate
+
+        def timed(probe, *args, **kwargs):
+            start = time.process_time()
+            try:
+                return evaluate(probe, *args, **kwargs)
+            finally:
+                self.cpu_s += time.process_time() - start
+
+        GapProbe.evaluate = timed
+
+    def uninstall(self) -> None:
+        GapProbe.evaluate = self._evaluate
 
 
 def compiled_resnet(p: dict):
@@ -106,20 +136,29 @@ def main(argv=None) -> int:
         fits["n"] += 1
         return os.path.join(root, f"fit{fits['n']}")
 
+    gap_clock = GapEvaluationClock()
+    gap_clock.install()
+
     def counted(name, make_callbacks):
         def run():
-            before = counter.count
+            before, gap_before = counter.count, gap_clock.cpu_s
             fit(make_callbacks())
             retraces[name] = retraces.get(name, 0) + counter.count - before
+            return {"gap_evaluations_cpu_s": gap_clock.cpu_s - gap_before}
 
         return run
 
-    def bare_after_bn():
-        fit([BatchNormCallback(logdir())])
-        before = counter.count
-        wall, cpu, _ = harness.time_call(lambda: fit([]))
-        retraces["bare_after_bn"] = retraces.get("bare_after_bn", 0) + counter.count - before
-        return {"wall": wall, "cpu": cpu}
+    def bare_after(name, make_callbacks):
+        """A timed bare fit right after an untimed fit with ``make_callbacks()``."""
+
+        def run():
+            fit(make_callbacks())
+            before = counter.count
+            wall, cpu, _ = harness.time_call(lambda: fit([]))
+            retraces[name] = retraces.get(name, 0) + counter.count - before
+            return {"wall": wall, "cpu": cpu}
+
+        return run
 
     configs = {
         "bare": counted("bare", list),
@@ -134,7 +173,8 @@ def main(argv=None) -> int:
             "bn_capture_only",
             lambda: [BatchNormCallback(logdir(), write_graph=False, gap_every_n_epochs=0)],
         ),
-        "bare_after_bn": bare_after_bn,
+        "bare_after_bn": bare_after("bare_after_bn", lambda: [BatchNormCallback(logdir())]),
+        "bare_after_bare": bare_after("bare_after_bare", list),
     }
     print(
         f"model: ResNet-{6 * p['blocks'] + 2}, {n_bn} BatchNormalization layers; "
@@ -169,8 +209,13 @@ def main(argv=None) -> int:
         "capture_s": extra["bn_capture_only"],
         "gap_probe_s": extra["bn_no_graph"] - extra["bn_capture_only"],
         "run_graph_s": extra["bn_default"] - extra["bn_no_graph"],
-        "next_plain_fit_s": extra["bare_after_bn"],
+        "next_plain_fit_s": extra["bare_after_bn"] - extra["bare_after_bare"],
+        # Measured inside the bn_default fits themselves (GapEvaluationClock).
+        "gap_evaluations_s": harness.median(
+            [r["gap_evaluations_cpu_s"] for r in samples["bn_default"]]
+        ),
     }
+    gap_clock.uninstall()
     print(
         "extra CPU per fit at defaults by component: "
         + ", ".join(f"{k[:-2]} {v:+.2f} s" for k, v in components.items())

@@ -42,10 +42,18 @@ def quiet_tensorflow() -> None:
 
 
 def parse_args(
-    name: str, description: str, argv: Optional[Sequence[str]] = None
+    name: str,
+    description: str,
+    argv: Optional[Sequence[str]] = None,
+    add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None,
 ) -> argparse.Namespace:
-    """Common options: ``args.mode`` ("full", "quick" or "smoke"), ``args.out`` (the JSON path)."""
+    """Common options: ``args.mode`` ("full", "quick" or "smoke"), ``args.out`` (the JSON path).
+
+    ``add_arguments`` adds a benchmark's own options to the parser.
+    """
     parser = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=description)
+    if add_arguments is not None:
+        add_arguments(parser)
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--quick", action="store_true", help="reduced sizes/rounds, < 3 minutes on 2 cores"

@@ -11,15 +11,23 @@ its event file, read like any run), then, for each TensorBoard loader
   server from start until every series is loaded; plus a real
   ``tensorboard --load_fast=true`` process from launch until the ``runs``
   route lists every layer of every run with every step; then, in a fresh such
-  process (cold plugin), the tab's first meaningful paint in headless Chromium
+  process (no request before), the tab's first meaningful paint in headless Chromium
   (``/usr/bin/chromium`` via playwright; skipped without them): from opening
   ``#bn_internals`` until the overview lists every layer and draws the
   sparklines in view;
 * the ``runs`` (overview) route, one layer's ``layer`` route and a
   ``COMPARE_RUNS``-run ``compare`` route (``resolution=1000``) through
   TensorBoard's real WSGI app: *cold* is the first request of a fresh plugin
-  (empty cache; median over fresh plugins / different layers), *warm* the
-  median of repeated requests.
+  (empty cache, background warming off; median over fresh plugins / different
+  layers, wall time and CPU time of this process and of the data server),
+  *warm* the median of repeated requests;
+* the memory each loader holds once loaded (this process's RSS growth for the
+  Python loader, the data server's RSS for the Rust one).
+
+The Python loader reads a logdir of the same runs and layers with at most
+``PYTHON_LOADER_STEPS`` logged steps (it keeps every event as a parsed proto;
+the full size would need 16-25 GB). The first paint runs with the plugin's
+default background warming (``--bn_internals_warm_interval``), as a user meets it.
 
 Targets (full size): overview and a 4-run compare < 1 s, one layer's detail < 200 ms,
 first paint < 2 s. Prints a table and writes ``benchmarks/results/plugin_latency.json``.
@@ -27,6 +35,7 @@ first paint < 2 s. Prints a table and writes ``benchmarks/results/plugin_latency
     python benchmarks/plugin_latency.py            # 10 runs x 100 layers x 5,000 steps
     python benchmarks/plugin_latency.py --quick    # 10 runs x 20 layers x 1,000 steps
     python benchmarks/plugin_latency.py --smoke    # 2 runs x 4 layers x 100 steps
+    python benchmarks/plugin_latency.py --logdir /tmp/bn_latency  # keep the logdirs, reuse them
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Optional
 from urllib.parse import urlencode
 
@@ -71,7 +80,13 @@ SIZES = {
     "smoke": (2, 4, 100),
 }  # runs, layers, steps
 COMPARE_RUNS = 4
-REPEATS = {"full": 7, "quick": 5, "smoke": 2}
+# The Python loader reads a logdir of the same runs and layers with at most this many
+# logged steps: its multiplexer keeps every event as a parsed proto (2.2-3.4 KB each
+# measured: 16-25 GB at the full size's 7.5 M events, 1.7-2.5 GB at 500 steps). Its routes
+# read evenly spaced samples (the overview 64 per layer, a layer 1,000), so their cost
+# hardly depends on the number of steps.
+PYTHON_LOADER_STEPS = 500
+REPEATS = {"full": 5, "quick": 5, "smoke": 2}
 PREFIX = "/data/plugin/bn_internals/"
 RESOLUTION = 1000
 TARGETS = {"overview_s": 1.0, "compare_s": 1.0, "layer_s": 0.2, "first_paint_s": 2.0}
@@ -250,7 +265,18 @@ def tensorboard_flags(logdir: str):
     """Flags and loaders as ``tensorboard --logdir logdir`` makes them (``fix_flags`` included)."""
     tb = program.TensorBoard(plugins=[core_plugin.CorePluginLoader(), loader.BNInternalsLoader()])
     tb.configure(
-        ["tensorboard", "--logdir", logdir, "--reload_interval", "0", "--reload_task", "blocking"]
+        [
+            "tensorboard",
+            "--logdir",
+            logdir,
+            "--reload_interval",
+            "0",
+            "--reload_task",
+            "blocking",
+            # Cold means cold: no background overview in the measured plugins.
+            "--bn_internals_warm_interval",
+            "0",
+        ]
     )
     return tb.flags, tb.plugin_loaders
 
@@ -313,20 +339,30 @@ def route_latency(logdir: str, provider, multiplexer, info: dict, repeats: int) 
         query = {"layer": path, "run": compared, "resolution": RESOLUTION}
         return "compare?" + urlencode(query, doseq=True)
 
-    cold_overview, cold_layer, cold_compare = [], [], []
+    cold: dict[str, list[float]] = {}
+
+    def timed_cold(name: str, request: Callable[[], dict]) -> dict:
+        """The request's wall time, this process's CPU time and the data server's (Rust)."""
+        server_cpu = _children_cpu_s()
+        wall, cpu, body = harness.time_call(request)
+        cold.setdefault(f"{name}_cold_samples_s", []).append(wall)
+        cold.setdefault(f"{name}_cold_cpu_samples_s", []).append(cpu)
+        cold.setdefault(f"{name}_cold_server_cpu_samples_s", []).append(
+            _children_cpu_s() - server_cpu
+        )
+        return body
+
     for i in range(repeats):
         # A compare is the first request of its fresh plugin, as when the tab opens on it.
         path = layer_paths[(i * 7 + 3) % len(layer_paths)]
         client = fresh_client()
-        wall, _, body = harness.time_call(
-            lambda client=client, path=path: get(client, compare_route(path))
+        body = timed_cold(
+            "compare", lambda client=client, path=path: get(client, compare_route(path))
         )
-        cold_compare.append(wall)
         assert [r["run"] for r in body["runs"]] == compared
         assert all(len(r["steps"]) == min(info["steps"], RESOLUTION) for r in body["runs"])
         client = fresh_client()
-        wall, _, body = harness.time_call(lambda client=client: get(client, "runs"))
-        cold_overview.append(wall)
+        body = timed_cold("overview", lambda client=client: get(client, "runs"))
         assert [run["run"] for run in body["runs"]] == names
         for run in body["runs"]:
             assert len(run["layers"]) == info["layers"]
@@ -334,10 +370,9 @@ def route_latency(logdir: str, provider, multiplexer, info: dict, repeats: int) 
                 "overview lost steps"
             )
         path = layer_paths[(i * 7) % len(layer_paths)]
-        wall, _, detail = harness.time_call(
-            lambda client=client, path=path: get(client, layer_route(path))
+        detail = timed_cold(
+            "layer", lambda client=client, path=path: get(client, layer_route(path))
         )
-        cold_layer.append(wall)
         assert (
             len(detail["steps"]) == min(info["steps"], RESOLUTION)
             and detail["steps"][-1] == info["last_step"]
@@ -347,19 +382,19 @@ def route_latency(logdir: str, provider, multiplexer, info: dict, repeats: int) 
     get(client, layer_route(layer_paths[0]))
     get(client, compare_route(layer_paths[0]))
     return {
-        "overview_cold_s": harness.median(cold_overview),
+        **{
+            f"{name}_cold{kind}_s": harness.median(cold[f"{name}_cold{kind}_samples_s"])
+            for name in ("overview", "layer", "compare")
+            for kind in ("", "_cpu", "_server_cpu")
+        },
         "overview_warm": harness.repeat_median(lambda: get(client, "runs"), repeats),
-        "layer_cold_s": harness.median(cold_layer),
         "layer_warm": harness.repeat_median(
             lambda: get(client, layer_route(layer_paths[0])), repeats
         ),
-        "compare_cold_s": harness.median(cold_compare),
         "compare_warm": harness.repeat_median(
             lambda: get(client, compare_route(layer_paths[0])), repeats
         ),
-        "overview_cold_samples_s": cold_overview,
-        "layer_cold_samples_s": cold_layer,
-        "compare_cold_samples_s": cold_compare,
+        **cold,
     }
 
 
@@ -426,10 +461,11 @@ def tensorboard_process_load(
 
 
 def first_paint(logdir: str, info: dict, load_s: float) -> Optional[dict[str, float]]:
-    """The tab's first meaningful paint in headless Chromium over a real ``tensorboard`` (cold).
+    """The tab's first meaningful paint in headless Chromium over a real ``tensorboard``.
 
-    A fresh process is given twice the measured load time (nothing asks the
-    plugin meanwhile, so its first request is cold); then the clock runs from
+    A fresh process is given twice the measured load time (no request asks the
+    plugin meanwhile; its background warming runs, as for a user who opens the
+    tab after TensorBoard has loaded); then the clock runs from
     opening ``#bn_internals`` until the overview lists every layer and draws
     the sparklines in view. None without ``/usr/bin/chromium`` or the
     playwright package.
@@ -473,6 +509,20 @@ def first_paint(logdir: str, info: dict, load_s: float) -> Optional[dict[str, fl
     return {"first_paint_s": paint_s, "plugin_frame_first_render_s": frame_ms / 1e3}
 
 
+def tensorboard_measurements(logdir: str, info: dict) -> dict[str, Any]:
+    """A real ``tensorboard`` process's load time and the tab's first paint in it."""
+    process_load = tensorboard_process_load(logdir, info)
+    measured: dict[str, Any] = {"tensorboard_process_load_s": process_load}
+    if process_load is not None:
+        try:
+            measured["browser"] = first_paint(logdir, info, process_load)
+        except Exception as err:  # noqa: BLE001 - keep the route numbers measured so far
+            # Chromium can fail to start on a loaded machine; the route numbers stand.
+            measured["browser"] = None
+            measured["browser_error"] = f"{type(err).__name__}: {err}"[:500]
+    return measured
+
+
 def loaders() -> list[str]:
     try:
         server_ingester.get_server_binary()
@@ -481,60 +531,133 @@ def loaders() -> list[str]:
         return ["python"]
 
 
+def _proc_status(pid: str) -> dict[str, str]:
+    """``/proc/<pid>/status`` as name -> value; empty for a process that is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return {k: v.strip() for k, v in (line.split(":", 1) for line in f if ":" in line)}
+    except OSError:
+        return {}
+
+
+def _rss_bytes(status: dict[str, str]) -> int:
+    return int(status.get("VmRSS", "0 kB").split()[0]) * 1024
+
+
+def _own_rss_bytes() -> int:
+    return _rss_bytes(_proc_status("self"))
+
+
+def _children_rss_bytes() -> int:
+    """Resident memory of this process's children now (the Rust data server)."""
+    statuses = (_proc_status(pid) for pid in filter(str.isdigit, os.listdir("/proc")))
+    return sum(_rss_bytes(s) for s in statuses if s.get("PPid") == str(os.getpid()))
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by this process's children (the data server)."""
+    total = 0.0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                # Fields after the parenthesised name: state ppid ... utime(12) stime(13).
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == os.getpid():
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "--logdir",
+        default=None,
+        help="synthesise the logdirs under this folder once and reuse them on later runs "
+        "(kept; default: a temporary folder, removed at the end)",
+    )
+
+
+def synthesized_logdir(logdir: str, num_runs: int, num_layers: int, num_steps: int) -> dict:
+    """What ``synthesize`` wrote to ``logdir`` (reused when it wrote this size there before)."""
+    marker = os.path.join(logdir, "synthesized.json")
+    if os.path.exists(marker):
+        with open(marker) as f:
+            info = json.load(f)
+        if (info["runs"], info["layers"], info["steps"]) == (num_runs, num_layers, num_steps):
+            print(f"reusing {logdir}", flush=True)
+            return info
+        raise SystemExit(f"{logdir} holds another size; remove it or pick another --logdir")
+    if os.path.exists(logdir) and os.listdir(logdir):
+        raise SystemExit(f"{logdir} is not empty and was not written by this benchmark")
+    print(
+        f"synthesising {num_runs} runs x {num_layers} layers x {num_steps} logged steps ...",
+        flush=True,
+    )
+    wall, _, info = harness.time_call(lambda: synthesize(logdir, num_runs, num_layers, num_steps))
+    info.update(write_s=wall, last_step=num_steps * LOG_EVERY)
+    print(f"  {info['bytes'] / 1e6:.1f} MB in {wall:.1f} s", flush=True)
+    with open(marker, "w") as f:
+        json.dump(info, f)
+    return info
+
+
 def main(argv=None) -> int:
-    args = harness.parse_args("plugin_latency", __doc__.splitlines()[0], argv)
+    args = harness.parse_args("plugin_latency", __doc__.splitlines()[0], argv, add_arguments)
     started = time.perf_counter()
     num_runs, num_layers, num_steps = SIZES[args.mode]
     repeats = REPEATS[args.mode]
-    logdir = tempfile.mkdtemp(prefix="bn_plugin_latency_")
+    root = args.logdir or tempfile.mkdtemp(prefix="bn_plugin_latency_")
+    python_steps = min(num_steps, PYTHON_LOADER_STEPS)
     try:
-        print(
-            f"synthesising {num_runs} runs x {num_layers} layers x {num_steps} logged steps ...",
-            flush=True,
-        )
-        wall, _, info = harness.time_call(
-            lambda: synthesize(logdir, num_runs, num_layers, num_steps)
-        )
-        info.update(write_s=wall, last_step=num_steps * LOG_EVERY)
-        print(f"  {info['bytes'] / 1e6:.1f} MB in {wall:.1f} s", flush=True)
-        expected = {
-            (run, metadata.layer_tag(c.path, kind)): info["last_step"]
-            for run in run_names(num_runs)
-            for c in layer_configs(num_layers, info["channels"])
-            for kind in ("summary", "channels")
-        }
+        logdirs, infos = {}, {}
+        for steps in sorted({num_steps, python_steps}, reverse=True):
+            logdirs[steps] = os.path.join(root, f"steps{steps}")
+            infos[steps] = synthesized_logdir(logdirs[steps], num_runs, num_layers, steps)
+        info = infos[num_steps]
         results: dict[str, Any] = {}
-        for loader in loaders():
-            print(f"{loader} loader ...", flush=True)
+        # The Python loader last: the memory it held stays with this process (not given back
+        # to the system), beside the data servers of the Rust measurements otherwise.
+        for loader in sorted(loaders(), key=lambda name: name == "python"):
+            steps = python_steps if loader == "python" else num_steps
+            logdir, loader_info = logdirs[steps], infos[steps]
+            expected = {
+                (run, metadata.layer_tag(c.path, kind)): loader_info["last_step"]
+                for run in run_names(num_runs)
+                for c in layer_configs(num_layers, loader_info["channels"])
+                for kind in ("summary", "channels")
+            }
+            print(f"{loader} loader ({steps} logged steps) ...", flush=True)
+            rss_before = _own_rss_bytes()
             load_s, _, (provider, multiplexer, stop) = harness.time_call(
-                lambda loader=loader: start_loader(logdir, loader, expected)
+                lambda: start_loader(logdir, loader, expected)  # noqa: B023 - called here
             )
+            # The Python loader holds the data in this process, the Rust one in its server.
+            held = _own_rss_bytes() - rss_before if loader == "python" else _children_rss_bytes()
             try:
                 results[loader] = {
+                    "steps": steps,
                     "load_s": load_s,
-                    **route_latency(logdir, provider, multiplexer, info, repeats),
+                    "loaded_rss_bytes": held,
+                    **route_latency(logdir, provider, multiplexer, loader_info, repeats),
                 }
             finally:
                 stop()
                 del provider, multiplexer
-        if "rust" in results:
-            process_load = tensorboard_process_load(logdir, info)
-            results["rust"]["tensorboard_process_load_s"] = process_load
-            if process_load is not None:
-                try:
-                    results["rust"]["browser"] = first_paint(logdir, info, process_load)
-                except Exception as err:  # noqa: BLE001 - keep the route numbers measured so far
-                    # Chromium can fail to start on a loaded machine; the route numbers stand.
-                    results["rust"]["browser"] = None
-                    results["rust"]["browser_error"] = f"{type(err).__name__}: {err}"[:500]
+            if loader == "rust":
+                results["rust"].update(tensorboard_measurements(logdirs[num_steps], info))
     finally:
-        shutil.rmtree(logdir, ignore_errors=True)
+        if args.logdir is None:
+            shutil.rmtree(root, ignore_errors=True)
 
     rows = [
         [
             loader,
+            r["steps"],
+            r["loaded_rss_bytes"] / 1e9,
             r["load_s"],
             r["overview_cold_s"],
+            r["overview_cold_cpu_s"] + r["overview_cold_server_cpu_s"],
             r["overview_warm"]["median_wall_s"],
             r["layer_cold_s"],
             r["layer_warm"]["median_wall_s"],
@@ -552,8 +675,11 @@ def main(argv=None) -> int:
         harness.format_table(
             [
                 "loader",
+                "logged steps",
+                "GB held",
                 "load",
                 "overview cold",
+                "its CPU (+server)",
                 "overview warm",
                 "layer cold",
                 "layer warm",
@@ -570,7 +696,7 @@ def main(argv=None) -> int:
         )
         browser = results["rust"].get("browser")
         print(
-            "tab's first meaningful paint (headless Chromium, cold plugin): "
+            "tab's first meaningful paint (headless Chromium, default background warming): "
             + (
                 "skipped (no /usr/bin/chromium or playwright)"
                 if browser is None

@@ -197,6 +197,8 @@ class RunData:
         the end of ``fit`` (``use_ema=True`` only; see ``metadata``).
       step_functions: the latest step-functions description (runs trained on
         JAX or PyTorch).
+      version: what it was read from, for caches of results computed from it:
+        (tag, latest step) of each tag read, sorted; empty when not read from storage.
     """
 
     run: str
@@ -206,6 +208,7 @@ class RunData:
     ema_error: dict[str, EmaErrorSeries] = dataclasses.field(default_factory=dict)
     ema_weights_gap: Optional[GapSeries] = None
     step_functions: Optional[StepFunctions] = None
+    version: tuple[tuple[str, Optional[int]], ...] = ()
 
     def ordered_layers(self) -> list[LayerSeries]:
         """Layers in model order."""

@@ -150,14 +150,18 @@ class SummaryWriter:
 
         # The writer's resource goes in as an argument, not captured by the trace: one
         # traced function serves every writer (every fit of a model) with the same
-        # tensor shapes, so a new fit neither retraces nor warns about retracing.
-        _batch_writer()(
+        # tensor shapes, so a new fit does not retrace. It is called as the concrete
+        # function for these arguments: the tensor shapes of a new model do trace anew,
+        # and TensorFlow's frequent-retracing detector, which would warn about that after
+        # a few models (folds, tuner trials), only watches calls of the tf.function itself.
+        args = (
             self._writer._resource,
             tf.constant(step, tf.int64),
             tf.constant([tag for tag, _, _ in items]),
             tf.constant([self._metadata(tag, content) for tag, _, content in items]),
             [tensor for _, tensor, _ in items],
         )
+        _batch_writer().get_concrete_function(*args)(*args)
 
 
 @functools.cache

@@ -102,8 +102,12 @@ def test_benchmark_smoke(name, tmp_path):
         assert "python" in data["loaders"]
         for loader in data["loaders"].values():
             assert {
+                "steps",
                 "load_s",
+                "loaded_rss_bytes",
                 "overview_cold_s",
+                "overview_cold_cpu_s",
+                "overview_cold_server_cpu_s",
                 "layer_cold_s",
                 "overview_warm",
                 "layer_warm",
@@ -111,14 +115,22 @@ def test_benchmark_smoke(name, tmp_path):
                 "compare_warm",
             } <= set(loader)
     elif name == "fit_overhead":
-        assert {"bare", "keras_tensorboard", "bn_default", "bare_after_bn"} <= set(
-            data["configurations"]
-        )
+        assert {
+            "bare",
+            "keras_tensorboard",
+            "bn_default",
+            "bare_after_bn",
+            "bare_after_bare",
+        } <= set(data["configurations"])
         for config in data["configurations"].values():
             assert {"cpu_ratio", "wall_ratio", "extra_cpu_s"} <= set(config)
-        assert {"capture_s", "gap_probe_s", "run_graph_s", "next_plain_fit_s"} == set(
-            data["components_extra_cpu_s"]
-        )
+        assert {
+            "capture_s",
+            "gap_probe_s",
+            "run_graph_s",
+            "next_plain_fit_s",
+            "gap_evaluations_s",
+        } == set(data["components_extra_cpu_s"])
         assert {"total", "functions"} == set(data["retrace_warnings"])
     else:
         for scenario in data["scenarios"].values():

@@ -38,11 +38,15 @@ def momentum(layer: LayerSeries) -> np.ndarray:
 
 def at_channel_steps(layer: LayerSeries, values: np.ndarray) -> np.ndarray:
     """(T,) per-step ``values`` at the per-channel snapshot steps (NaN where not logged)."""
-    position = {int(step): i for i, step in enumerate(layer.steps)}
-    return np.array(
-        [values[position[int(s)]] if int(s) in position else np.nan for s in layer.channel_steps],
-        dtype=np.float64,
-    )
+    values = np.asarray(values, dtype=np.float64)
+    wanted = np.asarray(layer.channel_steps)
+    if not len(layer.steps):
+        return np.full(len(wanted), np.nan)
+    # A binary search per snapshot step; the last of repeated steps, as a dict by step keeps.
+    order = np.argsort(layer.steps, kind="stable")
+    steps = np.asarray(layer.steps)[order]
+    at = np.maximum(np.searchsorted(steps, wanted, side="right") - 1, 0)
+    return np.where(steps[at] == wanted, values[order[at]], np.nan)
 
 
 def snapshot_trained(layer: LayerSeries) -> np.ndarray:

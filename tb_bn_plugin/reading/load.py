@@ -146,6 +146,15 @@ class Plan:
         """The runs ``load_runs`` answers for: those with layer or gap tags or metadata errors."""
         return sorted(set(self.layers) | set(self.gap) | set(self.errors))
 
+    def version(self, run: str) -> tuple[tuple[str, Optional[int]], ...]:
+        """``RunData.version`` of ``run``: (tag, max_step) of each of its planned tags, sorted."""
+        infos = [
+            *(info for by_kind in self.layers.get(run, {}).values() for info in by_kind.values()),
+            *(tags[run] for tags in (self.gap, self.ema_weights_gap) if run in tags),
+            *self.ema_error.get(run, {}).values(),
+        ]
+        return tuple(sorted((info.tag, info.max_step) for info in infos))
+
     def sampling(
         self, downsample: int, channel_downsample: Optional[int | Callable[[LayerConfig], int]]
     ) -> dict[Key, tuple[int, int]]:
@@ -223,7 +232,9 @@ def assemble(
     cache: Optional[SeriesCache],
 ) -> RunData:
     """One run's ``RunData`` from its events (``data``: tag -> events) and cached layers."""
-    run_data = RunData(run=run, layers={}, errors=list(plan.errors.get(run, [])))
+    run_data = RunData(
+        run=run, layers={}, errors=list(plan.errors.get(run, [])), version=plan.version(run)
+    )
     for path, info in plan.ema_error.get(run, {}).items():
         try:
             run_data.ema_error[path] = decode.ema_error_series(info, data[info.tag])
@@ -280,6 +291,21 @@ def _layer(
     except _UNREADABLE as err:
         errors.append(f"layer {path!r}: unreadable data ({err})")
         return None
+
+
+def logged_steps(source: ExperimentSource, paths: dict[str, str]) -> dict[str, np.ndarray]:
+    """Every logged step of one layer per run (``paths``: run -> layer path), in order.
+
+    Reads the layers' summary series in full (one provider call) and decodes
+    no values: the writers log all layers of a run at the same steps, so this
+    counts a run's logged steps.
+    """
+    tags = {run: [metadata.layer_tag(path, metadata.SUFFIX_SUMMARY)] for run, path in paths.items()}
+    return {
+        run: decode.steps_of(decode.dedupe_steps(by_tag[tags[run][0]]))
+        for run, by_tag in read_tensors(source, tags).items()
+        if by_tag[tags[run][0]]
+    }
 
 
 # -- the public API ------------------------------------------------------------------------

@@ -208,7 +208,7 @@ class StatsCapture:
         self._due_value = True
         self._installed: list[InstalledCapture] = []
         self._enabled = True
-        self._snapshot_fn = tf.function(self._gather, autograph=False)
+        self._snapshot_fn: Any = None  # traced at the first snapshot
 
     @property
     def refs(self) -> list[BatchNormRef]:
@@ -313,6 +313,11 @@ class StatsCapture:
         with unsynchronised layers, one all-gather of the per-replica statistics,
         so every worker must take snapshots at the same steps.
         """
+        if self._snapshot_fn is None:
+            # Called as a concrete function: TensorFlow's frequent-retracing detector (which
+            # keys on _gather's code, shared by every capture: one per model) never sees it,
+            # so fitting model after model (folds, tuner trials) prints no retracing warning.
+            self._snapshot_fn = tf.function(self._gather, autograph=False).get_concrete_function()
         floats, counts, captured_at, replica_rows = (t.numpy() for t in self._snapshot_fn())
         floats = floats.astype(np.float64)
         replicas = self._split_replicas(replica_rows.astype(np.float64))

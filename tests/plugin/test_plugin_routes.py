@@ -68,6 +68,9 @@ def tensorboard_flags(logdir: str, *argv: str):
             "0",
             "--reload_task",
             "blocking",
+            # No background overviews unless a test asks (``argv`` comes last and wins).
+            "--bn_internals_warm_interval",
+            "0",
             *argv,
         ]
     )
@@ -836,3 +839,45 @@ def test_cache_never_serves_data_a_reload_replaced(logdir, tmp_path):
 
 def _floats(values):
     return np.array(values, dtype=np.float64)
+
+
+# -- background warming ---------------------------------------------------------
+
+
+def _count_diagnosed(monkeypatch) -> list[str]:
+    """The runs ``diagnostics.diagnose`` is called with from now on (the overview's findings)."""
+    diagnosed: list[str] = []
+    real = runs.diagnostics.diagnose
+
+    def counting(run, *args):
+        diagnosed.append(run.run)
+        return real(run, *args)
+
+    monkeypatch.setattr(runs.diagnostics, "diagnose", counting)
+    return diagnosed
+
+
+def test_tensorboard_warms_the_overview_in_the_background(logdir, monkeypatch):
+    """The plugin computes each run's overview once before the tab asks; the tab's request
+    is then answered from the cache, with the same body as a cold one."""
+    diagnosed = _count_diagnosed(monkeypatch)
+    monkeypatch.setattr(loader, "FIRST_WARM_S", 0.05)
+    expected = set(runs.overview_runs(open_logdir(logdir), None))
+    app = App(logdir, "python", "--bn_internals_warm_interval", "0.05")
+    deadline = time.time() + 60
+    while set(diagnosed) != expected and time.time() < deadline:
+        time.sleep(0.05)
+    assert set(diagnosed) == expected
+    time.sleep(0.3)  # several more rounds: nothing changed, nothing is computed again
+    body = app.get("runs")
+    assert sorted(diagnosed) == sorted(expected)
+    cold = App(logdir, "python", "--bn_internals_warm_interval", "0").get("runs")
+    assert body == cold
+
+
+def test_no_warming_when_turned_off(logdir, monkeypatch):
+    diagnosed = _count_diagnosed(monkeypatch)
+    monkeypatch.setattr(loader, "FIRST_WARM_S", 0.05)
+    App(logdir, "python", "--bn_internals_warm_interval", "0")
+    time.sleep(0.3)
+    assert diagnosed == []

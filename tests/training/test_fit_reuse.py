@@ -98,6 +98,18 @@ def test_ten_fits_with_new_callbacks_print_no_retracing_warning(keras, tmp_path,
         assert np.isfinite(gap.train_loss).all() and np.isfinite(gap.compound["bn"]).all()
 
 
+def test_new_models_fitted_one_after_another_print_no_retracing_warning(
+    keras, tmp_path, retracings
+):
+    """Cross-validation folds, tuner trials: a new model per fit traces its own snapshot and
+    writer functions, and TensorFlow's frequent-retracing detector must not count them."""
+    for fold in range(7):
+        _fit(_counting_model(keras), [BatchNormCallback(str(tmp_path / str(fold)))])
+    assert retracings.messages == []
+    for fold in range(7):
+        assert list(read_stats(str(tmp_path / str(fold)))["train"]["bn"]["moving_mean"][0]) == [4]
+
+
 def test_instrumented_step_traced_once_per_model_and_plain_fits_not_retraced(keras, tmp_path):
     model = _counting_model(keras)
     cls = type(model)

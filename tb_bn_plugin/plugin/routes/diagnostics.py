@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from tb_bn_plugin import diagnostics
-from tb_bn_plugin.plugin.routes.graph import graph_findings
 from tb_bn_plugin.plugin.routes.params import check_run
-from tb_bn_plugin.plugin.routes.runs import overview_runs, runs_with_graph
+from tb_bn_plugin.plugin.routes.runs import (
+    cached_graph_findings,
+    graph_versions,
+    overview_runs,
+    run_findings,
+)
 from tb_bn_plugin.reading.cache import SeriesCache
 from tb_bn_plugin.reading.provider import ExperimentSource
 
@@ -21,19 +24,19 @@ def diagnostics_impl(
     names ``sites`` (``graph_impl``'s findings), so each links to its view.
     """
     runs = overview_runs(source, cache, [run] if run is not None else None)
-    with_graph = runs_with_graph(source)
+    graphs = graph_versions(source)
     if run is not None:
-        if run not in runs and run not in with_graph:
+        if run not in runs and run not in graphs:
             check_run(source, run)
-        with_graph &= {run}
+        graphs = {name: v for name, v in graphs.items() if name == run}
     found = [
         {"run": name, **finding.to_json()}
         for name, run_data in sorted(runs.items())
-        for finding in diagnostics.diagnose(run_data)
+        for finding in run_findings(run_data, cache)
     ]
     found += [
         {"run": name, **finding}
-        for name in sorted(with_graph)
-        for finding in graph_findings(source, name)
+        for name, version in sorted(graphs.items())
+        for finding in cached_graph_findings(source, name, version, cache)
     ]
     return {"diagnostics": found}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, Optional
 
 import numpy as np
@@ -13,84 +13,115 @@ from tb_bn_plugin import diagnostics, metadata
 from tb_bn_plugin.plugin.routes.encoding import json_values, last
 from tb_bn_plugin.plugin.routes.graph import graph_findings
 from tb_bn_plugin.reading.cache import SeriesCache
-from tb_bn_plugin.reading.load import load_runs
+from tb_bn_plugin.reading.load import load_runs, logged_steps
 from tb_bn_plugin.reading.provider import ExperimentSource, evenly_spaced
 from tb_bn_plugin.series import GapSeries, LayerSeries, RunData
 
-# Events per tag read for the overview and the diagnostics.
+# Events per tag read for the overview and the diagnostics: summary records, per-channel
+# snapshots (the rules read the latest ones; fewer keep a 1,000-layer overview fast).
 OVERVIEW_POINTS = 64
+OVERVIEW_SNAPSHOTS = 16
 SPARKLINE_POINTS = 64
 
 ROW_CONFIG_FIELDS = ("path", "index", "channels", "axis", "momentum", "epsilon", "center", "scale")
 
 
 def runs_impl(source: ExperimentSource, cache: Optional[SeriesCache] = None) -> dict[str, Any]:
-    """The overview: every run with BN Internals data or a graph, its layers, gap and findings."""
+    """The overview: every run with BN Internals data or a graph, its layers, gap and findings.
+
+    A run's row is computed once per ``RunData.version`` while ``cache`` keeps
+    it (its graph findings once per stored graph): a repeated overview reads
+    the runs' (cached) series and each run's gap, and computes nothing else.
+    """
     runs = overview_runs(source, cache)
-    graph_runs = runs_with_graph(source)
-    steps = _logged_steps(source, runs, cache)
-    rows = []
-    for name in sorted(set(runs) | graph_runs):
-        run = runs.get(name) or RunData(run=name, layers={})
-        findings = diagnostics.diagnose(run)
-        rows.append(
+    graphs = graph_versions(source)
+    rows = {
+        name: cache.get(_row_key(run)) if cache is not None else None for name, run in runs.items()
+    }
+    missing = [name for name, row in rows.items() if row is None]
+    steps = _logged_steps(source, {name: runs[name] for name in missing})
+    for name in missing:
+        run = runs[name]
+        rows[name] = _run_row(run, run_findings(run, cache), steps.get(name))
+        if cache is not None:
+            cache.put_result(_row_key(run), rows[name])
+    answer = []
+    for name in sorted(set(runs) | set(graphs)):
+        row = rows.get(name) or _run_row(RunData(run=name, layers={}), [], None)
+        found = cached_graph_findings(source, name, graphs[name], cache) if name in graphs else []
+        answer.append(
             {
                 "run": name,
-                "has_graph": name in graph_runs,
+                "has_graph": name in graphs,
                 "graph_findings": [
                     {key: finding[key] for key in ("code", "severity", "title", "sites")}
-                    for finding in graph_findings(source, name)
-                ]
-                if name in graph_runs
-                else [],
-                "errors": list(run.errors),
-                "gap": _latest_gap(run.gap),
-                "layers": [
-                    _layer_row(layer, run.gap, findings, steps.get(name))
-                    for layer in run.ordered_layers()
+                    for finding in found
                 ],
+                **row,
             }
         )
-    return {"runs": rows}
+    return {"runs": answer}
+
+
+def run_findings(run: RunData, cache: Optional[SeriesCache]) -> list[diagnostics.Finding]:
+    """``diagnostics.diagnose(run)`` of an overview-sampled run, once per version while cached."""
+    if cache is None or not run.version:
+        return diagnostics.diagnose(run)
+    key = ("findings", OVERVIEW_POINTS, OVERVIEW_SNAPSHOTS, run.run, run.version)
+    return cache.computed(key, lambda: diagnostics.diagnose(run))
+
+
+def cached_graph_findings(
+    source: ExperimentSource, run: str, version: Hashable, cache: Optional[SeriesCache]
+) -> list[dict[str, Any]]:
+    """``graph_findings`` of ``run``, once per stored graph (``graph_versions``) while cached."""
+    if cache is None:
+        return graph_findings(source, run)
+    return cache.computed(("graph_findings", run, version), lambda: graph_findings(source, run))
+
+
+def _row_key(run: RunData) -> Hashable:
+    return ("overview_row", OVERVIEW_POINTS, OVERVIEW_SNAPSHOTS, run.run, run.version)
+
+
+def _run_row(
+    run: RunData, findings: list[diagnostics.Finding], steps: Optional[np.ndarray]
+) -> dict[str, Any]:
+    """A run's overview row, without its graph: errors, latest gap and layer rows."""
+    return {
+        "errors": list(run.errors),
+        "gap": _latest_gap(run.gap),
+        "layers": [_layer_row(layer, run.gap, findings, steps) for layer in run.ordered_layers()],
+    }
 
 
 def overview_runs(
     source: ExperimentSource, cache: Optional[SeriesCache], runs: Optional[Iterable[str]] = None
 ) -> dict[str, RunData]:
-    """The runs as the overview and the diagnostics read them: ``OVERVIEW_POINTS`` per tag."""
-    return load_runs(source, runs=runs, downsample=OVERVIEW_POINTS, cache=cache)
+    """The runs as the overview and the diagnostics read them: ``OVERVIEW_POINTS`` per tag,
+    ``OVERVIEW_SNAPSHOTS`` per-channel snapshots per layer.
+    """
+    return load_runs(
+        source,
+        runs=runs,
+        downsample=OVERVIEW_POINTS,
+        channel_downsample=OVERVIEW_SNAPSHOTS,
+        cache=cache,
+    )
 
 
-def _logged_steps(
-    source: ExperimentSource, runs: Mapping[str, RunData], cache: Optional[SeriesCache]
-) -> dict[str, np.ndarray]:
+def _logged_steps(source: ExperimentSource, runs: Mapping[str, RunData]) -> dict[str, np.ndarray]:
     """Every logged step of each run whose overview sample was cut short.
 
-    Read in full from one layer per run: the writers log all layers of a run
-    at the same steps, so a layer's count is the run's steps up to its last
-    one. One read for all runs (one request to the data server, not one per
-    run): the union of the runs' reference layers, usually one path.
+    Read in full from one layer per run (``logged_steps``: steps only, no
+    values decoded): a layer's count is the run's steps up to its last one.
     """
     references = {}
     for name, run in runs.items():
         capped = [layer for layer in run.ordered_layers() if len(layer.steps) >= OVERVIEW_POINTS]
         if capped:
             references[name] = capped[0].config.path
-    if not references:
-        return {}
-    full = load_runs(
-        source,
-        runs=list(references),
-        layers=set(references.values()),
-        with_channels=False,
-        with_gap=False,
-        cache=cache,
-    )
-    return {
-        name: full[name].layers[path].steps
-        for name, path in references.items()
-        if name in full and path in full[name].layers
-    }
+    return logged_steps(source, references) if references else {}
 
 
 def _layer_row(
@@ -139,9 +170,13 @@ def _latest_gap(gap: Optional[GapSeries]) -> Optional[dict[str, Any]]:
     }
 
 
-def runs_with_graph(source: ExperimentSource) -> set[str]:
+def graph_versions(source: ExperimentSource) -> dict[str, Hashable]:
     """Runs with a stored run graph (what ``read_run_graph`` reads) or, trained on JAX or
-    PyTorch, a step-functions description (``read_step_functions``): what the graph view shows."""
+    PyTorch, a step-functions description (``read_step_functions``), what the graph view
+    shows: run -> its version.
+
+    The version (latest step and wall time) changes when either is written again.
+    """
     listing = source.provider.list_blob_sequences(
         source.ctx,
         experiment_id=source.experiment_id,
@@ -154,6 +189,13 @@ def runs_with_graph(source: ExperimentSource) -> set[str]:
         plugin_name=metadata.PLUGIN_NAME,
         run_tag_filter=tb_provider.RunTagFilter(tags=[metadata.step_functions_tag()]),
     )
-    return {run for run, tags in listing.items() if graph_metadata.RUN_GRAPH_NAME in tags} | {
-        run for run, tags in described.items() if metadata.step_functions_tag() in tags
+    return {
+        run: (tag, series.max_step, series.max_wall_time)
+        for listed, wanted in (
+            (described, metadata.step_functions_tag()),
+            (listing, graph_metadata.RUN_GRAPH_NAME),  # a stored graph wins
+        )
+        for run, tags in listed.items()
+        for tag, series in tags.items()
+        if tag == wanted
     }
