@@ -1,17 +1,28 @@
 """Training overhead of BatchNormCallback per Keras 3 backend (tensorflow, jax, torch).
 
 For each backend, in its own subprocess (``KERAS_BACKEND`` is fixed when Keras
-is imported): a small conv net (``BLOCKS`` conv/BN/ReLU blocks, 16x16 inputs,
+is imported): a small conv net (``blocks`` conv/BN/ReLU blocks, 16x16 inputs,
 batch 64) trained by ``fit`` on CPU with and without ``BatchNormCallback`` at
-its defaults (the train/inference gap included where the backend has it), one
-long ``fit`` per configuration and fits in ABBA order (bare, bn, bn, bare) so a
-drifting machine load cancels. Each epoch is timed by a callback (wall clock and
-process CPU); epoch 0 (tracing/compiling) is untimed. The ratio is the median
-epoch CPU (and wall) time with the callback over the median without it.
+its defaults (the train/inference gap each epoch included), one ``fit`` of
+``epochs`` epochs of ``steps`` steps per configuration and round. Rounds
+alternate the order (bare then callback, callback then bare, ...) so a
+drifting machine load cancels. Each epoch is timed by a callback (process
+CPU time and wall clock); epoch 0 (tracing/compiling) is untimed. A round's
+ratio is its median epoch time with the callback over its median without;
+the result is the median of the per-round ratios (with their spread), by CPU
+time and by wall clock. ``extra_cpu_per_epoch_s`` (median over rounds of the
+difference) is the callback's cost per epoch, per-step and per-epoch work
+together (on JAX it is mostly per step: the host-callback branch compiled
+into every step).
+
+Every backend runs its kernels on ``--threads`` threads (default 1) in both
+configurations: on a shared 2-core machine PyTorch's and XLA's spinning worker
+threads otherwise burn CPU time while waiting for a core (PyTorch: 0.55 s CPU
+per step on 2 threads against 0.03 s on 1, measured under load 8), and that
+noise, not the callback, decided earlier PyTorch ratios (1.80 and 0.71).
 
 Run: ``python benchmarks/backend_overhead.py [--quick | --smoke] [--out PATH]
-[--backends jax,torch]``. PyTorch's eager CPU kernels are slow and, on a loaded
-machine, their epoch times spread widely: read its ratio with its per-epoch samples.
+[--backends jax,torch] [--threads N]``.
 """
 
 from __future__ import annotations
@@ -28,16 +39,41 @@ import harness  # noqa: E402
 
 BACKENDS = ("tensorflow", "jax", "torch")
 MODES = {
-    "full": {"steps": 100, "epochs": 6, "blocks": 4, "width": 16},
-    "quick": {"steps": 40, "epochs": 4, "blocks": 3, "width": 16},
-    "smoke": {"steps": 4, "epochs": 2, "blocks": 2, "width": 8},
+    "full": {"steps": 200, "epochs": 3, "rounds": 8, "blocks": 3, "width": 16},
+    "quick": {"steps": 100, "epochs": 3, "rounds": 6, "blocks": 3, "width": 16},
+    "smoke": {"steps": 4, "epochs": 2, "rounds": 1, "blocks": 2, "width": 8},
 }
 BATCH = 64
 TARGET = 1.02
 
 
-def child(mode: str) -> dict:
-    """One backend (this process's ``KERAS_BACKEND``): the ABBA fits, per-epoch times."""
+def limit_threads(threads: int) -> None:
+    """Kernels of this process's backend on ``threads`` threads (before Keras is imported)."""
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        torch.set_num_interop_threads(threads)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    # JAX: XLA_FLAGS, set by the parent before the child starts (``child_env``).
+
+
+def child_env(backend: str, threads: int) -> dict[str, str]:
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    if backend == "jax" and threads == 1:
+        flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
+    return env
+
+
+def child(mode: str, threads: int) -> dict:
+    """One backend (this process's ``KERAS_BACKEND``): the alternating rounds, per-epoch times."""
+    limit_threads(threads)
     import keras
     import numpy as np
 
@@ -77,37 +113,63 @@ def child(mode: str) -> dict:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(BATCH * p["steps"], 16, 16, 3)).astype("float32")
     y = rng.integers(0, 10, BATCH * p["steps"])
-    samples: dict[str, list] = {"bare": [], "bn_default": []}
+    rounds = []
     with tempfile.TemporaryDirectory() as logdir:
-        for name in ("bare", "bn_default", "bn_default", "bare"):
-            timer = EpochTimer()
-            callbacks = [timer] + ([BatchNormCallback(logdir)] if name != "bare" else [])
-            model().fit(
-                x,
-                y,
-                batch_size=BATCH,
-                epochs=p["epochs"],
-                shuffle=False,
-                verbose=0,
-                callbacks=callbacks,
-            )
-            samples[name] += timer.samples
-    medians = {
-        name: {k: harness.median([s[k] for s in rows]) for k in ("wall", "cpu")}
-        for name, rows in samples.items()
-    }
+        for r in range(p["rounds"]):
+            order = ("bare", "bn_default") if r % 2 == 0 else ("bn_default", "bare")
+            samples: dict[str, list] = {}
+            for name in order:
+                timer = EpochTimer()
+                callbacks = [timer] + ([BatchNormCallback(logdir)] if name != "bare" else [])
+                model().fit(
+                    x,
+                    y,
+                    batch_size=BATCH,
+                    epochs=p["epochs"],
+                    shuffle=False,
+                    verbose=0,
+                    callbacks=callbacks,
+                )
+                samples[name] = timer.samples
+            rounds.append(samples)
+    return {"backend": keras.backend.backend(), "threads": threads, **summarise(rounds)}
+
+
+def summarise(rounds: list[dict[str, list]]) -> dict:
+    """Per-round medians and ratios, their median and spread, the per-epoch cost."""
+    per_round = []
+    for samples in rounds:
+        medians = {
+            name: {k: harness.median([s[k] for s in rows]) for k in ("wall", "cpu")}
+            for name, rows in samples.items()
+        }
+        per_round.append(
+            {
+                "median_epoch_s": medians,
+                "cpu_ratio": medians["bn_default"]["cpu"] / medians["bare"]["cpu"],
+                "wall_ratio": medians["bn_default"]["wall"] / medians["bare"]["wall"],
+                "extra_cpu_s": medians["bn_default"]["cpu"] - medians["bare"]["cpu"],
+            }
+        )
+    cpu = [r["cpu_ratio"] for r in per_round]
+    wall = [r["wall_ratio"] for r in per_round]
+    bare_epoch = harness.median([r["median_epoch_s"]["bare"]["cpu"] for r in per_round])
+    extra = harness.median([r["extra_cpu_s"] for r in per_round])
     return {
-        "backend": keras.backend.backend(),
-        "samples": samples,
-        "median_epoch_s": medians,
-        "cpu_ratio": medians["bn_default"]["cpu"] / medians["bare"]["cpu"],
-        "wall_ratio": medians["bn_default"]["wall"] / medians["bare"]["wall"],
+        "samples": rounds,
+        "rounds": per_round,
+        "cpu_ratio": harness.median(cpu),
+        "cpu_ratio_range": [min(cpu), max(cpu)],
+        "wall_ratio": harness.median(wall),
+        "wall_ratio_range": [min(wall), max(wall)],
+        "bare_epoch_cpu_s": bare_epoch,
+        "extra_cpu_per_epoch_s": extra,
     }
 
 
 def main(argv=None) -> int:
-    if argv is None and len(sys.argv) > 2 and sys.argv[1] == "--child":
-        print(json.dumps(child(sys.argv[2])))
+    if argv is None and len(sys.argv) > 3 and sys.argv[1] == "--child":
+        print(json.dumps(child(sys.argv[2], int(sys.argv[3]))))
         return 0
     started = time.perf_counter()
     backends = BACKENDS
@@ -115,15 +177,24 @@ def main(argv=None) -> int:
         at = sys.argv.index("--backends")
         backends = tuple(sys.argv[at + 1].split(","))
         argv = sys.argv[1:at] + sys.argv[at + 2 :]
+    threads = 1
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--threads" in argv:  # kernels' threads per backend, both configurations
+        at = argv.index("--threads")
+        threads = int(argv[at + 1])
+        argv = argv[:at] + argv[at + 2 :]
     args = harness.parse_args("backend_overhead", __doc__.splitlines()[0], argv)
     p = MODES[args.mode]
-    print(f"mode={args.mode} {p} batch={BATCH} backends={backends}", flush=True)
+    print(
+        f"mode={args.mode} {p} batch={BATCH} backends={backends} threads={threads} "
+        f"load={os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     results = {}
     for backend in backends:
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
         proc = subprocess.run(
-            [sys.executable, __file__, "--child", args.mode],
-            env=env,
+            [sys.executable, __file__, "--child", args.mode, str(threads)],
+            env=child_env(backend, threads),
             capture_output=True,
             text=True,
         )
@@ -133,14 +204,22 @@ def main(argv=None) -> int:
             continue
         results[backend] = json.loads(proc.stdout.strip().splitlines()[-1])
         r = results[backend]
+        low, high = r["cpu_ratio_range"]
         print(
-            f"{backend}: epoch CPU bare {r['median_epoch_s']['bare']['cpu']:.2f} s, "
-            f"with callback {r['median_epoch_s']['bn_default']['cpu']:.2f} s: "
-            f"CPU ratio {r['cpu_ratio']:.3f}, wall ratio {r['wall_ratio']:.3f}",
+            f"{backend}: epoch CPU bare {r['bare_epoch_cpu_s']:.2f} s, "
+            f"+{r['extra_cpu_per_epoch_s']:.3f} s with the callback; "
+            f"CPU ratio {r['cpu_ratio']:.3f} (rounds {low:.3f}-{high:.3f}), "
+            f"wall ratio {r['wall_ratio']:.3f} (load {os.getloadavg()[0]:.1f})",
             flush=True,
         )
     harness.write_json(
-        args, {"params": {**p, "batch": BATCH}, "target": TARGET, "backends": results}, started
+        args,
+        {
+            "params": {**p, "batch": BATCH, "threads": threads},
+            "target": TARGET,
+            "backends": results,
+        },
+        started,
     )
     return 0
 

@@ -14,7 +14,8 @@ Schema history:
     its first call's batch statistics (call 0); version 1 writers stored whichever
     call ran last, without saying so. Single-call layers are written exactly as in
     version 1, so readers of version 2 read version 1 logs unchanged; version 1
-    readers ask to be upgraded for version 2 data.
+    readers ask to be upgraded for version 2 data. ``step_functions`` (the step
+    functions of a JAX/PyTorch run, for the graph view) added within version 2.
 
 The ``layer_calls`` payload (tag ``layer_tag(path, "calls")``) holds the batch
 statistics of every call of a layer that normalised several batches in one
@@ -73,6 +74,26 @@ mode losses are those of the EMA weights with statistics re-estimated on the
 probe batch (each BN layer normalising with the probe's batch statistics at
 its input), its inference-mode losses those of the EMA weights with the moving
 statistics as they are.
+
+The ``step_functions`` payload (tag ``step_functions_tag()``) describes, for
+a model trained on a Keras 3 backend without a TensorFlow graph (JAX,
+PyTorch), the two functions its BatchNorm layers run in and whether the
+training one applies the moving-statistic updates. It is written once per
+``fit``, at the fit's first logged step, with content::
+
+    {"kind": "step_functions", "backend": "jax" | "torch",
+     "train_function": str, "inference_function": str,
+     "layers": [N layer paths], "momentum": [N floats],
+     "moving_variables": [N lists of variable paths]}
+
+``train_function`` / ``inference_function`` name the functions as that
+backend compiles or runs them (``jax.jit(Functional.train_step)``). The
+tensor is float32 (N,), per layer whether the real training step that
+brought the optimizer to the event's step changed the moving statistics it
+normalised against: 1 (applied), 0 (left unchanged although they differ
+from the batch statistics and momentum < 1: the train step drops the
+updates), NaN (not decided: the layer normalised with its moving
+statistics, or the update could not change them; ``numerics.ema.updates_applied``).
 """
 
 from __future__ import annotations
@@ -94,6 +115,7 @@ KIND_EMA_ERROR = "ema_error"
 KIND_LAYER_REPLICAS = "layer_replicas"
 KIND_EMA_WEIGHTS_GAP = "ema_weights_gap"
 KIND_LAYER_CALLS = "layer_calls"
+KIND_STEP_FUNCTIONS = "step_functions"
 
 # Last part of a layer payload's tag: ``layer_tag(path, SUFFIX_...)``.
 SUFFIX_SUMMARY = "summary"
@@ -161,6 +183,11 @@ def gap_tag() -> str:
 def ema_weights_gap_tag() -> str:
     """The tag of the gap measured with the optimizer's EMA weights at the end of ``fit``."""
     return f"{TAG_PREFIX}/_model/ema_weights_gap"
+
+
+def step_functions_tag() -> str:
+    """The tag of the step-functions description (backends without a TensorFlow graph)."""
+    return f"{TAG_PREFIX}/_model/step_functions"
 
 
 # -- ema_error payload: tag (encoding) ---------------------------------------------------

@@ -5,7 +5,7 @@ plus statistics across channels of every per-channel quantity) and, on
 *snapshot* steps, the full per-channel vectors. The snapshot cadence is chosen
 so the bytes written per logged step stay within a budget.
 
-The ``gap`` and ``ema_error`` payloads are decoded here too (their sections
+The ``gap``, ``ema_error`` and ``step_functions`` payloads are decoded here too (their sections
 below), from records already stacked by the reader (``reading.decode``) into
 ``series`` dataclasses; the layouts themselves are described in ``metadata``.
 """
@@ -22,7 +22,7 @@ import numpy as np
 from tb_bn_plugin import metadata
 from tb_bn_plugin.numerics import drift
 from tb_bn_plugin.numerics.ema import EmaError
-from tb_bn_plugin.series import EmaErrorSeries, GapSeries, LayerConfig
+from tb_bn_plugin.series import EmaErrorSeries, GapSeries, LayerConfig, StepFunctions
 
 _QUANTILES = (0.05, 0.5, 0.95)
 # Approximate bytes an event adds beyond its tensor payload (tag, step, wall time, framing).
@@ -337,6 +337,58 @@ def gap_content(
         "probe_size": int(probe_size),
         "scope": scope,
     }
+
+
+# -- step_functions payload: encoding and decoding ---------------------------------
+
+
+def step_functions_record(updates_applied: Sequence[Optional[bool]]) -> np.ndarray:
+    """The float32 (N,) tensor stored under ``metadata.step_functions_tag()``: 1, 0 or NaN."""
+    return np.asarray(
+        [np.nan if applied is None else float(applied) for applied in updates_applied],
+        dtype=np.float32,
+    )
+
+
+def step_functions_content(
+    backend: str,
+    train_function: str,
+    inference_function: str,
+    layers: Sequence[str],
+    momentum: Sequence[float],
+    moving_variables: Sequence[Sequence[str]],
+) -> dict[str, Any]:
+    """The metadata content of the ``step_functions`` tag (layout in ``metadata``)."""
+    return {
+        "kind": metadata.KIND_STEP_FUNCTIONS,
+        "backend": backend,
+        "train_function": train_function,
+        "inference_function": inference_function,
+        "layers": list(layers),
+        "momentum": [float(m) for m in momentum],
+        "moving_variables": [list(names) for names in moving_variables],
+    }
+
+
+def decode_step_functions(
+    content: Mapping[str, Any], step: int, record: np.ndarray
+) -> StepFunctions:
+    """A ``StepFunctions`` from the tag's content and one event's tensor (``ValueError`` on a
+    tensor that does not match the layers)."""
+    layers = [str(path) for path in content["layers"]]
+    values = np.asarray(record, dtype=np.float64).ravel()
+    if values.size != len(layers):
+        raise ValueError(f"step_functions holds {values.size} values for {len(layers)} layers")
+    return StepFunctions(
+        step=int(step),
+        backend=str(content["backend"]),
+        train_function=str(content["train_function"]),
+        inference_function=str(content["inference_function"]),
+        layers=layers,
+        momentum=[float(m) for m in content["momentum"]],
+        moving_variables=[[str(name) for name in names] for names in content["moving_variables"]],
+        updates_applied=[None if np.isnan(v) else bool(v) for v in values],
+    )
 
 
 # -- ema_error payload: encoding -------------------------------------------------

@@ -176,6 +176,34 @@ class EmaErrorSeries:
 
 
 @dataclasses.dataclass
+class StepFunctions:
+    """The functions a model's BatchNorm layers ran in, on a backend without a TensorFlow graph.
+
+    Decoded from the ``step_functions`` payload (see ``metadata``).
+
+    Attributes:
+      step: the step it was measured at (the fit's first logged step).
+      backend: the Keras backend (``"jax"``, ``"torch"``).
+      train_function / inference_function: the training and inference steps
+        as that backend compiles or runs them (``jax.jit(Functional.train_step)``).
+      layers: the logged layers' paths, in model order.
+      momentum: each layer's momentum.
+      moving_variables: each layer's moving-statistic variable paths.
+      updates_applied: per layer, whether the training step at ``step``
+        changed the moving statistics (None: not decided).
+    """
+
+    step: int
+    backend: str
+    train_function: str
+    inference_function: str
+    layers: list[str]
+    momentum: list[float]
+    moving_variables: list[list[str]]
+    updates_applied: list[Optional[bool]]
+
+
+@dataclasses.dataclass
 class RunData:
     """All BN Internals data of one run.
 
@@ -188,6 +216,8 @@ class RunData:
         ``PreciseStatsMonitor`` measured.
       ema_weights_gap: the gap measured with the optimizer's EMA weights at
         the end of ``fit`` (``use_ema=True`` only; see ``metadata``).
+      step_functions: the latest step-functions description (runs trained on
+        JAX or PyTorch).
       version: what it was read from, for caches of results computed from it:
         (tag, latest step) of each tag read, sorted; empty when not read from storage.
     """
@@ -198,6 +228,7 @@ class RunData:
     errors: list[str] = dataclasses.field(default_factory=list)
     ema_error: dict[str, EmaErrorSeries] = dataclasses.field(default_factory=dict)
     ema_weights_gap: Optional[GapSeries] = None
+    step_functions: Optional[StepFunctions] = None
     version: tuple[tuple[str, Optional[int]], ...] = ()
 
     def ordered_layers(self) -> list[LayerSeries]:

@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 
 from tb_bn_plugin import metadata, records
 from tb_bn_plugin.series import LayerConfig
@@ -253,3 +254,30 @@ def test_summary_records_of_many_layers_match_each_layer_alone():
         ratio = np.log((value["batch_variance"] + 1e-3) / (moving + 1e-3))
         np.testing.assert_allclose(summary["log_var_ratio"][6], ratio.max(), rtol=1e-6)
     assert np.isnan(records.split_summary_record(configs[2], together[2])[1]["mean_shift"]).all()
+
+
+def test_step_functions_record_round_trip():
+    content = records.step_functions_content(
+        "jax",
+        "jax.jit(Functional.train_step)",
+        "jax.jit(Functional.predict_step)",
+        ["enc/bn", "bn1", "bn2"],
+        [0.9, 0.99, 1.0],
+        [["enc/bn/moving_mean", "enc/bn/moving_variance"], ["bn1/mm", "bn1/mv"], ["a", "b"]],
+    )
+    record = records.step_functions_record([True, False, None])
+    assert record.dtype == np.float32
+    np.testing.assert_array_equal(record, [1.0, 0.0, np.nan])
+    assert content["kind"] == metadata.KIND_STEP_FUNCTIONS
+    assert metadata.step_functions_tag() == "bn_internals/_model/step_functions"
+    # Through the JSON the metadata is stored as.
+    described = records.decode_step_functions(json.loads(json.dumps(content)), 7, record)
+    assert described.step == 7 and described.backend == "jax"
+    assert described.train_function == "jax.jit(Functional.train_step)"
+    assert described.inference_function == "jax.jit(Functional.predict_step)"
+    assert described.layers == ["enc/bn", "bn1", "bn2"]
+    assert described.momentum == [0.9, 0.99, 1.0]
+    assert described.moving_variables[0] == ["enc/bn/moving_mean", "enc/bn/moving_variance"]
+    assert described.updates_applied == [True, False, None]
+    with pytest.raises(ValueError, match="3 layers"):
+        records.decode_step_functions(content, 7, record[:2])

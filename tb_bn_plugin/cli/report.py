@@ -6,8 +6,11 @@ Usage::
 
 Prints, for every run under LOGDIR that holds BN Internals data (written by
 ``BatchNormCallback``), a table with one row per BatchNormalization layer at
-its latest logged step, the train/inference gap if it was measured, and every
-finding of ``diagnostics.diagnose`` with its evidence and fix. ``--json``
+its latest logged step, the train/inference gap if it was measured, for runs
+trained on JAX or PyTorch the step functions and whether the train step
+applies the moving-statistic updates, and every finding of
+``diagnostics.diagnose`` (and of ``report_step_functions``) with its evidence
+and fix. ``--json``
 prints the same as one JSON object (schema below). ``--run`` (repeatable)
 restricts the report to the named runs.
 
@@ -69,6 +72,11 @@ logged / not measured::
                   # over channels of numerics.moments.call_divergence (shared-layer's measure)
             }
           ],
+          "step_functions": null | {   # runs trained on JAX or PyTorch (no TensorFlow graph)
+            "backend": str, "train_function": str, "inference_function": str,
+            "step": int,               # the training step the updates were observed in
+            "updates_applied": {layer: bool | null}   # null: not decided
+          },
           "findings": [                # diagnostics.Finding.to_json(), by severity then model order
             {"code": str, "severity": "error" | "warning" | "info", "title": str,
              "layers": [str], "channels": {layer: [int]}, "evidence": {str: number | str | bool},
@@ -100,6 +108,8 @@ import numpy as np
 from tb_bn_plugin import metadata
 from tb_bn_plugin.cli.errors import CommandError
 from tb_bn_plugin.diagnostics import SEVERITY_ORDER, Finding, Thresholds, diagnose
+from tb_bn_plugin.diagnostics.finding import severity_rank
+from tb_bn_plugin.diagnostics.graph import report_step_functions
 from tb_bn_plugin.formatting import json_safe, text_table
 from tb_bn_plugin.numerics.moments import call_divergence
 from tb_bn_plugin.reading.event_files import BadFile, check_event_files, event_files
@@ -281,9 +291,31 @@ def run_report(run: RunData, findings: Sequence[Finding]) -> dict[str, Any]:
         "layers": [
             layer_report(layer, layer_gaps.get(layer.config.path)) for layer in run.ordered_layers()
         ],
+        "step_functions": _step_functions_report(run),
         "findings": found,
         "counts": _counts(found),
     }
+
+
+def _step_functions_report(run: RunData) -> Optional[dict[str, Any]]:
+    described = run.step_functions
+    if described is None:
+        return None
+    return {
+        "backend": described.backend,
+        "train_function": described.train_function,
+        "inference_function": described.inference_function,
+        "step": described.step,
+        "updates_applied": dict(zip(described.layers, described.updates_applied)),
+    }
+
+
+def run_findings(run: RunData, thresholds: Thresholds = Thresholds()) -> list[Finding]:
+    """The statistics findings of ``run`` and those of its step functions, by severity."""
+    findings = diagnose(run, thresholds)
+    if run.step_functions is not None:
+        findings += report_step_functions(run.step_functions).findings
+    return sorted(findings, key=lambda finding: severity_rank(finding.severity))
 
 
 def fails(severity: str, fail_on: str) -> bool:
@@ -301,7 +333,9 @@ def build_report(
     thresholds: Thresholds = Thresholds(),
 ) -> dict[str, Any]:
     """The whole report as a JSON-safe dict (schema in the module docstring)."""
-    reports = [run_report(runs[name], diagnose(runs[name], thresholds)) for name in sorted(runs)]
+    reports = [
+        run_report(runs[name], run_findings(runs[name], thresholds)) for name in sorted(runs)
+    ]
     all_findings = [f for r in reports for f in r["findings"]]
     return {
         "schema_version": SCHEMA_VERSION,
@@ -425,6 +459,22 @@ def render_run(run: dict[str, Any], width: int = TEXT_WIDTH) -> list[str]:
         )
     else:
         lines.append("  train/inference gap: not logged")
+    described = run.get("step_functions")
+    if described is not None:
+        answers = {True: "yes", False: "NO", None: "not decided"}
+        applied = ", ".join(
+            f"{layer} {answers[value]}" for layer, value in described["updates_applied"].items()
+        )
+        lines.extend(
+            _wrap(
+                f"step functions ({described['backend']}): training "
+                f"{described['train_function']}, inference {described['inference_function']}; "
+                f"moving-statistic updates applied by the train step (step "
+                f"{described['step']}): {applied}",
+                "  ",
+                width,
+            )
+        )
     header = [name for name, _ in LAYER_COLUMNS]
     rows = [[cell(layer) for _, cell in LAYER_COLUMNS] for layer in run["layers"]]
     lines.extend(text_table(rows, header, indent="  "))

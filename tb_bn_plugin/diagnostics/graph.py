@@ -1,10 +1,12 @@
 """Graph rules: findings about a GraphDef's BatchNorm sites, and ``report_graph``.
 
 Owns the graph rules' codes, severities and fixes (``update-ops-not-wired``,
-``no-update-ops``, ``no-batchnorm``, ``malformed-graph``; ``momentum-one``
-is the statistics rule ``moving_stats.MOMENTUM_ONE``, fired here from the
-momentum read from the graph) and the public entry points of the graph
-analysis with findings: ``report_graph`` and ``analyze_graph``.
+``updates-not-applied``, ``no-update-ops``, ``no-batchnorm``,
+``malformed-graph``; ``momentum-one`` is the statistics rule
+``moving_stats.MOMENTUM_ONE``, fired here from the momentum read from the
+graph) and the public entry points of the graph analysis with findings:
+``report_graph`` and ``analyze_graph`` for a GraphDef, ``report_step_functions``
+for the step functions a model on JAX or PyTorch was described by.
 
 Site rules hold per site (a predicate over the facts in
 :class:`~tb_bn_plugin.graph.model.BNSite`); ``report_graph`` writes their codes
@@ -29,6 +31,8 @@ from tb_bn_plugin.graph.index import MalformedGraphError
 from tb_bn_plugin.graph.model import BNSite
 from tb_bn_plugin.graph.ops import FUSED_OPS
 from tb_bn_plugin.graph.sites import find_sites
+from tb_bn_plugin.graph.step_functions import sites_of
+from tb_bn_plugin.series import StepFunctions
 
 UPDATE_OPS_NOT_WIRED = Rule(
     "update-ops-not-wired",
@@ -40,6 +44,17 @@ UPDATE_OPS_NOT_WIRED = Rule(
     "tf.compat.v1.GraphKeys.UPDATE_OPS)` then `with tf.control_dependencies(update_ops): "
     "train_op = optimizer.minimize(loss)`, or run `update_ops` together with every training "
     "step. Keras `fit` and `tf.function` training steps wire them automatically.",
+)
+
+UPDATES_NOT_APPLIED = Rule(
+    "updates-not-applied",
+    "warning",
+    "The train step computed the BatchNormalization layer's moving-average update but the "
+    "moving mean and variance came out of the step unchanged, so inference keeps "
+    "normalising with stale (here: never updated) statistics. On JAX a custom `train_step` "
+    "must return the `non_trainable_variables` its `stateless_call` returned (not the ones "
+    "it was given); on PyTorch nothing may restore or re-assign the layers' moving_mean and "
+    "moving_variance after the step. Keras' own `train_step` applies them.",
 )
 
 NO_UPDATE_OPS = Rule(
@@ -87,6 +102,15 @@ def _momentum_evidence(site: BNSite) -> str:
     return f"{site.name}: momentum {site.momentum:g} read from {read}"
 
 
+def _not_applied_evidence(site: BNSite) -> str:
+    function = site.update_ops[0].function if site.update_ops else "the train step"
+    variables = ", ".join(site.moving_variables)
+    return (
+        f"{site.name}: {variables} unchanged by a step of {function} that normalised with "
+        f"batch statistics differing from them (momentum {site.momentum:g})"
+    )
+
+
 def _no_update_evidence(site: BNSite) -> str:
     ops = ", ".join(str(ref) for ref in site.training_path)
     return f"{site.name}: training path {ops} has no moving-average update in this graph"
@@ -99,6 +123,12 @@ SITE_RULES = (
         "Moving-average updates are never run",
         lambda site: site.updates_wired is False,
         _update_evidence,
+    ),
+    SiteRule(
+        UPDATES_NOT_APPLIED,
+        "The train step does not apply the moving-average updates",
+        lambda site: site.updates_applied is False,
+        _not_applied_evidence,
     ),
     SiteRule(
         MOMENTUM_ONE,
@@ -174,6 +204,13 @@ def report_graph(graph_def: Any) -> GraphReport:
         node_count=found.node_count,
         function_count=found.function_count,
     )
+
+
+def report_step_functions(described: StepFunctions) -> GraphReport:
+    """Sites and findings of a model described by its step functions (JAX, PyTorch runs)."""
+    sites = sites_of(described)
+    mark_sites(sites)
+    return GraphReport(sites=sites, findings=graph_findings(sites))
 
 
 def analyze_graph(graph_def: Any) -> list[BNSite]:

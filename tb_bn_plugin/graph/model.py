@@ -50,6 +50,9 @@ class BNSite:
     ``predicate`` is the tensor deciding the path; ``switch_op`` the ``Switch``
     or ``If`` op routing on it; ``merge_op`` the v1 ``Merge`` joining the paths.
     ``updates_wired`` is ``None`` when the graph has no update ops for the layer.
+    ``updates_applied`` is set instead for a site described by a backend
+    without a TensorFlow graph (``graph.step_functions``): whether the real
+    train step changed the moving statistics (``None``: not decided).
     ``momentum`` is read from the update's constants (``momentum_source``).
     ``moving_variables`` names the nodes holding the moving statistics (the
     update targets, else the inference path's inputs): variables, frozen
@@ -67,6 +70,7 @@ class BNSite:
     merge_op: OpRef | None = None
     update_ops: list[OpRef] = dataclasses.field(default_factory=list)
     updates_wired: bool | None = None
+    updates_applied: bool | None = None
     momentum: float | None = None
     momentum_source: OpRef | None = None
     moving_variables: list[str] = dataclasses.field(default_factory=list)
@@ -94,6 +98,7 @@ class BNSite:
             "merge_op": self.merge_op.name if self.merge_op else None,
             "update_ops": [ref.name for ref in self.update_ops],
             "updates_wired": self.updates_wired,
+            "updates_applied": self.updates_applied,
             "momentum": self.momentum,
             "momentum_source": self.momentum_source.name if self.momentum_source else None,
             "moving_variables": list(self.moving_variables),

@@ -4,12 +4,15 @@
 variance ratio of the moving statistics against the population statistics
 that ``training.precise`` measures (the same per-channel quantities as
 ``drift``, with the precise statistics as the reference);
-``layer_recalibration`` describes what ``recalibrate`` changed.
+``layer_recalibration`` describes what ``recalibrate`` changed;
+``updates_applied`` tells from one training step whether it applied the
+moving-average update.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import numpy as np
 
@@ -41,6 +44,47 @@ class EmaError:
 
     def as_array(self) -> np.ndarray:
         return np.array([getattr(self, f) for f in self.FIELDS], dtype=np.float32)
+
+
+# Smallest relative change of a moving statistic that one EMA step must make visible: well above
+# float32 rounding (about 6e-8), so an update that was applied cannot read as unchanged.
+UPDATE_VISIBLE_RTOL = 1e-5
+
+
+def updates_applied(
+    before: tuple[np.ndarray, np.ndarray],
+    after: tuple[np.ndarray, np.ndarray],
+    batch: tuple[np.ndarray, np.ndarray],
+    momentum: float,
+) -> Optional[bool]:
+    """Whether one training step applied a BatchNorm layer's moving-average update.
+
+    ``before`` / ``after``: the (moving mean, moving variance) before and after
+    the step; ``batch``: the (mean, biased variance) the layer normalised with
+    in it. The update ``m·moving + (1−m)·batch`` must visibly change a
+    channel where ``(1−m)·|batch − moving|`` exceeds ``UPDATE_VISIBLE_RTOL``
+    of the statistic's scale. True: the moving statistics changed. False:
+    they are bit-for-bit unchanged although the update would have changed
+    them (the step drops it: TF1's update ops never run, seed 001). None:
+    not decided: the batch statistics are not finite (the layer normalised
+    with its moving statistics) or the update could not change them visibly
+    (momentum ≥ 1, batch statistics equal to the moving ones).
+    """
+    before_values = [np.asarray(v, np.float64) for v in before]
+    after_values = [np.asarray(v, np.float64) for v in after]
+    batch_values = [np.asarray(v, np.float64) for v in batch]
+    if not all(np.all(np.isfinite(v)) for v in batch_values):
+        return None
+    if any(not np.array_equal(b, a) for b, a in zip(before_values, after_values)):
+        return True
+    visible = any(
+        np.any(
+            (1.0 - momentum) * np.abs(new - old)
+            > UPDATE_VISIBLE_RTOL * np.maximum(np.abs(old), np.abs(new)) + 1e-30
+        )
+        for old, new in zip(before_values, batch_values)
+    )
+    return False if visible and momentum < 1.0 else None
 
 
 def ema_error_channels(

@@ -3,9 +3,10 @@
 Owns the reader's side of decoding: keeping the last event per step, stacking
 events into rows checked against the layout's width, and handing them to the
 layout code in ``records`` (``split_summary_record``, ``split_replica_record``,
-``decode_gap``, ``decode_ema_error``). Every function raises ``ValueError``
-(or ``KeyError``/``TypeError`` on malformed metadata) for data that does not
-fit its layout; ``load`` turns that into a per-run error.
+``decode_gap``, ``decode_ema_error``, ``decode_step_functions``). Every
+function raises ``ValueError`` (or ``KeyError``/``TypeError`` on malformed
+metadata) for data that does not fit its layout; ``load`` turns that into a
+per-run error.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tb_bn_plugin.series import (
     LayerSeries,
     MomentGroups,
     ReplicaSeries,
+    StepFunctions,
 )
 
 Events = list[tb_provider.TensorDatum]
@@ -97,6 +99,14 @@ def ema_error_series(tag: TagInfo, data: Events) -> EmaErrorSeries:
     data = dedupe_steps(data)
     table = stack(data, records.ema_error_record_width(tag.content))
     return records.decode_ema_error(tag.content, steps_of(data), table)
+
+
+def step_functions(tag: TagInfo, data: Events) -> Optional[StepFunctions]:
+    """The latest ``step_functions`` event (one per fit) as ``StepFunctions``; None without one."""
+    data = dedupe_steps(data)
+    if not data:
+        return None
+    return records.decode_step_functions(tag.content, data[-1].step, data[-1].numpy)
 
 
 def stack(data: Events, width: int) -> np.ndarray:

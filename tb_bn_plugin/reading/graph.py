@@ -1,4 +1,4 @@
-"""Reading a run's stored graph back through TensorBoard's data provider."""
+"""Reading a run's stored graph, or its step-functions description, through the data provider."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ from tensorboard.compat.proto import graph_pb2
 from tensorboard.data import provider
 from tensorboard.plugins.graph import metadata as graph_metadata
 
+from tb_bn_plugin import metadata
 from tb_bn_plugin.graph.load import GraphLoadError
+from tb_bn_plugin.reading import decode
+from tb_bn_plugin.reading.provider import ExperimentSource, read_tensors
+from tb_bn_plugin.reading.tags import list_tags
+from tb_bn_plugin.series import StepFunctions
 
 
 def read_run_graph(
@@ -34,3 +39,16 @@ def read_run_graph(
         return graph_pb2.GraphDef.FromString(raw)
     except message.DecodeError as err:
         raise GraphLoadError(f"run {run!r}: stored graph is not a GraphDef: {err}") from None
+
+
+def read_step_functions(source: ExperimentSource, run: str) -> StepFunctions | None:
+    """The latest step-functions description of ``run`` (a JAX or PyTorch run), or ``None``.
+
+    Raises ``ValueError`` (or ``KeyError``/``TypeError``) for data that does not fit the layout.
+    """
+    tags, _ = list_tags(source, [run], [metadata.step_functions_tag()])
+    infos = [info for info in tags.get(run, ()) if info.kind == metadata.KIND_STEP_FUNCTIONS]
+    if not infos:
+        return None
+    data = read_tensors(source, {run: [infos[0].tag]})
+    return decode.step_functions(infos[0], data.get(run, {}).get(infos[0].tag, []))

@@ -94,6 +94,7 @@ class Plan:
       gap: run -> its gap tag.
       ema_weights_gap: run -> its ema_weights_gap tag.
       ema_error: run -> layer path -> its ema_error tag.
+      step_functions: run -> its step_functions tag.
       errors: run -> tags whose metadata could not be read.
     """
 
@@ -101,6 +102,7 @@ class Plan:
     gap: dict[str, TagInfo]
     ema_weights_gap: dict[str, TagInfo]
     ema_error: dict[str, dict[str, TagInfo]]
+    step_functions: dict[str, TagInfo]
     errors: dict[str, list[str]]
 
     @classmethod
@@ -116,16 +118,22 @@ class Plan:
         tag_filter = None
         if wanted is not None:
             tag_filter = [metadata.layer_tag(p, k) for p in wanted for k in _LAYER_SUFFIXES]
+            tag_filter.append(metadata.step_functions_tag())
             if with_gap:
                 tag_filter += [metadata.gap_tag(), metadata.ema_weights_gap_tag()]
         tags, errors = list_tags(source, runs, tag_filter)
-        plan = cls(layers={}, gap={}, ema_weights_gap={}, ema_error={}, errors=errors)
+        plan = cls(
+            layers={}, gap={}, ema_weights_gap={}, ema_error={}, step_functions={}, errors=errors
+        )
         for run, infos in tags.items():
             for info in infos:
                 if info.kind in (metadata.KIND_GAP, metadata.KIND_EMA_WEIGHTS_GAP):
                     if with_gap:
                         gaps = plan.gap if info.kind == metadata.KIND_GAP else plan.ema_weights_gap
                         gaps[run] = info
+                    continue
+                if info.kind == metadata.KIND_STEP_FUNCTIONS:
+                    plan.step_functions[run] = info
                     continue
                 if info.kind == metadata.KIND_EMA_ERROR:
                     path = str(info.content.get("layer_path"))
@@ -203,6 +211,8 @@ class Plan:
                     want(run, info.tag, sampling[run, path][1] if snapshots else downsample)
         for run, info in [*self.gap.items(), *self.ema_weights_gap.items()]:
             want(run, info.tag, downsample)
+        for run, info in self.step_functions.items():
+            want(run, info.tag, downsample)
         for run, by_path in self.ema_error.items():
             for info in by_path.values():
                 want(run, info.tag, downsample)
@@ -243,6 +253,12 @@ def assemble(
                 setattr(run_data, field, decode.gap_series(tag, data[tag.tag], wanted))
             except _UNREADABLE as err:
                 run_data.errors.append(f"{field}: unreadable data ({err})")
+    if run in plan.step_functions:
+        tag = plan.step_functions[run]
+        try:
+            run_data.step_functions = decode.step_functions(tag, data[tag.tag])
+        except _UNREADABLE as err:
+            run_data.errors.append(f"step_functions: unreadable data ({err})")
     for path, by_kind in plan.layers.get(run, {}).items():
         if (run, path) in cached:
             run_data.layers[path] = cached[run, path]

@@ -1,7 +1,8 @@
 """``BatchNormCallback``: log BatchNorm internals during ``model.fit``.
 
 Owns the callback: when to log (the Keras hooks and cadences), the run
-graph, and the gap probe's life cycle. What a logged step captures and
+graph (on TensorFlow) or the step-functions description (``step_functions``,
+on JAX and PyTorch), and the gap probe's life cycle. What a logged step captures and
 writes is ``session.LoggingSession``'s; the gap passes are ``gap_probe``'s.
 """
 
@@ -36,6 +37,7 @@ from tb_bn_plugin.training.session import (
     DEFAULT_RUN_NAME,
     LoggingSession,
 )
+from tb_bn_plugin.training.step_functions import StepFunctionsProbe
 
 logger = logging.getLogger("tb_bn_plugin")
 
@@ -128,6 +130,10 @@ class BatchNormCallback(Callback):
       write_graph: write the model's training-mode and inference-mode forward
         passes (traced, not run, once per model) as the run graph of every
         ``fit``, for TensorBoard's Graphs tab and the plugin's switch-path view.
+        On JAX and PyTorch, where there is no TensorFlow graph: the names of the
+        two step functions and, measured on the fit's first logged step, whether
+        the train step applies each layer's moving-statistic updates (the
+        ``step_functions`` payload), for the same view.
 
     What the callback traces (the instrumented train function, the snapshot
     and gap-probe functions, the run graph) is kept with the model and reused
@@ -209,6 +215,7 @@ class BatchNormCallback(Callback):
         self._epoch_base = 0
         self._stash: Optional[FirstBatchStash | HostFirstBatchStash] = None
         self._gap_probe: Optional[GapProbe | HostGapProbe] = None
+        self._step_functions: Optional[StepFunctionsProbe] = None  # one per fit, off TensorFlow
         self._gap_off = False
         self._last_gap_step = -1
         self._first_gap_step = -1
@@ -301,6 +308,8 @@ class BatchNormCallback(Callback):
             self._log_gap(steps_done, attribution=False)
         if self._capture.gated:
             self._capture.capture_next_steps(self._logs_after(steps_done, batch))
+        if self._step_functions is not None and self._logs_after(steps_done, batch):
+            self._step_functions.before_step(steps_done)
 
     def _logs_after(self, steps_done: int, batch: int) -> bool:
         """Whether the state after the step about to run (batch ``batch``) will be logged."""
@@ -331,6 +340,7 @@ class BatchNormCallback(Callback):
             if getattr(self.model.optimizer, "use_ema", False):
                 self._log_ema_weights_gap(steps_done)
         self._stop_gap()
+        self._step_functions = None
         if self._session is not None:
             self._session.close()
             self._session = None
@@ -370,7 +380,9 @@ class BatchNormCallback(Callback):
             # statistics to the host): every log_every_n_steps-th and each epoch's last.
             steps = (self.params or {}).get("steps")
             due = DueSteps(self.log_every_n_steps, self._steps_done(), steps)
-            self._session.start_capture(refs, None, self.model, due)
+            capture = self._session.start_capture(refs, None, self.model, due)
+            if self.write_graph:
+                self._step_functions = StepFunctionsProbe(self.model, refs, capture)
         logger.info(
             "BatchNormCallback: logging %d BatchNormalization layers to %s "
             "(per-channel snapshot every %d logged steps)",
@@ -391,13 +403,12 @@ class BatchNormCallback(Callback):
         self._cache.use_train_function(self.model, self._capture, stash_installed)
 
     def _write_model_graph(self) -> None:
-        """Trace the training and inference steps (nothing runs) and write them as the run graph."""
+        """Trace the training and inference steps (nothing runs) and write them as the run graph.
+
+        Off TensorFlow there is no graph to trace: ``StepFunctionsProbe`` describes the
+        step functions instead, at the fit's first logged step.
+        """
         if not self._on_tensorflow:
-            logger.info(
-                "BatchNormCallback: the graph view needs the TensorFlow backend; no graph is "
-                "written for a model on %s.",
-                flavour_of(self.model).__class__.__name__,
-            )
             return
         if not getattr(self.model, "inputs", None):
             logger.info(
@@ -572,3 +583,5 @@ class BatchNormCallback(Callback):
     def _log(self, steps_done: int, force_snapshot: bool = False) -> None:
         """Log the state after the step that brought the optimizer to ``steps_done``."""
         self._session.log_step(steps_done, steps_done, force_snapshot)
+        if self._step_functions is not None:
+            self._step_functions.after_step(steps_done, self._session.writer)

@@ -132,6 +132,21 @@ class HostStatsCapture:
         """Wait until the statistics of every training step run so far are recorded."""
         self._flavour.settle()
 
+    def moving_statistics(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every layer's (moving mean, moving variance) now, as (C,) float64 arrays."""
+        self._flavour.settle()
+        variables = [
+            v for ref in self._refs for v in (ref.layer.moving_mean, ref.layer.moving_variance)
+        ]
+        values = [
+            _host(v, config.channels)
+            for v, config in zip(
+                self._flavour.read_values(self._model, variables),
+                [config for config in self.configs for _ in range(2)],
+            )
+        ]
+        return list(zip(values[::2], values[1::2]))
+
     def snapshot(self, steps_done: int) -> list[LayerSnapshot]:
         """Every layer's statistics after the step that brought the clock to ``steps_done``."""
         self._flavour.settle()

@@ -17,7 +17,7 @@ from demo_runs import DEMO_PATH, scenario_run  # noqa: E402
 from tb_bn_plugin.cli import main  # noqa: E402
 
 TOP_KEYS = {"schema_version", "logdir", "fail_on", "failed", "counts", "bad_files", "runs"}
-RUN_KEYS = {"run", "errors", "gap", "layers", "findings", "counts"}
+RUN_KEYS = {"run", "errors", "gap", "layers", "step_functions", "findings", "counts"}
 LAYER_KEYS = {
     "calls",
     "call_divergence",
@@ -108,6 +108,7 @@ def test_json_matches_schema(tmp_path, tmp_path_factory, capsys):
     assert [r["run"] for r in data["runs"]] == ["frozen-bn", "healthy", "momentum-one"]
     for run in data["runs"]:
         assert set(run) == RUN_KEYS
+        assert run["step_functions"] is None  # TensorFlow runs have a graph instead
         assert [layer["path"] for layer in run["layers"]] == ["input_bn", "bn0", "bn1", "dense_bn"]
         for layer in run["layers"]:
             assert set(layer) == LAYER_KEYS

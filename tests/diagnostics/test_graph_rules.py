@@ -230,3 +230,44 @@ def test_to_json_is_json_safe_and_keeps_the_published_shape():
 def test_public_api():
     assert tb_bn_plugin.analyze_graph is rules.analyze_graph
     assert tb_bn_plugin.report_graph is rules.report_graph
+
+
+def _described(applied, momentum=0.9):
+    from tb_bn_plugin.series import StepFunctions
+
+    return StepFunctions(
+        step=3,
+        backend="torch",
+        train_function="Stale.train_step (eager)",
+        inference_function="Stale.predict_step (eager)",
+        layers=["b/bn", "a/bn"],
+        momentum=[momentum, momentum],
+        moving_variables=[["b/bn/moving_mean", "b/bn/moving_variance"], ["a/bn/mm", "a/bn/mv"]],
+        updates_applied=list(applied),
+    )
+
+
+def test_step_functions_sites_are_the_two_functions_with_measured_updates():
+    report = rules.report_step_functions(_described([False, True]))
+    data = json.loads(json.dumps(report.to_json()))
+    assert [site["name"] for site in data["sites"]] == ["a/bn", "b/bn"]
+    a, b = data["sites"]
+    assert b["kind"] == "separate_functions"
+    assert b["training_path"] == ["Stale.train_step (eager)", "b/bn/batch_moments"]
+    assert b["inference_path"] == ["Stale.predict_step (eager)", "b/bn/moving_statistics"]
+    assert b["update_ops"] == ["b/bn/moving_mean/update", "b/bn/moving_variance/update"]
+    assert b["ops"]["b/bn/moving_mean/update"]["function"] == "Stale.train_step (eager)"
+    assert (b["updates_applied"], b["updates_wired"]) == (False, None)
+    assert b["findings"] == ["updates-not-applied"] and a["findings"] == []
+    (finding,) = report.findings
+    assert finding.code == "updates-not-applied" and finding.severity == "warning"
+    assert finding.layers == ["b/bn"]
+    assert "b/bn/moving_mean, b/bn/moving_variance unchanged" in finding.evidence["b/bn"]
+    assert "Stale.train_step (eager)" in finding.evidence["b/bn"]
+
+
+def test_step_functions_undecided_and_momentum_one():
+    assert rules.report_step_functions(_described([True, None])).findings == []
+    (finding,) = rules.report_step_functions(_described([None, None], momentum=1.0)).findings
+    assert finding.code == "momentum-one" and finding.layers == ["a/bn", "b/bn"]
+    assert finding.evidence["a/bn"] == "a/bn: momentum 1 read from a/bn/momentum"

@@ -59,3 +59,32 @@ def test_layer_recalibration_reports_the_change():
     text = str(ema.RecalibrationReport([report], batches=3, passes=1))
     assert text.splitlines()[0] == "BatchNorm recalibration: 1 layers, 3 batches, 1 pass"
     assert text.splitlines()[2].startswith("bn ")
+
+
+def test_updates_applied_tells_an_applied_update_from_a_dropped_one():
+    rng = np.random.default_rng(5)
+    before = (rng.normal(size=4), rng.uniform(0.5, 2.0, 4))
+    batch = (rng.normal(size=4), rng.uniform(0.5, 2.0, 4))
+    m = 0.9
+    # Keras' update, in float32 like the variables.
+    applied = tuple(
+        (np.float32(m) * b.astype(np.float32) + np.float32(1 - m) * n.astype(np.float32))
+        for b, n in zip(before, batch)
+    )
+    assert ema.updates_applied(before, applied, batch, m) is True
+    assert ema.updates_applied(before, before, batch, m) is False  # seed 001: dropped
+    # One changed statistic is enough.
+    assert ema.updates_applied(before, (before[0], applied[1]), batch, m) is True
+
+
+def test_updates_applied_is_undecided_where_the_update_cannot_show():
+    before = (np.zeros(3), np.ones(3))
+    batch = (np.array([0.5, -1.0, 2.0]), np.array([2.0, 3.0, 0.5]))
+    assert ema.updates_applied(before, before, batch, 1.0) is None  # momentum 1 keeps them
+    assert ema.updates_applied(before, before, before, 0.9) is None  # batch == moving
+    nan = (np.full(3, np.nan), np.full(3, np.nan))  # normalised with the moving statistics
+    assert ema.updates_applied(before, before, nan, 0.9) is None
+    # A change below float32 resolution of the statistics would not show: not decided.
+    moving = (np.full(3, 2.0), np.ones(3))
+    tiny = (moving[0] + 1e-9, moving[1])
+    assert ema.updates_applied(moving, moving, tiny, 0.9) is None

@@ -11,7 +11,10 @@ training with and without the callback (gap and attribution included), and seed
 and a few demo scenarios (``demo/train.py --backend``),
 all without TensorFlow in that process. This process then
 reads the runs it wrote as every TensorFlow run is read: ``read_stats``,
-``tb-bn report`` and the plugin's routes over TensorBoard's Python loader.
+``tb-bn report`` and the plugin's routes over TensorBoard's Python loader,
+including the graph view, which on these backends shows the two step
+functions and whether the train step applied the moving-statistic updates
+(``step_functions``): yes in ``healthy``, no in ``stale``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from urllib.parse import urlencode
 
 import numpy as np
 import pytest
@@ -29,6 +34,20 @@ from tb_bn_plugin.reading.load import load_runs, read_stats
 from tb_bn_plugin.reading.provider import open_logdir
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_backend_worker.py")
+# The real tensorboard process and headless Chromium of the plugin's end-to-end test.
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plugin")
+)
+from test_tensorboard_e2e import (  # noqa: E402
+    CHROMIUM,
+    LAUNCH_ARGS,
+    STARTUP_TIMEOUT_S,
+    TIMEOUT_MS,
+    _browser_skip_reason,
+    _plugin_frame,
+    get_json,
+    tensorboard,
+)
 
 
 @pytest.fixture(scope="module", params=["jax", "torch"])
@@ -53,6 +72,13 @@ def backend_logdirs(request, tmp_path_factory):
 @pytest.fixture
 def backend_logdir(backend_logdirs):
     return backend_logdirs[0]
+
+
+def _functions(backend: str, model_class: str) -> tuple[str, str]:
+    """The step functions as Keras compiles them by default on ``backend``."""
+    if backend == "jax":
+        return f"jax.jit({model_class}.train_step)", f"jax.jit({model_class}.predict_step)"
+    return f"{model_class}.train_step (eager)", f"{model_class}.predict_step (eager)"
 
 
 def test_runs_read_back_like_tensorflow_runs(backend_logdir):
@@ -85,7 +111,23 @@ def test_report_diagnoses_the_dropped_updates(backend_logdir, capsys):
     report = {r["run"]: r for r in json.loads(capsys.readouterr().out)["runs"]}
     codes = {run: {f["code"] for f in r["findings"]} for run, r in report.items()}
     assert "stale-moving-stats" in codes["stale"]
-    assert not {"stale-moving-stats", "non-finite"} & codes["healthy"]
+    assert "updates-not-applied" in codes["stale"]
+    assert not {"stale-moving-stats", "updates-not-applied", "non-finite"} & codes["healthy"]
+    backend = os.path.basename(backend_logdir).split("_")[1].rstrip("0123456789")
+    for run, model_class, applied in (("healthy", "Functional", True), ("stale", "Stale", False)):
+        described = report[run]["step_functions"]
+        train, inference = _functions(backend, model_class)
+        assert described["backend"] == backend
+        assert (described["train_function"], described["inference_function"]) == (train, inference)
+        assert described["updates_applied"] == {"bn0": applied, "bn1": applied}
+    # The step the updates were observed in: the fit's first logged one (every 1 / every 2 steps).
+    assert (
+        report["healthy"]["step_functions"]["step"],
+        report["stale"]["step_functions"]["step"],
+    ) == (1, 2)
+    main(["report", backend_logdir, "--run", "stale"])
+    text = capsys.readouterr().out
+    assert f"step functions ({backend})" in text and "bn0 NO, bn1 NO" in text
 
 
 def test_plugin_serves_the_runs(backend_logdir):
@@ -125,3 +167,101 @@ def test_plugin_serves_the_runs(backend_logdir):
     response = client.get("/data/plugin/bn_internals/diagnostics?run=stale")
     assert response.status_code == 200
     assert "stale-moving-stats" in response.get_data(as_text=True)
+    assert "updates-not-applied" in response.get_data(as_text=True)
+
+    # The graph view: no TensorFlow graph, the two step functions per BN site instead.
+    runs = client.get("/data/plugin/bn_internals/runs").get_json()["runs"]
+    has_graph = {r["run"]: r["has_graph"] for r in runs}
+    # Every fit with BatchNormCallback describes its step functions (custom-loop runs do not).
+    assert all(has_graph[run] for run in ("healthy", "stale", "cadence")), has_graph
+    by_run = {r["run"]: {f["code"] for f in r["graph_findings"]} for r in runs}
+    assert by_run["stale"] == {"updates-not-applied"} and by_run["healthy"] == set()
+    backend = os.path.basename(backend_logdir).split("_")[1].rstrip("0123456789")
+    for run, model_class, applied in (("healthy", "Functional", True), ("stale", "Stale", False)):
+        response = client.get(f"/data/plugin/bn_internals/graph?run={run}")
+        assert response.status_code == 200, response.get_data(as_text=True)
+        graph = response.get_json()
+        train, inference = _functions(backend, model_class)
+        assert graph["step_functions"]["backend"] == backend
+        assert [site["name"] for site in graph["sites"]] == ["bn0", "bn1"]
+        for site in graph["sites"]:
+            name = site["name"]
+            assert site["kind"] == "separate_functions"
+            assert site["training_path"] == [train, f"{name}/batch_moments"]
+            assert site["inference_path"] == [inference, f"{name}/moving_statistics"]
+            assert site["ops"][f"{name}/batch_moments"]["function"] == train
+            assert site["update_ops"] == [
+                f"{name}/moving_mean/update",
+                f"{name}/moving_variance/update",
+            ]
+            assert site["updates_applied"] is applied and site["updates_wired"] is None
+            assert site["momentum"] == 0.9
+        codes = {f["code"]: f for f in graph["findings"]}
+        if applied:
+            assert codes == {}
+        else:
+            assert set(codes) == {"updates-not-applied"}
+            assert codes["updates-not-applied"]["sites"] == ["bn0", "bn1"]
+            assert train in codes["updates-not-applied"]["evidence"]["bn0"]
+
+
+@pytest.mark.skipif(_browser_skip_reason() is not None, reason=str(_browser_skip_reason()))
+def test_graph_view_in_headless_chromium(backend_logdir, tmp_path):
+    """The Graph view of a run without a TensorFlow graph, in a real tensorboard and Chromium.
+
+    The view is the same code on both backends (the JSON is checked on both above): once, on
+    the JAX runs, to keep the suite short.
+    """
+    if os.path.basename(backend_logdir).split("_")[1].rstrip("0123456789") != "jax":
+        pytest.skip("the browser check runs on the jax runs only")
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    with tensorboard(backend_logdir, "false") as base:
+        deadline = time.time() + STARTUP_TIMEOUT_S
+        while time.time() < deadline:
+            runs = get_json(base + "data/plugin/bn_internals/runs")["runs"]
+            if {r["run"] for r in runs if r["has_graph"]} >= {"healthy", "stale"}:
+                break
+            time.sleep(1)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                page.set_default_timeout(TIMEOUT_MS)
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(base + "#bn_internals")
+                frame = _plugin_frame(page)
+                for run, model_class, wired in (
+                    ("stale", "Stale", "false"),
+                    ("healthy", "Functional", "true"),
+                ):
+                    frame.evaluate(
+                        "h => { location.hash = h; }", urlencode({"view": "graph", "run": run})
+                    )
+                    view = frame.wait_for_selector(
+                        f'.graph-view[data-run="{run}"][data-backend=jax]'
+                    )
+                    site = frame.wait_for_selector(
+                        f'.site[data-site=bn0][data-wired="{wired}"] svg.site-graph'
+                    )
+                    ops = site.eval_on_selector_all(".node", "ns => ns.map(n => n.dataset.op)")
+                    assert f"jax.jit({model_class}.train_step)" in ops
+                    assert f"jax.jit({model_class}.predict_step)" in ops
+                    assert "bn0/moving_mean/update" in ops
+                    assert site.query_selector(".node.path-training")
+                    assert site.query_selector(".node.path-inference")
+                    text = view.inner_text()
+                    assert "No TensorFlow graph: trained on jax" in text
+                    assert "Find in Graphs tab" not in text  # nothing there for TensorBoard's tab
+                    if wired == "false":
+                        assert "the train step does not apply the updates" in text
+                        assert site.query_selector(".edge.update-unwired")
+                        assert view.query_selector(".finding[data-code=updates-not-applied]")
+                    else:
+                        assert "updates applied by the train step" in text
+                        assert not view.query_selector(".finding")
+                    page.screenshot(path=str(tmp_path / f"graph-{run}.png"))
+            finally:
+                browser.close()
+    assert not errors, f"uncaught errors in the page: {errors}"

@@ -1,7 +1,10 @@
 // Graph: each BN site's switch as a small graph laid out by dagre and drawn
 // as plain SVG: predicate -> switch -> training path (batch statistics) /
 // inference path (moving statistics) -> merge, plus the moving-statistics
-// update ops and their wiring to the train op.
+// update ops and their wiring to the train op. Runs trained on JAX or PyTorch
+// have no TensorFlow graph: their sites (from `step_functions`) are the two
+// step functions, and whether the train step applied the updates was
+// measured (`updates_applied`) instead of read from the wiring.
 import { graphlib, layout } from "@dagrejs/dagre";
 import { h, s, messageBox, copyButton, whenVisible } from "../dom.js";
 import { api, ApiError } from "../api.js";
@@ -25,7 +28,13 @@ const ROLE_TEXT = {
   merge: "merge",
   update: "update op",
   trainop: "train op",
+  trainstate: "train step result",
 };
+
+/** Whether the site's updates were measured on a real train step (no TensorFlow graph). */
+function measuredUpdates(site) {
+  return (site.updates_wired === null || site.updates_wired === undefined) && typeof site.updates_applied === "boolean";
+}
 
 let measureCtx = null;
 function textWidth(text, font) {
@@ -122,13 +131,17 @@ export function siteModel(site) {
   if (merge && iIds.length) edges.push({ from: iIds[iIds.length - 1], to: merge, cls: "path-inference" });
   const updates = Array.isArray(site.update_ops) ? site.update_ops : [];
   if (updates.length) {
-    const trainOp = add("trainop", "train op", "node-trainop", { label: "train op" });
-    const wired = site.updates_wired;
+    const measured = measuredUpdates(site);
+    const trainOp = measured
+      ? add("trainstate", "moving statistics after the train step", "node-trainop", { label: "moving statistics" })
+      : add("trainop", "train op", "node-trainop", { label: "train op" });
+    const wired = measured ? site.updates_applied : site.updates_wired;
     const wcls = wired === true ? "update-wired" : wired === false ? "update-unwired" : "update-unknown";
+    const missing = measured ? "not applied" : "not wired";
     for (const op of updates) {
       const u = add("update", op, "node-update");
-      if (tIds.length) edges.push({ from: tIds[0], to: u, cls: "edge-feed", label: null });
-      edges.push({ from: u, to: trainOp, cls: wcls, label: wired === false ? "not wired" : wired === null || wired === undefined ? "unknown" : null });
+      if (tIds.length) edges.push({ from: tIds[tIds.length - 1], to: u, cls: "edge-feed", label: null });
+      edges.push({ from: u, to: trainOp, cls: wcls, label: wired === false ? missing : wired === null || wired === undefined ? "unknown" : null });
     }
   }
   return { nodes, edges };
@@ -261,13 +274,13 @@ function legend() {
     { class: "legend", role: "list", "aria-label": "Legend" },
     swatch("path-training", "training path: normalises with batch statistics"),
     swatch("path-inference", "inference path: normalises with moving statistics"),
-    swatch("update-wired", "update ops wired to the train op"),
-    swatch("update-unwired", "update ops NOT wired (moving statistics never update)"),
-    swatch("update-unknown", "wiring unknown"),
+    swatch("update-wired", "update ops wired to the train op (or, without a TensorFlow graph, applied by the train step)"),
+    swatch("update-unwired", "update ops NOT wired / NOT applied (moving statistics never update)"),
+    swatch("update-unknown", "wiring unknown / not decided"),
   );
 }
 
-function opList(run, site) {
+function opList(run, site, inGraphsTab) {
   const items = [];
   const push = (role, op) => op && items.push({ role, op });
   push("predicate", site.predicate);
@@ -285,19 +298,20 @@ function opList(run, site) {
       { class: "op-list" },
       items.map((it) => h("li", { dataset: { op: it.op } }, h("span", { class: "op-role" }, it.role), h("code", null, it.op), copyButton(it.op))),
     ),
-    h("div", { class: "muted", style: { marginTop: "4px" } }, graphsLink(run)),
+    inGraphsTab ? h("div", { class: "muted", style: { marginTop: "4px" } }, graphsLink(run)) : null,
   );
 }
 
-function siteSection(run, site) {
-  const wired = site.updates_wired;
+function siteSection(run, site, inGraphsTab) {
+  const measured = measuredUpdates(site);
+  const wired = measured ? site.updates_applied : site.updates_wired;
   const selected = h("div", { class: "op-selected", dataset: { role: "selected-op" } }, h("span", { class: "muted" }, "Click an op to show its full name."));
   const onSelect = (n) => {
     const ops = n.more || [n.op];
     selected.replaceChildren(
       h("span", { class: "muted" }, `${ROLE_TEXT[n.role]}:`),
-      ...ops.slice(0, 8).flatMap((op) => [h("code", null, op), n.role === "trainop" ? null : copyButton(op)]),
-      graphsLink(run),
+      ...ops.slice(0, 8).flatMap((op) => [h("code", null, op), n.role === "trainop" || n.role === "trainstate" ? null : copyButton(op)]),
+      inGraphsTab ? graphsLink(run) : null,
     );
   };
   const wrap = h("div", { class: "site-graph-wrap", style: { minHeight: "90px" } });
@@ -316,19 +330,25 @@ function siteSection(run, site) {
       h("span", { class: "muted" }, KIND_TEXT[site.kind] || site.kind),
       site.momentum !== null && site.momentum !== undefined ? h("span", { class: "muted" }, `momentum ${fmt(site.momentum)}`) : null,
       wired === true
-        ? h("span", { class: "badge badge-ok" }, "updates wired")
+        ? h("span", { class: "badge badge-ok" }, measured ? "updates applied by the train step" : "updates wired")
         : wired === false
-          ? h("span", { class: "badge sev-error wire-warning", role: "note" }, "⚠ update ops not wired to the train op")
+          ? h("span", { class: "badge sev-error wire-warning", role: "note" }, measured ? "⚠ the train step does not apply the updates" : "⚠ update ops not wired to the train op")
           : (site.update_ops || []).length
-            ? h("span", { class: "badge sev-info" }, "update wiring unknown")
+            ? h("span", { class: "badge sev-info" }, measured || !inGraphsTab ? "updates not decided" : "update wiring unknown")
             : null,
     ),
     wired === false
-      ? h("div", { class: "wire-warning", style: { fontSize: "12px", marginBottom: "4px" } }, "The moving-statistics updates do not run with the train op, so the moving mean and variance stay at their initial values and inference normalises with them.")
+      ? h(
+          "div",
+          { class: "wire-warning", style: { fontSize: "12px", marginBottom: "4px" } },
+          measured
+            ? "The train step left the moving mean and variance unchanged although it normalised with different batch statistics: the updates are computed but dropped, so inference keeps normalising with stale statistics."
+            : "The moving-statistics updates do not run with the train op, so the moving mean and variance stay at their initial values and inference normalises with them.",
+        )
       : null,
     wrap,
     selected,
-    opList(run, site),
+    opList(run, site, inGraphsTab),
   );
 }
 
@@ -361,6 +381,17 @@ export async function renderGraph(panel, ctx) {
   const view = h("div", { class: "graph-view", dataset: { run: run.run } });
   panel.appendChild(view);
   if (data.error) view.appendChild(messageBox("warning", "The graph of this run could not be analysed", data.error));
+  const described = data.step_functions || null;
+  if (described) {
+    view.appendChild(
+      messageBox(
+        "info",
+        `No TensorFlow graph: trained on ${described.backend}`,
+        `Each BN layer's training path runs in ${described.train_function} (batch statistics) and its inference path in ${described.inference_function} (moving statistics): two separate functions. Whether the train step applies the moving-statistic updates was measured on training step ${described.step}.`,
+      ),
+    );
+    view.dataset.backend = described.backend;
+  }
   const findings = Array.isArray(data.findings) ? data.findings : [];
   if (findings.length) {
     view.appendChild(h("h3", null, "Findings"));
@@ -390,7 +421,7 @@ export async function renderGraph(panel, ctx) {
   });
   if (sites.length > 4) view.appendChild(h("div", { class: "controls" }, filter));
   view.appendChild(list);
-  for (const site of sites) list.appendChild(siteSection(run.run, site));
+  for (const site of sites) list.appendChild(siteSection(run.run, site, !described));
   // Opened from a finding elsewhere (#view=graph&site=...): show that site.
   if (ctx.state.site && run.run === ctx.state.run) requestAnimationFrame(() => scrollToSite(ctx.state.site));
 }

@@ -1,4 +1,8 @@
-"""The ``graph`` route: the BatchNorm sites and graph-level findings of a run's stored graph."""
+"""The ``graph`` route: the BatchNorm sites and graph-level findings of a run's stored graph.
+
+A run trained on JAX or PyTorch has no graph; its step-functions description
+(``reading.graph.read_step_functions``) gives the same sites and findings.
+"""
 
 from __future__ import annotations
 
@@ -6,32 +10,42 @@ from typing import Any, Optional
 
 from tensorboard import errors
 
-from tb_bn_plugin.diagnostics.graph import graph_finding_json, report_graph
+from tb_bn_plugin.diagnostics.graph import (
+    GraphReport,
+    graph_finding_json,
+    report_graph,
+    report_step_functions,
+)
 from tb_bn_plugin.graph.load import GraphLoadError
 from tb_bn_plugin.plugin.routes.encoding import json_values
 from tb_bn_plugin.plugin.routes.params import check_run
-from tb_bn_plugin.reading.graph import read_run_graph
+from tb_bn_plugin.reading.graph import read_run_graph, read_step_functions
 from tb_bn_plugin.reading.provider import ExperimentSource
+from tb_bn_plugin.series import StepFunctions
 
 
 def graph_impl(source: ExperimentSource, run: str) -> dict[str, Any]:
     """The BatchNorm sites and graph-level findings of ``run``'s stored graph.
 
-    Raises ``errors.NotFoundError`` for an unknown run, a run without a graph
-    and a stored graph that is not a ``GraphDef``.
+    Without a graph, those of its step-functions description (``step_functions``
+    says which functions; ``null`` for a graph). Raises ``errors.NotFoundError``
+    for an unknown run, a run with neither and a stored graph that is not a
+    ``GraphDef``.
     """
     try:
         graph = read_run_graph(source.provider, source.ctx, source.experiment_id, run)
     except GraphLoadError as err:
         raise errors.NotFoundError(str(err)) from None
-    if graph is None:
+    described = _step_functions(source, run) if graph is None else None
+    if graph is None and described is None:
         check_run(source, run)
         raise errors.NotFoundError(
             f"run {run!r} has no graph; write one with tb_bn_plugin.write_graph or tf.summary.graph"
         )
-    report = report_graph(graph)
+    report = report_graph(graph) if graph is not None else report_step_functions(described)
     return {
         "run": run,
+        "step_functions": _step_functions_json(described),
         # float32 constants as they print (0.99, not 0.9900000095), like every route's numbers.
         "sites": [
             {**site.to_json(), "momentum": json_values(site.momentum)} for site in report.sites
@@ -44,17 +58,42 @@ def graph_impl(source: ExperimentSource, run: str) -> dict[str, Any]:
 def graph_findings(source: ExperimentSource, run: str) -> list[dict[str, Any]]:
     """The graph-level findings of ``run`` (``graph_impl``'s ``findings``) for the overview.
 
-    Empty when the run has no graph or its stored graph is not a ``GraphDef``:
-    the graph view explains why (``graph_impl``'s 404).
+    Empty when the run has neither a graph nor a step-functions description, or
+    its stored graph is not a ``GraphDef``: the graph view explains why
+    (``graph_impl``'s 404).
     """
-    graph = _readable_graph(source, run)
-    if graph is None:
+    report = _readable_report(source, run)
+    if report is None:
         return []
-    return [graph_finding_json(finding) for finding in report_graph(graph).findings]
+    return [graph_finding_json(finding) for finding in report.findings]
 
 
-def _readable_graph(source: ExperimentSource, run: str) -> Optional[Any]:
+def _readable_report(source: ExperimentSource, run: str) -> Optional[GraphReport]:
     try:
-        return read_run_graph(source.provider, source.ctx, source.experiment_id, run)
+        graph = read_run_graph(source.provider, source.ctx, source.experiment_id, run)
     except GraphLoadError:
         return None
+    if graph is not None:
+        return report_graph(graph)
+    described = _step_functions(source, run)
+    return report_step_functions(described) if described is not None else None
+
+
+def _step_functions(source: ExperimentSource, run: str) -> Optional[StepFunctions]:
+    """``run``'s step-functions description; None without one or when it is unreadable (the
+    overview lists that as a run error)."""
+    try:
+        return read_step_functions(source, run)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _step_functions_json(described: Optional[StepFunctions]) -> Optional[dict[str, Any]]:
+    if described is None:
+        return None
+    return {
+        "backend": described.backend,
+        "train_function": described.train_function,
+        "inference_function": described.inference_function,
+        "step": described.step,
+    }

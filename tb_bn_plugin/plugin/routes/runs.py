@@ -171,9 +171,11 @@ def _latest_gap(gap: Optional[GapSeries]) -> Optional[dict[str, Any]]:
 
 
 def graph_versions(source: ExperimentSource) -> dict[str, Hashable]:
-    """Runs with a stored run graph (what ``read_run_graph`` reads): run -> its graph's version.
+    """Runs with a stored run graph (what ``read_run_graph`` reads) or, trained on JAX or
+    PyTorch, a step-functions description (``read_step_functions``), what the graph view
+    shows: run -> its version.
 
-    The version (latest step and wall time) changes when the graph is written again.
+    The version (latest step and wall time) changes when either is written again.
     """
     listing = source.provider.list_blob_sequences(
         source.ctx,
@@ -181,9 +183,19 @@ def graph_versions(source: ExperimentSource) -> dict[str, Hashable]:
         plugin_name=graph_metadata.PLUGIN_NAME,
         run_tag_filter=tb_provider.RunTagFilter(tags=[graph_metadata.RUN_GRAPH_NAME]),
     )
+    described = source.provider.list_tensors(
+        source.ctx,
+        experiment_id=source.experiment_id,
+        plugin_name=metadata.PLUGIN_NAME,
+        run_tag_filter=tb_provider.RunTagFilter(tags=[metadata.step_functions_tag()]),
+    )
     return {
-        run: (series.max_step, series.max_wall_time)
-        for run, tags in listing.items()
+        run: (tag, series.max_step, series.max_wall_time)
+        for listed, wanted in (
+            (described, metadata.step_functions_tag()),
+            (listing, graph_metadata.RUN_GRAPH_NAME),  # a stored graph wins
+        )
+        for run, tags in listed.items()
         for tag, series in tags.items()
-        if tag == graph_metadata.RUN_GRAPH_NAME
+        if tag == wanted
     }

@@ -180,6 +180,13 @@ class HostKerasFlavour(KerasFlavour, Protocol):
     no values between the syncs Keras makes at epoch ends).
     """
 
+    # The Keras backend's name (``keras.backend.backend()``).
+    backend: str
+
+    def step_functions(self, model: Any) -> tuple[str, str]:
+        """The training and inference steps of ``model`` as this backend compiles or runs them
+        (what the graph view shows in place of a TensorFlow graph)."""
+
     def install_step_hook(self, model: Any) -> Optional[InstalledCapture]:
         """What the layer wrappers need from the train step (JAX: the step count), or None."""
 

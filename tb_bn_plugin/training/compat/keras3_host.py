@@ -22,6 +22,16 @@ class Keras3Host(Keras3):
 
     uses_tensorflow = False
     backend: str  # ``keras.backend.backend()`` of the models the subclass serves
+    compiler: str  # what Keras compiles a step with when ``jit_compile`` is on
+
+    def step_functions(self, model: Any) -> tuple[str, str]:
+        """``train_step`` and ``predict_step`` as Keras runs them: each compiled by itself
+        (``jax.jit(Functional.train_step)``), or eagerly (``run_eagerly``, or ``jit_compile``
+        off: PyTorch's default)."""
+        name = type(model).__name__
+        if model.run_eagerly or not model.jit_compile:
+            return f"{name}.train_step (eager)", f"{name}.predict_step (eager)"
+        return f"{self.compiler}({name}.train_step)", f"{self.compiler}({name}.predict_step)"
 
     def owns(self, obj: Any) -> bool:
         import keras

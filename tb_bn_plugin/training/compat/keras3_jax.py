@@ -45,6 +45,7 @@ class Keras3Jax(Keras3Host):
     """``HostKerasFlavour`` for Keras 3 models on the JAX backend."""
 
     backend = "jax"
+    compiler = "jax.jit"
 
     @staticmethod
     def batch_moments(layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any]:

@@ -22,6 +22,7 @@ class Keras3Torch(Keras3Host):
     """``HostKerasFlavour`` for Keras 3 models on the PyTorch backend."""
 
     backend = "torch"
+    compiler = "torch.compile"
 
     @staticmethod
     def batch_moments(layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any]:
