@@ -35,12 +35,14 @@ EXPECTED = {
 }
 
 
-# Codes whose real run is not a demo scenario (a tf.distribute strategy, the accuracy corpus):
+# Codes whose real run is not a demo scenario (a tf.distribute strategy, a shared layer, the
+# accuracy corpus):
 # checked by the named test instead.
 ELSEWHERE = {
     "replica-batch-too-small": "test_distribute.py::test_mirrored_strategy_two_replicas",
     "inverted-momentum": "test_accuracy_corpus.py (scenario inverted-momentum)",
     "ema-weights-stale-stats": "test_accuracy_corpus.py (scenario ema-weights)",
+    "shared-layer": "test_shared_layer.py and test_accuracy_corpus.py (scenario gan-discriminator)",
 }
 
 
