@@ -202,6 +202,15 @@ class StepFunctions:
     moving_variables: list[list[str]]
     updates_applied: list[Optional[bool]]
 
+    def functions_json(self) -> dict[str, Any]:
+        """The backend, both functions and the step: the graph route's and the report's keys."""
+        return {
+            "backend": self.backend,
+            "train_function": self.train_function,
+            "inference_function": self.inference_function,
+            "step": self.step,
+        }
+
 
 @dataclasses.dataclass
 class RunData:

@@ -302,10 +302,7 @@ def _step_functions_report(run: RunData) -> Optional[dict[str, Any]]:
     if described is None:
         return None
     return {
-        "backend": described.backend,
-        "train_function": described.train_function,
-        "inference_function": described.inference_function,
-        "step": described.step,
+        **described.functions_json(),
         "updates_applied": dict(zip(described.layers, described.updates_applied)),
     }
 

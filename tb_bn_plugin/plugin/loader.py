@@ -107,9 +107,7 @@ class BNInternalsPlugin(base_plugin.TBPlugin):
                 source,
                 params.required(args, "run"),
                 params.required(args, "layer"),
-                resolution=params.int_param(
-                    args, "resolution", layer.DEFAULT_RESOLUTION, 2, layer.MAX_RESOLUTION
-                ),
+                resolution=_resolution(args),
                 channel=params.int_param(args, "channel", None, 0),
                 cache=self._cache,
             ),
@@ -123,9 +121,7 @@ class BNInternalsPlugin(base_plugin.TBPlugin):
                 source,
                 params.required(args, "layer"),
                 params.required_list(args, "run"),
-                resolution=params.int_param(
-                    args, "resolution", layer.DEFAULT_RESOLUTION, 2, layer.MAX_RESOLUTION
-                ),
+                resolution=_resolution(args),
                 cache=self._cache,
             ),
         )
@@ -242,3 +238,8 @@ def _json(request: wrappers.Request, body: dict[str, Any], code: int) -> wrapper
     # Serialised here: strict (the routes already turned NaN/Inf into null) and compact.
     text = json.dumps(body, allow_nan=False, separators=(",", ":"))
     return http_util.Respond(request, text, "application/json", code=code)
+
+
+def _resolution(args) -> int:
+    """The ``resolution`` parameter of the layer and compare routes (points per series)."""
+    return params.int_param(args, "resolution", layer.DEFAULT_RESOLUTION, 2, layer.MAX_RESOLUTION)

@@ -89,11 +89,4 @@ def _step_functions(source: ExperimentSource, run: str) -> Optional[StepFunction
 
 
 def _step_functions_json(described: Optional[StepFunctions]) -> Optional[dict[str, Any]]:
-    if described is None:
-        return None
-    return {
-        "backend": described.backend,
-        "train_function": described.train_function,
-        "inference_function": described.inference_function,
-        "step": described.step,
-    }
+    return None if described is None else described.functions_json()
