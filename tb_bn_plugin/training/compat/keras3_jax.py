@@ -23,8 +23,9 @@ callbacks' outputs feed nothing. The gap's first training batch is taken on
 the host, from the data iterator, as the step draws it: no callback either.
 
 With ``steps_per_execution`` > 1 (Keras runs several steps per call of its
-train function) or a ``keras.distribution`` set, the host cannot pick a
-function per step: the fallback is one train function made per fit around a
+train function: the host cannot pick a function per step) or a
+``keras.distribution`` set (Keras compiles its step with the state's
+shardings), the fallback is one train function made per fit around a
 hooked ``train_step`` whose wrappers put each callback inside a ``lax.cond``
 on ``DueSteps.test(step + 1)`` (the host is still called only in logged
 steps; every step pays for a scalar predicate and a not-taken branch per
