@@ -49,6 +49,8 @@ STARTUP_TIMEOUT_S = 180
 TIMEOUT_MS = 60_000
 SLOW = "slow-momentum"  # the demo scenario with a PreciseStatsMonitor
 SLOW_LAYER = "input_bn"
+# The demo scenario with BN momentum 1: `momentum-one` from the logs and from its graph.
+FROZEN_EMA = "momentum-one"
 
 
 def monitor_steps() -> list[int]:
@@ -62,6 +64,7 @@ def logdir(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("logdir"))
     write_logdir(root, corrupt_runs=False)
     demo().run_scenario(SLOW, root, verbose=0, size=demo().TEST)
+    demo().run_scenario(FROZEN_EMA, root, verbose=0, size=demo().TEST)
     return root
 
 
@@ -132,7 +135,8 @@ def wait_for_layers(base: str) -> dict:
         body = get_json(base + "data/plugin/bn_internals/runs")
         runs = {r["run"]: r for r in body["runs"]}
         if (
-            {"train", HOSTILE, SLOW} <= set(runs)
+            {"train", HOSTILE, SLOW, FROZEN_EMA} <= set(runs)
+            and runs[FROZEN_EMA]["graph_findings"]
             and all(
                 len(runs[r]["layers"]) == len(LAYERS)
                 and {l["num_steps"] for l in runs[r]["layers"]} == {len(LOGGED_STEPS)}
@@ -199,6 +203,25 @@ def test_routes_serve_every_logged_step(server):
     assert err.value.code == 404 and "error" in json.loads(err.value.read())
 
 
+def test_graph_sites_name_their_layers(server):
+    """The callback's graph names sites by op scope (``convnet_1/bn0_1``); the graph route,
+    the overview and the diagnostics map each to its logged layer, here the layer owning the
+    site's moving variables (``variables/bn0/moving_mean``: a functional model's own layers)."""
+    base, _ = server
+    graph = get_json(base + "data/plugin/bn_internals/graph?" + urlencode({"run": FROZEN_EMA}))
+    runs = {r["run"]: r for r in get_json(base + "data/plugin/bn_internals/runs")["runs"]}
+    owners = {site["name"]: site["moving_variables"][0].split("/")[1] for site in graph["sites"]}
+    assert {site["name"]: site["layer"] for site in graph["sites"]} == owners
+    assert sorted(owners.values()) == sorted(l["path"] for l in runs[FROZEN_EMA]["layers"])
+    assert not set(owners) & set(owners.values())  # scopes are not layer paths
+    (finding,) = graph["findings"]
+    assert finding["code"] == "momentum-one" and finding["site_layers"] == owners
+    (overview,) = runs[FROZEN_EMA]["graph_findings"]
+    assert overview["site_layers"] == owners
+    diagnosed = get_json(base + "data/plugin/bn_internals/diagnostics?run=" + FROZEN_EMA)
+    assert [f["site_layers"] for f in diagnosed["diagnostics"] if "sites" in f] == [owners]
+
+
 @pytest.mark.skipif(_browser_skip_reason() is not None, reason=str(_browser_skip_reason()))
 def test_tab_in_headless_chromium(server, tmp_path):
     from playwright.sync_api import sync_playwright
@@ -223,7 +246,7 @@ def test_tab_in_headless_chromium(server, tmp_path):
                 "[data-view=overview] tr[data-layer]",
                 "rs => rs.map(r => [r.dataset.run, r.dataset.layer])",
             )
-            assert sorted(r for r in rows if r[0] != SLOW) == sorted(
+            assert sorted(r for r in rows if r[0] not in (SLOW, FROZEN_EMA)) == sorted(
                 [[run, layer] for run in ("train", HOSTILE) for layer in LAYERS]
             )
             assert [SLOW, SLOW_LAYER] in rows
@@ -288,6 +311,46 @@ def test_tab_in_headless_chromium(server, tmp_path):
                 ".node.path-inference"
             )
             page.screenshot(path=str(tmp_path / f"graph-{load_fast}.png"))
+            # A site names its logged layer and opens its detail.
+            frame.click('.site[data-layer="block1_bn"] [data-role=site-layer] .layer-link')
+            frame.wait_for_selector('.layer-detail[data-run="train"][data-layer="block1_bn"]')
+
+            # momentum-one from the logs and from the graph: one card, one row per layer, each
+            # with its graph site (not a second row per site), opening the Graph view there.
+            frame.evaluate(
+                "h => { location.hash = h; }",
+                urlencode({"view": "diagnostics", "run": FROZEN_EMA}),
+            )
+            card = frame.wait_for_selector(
+                f'article.finding[data-code=momentum-one][data-run="{FROZEN_EMA}"]'
+            )
+            layers = card.eval_on_selector_all(
+                "tr[data-layer]", "rs => rs.map(r => r.dataset.layer)"
+            )
+            assert len(layers) == 4 and not card.query_selector("tr[data-site]")
+            assert card.get_attribute("data-count") == "4"
+            assert len(card.query_selector_all("p.fix")) == 1
+            row = card.query_selector(f'tr[data-layer="{layers[0]}"]')
+            site_link = row.query_selector("[data-role=graph-sites] .site-link")
+            site_name = site_link.get_attribute("data-site")
+            assert site_name != layers[0] and site_name.split("/")[-1].startswith(layers[0])
+            # The graph's evidence line, without the site's name the row already shows.
+            graph = row.query_selector("td[data-key=graph]").inner_text()
+            assert graph.startswith("momentum 1 read from ")
+            site_link.click()
+            frame.wait_for_selector(
+                f'.graph-view[data-run="{FROZEN_EMA}"] .site[data-site="{site_name}"]'
+                f'[data-layer="{layers[0]}"]'
+            )
+            # The Graph view's own finding card names each site's layer, as each site does.
+            pairs = frame.eval_on_selector_all(
+                ".graph-view article.finding tr[data-site]",
+                "rs => rs.map(r => [r.dataset.site, "
+                "r.querySelector('[data-role=site-layer] .layer-link').dataset.layer])",
+            )
+            assert sorted(layer for _, layer in pairs) == sorted(layers)
+            for name, layer in pairs:
+                assert frame.get_attribute(f'.site[data-site="{name}"]', "data-layer") == layer
         finally:
             browser.close()
     assert not dialogs, f"a dialog fired (script injection?): {dialogs}"
