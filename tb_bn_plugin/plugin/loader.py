@@ -21,7 +21,8 @@ overview of 10 runs x 100 layers takes seconds, a warm one a fraction. Only
 runs whose data changed are computed again. While the data is still arriving
 (TensorBoard loading a large logdir: the overview differs from the last
 warm-up's, lists no run yet, or cannot be computed yet) the next warm-up comes after
-``SETTLING_WARM_S`` instead, so a tab opened right after the load finds it warm.
+``SETTLING_WARM_S`` instead, within TensorBoard's first ``SETTLING_WINDOW_S``,
+so a tab opened right after the load finds it warm.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ DEFAULT_WARM_INTERVAL_S = 30.0
 # The first one comes sooner, and so does each next one while the data is still changing: the
 # tab is often opened right after TensorBoard starts or finishes loading.
 SETTLING_WARM_S = 5.0
+# ... but only in TensorBoard's first minutes (its initial load): a run that is still training
+# changes the overview at every round, and must not cost a warm-up every 5 s for hours.
+SETTLING_WINDOW_S = 600.0
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +209,7 @@ def _start_warming(plugin: BNInternalsPlugin, interval: float) -> None:
 
     def loop() -> None:
         delay, last = SETTLING_WARM_S, None
+        settling_until = time.monotonic() + SETTLING_WINDOW_S
         while True:
             time.sleep(delay)
             live = plugin_ref()
@@ -219,6 +224,7 @@ def _start_warming(plugin: BNInternalsPlugin, interval: float) -> None:
             del live
             # No run yet is not settled either: the data server lists nothing until it has read.
             settled = bool(overview and overview["runs"]) and overview == last
+            settled = settled or time.monotonic() > settling_until
             delay, last = (interval if settled else SETTLING_WARM_S), overview
 
     threading.Thread(target=loop, name="bn_internals_warm", daemon=True).start()
