@@ -96,6 +96,13 @@ def gap_summary(gap: GapSeries, thresholds: Thresholds = Thresholds()) -> Option
     )
 
 
+def share_of_scale(ratio: float) -> str:
+    """``ratio`` (a gap over its scale) as a reader takes it in, to precede "the scale": a
+    percentage up to 10 times, a factor beyond (a broken run's inference loss can be 10^4 times
+    its scale: "2612309% of" reads as noise, "26,123 times" does not)."""
+    return f"{ratio:.0%} of" if ratio < 10 else f"{ratio:,.0f} times"
+
+
 def train_inference_gap(run: RunData, thresholds: Thresholds = Thresholds()) -> list[Finding]:
     """``train-inference-gap``: the probe batch behaves markedly differently in inference mode."""
     summary = None if run.gap is None else gap_summary(run.gap, thresholds)
@@ -131,11 +138,12 @@ def train_inference_gap(run: RunData, thresholds: Thresholds = Thresholds()) -> 
     if loss_gap:
         title = (
             f"inference-mode loss {summary.inference_loss:.4g} vs training-mode "
-            f"{summary.train_loss:.4g}: a gap of {summary.scaled_loss_gap:.0%} of the loss scale"
+            f"{summary.train_loss:.4g}: a gap of {share_of_scale(summary.scaled_loss_gap)} the "
+            "loss scale"
         )
     elif metric_gaps:
         name, value = max(metric_gaps.items(), key=lambda item: item[1])
-        title = f"{name} differs between modes by {value:.0%} of its scale"
+        title = f"{name} differs between modes by {share_of_scale(value)} its scale"
     else:
         title = f"layer outputs differ by up to {max_compound:.0%} (RMS) between modes"
     evidence: dict[str, Any] = {

@@ -393,6 +393,14 @@ def test_train_inference_gap_names_layers_with_largest_local_gap():
     assert "150%" in finding.title
 
 
+def test_train_inference_gap_title_reads_a_huge_gap_as_a_factor():
+    # A broken run's inference loss can be 10^4 times its training loss (seen on a
+    # ResNet50 at momentum 0.99 after 16 steps): a percentage of millions is noise.
+    [finding] = diagnose(run_of(*healthy_layers(), gap=gap_series(1.0, 26124.0)))
+    assert "a gap of 26,123 times the loss scale" in finding.title
+    assert "%" not in finding.title
+
+
 def test_train_inference_gap_prefers_attribution_and_fires_on_compound_gap():
     gap = gap_series(
         0.4,

@@ -21,18 +21,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from _browser import LAUNCH_ARGS
 
 REPO = Path(__file__).resolve().parents[2]
 FRONTEND = REPO / "frontend"
 CHROMIUM = os.environ.get("BN_CHROMIUM", "/usr/bin/chromium")
 HOSTILE = "<img src=x onerror=alert(1)>"
-LAUNCH_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 FIRST_PAINT_BUDGET_MS = float(os.environ.get("BN_FIRST_PAINT_BUDGET_MS", "2000"))
 
 

@@ -675,16 +675,20 @@ def test_graph_findings_reach_overview_and_diagnostics(scale_logdir, loader):
     unwired = overview["unwired"]
     assert unwired["has_graph"] and unwired["layers"] == []
     expected = [
-        {key: f[key] for key in ("code", "severity", "title", "sites")} for f in graph["findings"]
+        {key: f[key] for key in ("code", "severity", "title", "sites", "site_layers")}
+        for f in graph["findings"]
     ]
     assert unwired["graph_findings"] == expected
     assert {f["code"] for f in expected} == {"update-ops-not-wired"}
     assert expected[0]["sites"] == ["a/bn", "b/bn"]
+    assert expected[0]["site_layers"] == {}  # a graph-only run logs no layers
+    assert [site["layer"] for site in graph["sites"]] == [None, None]
     # The callback's own graph of the mirrored fit. tf.distribute assigns each moving variable once
     # per device, under update_<device> scopes: those are the layer's updates (4: 2 variables x 2
     # devices), wired, momentum 0.8 (_mirrored_run.py), so no `no-update-ops` (was a false info).
     (site,) = mirrored_graph["sites"]
     assert site["name"].endswith("bn_1") and len(site["update_ops"]) == 4
+    assert site["layer"] == "bn"  # the op scope `..._1/bn_1` is the logged layer `bn`
     assert all("/update_" in op for op in site["update_ops"])
     assert site["updates_wired"] is True and site["momentum"] == pytest.approx(0.8)
     assert mirrored_graph["findings"] == [] and site["findings"] == []

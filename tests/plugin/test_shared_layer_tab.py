@@ -9,21 +9,12 @@ finding.
 
 from __future__ import annotations
 
-import os
 import time
 from urllib.parse import urlencode
 
 import numpy as np
 import pytest
-from test_tensorboard_e2e import (
-    CHROMIUM,
-    LAUNCH_ARGS,
-    TIMEOUT_MS,
-    _browser_skip_reason,
-    _plugin_frame,
-    get_json,
-    tensorboard,
-)
+from _browser import get_json, plugin_tab, requires_browser, tensorboard
 
 D = 3
 
@@ -83,34 +74,20 @@ def test_layer_route_shows_every_call_and_the_finding(shared_run):
     assert calls["finding"]["code"] == "shared-layer"
 
 
-@pytest.mark.skipif(_browser_skip_reason() is not None, reason=str(_browser_skip_reason()))
+@requires_browser
 def test_layer_detail_draws_the_calls_side_by_side(shared_run, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     root, _ = shared_run
-    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-    errors: list[str] = []
-    with tensorboard(root, "false") as base, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.set_default_timeout(TIMEOUT_MS)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(base + "#bn_internals")
-            frame = _plugin_frame(page)
-            frame.evaluate(
-                "h => { location.hash = h; }",
-                urlencode({"view": "layer", "run": "train", "layer": "shared_bn"}),
-            )
-            frame.wait_for_selector(
-                '.layer-detail[data-layer="shared_bn"] [data-chart=calls-mean] canvas'
-            )
-            assert frame.get_attribute("[data-chart=calls-mean]", "data-series") == "2"
-            assert frame.get_attribute("[data-chart=calls-variance]", "data-series") == "2"
-            frame.wait_for_selector("[data-chart=calls-divergence] canvas")
-            card = frame.wait_for_selector("[data-role=call-finding][data-code=shared-layer]")
-            assert card.query_selector(".evidence tr[data-key=mean_shift]")
-            page.screenshot(path=str(tmp_path / "shared-layer.png"))
-        finally:
-            browser.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
+    with tensorboard(root, "false") as base, plugin_tab(base) as (page, frame):
+        frame.evaluate(
+            "h => { location.hash = h; }",
+            urlencode({"view": "layer", "run": "train", "layer": "shared_bn"}),
+        )
+        frame.wait_for_selector(
+            '.layer-detail[data-layer="shared_bn"] [data-chart=calls-mean] canvas'
+        )
+        assert frame.get_attribute("[data-chart=calls-mean]", "data-series") == "2"
+        assert frame.get_attribute("[data-chart=calls-variance]", "data-series") == "2"
+        frame.wait_for_selector("[data-chart=calls-divergence] canvas")
+        card = frame.wait_for_selector("[data-role=call-finding][data-code=shared-layer]")
+        assert card.query_selector(".evidence tr[data-key=mean_shift]")
+        page.screenshot(path=str(tmp_path / "shared-layer.png"))

@@ -5,26 +5,21 @@ data server, skipped when not installed): the plugin is listed, its routes
 serve every logged step (16, not TensorBoard's default 10), and, when
 ``/usr/bin/chromium`` and the ``playwright`` package exist, headless Chromium
 shows the BN Internals tab: the overview lists the layers, a layer's charts
-plot every logged step, the graph view draws both paths, the EMA-vs-precise
-error chart plots every measurement of the demo's ``slow-momentum`` run (which
-has a ``PreciseStatsMonitor``) and a run without the monitor shows how to
-enable it. Screenshots go to the
-test's tmp folder; with ``TB_BN_UPDATE_SCREENSHOT=1`` the layer detail's is copied
-to ``docs/screenshot.png``.
+plot every logged step, the graph view draws both paths and names each site's
+layer, the EMA-vs-precise error chart plots every measurement of the demo's
+``slow-momentum`` run (which has a ``PreciseStatsMonitor``), a run without the
+monitor shows how to enable it, and the demo's ``momentum-one`` run (the
+finding from its logs and from its graph) has one Diagnostics row per layer,
+linked to its graph site. The TensorBoard process and the browser come from
+``_browser``. Screenshots go to the test's tmp folder; with
+``TB_BN_UPDATE_SCREENSHOT=1`` the layer detail's is copied to ``docs/screenshot.png``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import json
 import os
-import re
 import shutil
-import signal
-import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -32,23 +27,15 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+from _browser import STARTUP_TIMEOUT_S, get_json, plugin_tab, requires_browser, tensorboard
 from _plugin_logdir import HOSTILE, LAYERS, LOGGED_STEPS, write_logdir
 from demo_runs import demo
-from tensorboard.data import server_ingester
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-LAUNCH_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-STARTUP_TIMEOUT_S = 180
-TIMEOUT_MS = 60_000
 SLOW = "slow-momentum"  # the demo scenario with a PreciseStatsMonitor
 SLOW_LAYER = "input_bn"
+# The demo scenario with BN momentum 1: `momentum-one` from the logs and from its graph.
+FROZEN_EMA = "momentum-one"
 
 
 def monitor_steps() -> list[int]:
@@ -62,64 +49,8 @@ def logdir(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("logdir"))
     write_logdir(root, corrupt_runs=False)
     demo().run_scenario(SLOW, root, verbose=0, size=demo().TEST)
+    demo().run_scenario(FROZEN_EMA, root, verbose=0, size=demo().TEST)
     return root
-
-
-@contextlib.contextmanager
-def tensorboard(logdir: str, load_fast: str):
-    """``tensorboard --logdir logdir --port 0``; yields its base URL; always killed."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tensorboard.main",
-            "--logdir",
-            logdir,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            f"--load_fast={load_fast}",
-            "--reload_interval",
-            "2",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""},
-    )
-    lines: list[str] = []
-    found = threading.Event()
-
-    def read_stderr():
-        for line in proc.stderr:
-            lines.append(line)
-            if re.search(r"http://127\.0\.0\.1:\d+/", line):
-                found.set()
-
-    threading.Thread(target=read_stderr, daemon=True).start()
-    try:
-        if not found.wait(STARTUP_TIMEOUT_S) or proc.poll() is not None:
-            pytest.fail("tensorboard did not start:\n" + "".join(lines[-40:]))
-        url = next(
-            m.group(0) for line in lines if (m := re.search(r"http://127\.0\.0\.1:\d+/", line))
-        )
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
-
-
-def get_json(url: str):
-    with urllib.request.urlopen(url, timeout=60) as response:
-        assert response.headers["Content-Type"] == "application/json"
-        return json.loads(response.read())
 
 
 def wait_for_layers(base: str) -> dict:
@@ -132,7 +63,8 @@ def wait_for_layers(base: str) -> dict:
         body = get_json(base + "data/plugin/bn_internals/runs")
         runs = {r["run"]: r for r in body["runs"]}
         if (
-            {"train", HOSTILE, SLOW} <= set(runs)
+            {"train", HOSTILE, SLOW, FROZEN_EMA} <= set(runs)
+            and runs[FROZEN_EMA]["graph_findings"]
             and all(
                 len(runs[r]["layers"]) == len(LAYERS)
                 and {l["num_steps"] for l in runs[r]["layers"]} == {len(LOGGED_STEPS)}
@@ -155,22 +87,9 @@ def ema_error(base: str, run: str, layer: str) -> dict | None:
         return None
 
 
-def _browser_skip_reason() -> str | None:
-    if not os.path.exists(CHROMIUM):
-        return f"{CHROMIUM} is absent (apt-get install chromium to run the browser part)"
-    if importlib.util.find_spec("playwright") is None:
-        return "the playwright Python package is not installed"
-    return None
-
-
 @pytest.fixture(scope="module", params=["false", "true"])
 def server(request, logdir):
     """(base URL, load_fast) of a TensorBoard process that has loaded every step."""
-    if request.param == "true":
-        try:
-            server_ingester.get_server_binary()
-        except server_ingester.NoDataServerError as err:
-            pytest.skip(f"--load_fast=true needs tensorboard_data_server: {err}")
     with tensorboard(logdir, request.param) as base:
         wait_for_layers(base)
         yield base, request.param
@@ -199,111 +118,135 @@ def test_routes_serve_every_logged_step(server):
     assert err.value.code == 404 and "error" in json.loads(err.value.read())
 
 
-@pytest.mark.skipif(_browser_skip_reason() is not None, reason=str(_browser_skip_reason()))
+def test_graph_sites_name_their_layers(server):
+    """The callback's graph names sites by op scope (``convnet_1/bn0_1``); the graph route,
+    the overview and the diagnostics map each to its logged layer, here the layer owning the
+    site's moving variables (``variables/bn0/moving_mean``: a functional model's own layers)."""
+    base, _ = server
+    graph = get_json(base + "data/plugin/bn_internals/graph?" + urlencode({"run": FROZEN_EMA}))
+    runs = {r["run"]: r for r in get_json(base + "data/plugin/bn_internals/runs")["runs"]}
+    owners = {site["name"]: site["moving_variables"][0].split("/")[1] for site in graph["sites"]}
+    assert {site["name"]: site["layer"] for site in graph["sites"]} == owners
+    assert sorted(owners.values()) == sorted(l["path"] for l in runs[FROZEN_EMA]["layers"])
+    assert not set(owners) & set(owners.values())  # scopes are not layer paths
+    (finding,) = graph["findings"]
+    assert finding["code"] == "momentum-one" and finding["site_layers"] == owners
+    (overview,) = runs[FROZEN_EMA]["graph_findings"]
+    assert overview["site_layers"] == owners
+    diagnosed = get_json(base + "data/plugin/bn_internals/diagnostics?run=" + FROZEN_EMA)
+    assert [f["site_layers"] for f in diagnosed["diagnostics"] if "sites" in f] == [owners]
+
+
+@requires_browser
 def test_tab_in_headless_chromium(server, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     base, load_fast = server
-    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-    dialogs: list[str] = []
-    errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.set_default_timeout(TIMEOUT_MS)
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(base + "#bn_internals")
-            page.wait_for_selector("text=BN Internals")  # the tab in TensorBoard's header
-            frame = _plugin_frame(page)
+    with plugin_tab(base) as (page, frame):
+        page.wait_for_selector("text=BN Internals")  # the tab in TensorBoard's header
 
-            frame.wait_for_selector("[data-view=overview] tr[data-layer] .sparkline canvas")
-            rows = frame.eval_on_selector_all(
-                "[data-view=overview] tr[data-layer]",
-                "rs => rs.map(r => [r.dataset.run, r.dataset.layer])",
-            )
-            assert sorted(r for r in rows if r[0] != SLOW) == sorted(
-                [[run, layer] for run in ("train", HOSTILE) for layer in LAYERS]
-            )
-            assert [SLOW, SLOW_LAYER] in rows
-            page.screenshot(path=str(tmp_path / f"overview-{load_fast}.png"))
+        frame.wait_for_selector("[data-view=overview] tr[data-layer] .sparkline canvas")
+        rows = frame.eval_on_selector_all(
+            "[data-view=overview] tr[data-layer]",
+            "rs => rs.map(r => [r.dataset.run, r.dataset.layer])",
+        )
+        assert sorted(r for r in rows if r[0] not in (SLOW, FROZEN_EMA)) == sorted(
+            [[run, layer] for run in ("train", HOSTILE) for layer in LAYERS]
+        )
+        assert [SLOW, SLOW_LAYER] in rows
+        page.screenshot(path=str(tmp_path / f"overview-{load_fast}.png"))
 
-            frame.evaluate(
-                "h => { location.hash = h; }",
-                urlencode({"view": "layer", "run": "train", "layer": "block1_bn"}),
-            )
-            detail = frame.wait_for_selector('.layer-detail[data-layer="block1_bn"]')
-            frame.wait_for_selector(
-                '.layer-detail[data-layer="block1_bn"] .chart-body[data-chart=mean] canvas'
-            )
-            assert (
-                detail.get_attribute("data-points")
-                == detail.get_attribute("data-num-steps")
-                == str(len(LOGGED_STEPS))
-            )
-            assert frame.get_attribute(".chart-body[data-chart=mean]", "data-points") == str(
-                len(LOGGED_STEPS)
-            )
-            assert (
-                "PreciseStatsMonitor" in detail.query_selector("[data-note=ema-error]").inner_text()
-            )
-            assert not detail.query_selector("[data-chart=ema_error]")
-            page.screenshot(path=str(tmp_path / f"layer-{load_fast}.png"))
+        frame.evaluate(
+            "h => { location.hash = h; }",
+            urlencode({"view": "layer", "run": "train", "layer": "block1_bn"}),
+        )
+        detail = frame.wait_for_selector('.layer-detail[data-layer="block1_bn"]')
+        frame.wait_for_selector(
+            '.layer-detail[data-layer="block1_bn"] .chart-body[data-chart=mean] canvas'
+        )
+        assert (
+            detail.get_attribute("data-points")
+            == detail.get_attribute("data-num-steps")
+            == str(len(LOGGED_STEPS))
+        )
+        assert frame.get_attribute(".chart-body[data-chart=mean]", "data-points") == str(
+            len(LOGGED_STEPS)
+        )
+        assert "PreciseStatsMonitor" in detail.query_selector("[data-note=ema-error]").inner_text()
+        assert not detail.query_selector("[data-chart=ema_error]")
+        page.screenshot(path=str(tmp_path / f"layer-{load_fast}.png"))
 
-            frame.evaluate(
-                "h => { location.hash = h; }",
-                urlencode({"view": "layer", "run": SLOW, "layer": SLOW_LAYER}),
-            )
-            chart = frame.wait_for_selector(
-                f'.layer-detail[data-run="{SLOW}"][data-layer="{SLOW_LAYER}"] '
-                ".chart-body[data-chart=ema_error] canvas"
-            )
-            assert chart.evaluate("c => c.closest('[data-chart]').dataset.points") == str(
-                len(monitor_steps())
-            )
-            assert not frame.query_selector("[data-note=ema-error]")
-            assert "tb_bn_plugin.recalibrate(" in frame.inner_text(
-                "[data-card=ema_error] [data-hint=recalibrate]"
-            )
-            frame.locator("[data-card=ema_error]").scroll_into_view_if_needed()
-            page.screenshot(path=str(tmp_path / f"ema-error-{load_fast}.png"))
+        frame.evaluate(
+            "h => { location.hash = h; }",
+            urlencode({"view": "layer", "run": SLOW, "layer": SLOW_LAYER}),
+        )
+        chart = frame.wait_for_selector(
+            f'.layer-detail[data-run="{SLOW}"][data-layer="{SLOW_LAYER}"] '
+            ".chart-body[data-chart=ema_error] canvas"
+        )
+        assert chart.evaluate("c => c.closest('[data-chart]').dataset.points") == str(
+            len(monitor_steps())
+        )
+        assert not frame.query_selector("[data-note=ema-error]")
+        assert "tb_bn_plugin.recalibrate(" in frame.inner_text(
+            "[data-card=ema_error] [data-hint=recalibrate]"
+        )
+        frame.locator("[data-card=ema_error]").scroll_into_view_if_needed()
+        page.screenshot(path=str(tmp_path / f"ema-error-{load_fast}.png"))
 
-            # Its ema-error finding holds evidence per layer: in that layer's row, spelled out,
-            # not "[object Object]".
-            frame.evaluate(
-                "h => { location.hash = h; }", urlencode({"view": "diagnostics", "run": SLOW})
-            )
-            finding = frame.wait_for_selector(f'.finding[data-code=ema-error][data-run="{SLOW}"]')
-            shift = finding.query_selector(
-                f'tr[data-layer="{SLOW_LAYER}"] td[data-key=mean_shift]'
-            ).inner_text()
-            assert float(shift) > 0 and "[object" not in finding.inner_text()
+        # Its ema-error finding holds evidence per layer: in that layer's row, spelled out,
+        # not "[object Object]".
+        frame.evaluate(
+            "h => { location.hash = h; }", urlencode({"view": "diagnostics", "run": SLOW})
+        )
+        finding = frame.wait_for_selector(f'.finding[data-code=ema-error][data-run="{SLOW}"]')
+        shift = finding.query_selector(
+            f'tr[data-layer="{SLOW_LAYER}"] td[data-key=mean_shift]'
+        ).inner_text()
+        assert float(shift) > 0 and "[object" not in finding.inner_text()
 
-            frame.evaluate(
-                "h => { location.hash = h; }", urlencode({"view": "graph", "run": "train"})
-            )
-            site = frame.wait_for_selector('.site[data-site*="block1_bn"] svg.site-graph')
-            assert site.query_selector(".node.path-training") and site.query_selector(
-                ".node.path-inference"
-            )
-            page.screenshot(path=str(tmp_path / f"graph-{load_fast}.png"))
-        finally:
-            browser.close()
-    assert not dialogs, f"a dialog fired (script injection?): {dialogs}"
-    assert not errors, f"uncaught errors in the page: {errors}"
+        frame.evaluate("h => { location.hash = h; }", urlencode({"view": "graph", "run": "train"}))
+        site = frame.wait_for_selector('.site[data-site*="block1_bn"] svg.site-graph')
+        assert site.query_selector(".node.path-training") and site.query_selector(
+            ".node.path-inference"
+        )
+        page.screenshot(path=str(tmp_path / f"graph-{load_fast}.png"))
+        # A site names its logged layer and opens its detail.
+        frame.click('.site[data-layer="block1_bn"] [data-role=site-layer] .layer-link')
+        frame.wait_for_selector('.layer-detail[data-run="train"][data-layer="block1_bn"]')
+
+        # momentum-one from the logs and from the graph: one card, one row per layer, each
+        # with its graph site (not a second row per site), opening the Graph view there.
+        frame.evaluate(
+            "h => { location.hash = h; }",
+            urlencode({"view": "diagnostics", "run": FROZEN_EMA}),
+        )
+        card = frame.wait_for_selector(
+            f'article.finding[data-code=momentum-one][data-run="{FROZEN_EMA}"]'
+        )
+        layers = card.eval_on_selector_all("tr[data-layer]", "rs => rs.map(r => r.dataset.layer)")
+        assert len(layers) == 4 and not card.query_selector("tr[data-site]")
+        assert card.get_attribute("data-count") == "4"
+        assert len(card.query_selector_all("p.fix")) == 1
+        row = card.query_selector(f'tr[data-layer="{layers[0]}"]')
+        site_link = row.query_selector("[data-role=graph-sites] .site-link")
+        site_name = site_link.get_attribute("data-site")
+        assert site_name != layers[0] and site_name.split("/")[-1].startswith(layers[0])
+        # The graph's evidence line, without the site's name the row already shows.
+        graph = row.query_selector("td[data-key=graph]").inner_text()
+        assert graph.startswith("momentum 1 read from ")
+        site_link.click()
+        frame.wait_for_selector(
+            f'.graph-view[data-run="{FROZEN_EMA}"] .site[data-site="{site_name}"]'
+            f'[data-layer="{layers[0]}"]'
+        )
+        # The Graph view's own finding card names each site's layer, as each site does.
+        pairs = frame.eval_on_selector_all(
+            ".graph-view article.finding tr[data-site]",
+            "rs => rs.map(r => [r.dataset.site, "
+            "r.querySelector('[data-role=site-layer] .layer-link').dataset.layer])",
+        )
+        assert sorted(layer for _, layer in pairs) == sorted(layers)
+        for name, layer in pairs:
+            assert frame.get_attribute(f'.site[data-site="{name}"]', "data-layer") == layer
     if os.environ.get("TB_BN_UPDATE_SCREENSHOT") == "1":
         (REPO / "docs").mkdir(exist_ok=True)
         shutil.copy(tmp_path / f"layer-{load_fast}.png", REPO / "docs" / "screenshot.png")
-
-
-def _plugin_frame(page):
-    """The iframe TensorBoard loads the plugin's ES module into."""
-    deadline = time.time() + TIMEOUT_MS / 1000
-    while time.time() < deadline:
-        for frame in page.frames:
-            if "plugin_entry.html?name=bn_internals" in frame.url:
-                frame.wait_for_selector("[data-bn-app]")
-                return frame
-        page.wait_for_timeout(200)
-    pytest.fail(f"no BN Internals iframe among {[f.url for f in page.frames]}")

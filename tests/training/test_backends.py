@@ -34,18 +34,15 @@ from tb_bn_plugin.reading.load import load_runs, read_stats
 from tb_bn_plugin.reading.provider import open_logdir
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_backend_worker.py")
-# The real tensorboard process and headless Chromium of the plugin's end-to-end test.
+# The real tensorboard process and headless Chromium of the plugin's tests (plugin/_browser.py).
 sys.path.insert(
     0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plugin")
 )
-from test_tensorboard_e2e import (  # noqa: E402
-    CHROMIUM,
-    LAUNCH_ARGS,
+from _browser import (  # noqa: E402
     STARTUP_TIMEOUT_S,
-    TIMEOUT_MS,
-    _browser_skip_reason,
-    _plugin_frame,
     get_json,
+    plugin_tab,
+    requires_browser,
     tensorboard,
 )
 
@@ -205,14 +202,11 @@ def test_plugin_serves_the_runs(backend_logdir):
             assert train in codes["updates-not-applied"]["evidence"]["bn0"]
 
 
-@pytest.mark.skipif(_browser_skip_reason() is not None, reason=str(_browser_skip_reason()))
+@requires_browser
 def test_graph_view_in_headless_chromium(backend_logdir, tmp_path):
     """The Graph view of a run without a TensorFlow graph, in a real tensorboard and Chromium,
     naming the two step functions as each backend compiles them."""
     backend = os.path.basename(backend_logdir).split("_")[1].rstrip("0123456789")
-    from playwright.sync_api import sync_playwright
-
-    errors: list[str] = []
     with tensorboard(backend_logdir, "false") as base:
         deadline = time.time() + STARTUP_TIMEOUT_S
         while time.time() < deadline:
@@ -220,44 +214,34 @@ def test_graph_view_in_headless_chromium(backend_logdir, tmp_path):
             if {r["run"] for r in runs if r["has_graph"]} >= {"healthy", "stale"}:
                 break
             time.sleep(1)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 900})
-                page.set_default_timeout(TIMEOUT_MS)
-                page.on("pageerror", lambda e: errors.append(str(e)))
-                page.goto(base + "#bn_internals")
-                frame = _plugin_frame(page)
-                for run, model_class, wired in (
-                    ("stale", "Stale", "false"),
-                    ("healthy", "Functional", "true"),
-                ):
-                    frame.evaluate(
-                        "h => { location.hash = h; }", urlencode({"view": "graph", "run": run})
-                    )
-                    view = frame.wait_for_selector(
-                        f'.graph-view[data-run="{run}"][data-backend={backend}]'
-                    )
-                    site = frame.wait_for_selector(
-                        f'.site[data-site=bn0][data-wired="{wired}"] svg.site-graph'
-                    )
-                    ops = site.eval_on_selector_all(".node", "ns => ns.map(n => n.dataset.op)")
-                    train, predict = _functions(backend, model_class)
-                    assert train in ops and predict in ops
-                    assert "bn0/moving_mean/update" in ops
-                    assert site.query_selector(".node.path-training")
-                    assert site.query_selector(".node.path-inference")
-                    text = view.inner_text()
-                    assert f"No TensorFlow graph: trained on {backend}" in text
-                    assert "Find in Graphs tab" not in text  # nothing there for TensorBoard's tab
-                    if wired == "false":
-                        assert "the train step does not apply the updates" in text
-                        assert site.query_selector(".edge.update-unwired")
-                        assert view.query_selector(".finding[data-code=updates-not-applied]")
-                    else:
-                        assert "updates applied by the train step" in text
-                        assert not view.query_selector(".finding")
-                    page.screenshot(path=str(tmp_path / f"graph-{run}.png"))
-            finally:
-                browser.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
+        with plugin_tab(base) as (page, frame):
+            for run, model_class, wired in (
+                ("stale", "Stale", "false"),
+                ("healthy", "Functional", "true"),
+            ):
+                frame.evaluate(
+                    "h => { location.hash = h; }", urlencode({"view": "graph", "run": run})
+                )
+                view = frame.wait_for_selector(
+                    f'.graph-view[data-run="{run}"][data-backend={backend}]'
+                )
+                site = frame.wait_for_selector(
+                    f'.site[data-site=bn0][data-wired="{wired}"] svg.site-graph'
+                )
+                ops = site.eval_on_selector_all(".node", "ns => ns.map(n => n.dataset.op)")
+                train, predict = _functions(backend, model_class)
+                assert train in ops and predict in ops
+                assert "bn0/moving_mean/update" in ops
+                assert site.query_selector(".node.path-training")
+                assert site.query_selector(".node.path-inference")
+                text = view.inner_text()
+                assert f"No TensorFlow graph: trained on {backend}" in text
+                assert "Find in Graphs tab" not in text  # nothing there for TensorBoard's tab
+                if wired == "false":
+                    assert "the train step does not apply the updates" in text
+                    assert site.query_selector(".edge.update-unwired")
+                    assert view.query_selector(".finding[data-code=updates-not-applied]")
+                else:
+                    assert "updates applied by the train step" in text
+                    assert not view.query_selector(".finding")
+                page.screenshot(path=str(tmp_path / f"graph-{run}.png"))

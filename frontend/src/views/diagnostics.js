@@ -69,14 +69,39 @@ function evidenceFor(f, name, names) {
   return out;
 }
 
-/** One table row per affected layer or site of every finding of the group. */
+/**
+ * One table row per affected layer or site of every finding of the group. A
+ * graph site belonging to a logged layer (`site_layers`) names it; where the
+ * group's statistics finding lists that layer too (momentum-one read from the
+ * logs and from the graph), the site joins the layer's row instead of
+ * repeating it, its evidence under `graph`.
+ */
 function affectedRows(group) {
   const rows = [];
+  const sites = [];
   for (const f of group.findings) {
     const kind = Array.isArray(f.sites) ? "site" : "layer";
     const names = (kind === "site" ? f.sites : f.layers) || [];
     if (!names.length) rows.push({ kind: "run", name: "", finding: f, evidence: evidenceFor(f, "", names) });
-    for (const name of names) rows.push({ kind, name, finding: f, evidence: evidenceFor(f, name, names) });
+    for (const name of names) {
+      const row = { kind, name, finding: f, evidence: evidenceFor(f, name, names), sites: [] };
+      if (kind === "site") {
+        row.layer = isMapping(f.site_layers) && typeof f.site_layers[name] === "string" ? f.site_layers[name] : null;
+        // Graph evidence lines start with the site's name, which the row already shows.
+        const detail = row.evidence.detail;
+        if (typeof detail === "string" && detail.startsWith(`${name}: `)) row.evidence.detail = detail.slice(name.length + 2);
+        sites.push(row);
+      } else rows.push(row);
+    }
+  }
+  for (const site of sites) {
+    const layerRow = site.layer ? rows.find((r) => r.kind === "layer" && r.name === site.layer) : null;
+    if (!layerRow) rows.push(site);
+    else {
+      layerRow.sites.push(site.name);
+      const { detail, ...rest } = site.evidence;
+      Object.assign(layerRow.evidence, rest, detail === undefined ? {} : { graph: detail });
+    }
   }
   return rows;
 }
@@ -95,7 +120,8 @@ function compareCells(a, b) {
  */
 export function problemCard(ctx, group, { inGraph = false } = {}) {
   const rows = affectedRows(group);
-  const titles = [...new Set(group.findings.map((f) => f.title || f.code))];
+  // The titles of the findings with rows: a graph site that joined its layer's row adds none.
+  const titles = [...new Set(rows.map((r) => r.finding.title || r.finding.code))];
   const fixes = [...new Set(group.findings.map((f) => f.fix).filter(Boolean))];
   const allKeys = [];
   for (const row of rows) for (const k of Object.keys(row.evidence)) if (!allKeys.includes(k)) allKeys.push(k);
@@ -106,11 +132,24 @@ export function problemCard(ctx, group, { inGraph = false } = {}) {
   const what = rows.every((r) => r.kind === "site") ? "site" : "layer";
   const named = rows.filter((r) => r.name).length;
 
+  const toSite = (name) => (inGraph ? inPageSiteLink(name) : siteLink(ctx, group.run, name));
   const nameCell = (row) => {
-    if (row.kind === "layer") return h("td", { class: "affected", dataset: { layer: row.name } }, layerLink(ctx, group.run, row.name), channelLinks(ctx, group.run, row));
+    if (row.kind === "layer") {
+      return h(
+        "td",
+        { class: "affected", dataset: { layer: row.name } },
+        layerLink(ctx, group.run, row.name),
+        channelLinks(ctx, group.run, row),
+        row.sites.length ? h("span", { class: "muted affected-sites", dataset: { role: "graph-sites" } }, " · graph ", row.sites.flatMap((name, i) => [i ? ", " : "", toSite(name)])) : null,
+      );
+    }
     if (row.kind === "site") {
-      const link = inGraph ? inPageSiteLink(row.name) : siteLink(ctx, group.run, row.name);
-      return h("td", { class: "affected", dataset: { site: row.name } }, link);
+      return h(
+        "td",
+        { class: "affected", dataset: { site: row.name } },
+        toSite(row.name),
+        row.layer ? h("span", { class: "muted site-layer", dataset: { role: "site-layer" } }, " · layer ", layerLink(ctx, group.run, row.layer)) : null,
+      );
     }
     return h("td", { class: "muted" }, "whole run");
   };

@@ -10,7 +10,7 @@ import { h, s, messageBox, copyButton, whenVisible } from "../dom.js";
 import { api, ApiError } from "../api.js";
 import { fmt } from "../format.js";
 import { parentUrlWithHash, openInParent } from "../host.js";
-import { loadRuns, pickRun, runSelect, errorBox } from "./common.js";
+import { loadRuns, pickRun, runSelect, errorBox, layerLink } from "./common.js";
 import { groupFindings, problemCard, scrollToSite } from "./diagnostics.js";
 
 const MAX_PATH_NODES = 6;
@@ -302,7 +302,7 @@ function opList(run, site, inGraphsTab) {
   );
 }
 
-function siteSection(run, site, inGraphsTab) {
+function siteSection(ctx, run, site, inGraphsTab) {
   const measured = measuredUpdates(site);
   const wired = measured ? site.updates_applied : site.updates_wired;
   const selected = h("div", { class: "op-selected", dataset: { role: "selected-op" } }, h("span", { class: "muted" }, "Click an op to show its full name."));
@@ -322,11 +322,13 @@ function siteSection(run, site, inGraphsTab) {
   });
   return h(
     "section",
-    { class: "site", dataset: { site: site.name, kind: site.kind, wired: wired === true ? "true" : wired === false ? "false" : "unknown" } },
+    { class: "site", dataset: { site: site.name, layer: site.layer || "", kind: site.kind, wired: wired === true ? "true" : wired === false ? "false" : "unknown" } },
     h(
       "div",
       { class: "site-head" },
       h("span", { class: "site-name" }, site.name),
+      // The logged layer this op scope belongs to (graph route `layer`): its statistics.
+      site.layer ? h("span", { class: "site-layer", dataset: { role: "site-layer" } }, "layer ", layerLink(ctx, run, site.layer)) : null,
       h("span", { class: "muted" }, KIND_TEXT[site.kind] || site.kind),
       site.momentum !== null && site.momentum !== undefined ? h("span", { class: "muted" }, `momentum ${fmt(site.momentum)}`) : null,
       wired === true
@@ -409,19 +411,20 @@ export async function renderGraph(panel, ctx) {
   const list = h("div", { class: "sites" });
   const filter = h("input", {
     type: "search",
-    placeholder: "Filter sites by name…",
+    placeholder: "Filter sites by name or layer…",
     "aria-label": "Filter BN sites by name",
     dataset: { control: "site-filter" },
     on: {
       input: () => {
         const q = filter.value.trim().toLowerCase();
-        for (const el of list.children) el.hidden = Boolean(q) && !String(el.dataset.site).toLowerCase().includes(q);
+        const names = (el) => `${el.dataset.site}\n${el.dataset.layer || ""}`.toLowerCase();
+        for (const el of list.children) el.hidden = Boolean(q) && !names(el).includes(q);
       },
     },
   });
   if (sites.length > 4) view.appendChild(h("div", { class: "controls" }, filter));
   view.appendChild(list);
-  for (const site of sites) list.appendChild(siteSection(run.run, site, !described));
+  for (const site of sites) list.appendChild(siteSection(ctx, run.run, site, !described));
   // Opened from a finding elsewhere (#view=graph&site=...): show that site.
   if (ctx.state.site && run.run === ctx.state.run) requestAnimationFrame(() => scrollToSite(ctx.state.site));
 }

@@ -32,6 +32,23 @@ function modeText(layer) {
   return parts.join(", ");
 }
 
+/**
+ * A run's problems per severity, counted as Diagnostics shows them: one per
+ * code (`codes`: code -> layers it names), and the layers they name.
+ */
+function problemCounts(layers) {
+  const bySeverity = new Map();
+  for (const layer of layers) {
+    for (const d of layer.diagnostics || []) {
+      if (!bySeverity.has(d.severity)) bySeverity.set(d.severity, { severity: d.severity, codes: new Map(), layers: new Set() });
+      const p = bySeverity.get(d.severity);
+      p.codes.set(d.code, (p.codes.get(d.code) || 0) + 1);
+      p.layers.add(layer.path);
+    }
+  }
+  return [...bySeverity.values()].sort((a, b) => severityRank(a.severity) - severityRank(b.severity));
+}
+
 /** A run's graph findings (runs route `graph_findings`), each linking to its first site. */
 function graphFindingBadges(ctx, run) {
   const found = (Array.isArray(run.graph_findings) ? run.graph_findings : []).slice();
@@ -44,7 +61,8 @@ function graphFindingBadges(ctx, run) {
       const sites = Array.isArray(f.sites) ? f.sites : [];
       const badge = severityBadge(f.severity, `graph: ${f.code}`);
       badge.dataset.code = f.code;
-      badge.title = f.title || f.code;
+      const layers = [...new Set(Object.values(f.site_layers || {}))];
+      badge.title = `${f.title || f.code}${layers.length ? `\nlayers: ${layers.join(", ")}` : ""}`;
       return sites.length ? siteLink(ctx, run.run, sites[0], badge) : badge;
     }),
   );
@@ -66,9 +84,7 @@ export async function renderOverview(panel, ctx) {
   for (const run of runs) {
     const layers = Array.isArray(run.layers) ? run.layers : [];
     total += layers.length;
-    const worst = layers.flatMap((l) => l.diagnostics || []).sort((a, b) => severityRank(a.severity) - severityRank(b.severity));
-    const counts = { error: 0, warning: 0, info: 0 };
-    for (const d of worst) counts[d.severity] = (counts[d.severity] || 0) + 1;
+    const problems = problemCounts(layers);
     const gap = run.gap;
     cards.appendChild(
       h(
@@ -83,13 +99,17 @@ export async function renderOverview(panel, ctx) {
               `step ${gap.step}: train loss ${fmt(gap.train_loss)} · inference loss ${fmt(gap.inference_loss)}`,
             )
           : h("div", { class: "kv" }, "no train/inference gap logged"),
-        counts.error || counts.warning || counts.info
+        problems.length
           ? h(
               "div",
-              { class: "badges", style: { marginTop: "4px" } },
-              counts.error ? severityBadge("error", `${counts.error} layer error${counts.error > 1 ? "s" : ""}`) : null,
-              counts.warning ? severityBadge("warning", `${counts.warning} layer warning${counts.warning > 1 ? "s" : ""}`) : null,
-              counts.info ? severityBadge("info", `${counts.info} layer info`) : null,
+              { class: "badges", dataset: { role: "run-problems" }, style: { marginTop: "4px" } },
+              problems.map((p) => {
+                const badge = severityBadge(p.severity, `${p.codes.size} ${p.severity === "info" ? "info" : `${p.severity}${p.codes.size > 1 ? "s" : ""}`} · ${p.layers.size} layer${p.layers.size > 1 ? "s" : ""}`);
+                badge.dataset.problems = String(p.codes.size);
+                badge.dataset.layers = String(p.layers.size);
+                badge.title = [...p.codes].map(([code, n]) => `${code}: ${n} layer${n > 1 ? "s" : ""}`).join("\n");
+                return badge;
+              }),
             )
           : null,
         graphFindingBadges(ctx, run),

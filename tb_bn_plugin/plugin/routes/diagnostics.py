@@ -37,6 +37,6 @@ def diagnostics_impl(
     found += [
         {"run": name, **finding}
         for name, version in sorted(graphs.items())
-        for finding in cached_graph_findings(source, name, version, cache)
+        for finding in cached_graph_findings(source, name, version, cache, runs.get(name))
     ]
     return {"diagnostics": found}

@@ -2,10 +2,14 @@
 
 A run trained on JAX or PyTorch has no graph; its step-functions description
 (``reading.graph.read_step_functions``) gives the same sites and findings.
+Sites are named by their op scope (``resnet50_1/conv1_bn_1``); each site and
+finding also names the logged layer a site belongs to (``graph.layers``), so
+the tab links a site to its layer's detail.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Optional
 
 from tensorboard import errors
@@ -16,11 +20,13 @@ from tb_bn_plugin.diagnostics.graph import (
     report_graph,
     report_step_functions,
 )
+from tb_bn_plugin.graph.layers import site_layers
 from tb_bn_plugin.graph.load import GraphLoadError
 from tb_bn_plugin.plugin.routes.encoding import json_values
 from tb_bn_plugin.plugin.routes.params import check_run
 from tb_bn_plugin.reading.graph import read_run_graph, read_step_functions
 from tb_bn_plugin.reading.provider import ExperimentSource
+from tb_bn_plugin.reading.tags import list_tags
 from tb_bn_plugin.series import StepFunctions
 
 
@@ -43,29 +49,55 @@ def graph_impl(source: ExperimentSource, run: str) -> dict[str, Any]:
             f"run {run!r} has no graph; write one with tb_bn_plugin.write_graph or tf.summary.graph"
         )
     report = report_graph(graph) if graph is not None else report_step_functions(described)
+    layers = site_layers(report.sites, _logged_layer_paths(source, run))
     return {
         "run": run,
         "step_functions": _step_functions_json(described),
         # float32 constants as they print (0.99, not 0.9900000095), like every route's numbers.
         "sites": [
-            {**site.to_json(), "momentum": json_values(site.momentum)} for site in report.sites
+            {
+                **site.to_json(),
+                "momentum": json_values(site.momentum),
+                "layer": layers.get(site.name),
+            }
+            for site in report.sites
         ],
-        "findings": [graph_finding_json(finding) for finding in report.findings],
+        "findings": _findings_json(report, layers),
         "error": None,
     }
 
 
-def graph_findings(source: ExperimentSource, run: str) -> list[dict[str, Any]]:
+def graph_findings(
+    source: ExperimentSource, run: str, layer_paths: Collection[str]
+) -> list[dict[str, Any]]:
     """The graph-level findings of ``run`` (``graph_impl``'s ``findings``) for the overview.
 
-    Empty when the run has neither a graph nor a step-functions description, or
-    its stored graph is not a ``GraphDef``: the graph view explains why
-    (``graph_impl``'s 404).
+    ``layer_paths``: the run's logged layers, which the findings' sites are
+    mapped to (``site_layers``). Empty when the run has neither a graph nor a
+    step-functions description, or its stored graph is not a ``GraphDef``: the
+    graph view explains why (``graph_impl``'s 404).
     """
     report = _readable_report(source, run)
     if report is None:
         return []
-    return [graph_finding_json(finding) for finding in report.findings]
+    return _findings_json(report, site_layers(report.sites, layer_paths))
+
+
+def _findings_json(report: GraphReport, layers: dict[str, str]) -> list[dict[str, Any]]:
+    """The findings, each with ``site_layers``: the logged layer of each of its sites with one."""
+    return [
+        {
+            **graph_finding_json(finding),
+            "site_layers": {site: layers[site] for site in finding.layers if site in layers},
+        }
+        for finding in report.findings
+    ]
+
+
+def _logged_layer_paths(source: ExperimentSource, run: str) -> list[str]:
+    """The layer paths ``run`` logged statistics for (tag metadata only, no values read)."""
+    tags, _ = list_tags(source, runs=[run])
+    return [tag.layer.path for tag in tags.get(run, ()) if tag.layer is not None]
 
 
 def _readable_report(source: ExperimentSource, run: str) -> Optional[GraphReport]:

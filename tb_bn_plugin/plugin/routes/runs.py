@@ -48,13 +48,20 @@ def runs_impl(source: ExperimentSource, cache: Optional[SeriesCache] = None) -> 
     answer = []
     for name in sorted(set(runs) | set(graphs)):
         row = rows.get(name) or _run_row(RunData(run=name, layers={}), [], None)
-        found = cached_graph_findings(source, name, graphs[name], cache) if name in graphs else []
+        found = (
+            cached_graph_findings(source, name, graphs[name], cache, runs.get(name))
+            if name in graphs
+            else []
+        )
         answer.append(
             {
                 "run": name,
                 "has_graph": name in graphs,
                 "graph_findings": [
-                    {key: finding[key] for key in ("code", "severity", "title", "sites")}
+                    {
+                        key: finding[key]
+                        for key in ("code", "severity", "title", "sites", "site_layers")
+                    }
                     for finding in found
                 ],
                 **row,
@@ -72,12 +79,20 @@ def run_findings(run: RunData, cache: Optional[SeriesCache]) -> list[diagnostics
 
 
 def cached_graph_findings(
-    source: ExperimentSource, run: str, version: Hashable, cache: Optional[SeriesCache]
+    source: ExperimentSource,
+    run: str,
+    version: Hashable,
+    cache: Optional[SeriesCache],
+    data: Optional[RunData],
 ) -> list[dict[str, Any]]:
-    """``graph_findings`` of ``run``, once per stored graph (``graph_versions``) while cached."""
+    """``graph_findings`` of ``run``, once per stored graph (``graph_versions``) and set of
+    logged layers (``data``'s, which the sites are mapped to) while cached."""
+    layers = frozenset(data.layers if data is not None else ())
     if cache is None:
-        return graph_findings(source, run)
-    return cache.computed(("graph_findings", run, version), lambda: graph_findings(source, run))
+        return graph_findings(source, run, layers)
+    return cache.computed(
+        ("graph_findings", run, version, layers), lambda: graph_findings(source, run, layers)
+    )
 
 
 def _row_key(run: RunData) -> Hashable:
