@@ -145,8 +145,6 @@ class GapProbe:
         self._present = [i for i, t in enumerate(leaves) if t is not None]
         self._n_leaves = len(leaves)
         self._args = [leaves[i] for i in self._present]
-        # What the main pass packs (``_unpack_main``): its structure and each value's shape.
-        self._main_outputs: Any = None
         with self._tracing():
             self._main = tf.function(self._main_pass, autograph=False).get_concrete_function(
                 *self._args
@@ -180,7 +178,7 @@ class GapProbe:
 
     def evaluate(self, attribution: bool = False) -> GapResult:
         """One gap evaluation at the model's current state; changes no variable."""
-        out = self._unpack_main(self._main(*self._args))
+        out = {k: _to_numpy(v) for k, v in self._main(*self._args).items()}
         n = len(self._tapped)
         values = np.full((n, len(metadata.GAP_LAYER_FIELDS)), np.nan)
         col = metadata.GAP_LAYER_FIELDS.index
@@ -292,7 +290,7 @@ class GapProbe:
         def column(sums):
             return tf.stack(sums) if sums else tf.zeros([0])
 
-        outputs = {
+        return {
             "train_losses": train_losses,
             "inference_losses": inference_losses,
             "train_metrics": train_metrics,
@@ -302,23 +300,6 @@ class GapProbe:
             "local_diff_sq": column(local_diff_sq),
             "stats": stats,
         }
-        # Every value (float32 scalars and vectors) in one vector: one host transfer per
-        # evaluation instead of one per value (six per layer), unpacked by ``_unpack_main``.
-        leaves = tf.nest.flatten(outputs)
-        self._main_outputs = (
-            tf.nest.map_structure(lambda _: 0, outputs),
-            [tuple(t.shape) for t in leaves],
-        )
-        return tf.concat([tf.reshape(tf.cast(t, tf.float32), [-1]) for t in leaves], axis=0)
-
-    def _unpack_main(self, packed: tf.Tensor) -> dict[str, Any]:
-        """The main pass's outputs as float64 numpy arrays, from its one packed vector."""
-        structure, shapes = self._main_outputs
-        flat = packed.numpy().astype(np.float64)
-        ends = np.cumsum([math.prod(shape) for shape in shapes])
-        pieces = np.split(flat, ends[:-1]) if shapes else []
-        arrays = [piece.reshape(shape) for piece, shape in zip(pieces, shapes)]
-        return tf.nest.pack_sequence_as(structure, arrays)
 
     def _attribution_pass(self, index: tf.Tensor, *args: tf.Tensor) -> tf.Tensor:
         x, y, sample_weight = self._unpack(args)
@@ -397,3 +378,9 @@ def _squared_distance(reference: tf.Tensor, other: Any) -> tf.Tensor:
     """``sum((reference - other)^2)`` in float32 (``reference`` is float32), in one fused
     elementwise op: the same value as ``square`` of the difference, one pass fewer."""
     return tf.reduce_sum(tf.math.squared_difference(reference, tf.cast(other, tf.float32)))
+
+
+def _to_numpy(value: Any) -> Any:
+    return tf.nest.map_structure(
+        lambda t: t.numpy().astype(np.float64) if tf.is_tensor(t) else t, value
+    )
