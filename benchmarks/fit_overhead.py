@@ -21,9 +21,12 @@ the defaults' fixed cost are differences of those medians: capture
 graph (``bn_default`` - ``bn_no_graph``), next plain fit (``bare_after_bn`` -
 ``bare_after_bare``: both time a bare ``fit`` that follows an untimed one); and,
 measured directly inside the ``bn_default`` fits, the CPU of the gap probe's
-evaluations (``gap_evaluations``). The work paid once per model (the
-first ``fit`` of a new model with the callback, against a new model's first
-bare ``fit``) is measured after the rounds. TensorFlow's "triggered
+evaluations (``gap_evaluations``). The work paid once per model is measured
+after the rounds: a new model's first ``fit`` and a later ``fit`` of it, bare and
+with the callback, each component clocked where it happens (``CpuClocks`` around
+the callback's hooks, the run graph's trace and write, the gap probe and the
+snapshots; ``FirstStepClock`` around the first train-function call, which traces
+it). TensorFlow's "triggered
 tf.function retracing" warnings (logged to the ``tensorflow`` logger) are
 counted per configuration over the whole run, warm-up included.
 """
@@ -36,6 +39,7 @@ import os
 import sys
 import tempfile
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -46,6 +50,9 @@ import tensorflow as tf  # noqa: E402
 from training_overhead import dataset, resnet  # noqa: E402
 
 from tb_bn_plugin import BatchNormCallback  # noqa: E402
+from tb_bn_plugin.summary import SummaryWriter  # noqa: E402
+from tb_bn_plugin.training import graph_trace  # noqa: E402
+from tb_bn_plugin.training.capture import StatsCapture  # noqa: E402
 from tb_bn_plugin.training.gap_probe import GapProbe  # noqa: E402
 
 keras = tf.keras
@@ -79,29 +86,57 @@ class RetraceCounter(logging.Handler):
             self.functions.add(message.split("<", 1)[-1].split(" at 0x", 1)[0])
 
 
-class GapEvaluationClock:
-    """Process CPU seconds spent in ``GapProbe.evaluate`` (the probe's forward passes) while
-    installed: the gap probe's share of a fit measured directly, not as a difference of
-    two noisy whole-fit medians."""
+class CpuClocks:
+    """Process CPU seconds spent in chosen methods while installed, one clock per name.
 
-    def __init__(self) -> None:
-        self.cpu_s = 0.0
-        self._evaluate = GapProbe.evaluate
+    A component measured directly, around the call that does it, instead of as a
+    difference of two noisy whole-fit medians. Nested clocks each count their own
+    call (a clock around a hook includes the clocks of what the hook calls).
+    """
+
+    def __init__(self, targets: dict[str, tuple[Any, str]]) -> None:
+        self.targets = targets  # name -> (owner, attribute)
+        self.cpu_s = dict.fromkeys(targets, 0.0)
+        self._originals: dict[str, Any] = {}
 
     def install(self) -> None:
-        evaluate = self._evaluate
-
-        def timed(probe, *args, **kwargs):
-            start = time.process_time()
-            try:
-                return evaluate(probe, *args, **kwargs)
-            finally:
-                self.cpu_s += time.process_time() - start
-
-        GapProbe.evaluate = timed
+        for name, (owner, attribute) in self.targets.items():
+            original = getattr(owner, attribute)
+            self._originals[name] = original
+            setattr(owner, attribute, self._timed(name, original))
 
     def uninstall(self) -> None:
-        GapProbe.evaluate = self._evaluate
+        for name, (owner, attribute) in self.targets.items():
+            setattr(owner, attribute, self._originals.pop(name))
+
+    def _timed(self, name: str, function: Any) -> Any:
+        @functools.wraps(function)
+        def timed(*args, **kwargs):
+            start = time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.cpu_s[name] += time.process_time() - start
+
+        return timed
+
+
+class FirstStepClock(keras.callbacks.Callback):
+    """CPU seconds of a fit's first train-function call (its trace, if not traced yet, and
+    the first run); listed after every other callback, so their batch hooks stay outside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cpu_s = 0.0
+        self._start = 0.0
+
+    def on_train_batch_begin(self, batch: int, logs=None) -> None:
+        if batch == 0:
+            self._start = time.process_time()
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        if batch == 0:
+            self.cpu_s = time.process_time() - self._start
 
 
 def compiled_resnet(p: dict):
@@ -136,15 +171,15 @@ def main(argv=None) -> int:
         fits["n"] += 1
         return os.path.join(root, f"fit{fits['n']}")
 
-    gap_clock = GapEvaluationClock()
+    gap_clock = CpuClocks({"gap_evaluations": (GapProbe, "evaluate")})
     gap_clock.install()
 
     def counted(name, make_callbacks):
         def run():
-            before, gap_before = counter.count, gap_clock.cpu_s
+            before, gap_before = counter.count, gap_clock.cpu_s["gap_evaluations"]
             fit(make_callbacks())
             retraces[name] = retraces.get(name, 0) + counter.count - before
-            return {"gap_evaluations_cpu_s": gap_clock.cpu_s - gap_before}
+            return {"gap_evaluations_cpu_s": gap_clock.cpu_s["gap_evaluations"] - gap_before}
 
         return run
 
@@ -210,7 +245,7 @@ def main(argv=None) -> int:
         "gap_probe_s": extra["bn_no_graph"] - extra["bn_capture_only"],
         "run_graph_s": extra["bn_default"] - extra["bn_no_graph"],
         "next_plain_fit_s": extra["bare_after_bn"] - extra["bare_after_bare"],
-        # Measured inside the bn_default fits themselves (GapEvaluationClock).
+        # Measured inside the bn_default fits themselves (CpuClocks).
         "gap_evaluations_s": harness.median(
             [r["gap_evaluations_cpu_s"] for r in samples["bn_default"]]
         ),
@@ -220,11 +255,22 @@ def main(argv=None) -> int:
         "extra CPU per fit at defaults by component: "
         + ", ".join(f"{k[:-2]} {v:+.2f} s" for k, v in components.items())
     )
-    first_fit = measure_first_fit(p, data, FIRST_FIT_ROUNDS[args.mode], fit, logdir)
+    first_fit = measure_first_fit(p, data, FIRST_FIT_ROUNDS[args.mode], logdir)
     print(
-        f"first fit of a new model (once per model): bare {first_fit['bare_cpu_s']:.2f} s CPU, "
+        f"first fit of a new model: bare {first_fit['bare_cpu_s']:.2f} s CPU, "
         f"with BatchNormCallback() {first_fit['bn_default_cpu_s']:.2f} s "
-        f"({first_fit['extra_cpu_s']:+.2f} s)"
+        f"({first_fit['extra_cpu_s']:+.2f} s); by component, CPU s against the bare fit of "
+        "the same rank (a new model's first fit, then a later fit of it):"
+    )
+    print(
+        harness.format_table(
+            ["component", "first fit", "later fit", "once per model"],
+            [
+                [label]
+                + [f"{first_fit['breakdown'][key][column]:+.2f}" for column in BREAKDOWN_COLUMNS]
+                for key, label in FIRST_FIT_COMPONENTS.items()
+            ],
+        )
     )
     print(
         f"retracing warnings over the whole run: {counter.count}"
@@ -257,19 +303,123 @@ def main(argv=None) -> int:
     return 0
 
 
-def measure_first_fit(p: dict, data, rounds: int, fit, logdir) -> dict:
-    """CPU seconds of a new model's first ``fit``, bare and with ``BatchNormCallback()``
-    (alternating, median over ``rounds``): what the callback traces once per model."""
-    bare, with_callback = [], []
-    for _ in range(rounds):
-        bare.append(harness.time_call(functools.partial(fit, [], on=compiled_resnet(p)))[1])
-        first = functools.partial(fit, [BatchNormCallback(logdir())], on=compiled_resnet(p))
-        with_callback.append(harness.time_call(first)[1])
+# The callback's work in a fit, clocked where it happens; the hooks include the rest.
+HOOKS = ("on_train_begin", "on_epoch_begin", "on_train_batch_begin", "on_epoch_end", "on_train_end")
+BREAKDOWN_COLUMNS = ("first_fit_s", "later_fit_s", "once_per_model_s")
+FIRST_FIT_COMPONENTS = {
+    "train_step_first_call_s": "train step's first call (trace + run), minus Keras' own",
+    "run_graph_s": "run graph (trace + write)",
+    "gap_probe_s": "gap probe (construction, which traces it, + evaluations)",
+    "snapshots_s": "snapshots (the first traces the snapshot function)",
+    "other_callback_work_s": "other callback work (discovery, writer, stash, logs)",
+    "unattributed_s": "unattributed (the other steps, fit's own work, noise)",
+    "total_s": "total: the fit's CPU minus the bare fit's",
+}
+
+
+def first_fit_clocks() -> CpuClocks:
+    return CpuClocks(
+        {
+            **{f"hook.{hook}": (BatchNormCallback, hook) for hook in HOOKS},
+            "run_graph_trace": (graph_trace, "trace_model_graph"),
+            "run_graph_write": (SummaryWriter, "graph"),
+            "gap_probe_construction": (GapProbe, "__init__"),
+            "gap_evaluations": (GapProbe, "evaluate"),
+            "snapshots": (StatsCapture, "snapshot"),
+        }
+    )
+
+
+def measure_first_fit(p: dict, data, rounds: int, logdir) -> dict:
+    """The work paid once per model: a new model's first ``fit`` and a later ``fit`` of the same
+    model, bare and with ``BatchNormCallback()`` (a new callback per fit), by component.
+
+    Per round, each configuration fits a new model twice; every component is a
+    difference to the bare fit of the same rank (first or later), measured directly
+    (``CpuClocks``, ``FirstStepClock``) and summarised by its median over ``rounds``.
+    """
+    clocks = first_fit_clocks()
+    clocks.install()
+    try:
+        per_round = []
+        for _ in range(rounds):
+            fits = {}
+            for name, make_callbacks in (
+                ("bare", list),
+                ("bn_default", lambda: [BatchNormCallback(logdir())]),
+            ):
+                model = compiled_resnet(p)
+                fits[name] = [
+                    clocked_fit(model, make_callbacks(), p, data, clocks) for _ in range(2)
+                ]
+            per_round.append(
+                {
+                    rank: breakdown(fits["bn_default"][i], fits["bare"][i])
+                    for i, rank in enumerate(("first_fit", "later_fit"))
+                }
+                | {"bare_cpu_s": fits["bare"][0]["cpu"], "bn_cpu_s": fits["bn_default"][0]["cpu"]}
+            )
+    finally:
+        clocks.uninstall()
+    medians = {
+        rank: {c: harness.median([r[rank][c] for r in per_round]) for c in FIRST_FIT_COMPONENTS}
+        for rank in ("first_fit", "later_fit")
+    }
     return {
-        "bare_cpu_s": harness.median(bare),
-        "bn_default_cpu_s": harness.median(with_callback),
-        "extra_cpu_s": harness.median([b - a for a, b in zip(bare, with_callback)]),
+        "bare_cpu_s": harness.median([r["bare_cpu_s"] for r in per_round]),
+        "bn_default_cpu_s": harness.median([r["bn_cpu_s"] for r in per_round]),
+        "extra_cpu_s": medians["first_fit"]["total_s"],
         "rounds": rounds,
+        "breakdown": {
+            component: {
+                "first_fit_s": medians["first_fit"][component],
+                "later_fit_s": medians["later_fit"][component],
+                "once_per_model_s": harness.median(
+                    [r["first_fit"][component] - r["later_fit"][component] for r in per_round]
+                ),
+            }
+            for component in FIRST_FIT_COMPONENTS
+        },
+    }
+
+
+def clocked_fit(model, callbacks: list, p: dict, data, clocks: CpuClocks) -> dict[str, float]:
+    """One ``fit`` of ``model``: its CPU seconds, its first step's and every clock's."""
+    before = dict(clocks.cpu_s)
+    first_step = FirstStepClock()
+    start = time.process_time()
+    model.fit(
+        data,
+        steps_per_epoch=p["steps"],
+        epochs=1,
+        verbose=0,
+        callbacks=[*callbacks, first_step],
+    )
+    cpu = time.process_time() - start
+    return {
+        "cpu": cpu,
+        "first_step": first_step.cpu_s,
+        **{name: clocks.cpu_s[name] - before[name] for name in clocks.cpu_s},
+    }
+
+
+def breakdown(with_callback: dict[str, float], bare: dict[str, float]) -> dict[str, float]:
+    """A fit with the callback against the bare fit of the same rank, by component (seconds)."""
+    hooks = sum(with_callback[f"hook.{hook}"] for hook in HOOKS)
+    # Inside the hooks:
+    graph = with_callback["run_graph_trace"] + with_callback["run_graph_write"]
+    gap = with_callback["gap_probe_construction"] + with_callback["gap_evaluations"]
+    snapshots = with_callback["snapshots"]
+    train_step = with_callback["first_step"] - bare["first_step"]
+    total = with_callback["cpu"] - bare["cpu"]
+    return {
+        "train_step_first_call_s": train_step,
+        "run_graph_s": graph,
+        "gap_probe_s": gap,
+        "snapshots_s": snapshots,
+        "other_callback_work_s": hooks - graph - gap - snapshots,
+        "unattributed_s": total - train_step - hooks,
+        "total_s": total,
     }
 
 

@@ -81,11 +81,12 @@ SIZES = {
 }  # runs, layers, steps
 COMPARE_RUNS = 4
 # The Python loader reads a logdir of the same runs and layers with at most this many
-# logged steps: its multiplexer keeps every event as a parsed proto (2.2-3.4 KB each
-# measured: 16-25 GB at the full size's 7.5 M events, 1.7-2.5 GB at 500 steps). Its routes
-# read evenly spaced samples (the overview 64 per layer, a layer 1,000), so their cost
-# hardly depends on the number of steps.
-PYTHON_LOADER_STEPS = 500
+# logged steps: TensorBoard's multiplexer keeps every event as a parsed proto (2.2-3.4 KB
+# each measured, held before the plugin reads anything: 16-25 GB at the full size's 7.5 M
+# events, 3.3-5 GB at 1,000 steps, the most that fits this benchmark's 6 GB budget on a
+# shared 24 GB machine). Its routes read evenly spaced samples (the overview 64 per layer,
+# a layer 1,000), so their cost hardly depends on the number of steps.
+PYTHON_LOADER_STEPS = 1000
 REPEATS = {"full": 5, "quick": 5, "smoke": 2}
 PREFIX = "/data/plugin/bn_internals/"
 RESOLUTION = 1000
@@ -571,6 +572,13 @@ def _children_cpu_s() -> float:
 
 def add_arguments(parser) -> None:
     parser.add_argument(
+        "--no-tensorboard",
+        action="store_true",
+        help="skip the real tensorboard process (its load time and the first paint): on a "
+        "busy machine its load, and the wait of twice that before the paint, take longer "
+        "than everything else",
+    )
+    parser.add_argument(
         "--logdir",
         default=None,
         help="synthesise the logdirs under this folder once and reuse them on later runs "
@@ -634,17 +642,21 @@ def main(argv=None) -> int:
             )
             # The Python loader holds the data in this process, the Rust one in its server.
             held = _own_rss_bytes() - rss_before if loader == "python" else _children_rss_bytes()
+            events = num_runs * num_layers * (steps + loader_info["snapshots"])
             try:
                 results[loader] = {
                     "steps": steps,
                     "load_s": load_s,
                     "loaded_rss_bytes": held,
+                    # Held by the loader before the plugin answers any request.
+                    "loaded_events": events,
+                    "loaded_bytes_per_event": held / events,
                     **route_latency(logdir, provider, multiplexer, loader_info, repeats),
                 }
             finally:
                 stop()
                 del provider, multiplexer
-            if loader == "rust":
+            if loader == "rust" and not args.no_tensorboard:
                 results["rust"].update(tensorboard_measurements(logdirs[num_steps], info))
     finally:
         if args.logdir is None:
@@ -689,7 +701,7 @@ def main(argv=None) -> int:
             rows,
         )
     )
-    if "rust" in results:
+    if "tensorboard_process_load_s" in results.get("rust", {}):
         print(
             "tensorboard --load_fast=true until runs lists every step: "
             f"{results['rust']['tensorboard_process_load_s']} s"

@@ -132,6 +132,18 @@ def test_benchmark_smoke(name, tmp_path):
             "gap_evaluations_s",
         } == set(data["components_extra_cpu_s"])
         assert {"total", "functions"} == set(data["retrace_warnings"])
+        breakdown = data["first_fit"]["breakdown"]
+        assert {
+            "train_step_first_call_s",
+            "run_graph_s",
+            "gap_probe_s",
+            "snapshots_s",
+            "other_callback_work_s",
+            "unattributed_s",
+            "total_s",
+        } == set(breakdown)
+        for component in breakdown.values():
+            assert {"first_fit_s", "later_fit_s", "once_per_model_s"} == set(component)
     else:
         for scenario in data["scenarios"].values():
             assert {

@@ -14,18 +14,23 @@ from collections.abc import Callable, Iterable
 from typing import Optional
 
 import numpy as np
-from tensorboard.data import provider as tb_provider
 
 from tb_bn_plugin import metadata
 from tb_bn_plugin.reading import decode
 from tb_bn_plugin.reading.cache import SeriesCache, cache_key
-from tb_bn_plugin.reading.provider import ALL_SAMPLES, ExperimentSource, open_logdir, read_tensors
+from tb_bn_plugin.reading.provider import (
+    ALL_SAMPLES,
+    ExperimentSource,
+    TensorEvents,
+    open_logdir,
+    read_tensors,
+)
 from tb_bn_plugin.reading.tags import TagInfo, list_tags
 from tb_bn_plugin.series import GapSeries, LayerConfig, LayerSeries, RunData
 
 StatSeries = tuple[np.ndarray, np.ndarray]
 # Events read, per run and tag.
-Data = dict[str, dict[str, list[tb_provider.TensorDatum]]]
+Data = dict[str, dict[str, TensorEvents]]
 # A layer's place: (run, layer path).
 Key = tuple[str, str]
 
@@ -231,7 +236,7 @@ def read_grouped(source: ExperimentSource, reads: dict[int, dict[str, list[str]]
 def assemble(
     run: str,
     plan: Plan,
-    data: dict[str, list[tb_provider.TensorDatum]],
+    data: dict[str, TensorEvents],
     sampling: dict[Key, tuple[int, int]],
     cached: dict[Key, LayerSeries],
     wanted: Optional[set[str]],
@@ -275,7 +280,7 @@ def assemble(
 def _layer(
     path: str,
     by_kind: dict[str, TagInfo],
-    data: dict[str, list[tb_provider.TensorDatum]],
+    data: dict[str, TensorEvents],
     errors: list[str],
 ) -> Optional[LayerSeries]:
     """One layer's series, or ``None`` with a line added to ``errors``."""
@@ -311,9 +316,9 @@ def logged_steps(source: ExperimentSource, paths: dict[str, str]) -> dict[str, n
     """
     tags = {run: [metadata.layer_tag(path, metadata.SUFFIX_SUMMARY)] for run, path in paths.items()}
     return {
-        run: decode.steps_of(decode.dedupe_steps(by_tag[tags[run][0]]))
+        run: decode.dedupe_steps(by_tag[tags[run][0]]).steps
         for run, by_tag in read_tensors(source, tags).items()
-        if by_tag[tags[run][0]]
+        if len(by_tag[tags[run][0]])
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable
 from typing import Any, Optional
 
@@ -25,7 +26,7 @@ class TagInfo:
     def kind(self) -> str:
         return self.content["kind"]
 
-    @property
+    @functools.cached_property
     def layer(self) -> Optional[LayerConfig]:
         layer = self.content.get("layer")
         return LayerConfig.from_json(layer) if isinstance(layer, dict) else None

@@ -462,13 +462,13 @@ def test_layer_route_ema_error_matches_the_monitor(monitor_run, loader):
 def test_layer_impl_reads_only_the_layers_own_tags(monitor_run, monkeypatch):
     source = open_logdir(monitor_run[0])
     calls: list[set[str]] = []
-    read = source.provider.read_tensors
+    read = source.provider.read_tensor_events
 
     def spy(*args, **kwargs):
         calls.append(set(kwargs["run_tag_filter"].tags))
         return read(*args, **kwargs)
 
-    monkeypatch.setattr(source.provider, "read_tensors", spy)
+    monkeypatch.setattr(source.provider, "read_tensor_events", spy)
     assert layer_impl(source, "train", "bn2")["ema_error"]["steps"] == [8, 16, 24]
     # One provider call (a narrow layer's heatmap samples like the summaries), its own tags only.
     assert calls == [

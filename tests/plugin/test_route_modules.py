@@ -92,6 +92,13 @@ def test_json_values_round_to_seven_digits_with_null_for_non_finite():
     assert encoding.last(np.array([1.0, 2.0])) == 2.0 and encoding.last(np.array([])) is None
 
 
+def test_json_value_lists_encode_each_array_as_json_values_does():
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(size=64) * 1e3, np.array([]), np.array([np.nan]), [0.28268021345], []]
+    assert encoding.json_value_lists(arrays) == [encoding.json_values(a) for a in arrays]
+    assert encoding.json_value_lists([]) == []
+
+
 def test_the_shell_answers_tensorboard_errors_with_the_bare_message():
     assert loader.error_message(errors.NotFoundError("unknown run 'a: b'")) == "unknown run 'a: b'"
     assert loader.error_message(errors.InvalidArgumentError("bad")) == "bad"

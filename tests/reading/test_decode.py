@@ -192,7 +192,7 @@ def test_layer_series_rejects_a_summary_of_another_width():
 def test_dedupe_steps_keeps_the_last_event_per_step_in_step_order():
     events = [datum(3, [1.0]), datum(1, [2.0]), datum(3, [3.0])]
     kept = decode.dedupe_steps(events)
-    assert [(d.step, float(d.numpy[0])) for d in kept] == [(1, 2.0), (3, 3.0)]
-    table = decode.stack(kept, 1)
-    assert table.dtype == np.float64 and table.shape == (2, 1)
-    assert decode.stack([], 4).shape == (0, 4)
+    assert kept.steps.tolist() == [1, 3]
+    table = kept.rows(1)
+    assert table.dtype == np.float64 and table.tolist() == [[2.0], [3.0]]
+    assert decode.dedupe_steps([]).rows(4).shape == (0, 4)

@@ -6,6 +6,7 @@ records they come from: shorter JSON, and serialising it is faster.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -22,6 +23,18 @@ def json_values(values: Any) -> Any:
     finite = np.isfinite(array)
     rounded = np.where(finite, round_significant(np.where(finite, array, 0.0)), array)
     return json_safe(rounded, non_finite=None)
+
+
+def json_value_lists(arrays: Sequence[Any]) -> list[Any]:
+    """``json_values`` of each 1-D array (or scalar, as a 1-element list), encoded in one pass.
+
+    An overview encodes five short series per layer of 1,000: one call per
+    array was a tenth of its time.
+    """
+    flat = [np.asarray(a, dtype=np.float64).ravel() for a in arrays]
+    encoded = json_values(np.concatenate(flat)) if flat else []
+    ends = np.cumsum([len(a) for a in flat]).tolist()
+    return [encoded[end - len(a) : end] for a, end in zip(flat, ends)]
 
 
 def round_significant(x: np.ndarray, digits: int = SIGNIFICANT_DIGITS) -> np.ndarray:

@@ -10,7 +10,7 @@ from tensorboard.data import provider as tb_provider
 from tensorboard.plugins.graph import metadata as graph_metadata
 
 from tb_bn_plugin import diagnostics, metadata
-from tb_bn_plugin.plugin.routes.encoding import json_values, last
+from tb_bn_plugin.plugin.routes.encoding import json_value_lists, last
 from tb_bn_plugin.plugin.routes.graph import graph_findings
 from tb_bn_plugin.reading.cache import SeriesCache
 from tb_bn_plugin.reading.load import load_runs, logged_steps
@@ -103,10 +103,27 @@ def _run_row(
     run: RunData, findings: list[diagnostics.Finding], steps: Optional[np.ndarray]
 ) -> dict[str, Any]:
     """A run's overview row, without its graph: errors, latest gap and layer rows."""
+    layers = run.ordered_layers()
+    # Each layer's sparkline and latest drift, local and compound gap, encoded in one pass.
+    series = []
+    for layer in layers:
+        path = layer.config.path
+        shift = layer.summary_column(metadata.MEAN_SHIFT, "mean")
+        gaps = run.gap
+        series += [
+            shift[evenly_spaced(len(layer.steps), SPARKLINE_POINTS)],
+            shift[-1:],
+            gaps.local[path][-1:] if gaps is not None and path in gaps.local else [],
+            gaps.compound[path][-1:] if gaps is not None and path in gaps.compound else [],
+        ]
+    encoded = iter(json_value_lists(series))
     return {
         "errors": list(run.errors),
         "gap": _latest_gap(run.gap),
-        "layers": [_layer_row(layer, run.gap, findings, steps) for layer in run.ordered_layers()],
+        "layers": [
+            _layer_row(layer, findings, steps, *(next(encoded) for _ in range(4)))
+            for layer in layers
+        ],
     }
 
 
@@ -141,13 +158,16 @@ def _logged_steps(source: ExperimentSource, runs: Mapping[str, RunData]) -> dict
 
 def _layer_row(
     layer: LayerSeries,
-    gap: Optional[GapSeries],
     findings: list[diagnostics.Finding],
     run_steps: Optional[np.ndarray],
+    sparkline: list[Optional[float]],
+    *latest: list[Optional[float]],
 ) -> dict[str, Any]:
+    """A layer's overview row; ``sparkline`` and ``latest`` (drift, local and compound gap)
+    encoded by ``json_value_lists``, each latest an empty or 1-element list."""
     config = layer.config
     path = config.path
-    shift = layer.summary_column(metadata.MEAN_SHIFT, "mean")
+    drift, local_gap, compound_gap = (values[0] if values else None for values in latest)
     spark = evenly_spaced(len(layer.steps), SPARKLINE_POINTS)
     last_step = int(layer.steps[-1]) if len(layer.steps) else 0
     num_steps = len(layer.steps)
@@ -159,12 +179,10 @@ def _layer_row(
         "training": bool(last(layer.info["training"])),
         "last_step": last_step,
         "num_steps": num_steps,
-        "drift": last(shift),
-        "sparkline": {"steps": layer.steps[spark].tolist(), "values": json_values(shift[spark])},
-        "local_gap": last(gap.local[path]) if gap is not None and path in gap.local else None,
-        "compound_gap": last(gap.compound[path])
-        if gap is not None and path in gap.compound
-        else None,
+        "drift": drift,
+        "sparkline": {"steps": layer.steps[spark].tolist(), "values": sparkline},
+        "local_gap": local_gap,
+        "compound_gap": compound_gap,
         "diagnostics": [
             {"code": f.code, "severity": f.severity} for f in findings if path in f.layers
         ],
