@@ -18,7 +18,11 @@ Warming: inside ``tensorboard``, a background thread computes the overview
 (``runs``) every ``--bn_internals_warm_interval`` seconds (default 30, 0: never)
 into the plugin's cache, so the tab opens on results computed before: a cold
 overview of 10 runs x 100 layers takes seconds, a warm one a fraction. Only
-runs whose data changed are computed again.
+runs whose data changed are computed again. While the data is still arriving
+(TensorBoard loading a large logdir: the overview differs from the last
+warm-up's, lists no run yet, or cannot be computed yet) the next warm-up comes after
+``SETTLING_WARM_S`` instead, within TensorBoard's first ``SETTLING_WINDOW_S``,
+so a tab opened right after the load finds it warm.
 """
 
 from __future__ import annotations
@@ -49,8 +53,12 @@ STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 ALL_SAMPLES_HINT = 0
 # Seconds between background overview computations (``--bn_internals_warm_interval``).
 DEFAULT_WARM_INTERVAL_S = 30.0
-# The first one comes sooner: the tab is often opened right after TensorBoard starts.
-FIRST_WARM_S = 5.0
+# The first one comes sooner, and so does each next one while the data is still changing: the
+# tab is often opened right after TensorBoard starts or finishes loading.
+SETTLING_WARM_S = 5.0
+# ... but only in TensorBoard's first minutes (its initial load): a run that is still training
+# changes the overview at every round, and must not cost a warm-up every 5 s for hours.
+SETTLING_WINDOW_S = 600.0
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +79,10 @@ class BNInternalsPlugin(base_plugin.TBPlugin):
         if interval > 0:
             _start_warming(self, interval)
 
-    def warm(self) -> None:
-        """Compute the overview into the cache, as the tab's first request would."""
+    def warm(self) -> dict[str, Any]:
+        """Compute the overview into the cache, as the tab's first request would; returns it."""
         source = ExperimentSource(self._provider, tb_context.RequestContext(), experiment_id="")
-        runs.runs_impl(source, self._cache)
+        return runs.runs_impl(source, self._cache)
 
     def get_plugin_apps(self) -> dict[str, Callable]:
         return {
@@ -180,7 +188,8 @@ class BNInternalsLoader(base_plugin.TBLoader):
             type=float,
             default=DEFAULT_WARM_INTERVAL_S,
             help="BN Internals: seconds between background computations of the overview "
-            f"(the first after {FIRST_WARM_S:g} s), so the tab opens fast; 0 turns them off.",
+            f"(every {SETTLING_WARM_S:g} s at first and while the data still changes), so the "
+            "tab opens fast; 0 turns them off.",
         )
 
     def fix_flags(self, flags: Any) -> None:
@@ -194,23 +203,29 @@ class BNInternalsLoader(base_plugin.TBLoader):
 
 
 def _start_warming(plugin: BNInternalsPlugin, interval: float) -> None:
-    """A daemon thread calling ``plugin.warm()`` every ``interval`` s while the plugin lives."""
+    """A daemon thread calling ``plugin.warm()`` while the plugin lives: every ``interval`` s
+    once the overview has settled, every ``SETTLING_WARM_S`` s before."""
     plugin_ref = weakref.ref(plugin)
 
     def loop() -> None:
-        delay = FIRST_WARM_S
+        delay, last = SETTLING_WARM_S, None
+        settling_until = time.monotonic() + SETTLING_WINDOW_S
         while True:
             time.sleep(delay)
-            delay = interval
             live = plugin_ref()
             if live is None:
                 return
             try:
-                live.warm()
+                overview = live.warm()
             except Exception:  # noqa: BLE001 - a failed warm-up only leaves the cache cold
                 # E.g. the data server still starting; the next round or a request tries again.
                 logger.debug("BN Internals: warming the overview failed", exc_info=True)
+                overview = None
             del live
+            # No run yet is not settled either: the data server lists nothing until it has read.
+            settled = bool(overview and overview["runs"]) and overview == last
+            settled = settled or time.monotonic() > settling_until
+            delay, last = (interval if settled else SETTLING_WARM_S), overview
 
     threading.Thread(target=loop, name="bn_internals_warm", daemon=True).start()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from urllib.parse import urlencode
 
@@ -121,6 +122,7 @@ class App:
             self._stop = ingester._stdin_handle.close  # the server runs with --die-after-stdin
             _wait_until_loaded(ingester.data_provider)
             provider, multiplexer = ingester.data_provider, None
+        self.multiplexer = multiplexer
         self.client = Client(
             application.TensorBoardWSGIApp(flags, loaders, provider, None, multiplexer)
         )
@@ -865,7 +867,7 @@ def test_tensorboard_warms_the_overview_in_the_background(logdir, monkeypatch):
     """The plugin computes each run's overview once before the tab asks; the tab's request
     is then answered from the cache, with the same body as a cold one."""
     diagnosed = _count_diagnosed(monkeypatch)
-    monkeypatch.setattr(loader, "FIRST_WARM_S", 0.05)
+    monkeypatch.setattr(loader, "SETTLING_WARM_S", 0.05)
     expected = set(runs.overview_runs(open_logdir(logdir), None))
     app = App(logdir, "python", "--bn_internals_warm_interval", "0.05")
     deadline = time.time() + 60
@@ -879,9 +881,28 @@ def test_tensorboard_warms_the_overview_in_the_background(logdir, monkeypatch):
     assert body == cold
 
 
+def test_warming_follows_data_that_arrives_after_start(logdir, tmp_path, monkeypatch):
+    """TensorBoard often finishes loading a large logdir long after it starts: the plugin
+    warms again soon while the overview lists no run or keeps changing, and only then at
+    the (here hour-long) interval, so the tab opened after the load still finds it warm."""
+    diagnosed = _count_diagnosed(monkeypatch)
+    monkeypatch.setattr(loader, "SETTLING_WARM_S", 0.05)
+    late = tmp_path / "late"
+    late.mkdir()
+    app = App(str(late), "python", "--bn_internals_warm_interval", "3600")
+    time.sleep(0.5)  # several warm-ups of an empty overview: none settles the cadence
+    shutil.copytree(os.path.join(logdir, "train"), late / "train")
+    app.multiplexer.AddRunsFromDirectory(str(late))  # what TensorBoard's reload thread does
+    app.multiplexer.Reload()
+    deadline = time.time() + 60
+    while "train" not in diagnosed and time.time() < deadline:
+        time.sleep(0.05)
+    assert diagnosed == ["train"]
+
+
 def test_no_warming_when_turned_off(logdir, monkeypatch):
     diagnosed = _count_diagnosed(monkeypatch)
-    monkeypatch.setattr(loader, "FIRST_WARM_S", 0.05)
+    monkeypatch.setattr(loader, "SETTLING_WARM_S", 0.05)
     App(logdir, "python", "--bn_internals_warm_interval", "0")
     time.sleep(0.3)
     assert diagnosed == []
