@@ -15,6 +15,17 @@ difference) is the callback's cost per epoch, per-step and per-epoch work
 together (on JAX it is mostly per step: the host-callback branch compiled
 into every step).
 
+An epoch's time runs from the previous epoch's end to its own, taken by a
+timer that Keras calls after the callback (callbacks run in list order): it
+holds the steps and every hook of the epoch, the callback's epoch-end work
+(the epoch's last log, the gap probe, the flush) included. (Until 2026-11-29
+the timer ran first, from its on_epoch_begin to its on_epoch_end, and so left
+out the callback's epoch-end work; the ratios of that time are per-step only.)
+``hooks_cpu_per_epoch_s`` is measured directly in the same fits: the process
+CPU time spent inside the callback's hooks per epoch (median over rounds),
+the host-side part of the cost, which needs no difference of two noisy
+fits; the rest of ``extra_cpu_per_epoch_s`` is spent inside the train steps.
+
 Every backend runs its kernels on ``--threads`` threads (default 1) in both
 configurations: on a shared 2-core machine PyTorch's and XLA's spinning worker
 threads otherwise burn CPU time while waiting for a core (PyTorch: 0.55 s CPU
@@ -81,18 +92,48 @@ def child(mode: str, threads: int) -> dict:
 
     p = MODES[mode]
 
+    def timed(hook):
+        def timed_hook(self, *args, **kwargs):
+            started = time.process_time()
+            try:
+                return hook(self, *args, **kwargs)
+            finally:
+                self.hooks_cpu += time.process_time() - started
+
+        return timed_hook
+
+    class HookTimedCallback(BatchNormCallback):
+        """``BatchNormCallback`` that adds the process CPU time of its hooks to ``hooks_cpu``."""
+
+        hooks_cpu = 0.0
+        on_train_begin = timed(BatchNormCallback.on_train_begin)
+        on_epoch_begin = timed(BatchNormCallback.on_epoch_begin)
+        on_train_batch_begin = timed(BatchNormCallback.on_train_batch_begin)
+        on_epoch_end = timed(BatchNormCallback.on_epoch_end)
+        on_train_end = timed(BatchNormCallback.on_train_end)
+
     class EpochTimer(keras.callbacks.Callback):
-        def __init__(self):
+        """Times each epoch from the previous epoch's end to its own; last in the list, so
+        every other callback's hooks of the epoch (epoch-end work included) fall inside."""
+
+        def __init__(self, hooked=None):
             super().__init__()
+            self.hooked = hooked
             self.samples = []
 
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t0 = time.perf_counter(), time.process_time()
+        def mark(self):
+            hooks = self.hooked.hooks_cpu if self.hooked is not None else 0.0
+            return time.perf_counter(), time.process_time(), hooks
+
+        def on_train_begin(self, logs=None):
+            self.last = self.mark()
 
         def on_epoch_end(self, epoch, logs=None):
+            now = self.mark()
             if epoch > 0:  # epoch 0 traces/compiles
-                wall, cpu = time.perf_counter() - self.t0[0], time.process_time() - self.t0[1]
-                self.samples.append({"wall": wall, "cpu": cpu})
+                wall, cpu, hooks = (b - a for a, b in zip(self.last, now))
+                self.samples.append({"wall": wall, "cpu": cpu, "hooks_cpu": hooks})
+            self.last = now
 
     def model() -> keras.Model:
         keras.utils.set_random_seed(0)
@@ -119,8 +160,9 @@ def child(mode: str, threads: int) -> dict:
             order = ("bare", "bn_default") if r % 2 == 0 else ("bn_default", "bare")
             samples: dict[str, list] = {}
             for name in order:
-                timer = EpochTimer()
-                callbacks = [timer] + ([BatchNormCallback(logdir)] if name != "bare" else [])
+                bn = [HookTimedCallback(logdir)] if name != "bare" else []
+                timer = EpochTimer(*bn)
+                callbacks = bn + [timer]
                 model().fit(
                     x,
                     y,
@@ -149,12 +191,14 @@ def summarise(rounds: list[dict[str, list]]) -> dict:
                 "cpu_ratio": medians["bn_default"]["cpu"] / medians["bare"]["cpu"],
                 "wall_ratio": medians["bn_default"]["wall"] / medians["bare"]["wall"],
                 "extra_cpu_s": medians["bn_default"]["cpu"] - medians["bare"]["cpu"],
+                "hooks_cpu_s": harness.median([s["hooks_cpu"] for s in samples["bn_default"]]),
             }
         )
     cpu = [r["cpu_ratio"] for r in per_round]
     wall = [r["wall_ratio"] for r in per_round]
     bare_epoch = harness.median([r["median_epoch_s"]["bare"]["cpu"] for r in per_round])
     extra = harness.median([r["extra_cpu_s"] for r in per_round])
+    hooks = harness.median([r["hooks_cpu_s"] for r in per_round])
     return {
         "samples": rounds,
         "rounds": per_round,
@@ -164,6 +208,8 @@ def summarise(rounds: list[dict[str, list]]) -> dict:
         "wall_ratio_range": [min(wall), max(wall)],
         "bare_epoch_cpu_s": bare_epoch,
         "extra_cpu_per_epoch_s": extra,
+        "hooks_cpu_per_epoch_s": hooks,
+        "hooks_cpu_ratio": 1 + hooks / bare_epoch,
     }
 
 
@@ -207,7 +253,8 @@ def main(argv=None) -> int:
         low, high = r["cpu_ratio_range"]
         print(
             f"{backend}: epoch CPU bare {r['bare_epoch_cpu_s']:.2f} s, "
-            f"+{r['extra_cpu_per_epoch_s']:.3f} s with the callback; "
+            f"+{r['extra_cpu_per_epoch_s']:.3f} s with the callback, of it "
+            f"{r['hooks_cpu_per_epoch_s']:.3f} s in its hooks (ratio {r['hooks_cpu_ratio']:.3f}); "
             f"CPU ratio {r['cpu_ratio']:.3f} (rounds {low:.3f}-{high:.3f}), "
             f"wall ratio {r['wall_ratio']:.3f} (load {os.getloadavg()[0]:.1f})",
             flush=True,

@@ -95,8 +95,9 @@ class BatchNormCallback(Callback):
         gap derived from statistics alone. Cost: two forward passes of the
         probe batch; the probe functions are traced once per model (later fits
         of the same model reuse them). When any gap cadence is on, the gap is
-        also measured once after the first training step of each ``fit``: its
-        loss, taken before the model has learnt, is the scale the
+        also measured once after the model's first training step (in the
+        ``fit`` that starts it; not in later fits of a model that has trained):
+        its loss, taken before the model has learnt, is the scale the
         ``train-inference-gap`` diagnostic measures gaps against once the loss
         approaches 0.
       gap_every_n_steps: also measure the gap every n training steps (default
@@ -439,9 +440,12 @@ class BatchNormCallback(Callback):
         self._gap_probe = None
         self._gap_off = not self.gap_enabled
         self._last_gap_step = self._steps_done()
-        # One measurement right after the fit's first step: the loss before the model has
-        # learnt, the scale train-inference-gap compares gaps with once the loss nears 0.
-        self._first_gap_step = self._last_gap_step + 1
+        # One measurement right after the model's first training step: the loss before it
+        # has learnt, the scale train-inference-gap compares gaps with once the loss nears 0.
+        # A model that has trained before (a later fit, a restored optimizer) has no such
+        # loss left to catch: a point after its first step would be one more evaluation
+        # (two forward passes) per fit, one step from the previous fit's last.
+        self._first_gap_step = 1 if self._last_gap_step == 0 else -1
         if self._gap_off or self._probe_batch is not None:
             return
         if not self._on_tensorflow:

@@ -109,11 +109,19 @@ class HostGapProbe:
         values = np.full((len(self._tapped), len(metadata.GAP_LAYER_FIELDS)), np.nan)
         for i, (ref, layer_stats) in enumerate(zip(self._tapped, stats)):
             t, f = train.outputs.get(i), inference.outputs.get(i)
-            if t and f:
-                values[i, col(metadata.GAP_COMPOUND)] = _relative(t.output, f.output, to_numpy)
             if not t:
                 continue
-            values[i, col(metadata.GAP_LOCAL)] = _relative(t.output, t.inference_output, to_numpy)
+            # The training-mode output is the reference of both gaps: copied to float64 and
+            # its sum of squares taken once per layer, not once per gap.
+            train_output = np.asarray(to_numpy(t.output), np.float64)
+            train_output_sq = np.vdot(train_output, train_output)
+            if f:
+                values[i, col(metadata.GAP_COMPOUND)] = gap.root_ratio(
+                    _squared_distance(train_output, f.output, to_numpy), train_output_sq
+                )
+            values[i, col(metadata.GAP_LOCAL)] = gap.root_ratio(
+                _squared_distance(train_output, t.inference_output, to_numpy), train_output_sq
+            )
             batch_mean, batch_variance = (_flat(m, to_numpy) for m in t.moments)
             if ref.normalises_with_batch_moments() and np.isfinite(batch_mean).all():
                 values[i, col(metadata.GAP_LOCAL_DERIVED)] = gap.local_gap_from_stats(
@@ -243,8 +251,8 @@ def _flat(value: Any, to_numpy: Any) -> np.ndarray:
     return np.asarray(to_numpy(value), np.float64).reshape(-1)
 
 
-def _relative(reference: Any, other: Any, to_numpy: Any) -> float:
-    """``sqrt(sum((reference - other)^2) / sum(reference^2))`` in float64."""
-    reference = np.asarray(to_numpy(reference), np.float64)
-    other = np.asarray(to_numpy(other), np.float64)
-    return float(gap.root_ratio(np.sum((reference - other) ** 2), np.sum(reference**2)))
+def _squared_distance(reference: np.ndarray, other: Any, to_numpy: Any) -> float:
+    """``sum((reference - other)^2)`` in float64 (``reference`` is float64), as one dot product
+    of the difference with itself: no array of squares is allocated."""
+    difference = reference - np.asarray(to_numpy(other), np.float64)
+    return float(np.vdot(difference, difference))
