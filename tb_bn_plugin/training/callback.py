@@ -351,8 +351,7 @@ class BatchNormCallback(Callback):
             if self._on_tensorflow:
                 self._cache.restore_train_function(self.model)
             else:
-                # The compiled step holding this fit's wrappers goes; Keras remakes its own.
-                self.model.train_function = None
+                flavour_of(self.model).restore_train_function(self.model)
             self._cache = None
 
     # -- internals ----------------------------------------------------------------
@@ -397,8 +396,7 @@ class BatchNormCallback(Callback):
         """The train function Keras made before on_train_begin has no wrappers in it: use the
         one traced with them (made now and kept with the model, or kept from an earlier fit)."""
         if not self._on_tensorflow:
-            # The compiled step holds this fit's logging cadence (DueSteps): made per fit.
-            self.model.make_train_function(force=True)
+            flavour_of(self.model).use_instrumented_train_function(self.model)
             return
         stash_installed = self._stash is not None and self._stash.unsupported is None
         self._cache.use_train_function(self.model, self._capture, stash_installed)

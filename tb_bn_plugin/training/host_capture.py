@@ -83,7 +83,9 @@ class HostStatsCapture:
         run (PyTorch) afterwards."""
         hook = None
         if self._due.every is not None:  # fit's train step (a custom loop has none to hook)
-            hook = self._flavour.install_step_hook(self._model)
+            hook = self._flavour.install_step_hook(
+                self._model, self._due, [ref.layer for ref in self._refs]
+            )
         self._installed = ([hook] if hook is not None else []) + [
             self._flavour.install_host_capture(ref.layer, self._recorder(slots), self._due)
             for ref, slots in zip(self._refs, self._slots)

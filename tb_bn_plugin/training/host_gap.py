@@ -215,8 +215,8 @@ def probe_from_data(data: Any, probe_size: int) -> tuple[Any, Any, Optional[Any]
 class HostFirstBatchStash:
     """``probe_batch.FirstBatchStash``'s interface on a ``HostKerasFlavour``: the first
     ``probe_size`` samples of the training step that starts at ``first_step`` steps done, copied
-    to the host once (``install_first_batch_hook``). Keras must remake its train function after
-    ``install``."""
+    to the host once (``install_first_batch_hook``). The flavour's
+    ``use_instrumented_train_function`` must run after ``install``."""
 
     unsupported: Optional[str] = None
 

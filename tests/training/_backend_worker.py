@@ -378,6 +378,53 @@ def check_only_logged_steps_reach_the_host(logdir: str) -> None:
         assert steps_before == list(range(STEPS * EPOCHS)), steps_before
 
 
+def check_logged_batch_means(logdir: str, run: str, expected_steps: list[int]) -> None:
+    """``run`` logged ``expected_steps``, bn0's batch mean each that of the step's batch."""
+    x, _ = data()
+    steps, means = read_stats(logdir)[run]["bn0"]["batch_mean"]
+    assert list(steps) == expected_steps, steps
+    for step, mean in zip(steps, means):
+        xb = x[(step - 1) % STEPS * BATCH :][:BATCH].astype(np.float64)
+        np.testing.assert_allclose(mean, xb.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def check_jax_steps_compiled_once(logdir: str) -> None:
+    """On JAX, steps whose state is not logged run Keras' own train function and the logged ones
+    an instrumented copy: each traced once per model, so a second fit with the callback and a
+    fit without it trace nothing. With ``steps_per_execution`` > 1 (the host cannot choose per
+    step) the fallback logs the same statistics."""
+    if BACKEND != "jax":
+        return
+    import tempfile
+
+    class Counted(keras.Model):
+        traces = 0
+
+        def train_step(self, state, data):
+            type(self).traces += 1  # under jax.jit: once per trace
+            return super().train_step(state, data)
+
+    model = build(Counted)
+    every_third = {s for s in range(1, STEPS * EPOCHS + 1) if s % 3 == 0 or s % STEPS == 0}
+    with tempfile.TemporaryDirectory() as scratch:
+        for run in ("first", "second"):
+            keras_function = model.train_function
+            fit(model, [BatchNormCallback(scratch, log_every_n_steps=3, run_name=run)])
+            if run == "second":  # Keras' own function was given back after the first fit
+                assert model.train_function is keras_function
+            done = int(model.optimizer.iterations.value)
+            logged = sorted(s + done - STEPS * EPOCHS for s in every_third)
+            check_logged_batch_means(scratch, run, logged)
+        assert Counted.traces == 2, Counted.traces  # Keras' step and the instrumented one
+        fit(model, [])
+        assert Counted.traces == 2, Counted.traces
+
+        grouped = build()
+        grouped.compile(keras.optimizers.SGD(0.05), "mse", steps_per_execution=2)
+        fit(grouped, [BatchNormCallback(scratch, log_every_n_steps=2, run_name="grouped")])
+        check_logged_batch_means(scratch, "grouped", list(range(2, STEPS * EPOCHS + 1, 2)))
+
+
 def check_shared_layer_calls(logdir: str) -> None:
     """One BN layer called on two towers' inputs per step: every call's statistics, vs numpy."""
     import tempfile
@@ -439,6 +486,7 @@ if __name__ == "__main__":
     logdir, demo_logdir = sys.argv[1:3]
     check_shared_layer_calls(logdir)
     check_only_logged_steps_reach_the_host(logdir)
+    check_jax_steps_compiled_once(logdir)
     check_precise_and_recalibrate(check_exact_and_unperturbed(logdir))
     check_stale(logdir)
     check_logger(logdir)

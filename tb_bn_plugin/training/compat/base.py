@@ -44,16 +44,22 @@ class InstalledCapture:
     """A capture wrapper put on one layer instance by ``KerasFlavour.install_capture``.
 
     ``attribute``: the instance attribute the wrapper occupies (removing it
-    restores the class's method). ``gated``: the wrapper adds computation that
-    runs only while the ``due`` variable is True (``StatsCapture.capture_next_steps``).
+    restores the class's method), or None when it occupies none. ``gated``: the
+    wrapper adds computation that runs only while the ``due`` variable is True
+    (``StatsCapture.capture_next_steps``). ``undo``: what else ``uninstall``
+    takes back (a registration with the model's train function on JAX).
     """
 
     layer: Any
-    attribute: str
+    attribute: Optional[str]
     gated: bool = False
+    undo: Optional[Callable[[], None]] = None
 
     def uninstall(self) -> None:
-        self.layer.__dict__.pop(self.attribute, None)
+        if self.attribute is not None:
+            self.layer.__dict__.pop(self.attribute, None)
+        if self.undo is not None:
+            self.undo()
 
 
 class KerasFlavour(Protocol):
@@ -187,15 +193,27 @@ class HostKerasFlavour(KerasFlavour, Protocol):
         """The training and inference steps of ``model`` as this backend compiles or runs them
         (what the graph view shows in place of a TensorFlow graph)."""
 
-    def install_step_hook(self, model: Any) -> Optional[InstalledCapture]:
-        """What the layer wrappers need from the train step (JAX: the step count), or None."""
+    def install_step_hook(
+        self, model: Any, due: DueSteps, layers: Sequence[Any]
+    ) -> Optional[InstalledCapture]:
+        """What the wrappers of ``layers`` need from ``fit``'s train step: on JAX, the steps
+        ``due`` names run an instrumented step that sends their statistics (and carries the
+        step count), the others Keras' own; None where nothing is needed (PyTorch)."""
 
     def install_first_batch_hook(
         self, model: Any, first_step: int, deliver: Callable[[Any, Any, Any], None]
     ) -> InstalledCapture:
-        """Wrap ``model.train_step`` (whatever is bound now) so that the training step that
-        starts at ``first_step`` steps done calls ``deliver(x, y, sample_weight)`` with its batch
-        as numpy arrays (the gap's default probe batch)."""
+        """Have the training step that starts at ``first_step`` steps done call
+        ``deliver(x, y, sample_weight)`` with its batch as numpy arrays (the gap's default
+        probe batch)."""
+
+    def use_instrumented_train_function(self, model: Any) -> None:
+        """After installing hooks and wrappers: make ``model.train_function`` one that runs
+        them (called before the fit's first step, and again when a hook is added later)."""
+
+    def restore_train_function(self, model: Any) -> None:
+        """At the end of the fit, after uninstalling: give ``model`` back a train function
+        without the hooks (on JAX Keras' own, as compiled before)."""
 
     def install_host_capture(self, layer: Any, record: HostRecord, due: Any) -> InstalledCapture:
         """Wrap ``layer``'s ``_moments`` so that it calls ``record`` in training steps ``due``

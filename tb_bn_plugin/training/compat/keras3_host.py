@@ -59,6 +59,17 @@ class Keras3Host(Keras3):
     def sync_variables(self, model: Any) -> None:
         """The variables are always up to date (PyTorch); JAX overrides."""
 
+    @staticmethod
+    def use_instrumented_train_function(model: Any) -> None:
+        """Keras remakes its train function around the hooked ``train_step`` (PyTorch; JAX
+        overrides)."""
+        model.make_train_function(force=True)
+
+    @staticmethod
+    def restore_train_function(model: Any) -> None:
+        """The function made around the hooks goes; Keras makes its own at the next ``fit``."""
+        model.train_function = None
+
 
 def iterations_index(optimizer: Any) -> int:
     """Where ``optimizer.iterations`` stands in ``optimizer.variables`` (and so in the optimizer

@@ -7,15 +7,29 @@ so they cannot be returned from it). Keras writes the state back to the
 model's variables only at epoch ends (``jax_state_sync``); in between it is
 ``model._jax_state`` and the variables hold no values.
 
-Capture: a step hook on the model instance's ``train_step`` publishes the
-optimizer's step count (a tracer of the same trace) to the layer wrappers;
-each wrapper puts ``jax.debug.callback(record, ...)`` inside a ``lax.cond`` on
-``DueSteps.test(step + 1)``, so the host is called only in the steps whose
-state will be logged, with the mean and variance the layer normalised with,
-whatever the train step does afterwards (a custom step that drops the moving
-statistics' updates included). Other steps run a scalar predicate and a
-not-taken branch. The model computes exactly what it computed before: the
-moments are returned unchanged, and the callback's outputs feed nothing.
+Capture in ``fit``: two compiled train steps, chosen on the host per step
+(``_FitSteps``, put in ``model.train_function`` for the fit). Steps whose
+state will not be logged run Keras' own train function, unmodified: no host
+callback, nothing added. The steps ``DueSteps`` names run an instrumented
+copy of ``train_step`` (jitted once per model, kept for its later fits)
+whose layer wrappers call ``jax.debug.callback`` unconditionally with the
+mean and variance the layer normalised with and the optimizer's step count
+(a tracer of the same trace), whatever the train step does afterwards (a
+custom step that drops the moving statistics' updates included). The
+callbacks reach the current fit's records through one ``_Sink`` per layer,
+so a compiled step outlives the fit that traced it. The model computes
+exactly what it computed before: the moments are returned unchanged and the
+callbacks' outputs feed nothing. The gap's first training batch is taken on
+the host, from the data iterator, as the step draws it: no callback either.
+
+With ``steps_per_execution`` > 1 (Keras runs several steps per call of its
+train function: the host cannot pick a function per step) or a
+``keras.distribution`` set (Keras compiles its step with the state's
+shardings), the fallback is one train function made per fit around a
+hooked ``train_step`` whose wrappers put each callback inside a ``lax.cond``
+on ``DueSteps.test(step + 1)`` (the host is still called only in logged
+steps; every step pays for a scalar predicate and a not-taken branch per
+layer).
 
 A custom loop (``BatchNormLogger``: ``DueSteps()``, no step hook) jits its own
 stateless step, whose step count the wrapper cannot see: every training call
@@ -26,8 +40,12 @@ Precise statistics run eager inference calls after Keras' ``jax_state_sync``.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
-from collections.abc import Sequence
+import itertools
+import operator
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -35,10 +53,148 @@ import numpy as np
 from tb_bn_plugin.training.compat.base import DueSteps, HostRecord, InstalledCapture
 from tb_bn_plugin.training.compat.keras3_host import Keras3Host, iterations_index
 
-# The optimizer step count traced with the train step that is being traced, if any.
-_TRACED_STEP: contextvars.ContextVar[Any] = contextvars.ContextVar(
+
+@dataclasses.dataclass(frozen=True)
+class _Traced:
+    """The instrumented train step being traced: its optimizer step count (a tracer) and, in
+    the ``steps_per_execution`` fallback, the steps whose statistics go to the host (None:
+    every traced call sends)."""
+
+    step: Any
+    gate: Optional[DueSteps]
+
+
+_TRACED: contextvars.ContextVar[Optional[_Traced]] = contextvars.ContextVar(
     "tb_bn_traced_step", default=None
 )
+
+
+class _Sink:
+    """Where one layer's host callbacks go: the current capture's record (None: dropped).
+
+    A compiled step holds the sink, not the record, so the step traced in one
+    ``fit`` serves the captures of the model's later fits.
+    """
+
+    def __init__(self) -> None:
+        self.record: Optional[HostRecord] = None
+
+    def receive(self, call: Optional[int], mean, variance, count, masked, step=None) -> None:
+        record = self.record
+        if record is not None:
+            step = None if step is None else int(step)
+            record(mean, variance, float(count), bool(masked), step, call)
+
+
+# One sink per layer, for the layer's lifetime.
+_SINKS: weakref.WeakKeyDictionary[Any, _Sink] = weakref.WeakKeyDictionary()
+
+# The model instance's attribute holding its ``_FitSteps``.
+_FIT_STEPS = "_tb_bn_jax_fit_steps"
+
+
+class _FitSteps:
+    """``model.train_function`` during a ``fit`` with the callback: per step, Keras' own train
+    function or the instrumented step, chosen on the host.
+
+    Kept on the model instance (an attribute Keras does not track) with the
+    instrumented steps compiled so far, one per set of captured layers, so a
+    later ``fit`` traces nothing again. ``bare`` is Keras' train function they
+    belong to: a new one (after ``compile``) drops them.
+
+    Per fit: ``due`` and ``layers`` (the step hook's), ``deliver`` (the
+    first-batch hook's, until it got its batch), ``done`` (the steps done, counted
+    on the host: the step count the optimizer will have), and ``gated``, the
+    train function of the ``steps_per_execution`` fallback (None: choose per step).
+    """
+
+    def __init__(self, model: Any, bare: Any) -> None:
+        self.model = model
+        self.bare = bare
+        self._instrumented: dict[tuple[int, ...], Callable[[Any, Any], Any]] = {}
+        self.due: Optional[DueSteps] = None
+        self.layers: tuple[Any, ...] = ()
+        self.deliver: Optional[Callable[[Any, Any, Any], None]] = None
+        self.done = 0
+        self.gated: Optional[Callable[[Any, Any], Any]] = None
+
+    def __deepcopy__(self, memo: dict) -> None:
+        # A copied model compiles its own steps (``_fit_steps`` makes them anew).
+        return None
+
+    def __call__(self, state: Any, iterator: Any) -> Any:
+        if self.deliver is not None:
+            data = next(iterator)
+            deliver, self.deliver = self.deliver, None
+            deliver(*_host_batch(data))
+            iterator = itertools.chain([data], iterator)
+        if self.gated is not None:
+            return self.gated(state, iterator)
+        due = self.due
+        if due is not None and (due.always or due.test(self.done + 1, operator.or_)):
+            outputs = self.instrumented(state, next(iterator))
+        else:
+            outputs = self.bare(state, iterator)
+        self.done += 1
+        return outputs
+
+    def instrumented(self, state: Any, data: Any) -> Any:
+        key = tuple(id(layer) for layer in self.layers)
+        step = self._instrumented.get(key)
+        if step is None:
+            step = self._instrumented[key] = self._make_instrumented()
+        return step(state, data)
+
+    def _make_instrumented(self) -> Callable[[Any, Any], Any]:
+        """``model.train_step`` traced with the step count published to the layer wrappers
+        (every wrapped layer sends), compiled as Keras compiles its own."""
+        model = self.model
+        train_step = _published(model, model.train_step, None)
+        if model.run_eagerly or not model.jit_compile:
+            return train_step
+        import jax
+
+        return jax.jit(train_step, donate_argnums=0)
+
+
+def _published(model: Any, train_step: Callable, gate: Optional[DueSteps]) -> Callable:
+    """``train_step`` with the step count in its ``state`` published to the layer wrappers
+    while it is traced."""
+    index = iterations_index(model.optimizer)
+
+    def published(state, data):
+        token = _TRACED.set(_Traced(state[2][index], gate))
+        try:
+            return train_step(state, data)
+        finally:
+            _TRACED.reset(token)
+
+    return published
+
+
+def _host_batch(data: Any) -> list[Any]:
+    """``(x, y, sample_weight)`` of one element the train step gets, as numpy copies."""
+    import keras
+
+    return [
+        None if value is None else keras.tree.map_structure(np.array, value)
+        for value in keras.utils.unpack_x_y_sample_weight(data)
+    ]
+
+
+def _fit_steps(model: Any) -> _FitSteps:
+    """The model's ``_FitSteps``, made (or made anew, when Keras made a new train function
+    since) around Keras' current train function."""
+    steps = model.__dict__.get(_FIT_STEPS)
+    current = model.train_function
+    if current is None:
+        model.make_train_function()
+        current = model.train_function
+    if steps is None or (current is not steps and current is not steps.bare):
+        steps = _FitSteps(model, current)
+        # object.__setattr__: Keras' __setattr__ would track the attribute (and save it).
+        object.__setattr__(model, _FIT_STEPS, steps)
+    return steps
 
 
 class Keras3Jax(Keras3Host):
@@ -61,51 +217,56 @@ class Keras3Jax(Keras3Host):
     # -- HostKerasFlavour ---------------------------------------------------------
 
     @staticmethod
-    def install_step_hook(model: Any) -> InstalledCapture:
-        """Wrap ``train_step`` on the instance: the step count in ``state`` is published to the
-        layer wrappers while it is traced (Keras jits ``self.train_step``)."""
-        index = iterations_index(model.optimizer)
-        original = model.train_step  # the class's, or a first-batch hook
+    def install_step_hook(model: Any, due: DueSteps, layers: Sequence[Any]) -> InstalledCapture:
+        """The steps ``due`` names run the instrumented step, tracing ``layers``' wrappers
+        (``use_instrumented_train_function`` puts the chooser in place)."""
+        steps = _fit_steps(model)
+        steps.due, steps.layers = due, tuple(layers)
 
-        def train_step(state, data):
-            token = _TRACED_STEP.set(state[2][index])
-            try:
-                return original(state, data)
-            finally:
-                _TRACED_STEP.reset(token)
+        def undo() -> None:
+            steps.due, steps.layers = None, ()
 
-        object.__setattr__(model, "train_step", train_step)
-        return InstalledCapture(model, "train_step")
+        return InstalledCapture(model, None, undo=undo)
 
     @staticmethod
     def install_first_batch_hook(model: Any, first_step: int, deliver: Any) -> InstalledCapture:
-        """A ``jax.debug.callback`` inside a ``lax.cond`` on the traced step count: only the step
-        at ``first_step`` sends its batch to the host."""
-        import jax
-        import keras
+        """The next batch the train function draws (the step at ``first_step``: installed
+        before the fit's first step) goes to ``deliver`` as numpy copies, on the host."""
+        steps = _fit_steps(model)
+        steps.deliver = deliver
 
-        index = iterations_index(model.optimizer)
-        original = model.train_step
+        def undo() -> None:
+            steps.deliver = None
 
-        def train_step(state, data):
-            batch = keras.utils.unpack_x_y_sample_weight(data)
-            present = [i for i, v in enumerate(batch) if v is not None]
+        return InstalledCapture(model, None, undo=undo)
 
-            def on_host(*arrays):
-                values = [None, None, None]
-                for i, array in zip(present, arrays):
-                    values[i] = keras.tree.map_structure(np.asarray, array)
-                deliver(*values)
+    def use_instrumented_train_function(self, model: Any) -> None:
+        """The chooser becomes ``model.train_function``, its step count the optimizer's; with
+        ``steps_per_execution`` > 1 or a distribution, around a train function made now from
+        the gated ``train_step`` (the fallback)."""
+        from keras import distribution
 
-            jax.lax.cond(
-                state[2][index] == first_step,
-                lambda: jax.debug.callback(on_host, *(batch[i] for i in present)),
-                lambda: None,
-            )
-            return original(state, data)
+        steps = _fit_steps(model)
+        steps.done = self.steps_done(model)
+        steps.gated = None
+        if model.steps_per_execution > 1 or distribution.distribution() is not None:
+            gate = steps.due if steps.due is not None and not steps.due.always else None
+            object.__setattr__(model, "train_step", _published(model, model.train_step, gate))
+            try:
+                model.make_train_function(force=True)  # binds self.train_step now
+            finally:
+                model.__dict__.pop("train_step", None)
+            steps.gated = model.train_function
+        model.train_function = steps
 
-        object.__setattr__(model, "train_step", train_step)
-        return InstalledCapture(model, "train_step")
+    @staticmethod
+    def restore_train_function(model: Any) -> None:
+        """Keras' own train function again, compiled as it was (the instrumented steps stay
+        with the model for its next fit with the callback)."""
+        steps = model.__dict__.get(_FIT_STEPS)
+        if steps is not None and model.train_function is steps:
+            model.train_function = steps.bare
+            steps.gated = None
 
     @staticmethod
     def install_host_capture(layer: Any, record: HostRecord, due: DueSteps) -> InstalledCapture:
@@ -114,46 +275,52 @@ class Keras3Jax(Keras3Host):
 
         original = type(layer)._moments.__get__(layer)
         channels = int(np.prod(layer.moving_mean.shape))
+        sink = _SINKS.setdefault(layer, _Sink())
+        sink.record = record
 
-        # Calls of the layer traced so far in fit's step whose count tracer is ``[0]``: host
-        # callbacks are unordered, so each carries its call number, fixed when traced. A custom
-        # loop's step has no count tracer: its calls are numbered as they arrive (``None``).
+        # Calls of the layer traced so far in the instrumented step being traced (``[0]``):
+        # host callbacks are unordered, so each carries its call number, fixed when traced. A
+        # custom loop's step is not instrumented: its calls are numbered as they arrive (None).
         traced = [None, 0]
-
-        def on_host(call, mean, variance, count, masked, step=None):
-            step = None if step is None else int(step)
-            record(mean, variance, float(count), bool(masked), step, call)
 
         def _moments(inputs, mask):
             mean, variance = original(inputs, mask)
-            step = _TRACED_STEP.get()
-            if step is None and due.every is not None:  # fit's capture, outside its train step
-                return mean, variance
+            tracing = _TRACED.get()
+            if tracing is None and due.every is not None:
+                return mean, variance  # fit's capture outside its instrumented step
             call = None
-            if step is not None:
-                if traced[0] is not step:
-                    traced[:] = [step, 0]
+            if tracing is not None:
+                if traced[0] is not tracing:
+                    traced[:] = [tracing, 0]
                 call = traced[1]
                 traced[1] += 1
             if mask is None:
                 count = jnp.float32(inputs.size / channels)
             else:
                 count = jnp.sum(jnp.asarray(mask, jnp.float32))
-            # A custom loop's step (no step hook) is sent without a step count: the record
+            # A custom loop's step (not instrumented) is sent without a step count: the record
             # reads its clock.
-            args = (mean, variance, count, mask is not None) + (() if step is None else (step,))
+            args = (mean, variance, count, mask is not None)
+            args += () if tracing is None else (tracing.step,)
 
             def send():
-                jax.debug.callback(functools.partial(on_host, call), *args)
+                jax.debug.callback(functools.partial(sink.receive, call), *args)
 
-            if due.always:
+            if tracing is None or tracing.gate is None:
                 send()
             else:
-                jax.lax.cond(due.test(step + 1, jnp.logical_or), send, lambda: None)
+                jax.lax.cond(
+                    tracing.gate.test(tracing.step + 1, jnp.logical_or), send, lambda: None
+                )
             return mean, variance
 
         object.__setattr__(layer, "_moments", _moments)
-        return InstalledCapture(layer, "_moments")
+
+        def undo() -> None:
+            if sink.record is record:
+                sink.record = None
+
+        return InstalledCapture(layer, "_moments", undo=undo)
 
     @staticmethod
     def read_values(

@@ -35,7 +35,8 @@ class Keras3Torch(Keras3Host):
     # -- HostKerasFlavour ---------------------------------------------------------
 
     @staticmethod
-    def install_step_hook(model: Any) -> None:
+    def install_step_hook(model: Any, due: DueSteps, layers: Any) -> None:
+        """The eager step hands every call's statistics over by reference: nothing to hook."""
         return None
 
     def install_first_batch_hook(
