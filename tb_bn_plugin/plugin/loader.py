@@ -206,12 +206,14 @@ def _start_warming(plugin: BNInternalsPlugin, interval: float) -> None:
     """A daemon thread calling ``plugin.warm()`` while the plugin lives: every ``interval`` s
     once the overview has settled, every ``SETTLING_WARM_S`` s before."""
     plugin_ref = weakref.ref(plugin)
+    # Set when the plugin is collected: the thread ends then, not after its current wait.
+    gone = threading.Event()
+    weakref.finalize(plugin, gone.set)
 
     def loop() -> None:
         delay, last = SETTLING_WARM_S, None
         settling_until = time.monotonic() + SETTLING_WINDOW_S
-        while True:
-            time.sleep(delay)
+        while not gone.wait(delay):
             live = plugin_ref()
             if live is None:
                 return

@@ -10,10 +10,12 @@ the Python ``EventMultiplexer`` and the Rust data server (skipped when
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
 import shutil
+import threading
 import time
 from urllib.parse import urlencode
 
@@ -889,7 +891,11 @@ def test_warming_follows_data_that_arrives_after_start(logdir, tmp_path, monkeyp
     monkeypatch.setattr(loader, "SETTLING_WARM_S", 0.05)
     late = tmp_path / "late"
     late.mkdir()
+    before = set(threading.enumerate())
     app = App(str(late), "python", "--bn_internals_warm_interval", "3600")
+    [warmer] = [
+        t for t in threading.enumerate() if t not in before and t.name == "bn_internals_warm"
+    ]
     time.sleep(0.5)  # several warm-ups of an empty overview: none settles the cadence
     shutil.copytree(os.path.join(logdir, "train"), late / "train")
     app.multiplexer.AddRunsFromDirectory(str(late))  # what TensorBoard's reload thread does
@@ -898,6 +904,11 @@ def test_warming_follows_data_that_arrives_after_start(logdir, tmp_path, monkeyp
     while "train" not in diagnosed and time.time() < deadline:
         time.sleep(0.05)
     assert diagnosed == ["train"]
+    # The warming thread ends with its plugin, even in the middle of an hour-long wait.
+    del app
+    gc.collect()
+    warmer.join(10)
+    assert not warmer.is_alive()
 
 
 def test_no_warming_when_turned_off(logdir, monkeypatch):
