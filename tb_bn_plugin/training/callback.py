@@ -491,16 +491,20 @@ class BatchNormCallback(Callback):
             return None
         all_refs = [r for r in find_batchnorm_layers(self.model) if r.built]
         tapped = [r for r in self._session.select_layers(self.model) if r.built]
-        # On TensorFlow the probe's traced functions are kept with the model (the host
-        # probe on JAX and PyTorch runs eagerly and has nothing to keep).
-        cache = self._cache if self._on_tensorflow else None
+        # The probe's traced functions are kept with the model. On TensorFlow they hold the
+        # capture's variables; a host probe (compiled on JAX) pauses each fit's capture.
+        cache = self._cache
         key = (
             tuple(r.layer for r in all_refs),
             tuple(r.layer for r in tapped),
             self.gap_scope,
-            self._capture,
+            self._capture if self._on_tensorflow else None,
         )
-        if cache is not None and cache.gap_key == key and cache.gap_probe.use_probe(batch):
+        if cache.gap_key == key and (
+            cache.gap_probe.use_probe(batch)
+            if self._on_tensorflow
+            else cache.gap_probe.use_probe(batch, self._capture)
+        ):
             self._gap_probe = cache.gap_probe
             return self._gap_probe
         try:
@@ -508,8 +512,7 @@ class BatchNormCallback(Callback):
             self._gap_probe = probe_class(
                 self.model, all_refs, tapped, batch, self.gap_scope, self._capture
             )
-            if cache is not None:
-                cache.gap_probe, cache.gap_key = self._gap_probe, key
+            cache.gap_probe, cache.gap_key = self._gap_probe, key
         except Exception as err:  # never break training over a diagnostic
             logger.debug("gap probe construction failed", exc_info=True)
             self._disable_gap(

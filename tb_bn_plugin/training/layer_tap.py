@@ -40,7 +40,7 @@ class ProbePass:
     """One traced forward pass: its kind and, per tapped layer's slot, its ``LayerOutputs``.
 
     ``index`` (``attribution`` passes): the slot of the tapped layer that runs
-    in inference mode: a scalar int32 tensor in traced passes, an int in eager ones.
+    in inference mode, a scalar int32 tensor (traced on TensorFlow and JAX).
     """
 
     def __init__(self, kind: str, index: Optional[tf.Tensor] = None) -> None:
@@ -109,8 +109,10 @@ class BatchNormTap:
                 return out_train
             if slot is None:
                 return out_train
-            if isinstance(p.index, int):  # eager passes (Keras on JAX/PyTorch)
-                return out_inference if p.index == slot else out_train
-            return tf.where(tf.equal(p.index, slot), out_inference, out_train)
+            if flavour.uses_tensorflow:
+                return tf.where(tf.equal(p.index, slot), out_inference, out_train)
+            import keras  # Keras 3 on JAX or PyTorch
+
+            return keras.ops.where(keras.ops.equal(p.index, slot), out_inference, out_train)
 
         return call

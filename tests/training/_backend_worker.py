@@ -425,6 +425,75 @@ def check_jax_steps_compiled_once(logdir: str) -> None:
         check_logged_batch_means(scratch, "grouped", list(range(2, STEPS * EPOCHS + 1, 2)))
 
 
+def check_jax_gap_compiled_once_on_current_values() -> None:
+    """On JAX the gap probe's passes are compiled: traced once per model (a later fit with a new
+    callback traces nothing), reading the variables' current values (weights, moving statistics
+    and the dropout seed are arguments, not constants of the trace): with ``gap_scope="model"``
+    and dropout, the same gap as the passes run op by op (``jax.disable_jit``), before and after
+    more training, and the same twice in a row (the seed does not advance)."""
+    if BACKEND != "jax":
+        return
+    import tempfile
+
+    import jax
+
+    from tb_bn_plugin import records
+    from tb_bn_plugin.training.capture import find_batchnorm_layers
+    from tb_bn_plugin.training.host_gap import HostGapProbe
+
+    def build_dropout() -> keras.Model:
+        keras.utils.set_random_seed(5)
+        inputs = keras.Input((5,))
+        h = keras.layers.BatchNormalization(momentum=MOMENTUM, name="bn0")(inputs)
+        h = keras.layers.Dropout(0.5)(keras.layers.Dense(8, activation="relu")(h))
+        h = keras.layers.BatchNormalization(momentum=MOMENTUM, name="bn1")(h)
+        model = keras.Model(inputs, keras.layers.Dense(1)(h))
+        model.compile(keras.optimizers.SGD(0.05), "mse", metrics=["mae"])
+        return model
+
+    traces = []
+    main_pass = HostGapProbe._main_pass
+
+    def counted(self, *args):
+        traces.append(1)  # under jax.jit: once per trace
+        return main_pass(self, *args)
+
+    model = build_dropout()
+    HostGapProbe._main_pass = counted
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            for run in ("first", "second"):
+                fit(model, [BatchNormCallback(scratch, run_name=run, gap_scope="model")])
+            gap = read_gap(scratch)
+            assert len(gap["second"].steps) == EPOCHS, gap["second"].steps  # measured, not traced
+    finally:
+        HostGapProbe._main_pass = main_pass
+    assert len(traces) == 1, traces
+
+    def gap_record(probe: HostGapProbe) -> np.ndarray:
+        result = probe.evaluate(attribution=True)
+        return records.gap_record(
+            result.train_losses,
+            result.inference_losses,
+            result.train_metrics,
+            result.inference_metrics,
+            result.layer_values,
+        )
+
+    x, y = data()
+    refs = find_batchnorm_layers(model)
+    probe = HostGapProbe(model, refs, refs, (x[:PROBE], y[:PROBE], None), "model")
+    compiled = []
+    for _ in range(2):
+        compiled.append(gap_record(probe))
+        np.testing.assert_array_equal(gap_record(probe), compiled[-1])
+        assert np.isfinite(compiled[-1]).all()
+        with jax.disable_jit():
+            np.testing.assert_allclose(gap_record(probe), compiled[-1], rtol=1e-5, atol=1e-7)
+        fit(model, [])  # the weights, moving statistics and dropout seed move on
+    assert not np.allclose(compiled[0], compiled[1])
+
+
 def check_shared_layer_calls(logdir: str) -> None:
     """One BN layer called on two towers' inputs per step: every call's statistics, vs numpy."""
     import tempfile
@@ -487,6 +556,7 @@ if __name__ == "__main__":
     check_shared_layer_calls(logdir)
     check_only_logged_steps_reach_the_host(logdir)
     check_jax_steps_compiled_once(logdir)
+    check_jax_gap_compiled_once_on_current_values()
     check_precise_and_recalibrate(check_exact_and_unperturbed(logdir))
     check_stale(logdir)
     check_logger(logdir)

@@ -236,6 +236,11 @@ class HostKerasFlavour(KerasFlavour, Protocol):
     def sync_variables(self, model: Any) -> None:
         """Bring ``model``'s variables up to date for an eager call (JAX: ``jax_state_sync``)."""
 
+    def probe_function(self, function: Callable) -> Callable:
+        """``function``, pure in its arguments (the gap probe's passes over the variables'
+        values), as this backend runs it: compiled once on JAX (``jax.jit``), eagerly without
+        autograd on PyTorch."""
+
     def inference_call(self, model: Any, x: Any) -> Any:
         """``model(x, training=False)`` run eagerly on up-to-date variables, without gradient
         tracking (precise statistics); changes no variable."""

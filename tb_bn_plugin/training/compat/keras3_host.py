@@ -11,6 +11,7 @@ A subclass names its ``backend`` and implements the rest of
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from tb_bn_plugin.training.compat.base import InstalledCapture
@@ -55,6 +56,12 @@ class Keras3Host(Keras3):
         wrapper inside may convert what it sees to numpy); changes no variable."""
         self.sync_variables(model)
         return model(x, training=False)
+
+    @staticmethod
+    def probe_function(function: Callable) -> Callable:
+        """``function`` (the gap probe's passes, pure in their arguments) as this backend runs it
+        best: JAX compiles it, PyTorch runs it without autograd (both override)."""
+        return function
 
     def sync_variables(self, model: Any) -> None:
         """The variables are always up to date (PyTorch); JAX overrides."""

@@ -353,6 +353,13 @@ class Keras3Jax(Keras3Host):
         jax.effects_barrier()
 
     @staticmethod
+    def probe_function(function: Callable) -> Callable:
+        """Compiled once per probe (per shapes of its arguments), as Keras compiles its steps."""
+        import jax
+
+        return jax.jit(function)
+
+    @staticmethod
     def sync_variables(model: Any) -> None:
         """Keras' own sync for callbacks: the variables take the state's arrays (the next step
         gathers the same values back)."""

@@ -9,7 +9,7 @@ variables are read directly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -82,6 +82,13 @@ class Keras3Torch(Keras3Host):
     @staticmethod
     def settle() -> None:
         """Eager steps: every record has happened."""
+
+    @staticmethod
+    def probe_function(function: Callable) -> Callable:
+        """Run without autograd's graph: nothing the probe computes is differentiated."""
+        import torch
+
+        return torch.no_grad()(function)
 
     def inference_call(self, model: Any, x: Any) -> Any:
         """Without autograd's graph: nothing here is differentiated."""
