@@ -12,8 +12,7 @@ ratio is its median epoch time with the callback over its median without;
 the result is the median of the per-round ratios (with their spread), by CPU
 time and by wall clock. ``extra_cpu_per_epoch_s`` (median over rounds of the
 difference) is the callback's cost per epoch, per-step and per-epoch work
-together (on JAX it is mostly per step: the host-callback branch compiled
-into every step).
+together.
 
 An epoch's time runs from the previous epoch's end to its own, taken by a
 timer that Keras calls after the callback (callbacks run in list order): it
@@ -25,6 +24,11 @@ out the callback's epoch-end work; the ratios of that time are per-step only.)
 CPU time spent inside the callback's hooks per epoch (median over rounds),
 the host-side part of the cost, which needs no difference of two noisy
 fits; the rest of ``extra_cpu_per_epoch_s`` is spent inside the train steps.
+On JAX the hooks' CPU overstates the callback's work: Keras dispatches JAX
+steps asynchronously, and a hook that waits for the steps dispatched so far
+(a logged step's ``settle``) is charged the CPU the XLA threads spend
+computing them meanwhile (process CPU time counts every thread); compare
+``extra_cpu_per_epoch_s`` there.
 
 Every backend runs its kernels on ``--threads`` threads (default 1) in both
 configurations: on a shared 2-core machine PyTorch's and XLA's spinning worker
