@@ -5,13 +5,9 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from tb_bn_plugin.plugin.routes.params import check_run
-from tb_bn_plugin.plugin.routes.runs import (
-    cached_graph_findings,
-    graph_versions,
-    overview_runs,
-    run_findings,
-)
+from tb_bn_plugin.plugin.routes.runs import cached_graph_findings, overview_runs, run_findings
 from tb_bn_plugin.reading.cache import SeriesCache
+from tb_bn_plugin.reading.graph import graph_versions
 from tb_bn_plugin.reading.provider import ExperimentSource
 
 

@@ -16,15 +16,14 @@ from tensorboard import errors
 
 from tb_bn_plugin.diagnostics.graph import (
     GraphReport,
-    graph_finding_json,
-    report_graph,
-    report_step_functions,
+    findings_with_site_layers,
+    report_graph_or_step_functions,
 )
 from tb_bn_plugin.graph.layers import site_layers
 from tb_bn_plugin.graph.load import GraphLoadError
 from tb_bn_plugin.plugin.routes.encoding import json_values
 from tb_bn_plugin.plugin.routes.params import check_run
-from tb_bn_plugin.reading.graph import read_run_graph, read_step_functions
+from tb_bn_plugin.reading.graph import read_graph_or_step_functions
 from tb_bn_plugin.reading.provider import ExperimentSource
 from tb_bn_plugin.reading.tags import list_tags
 from tb_bn_plugin.series import StepFunctions
@@ -39,20 +38,19 @@ def graph_impl(source: ExperimentSource, run: str) -> dict[str, Any]:
     ``GraphDef``.
     """
     try:
-        graph = read_run_graph(source.provider, source.ctx, source.experiment_id, run)
+        stored = read_graph_or_step_functions(source, run)
     except GraphLoadError as err:
         raise errors.NotFoundError(str(err)) from None
-    described = _step_functions(source, run) if graph is None else None
-    if graph is None and described is None:
+    if stored is None:
         check_run(source, run)
         raise errors.NotFoundError(
             f"run {run!r} has no graph; write one with tb_bn_plugin.write_graph or tf.summary.graph"
         )
-    report = report_graph(graph) if graph is not None else report_step_functions(described)
+    report = report_graph_or_step_functions(stored)
     layers = site_layers(report.sites, _logged_layer_paths(source, run))
     return {
         "run": run,
-        "step_functions": _step_functions_json(described),
+        "step_functions": stored.functions_json() if isinstance(stored, StepFunctions) else None,
         # float32 constants as they print (0.99, not 0.9900000095), like every route's numbers.
         "sites": [
             {
@@ -62,7 +60,7 @@ def graph_impl(source: ExperimentSource, run: str) -> dict[str, Any]:
             }
             for site in report.sites
         ],
-        "findings": _findings_json(report, layers),
+        "findings": findings_with_site_layers(report.findings, layers),
         "error": None,
     }
 
@@ -80,18 +78,7 @@ def graph_findings(
     report = _readable_report(source, run)
     if report is None:
         return []
-    return _findings_json(report, site_layers(report.sites, layer_paths))
-
-
-def _findings_json(report: GraphReport, layers: dict[str, str]) -> list[dict[str, Any]]:
-    """The findings, each with ``site_layers``: the logged layer of each of its sites with one."""
-    return [
-        {
-            **graph_finding_json(finding),
-            "site_layers": {site: layers[site] for site in finding.layers if site in layers},
-        }
-        for finding in report.findings
-    ]
+    return findings_with_site_layers(report.findings, site_layers(report.sites, layer_paths))
 
 
 def _logged_layer_paths(source: ExperimentSource, run: str) -> list[str]:
@@ -102,23 +89,7 @@ def _logged_layer_paths(source: ExperimentSource, run: str) -> list[str]:
 
 def _readable_report(source: ExperimentSource, run: str) -> Optional[GraphReport]:
     try:
-        graph = read_run_graph(source.provider, source.ctx, source.experiment_id, run)
+        stored = read_graph_or_step_functions(source, run)
     except GraphLoadError:
         return None
-    if graph is not None:
-        return report_graph(graph)
-    described = _step_functions(source, run)
-    return report_step_functions(described) if described is not None else None
-
-
-def _step_functions(source: ExperimentSource, run: str) -> Optional[StepFunctions]:
-    """``run``'s step-functions description; None without one or when it is unreadable (the
-    overview lists that as a run error)."""
-    try:
-        return read_step_functions(source, run)
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def _step_functions_json(described: Optional[StepFunctions]) -> Optional[dict[str, Any]]:
-    return None if described is None else described.functions_json()
+    return report_graph_or_step_functions(stored) if stored is not None else None

@@ -6,13 +6,12 @@ from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, Optional
 
 import numpy as np
-from tensorboard.data import provider as tb_provider
-from tensorboard.plugins.graph import metadata as graph_metadata
 
 from tb_bn_plugin import diagnostics, metadata
 from tb_bn_plugin.plugin.routes.encoding import json_value_lists, last
 from tb_bn_plugin.plugin.routes.graph import graph_findings
 from tb_bn_plugin.reading.cache import SeriesCache
+from tb_bn_plugin.reading.graph import graph_versions
 from tb_bn_plugin.reading.load import load_runs, logged_steps
 from tb_bn_plugin.reading.provider import ExperimentSource, evenly_spaced
 from tb_bn_plugin.series import GapSeries, LayerSeries, RunData
@@ -200,35 +199,4 @@ def _latest_gap(gap: Optional[GapSeries]) -> Optional[dict[str, Any]]:
             name: {mode: last(v) for mode, v in modes.items()}
             for name, modes in gap.metrics.items()
         },
-    }
-
-
-def graph_versions(source: ExperimentSource) -> dict[str, Hashable]:
-    """Runs with a stored run graph (what ``read_run_graph`` reads) or, trained on JAX or
-    PyTorch, a step-functions description (``read_step_functions``), what the graph view
-    shows: run -> its version.
-
-    The version (latest step and wall time) changes when either is written again.
-    """
-    listing = source.provider.list_blob_sequences(
-        source.ctx,
-        experiment_id=source.experiment_id,
-        plugin_name=graph_metadata.PLUGIN_NAME,
-        run_tag_filter=tb_provider.RunTagFilter(tags=[graph_metadata.RUN_GRAPH_NAME]),
-    )
-    described = source.provider.list_tensors(
-        source.ctx,
-        experiment_id=source.experiment_id,
-        plugin_name=metadata.PLUGIN_NAME,
-        run_tag_filter=tb_provider.RunTagFilter(tags=[metadata.step_functions_tag()]),
-    )
-    return {
-        run: (tag, series.max_step, series.max_wall_time)
-        for listed, wanted in (
-            (described, metadata.step_functions_tag()),
-            (listing, graph_metadata.RUN_GRAPH_NAME),  # a stored graph wins
-        )
-        for run, tags in listed.items()
-        for tag, series in tags.items()
-        if tag == wanted
     }
