@@ -7,7 +7,7 @@ graph winning; the plugin and ``tb-bn report`` both read graphs through them.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 from google.protobuf import message
@@ -79,10 +79,12 @@ def read_graph_or_step_functions(
         return None
 
 
-def graph_versions(source: ExperimentSource) -> dict[str, Hashable]:
-    """Runs with a stored run graph (what ``read_run_graph`` reads) or, trained on JAX or
-    PyTorch, a step-functions description (``read_step_functions``), what the graph view
-    shows: run -> its version.
+def graph_versions(
+    source: ExperimentSource, runs: Iterable[str] | None = None
+) -> dict[str, Hashable]:
+    """Runs (all, or those of ``runs``) with a stored run graph (what ``read_run_graph``
+    reads) or, trained on JAX or PyTorch, a step-functions description
+    (``read_step_functions``), what the graph view shows: run -> its version.
 
     The version (latest step and wall time) changes when either is written again.
     """
@@ -90,13 +92,13 @@ def graph_versions(source: ExperimentSource) -> dict[str, Hashable]:
         source.ctx,
         experiment_id=source.experiment_id,
         plugin_name=graph_metadata.PLUGIN_NAME,
-        run_tag_filter=tb_provider.RunTagFilter(tags=[graph_metadata.RUN_GRAPH_NAME]),
+        run_tag_filter=tb_provider.RunTagFilter(runs=runs, tags=[graph_metadata.RUN_GRAPH_NAME]),
     )
     described = source.provider.list_tensors(
         source.ctx,
         experiment_id=source.experiment_id,
         plugin_name=metadata.PLUGIN_NAME,
-        run_tag_filter=tb_provider.RunTagFilter(tags=[metadata.step_functions_tag()]),
+        run_tag_filter=tb_provider.RunTagFilter(runs=runs, tags=[metadata.step_functions_tag()]),
     )
     return {
         run: (tag, series.max_step, series.max_wall_time)

@@ -785,9 +785,11 @@ def test_graph_route_unreadable_graph_is_404(bad_graph_logdir, loader):
         (run,) = tb.get("runs")["runs"]
         assert run["run"] == "broken" and run["has_graph"]
         body = tb.get("graph", 404, run="broken")
+        layer = tb.get("layer", run="broken", layer="bn")
     finally:
         tb.close()
     assert body["error"].startswith("run 'broken': stored graph is not a GraphDef: ")
+    assert layer["graph_sites"] == []  # the layer is still served, without a site
 
 
 # -- pure functions and caching -------------------------------------------------

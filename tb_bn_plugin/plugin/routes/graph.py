@@ -9,7 +9,7 @@ the tab links a site to its layer's detail.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Hashable
 from typing import Any, Optional
 
 from tensorboard import errors
@@ -23,7 +23,8 @@ from tb_bn_plugin.graph.layers import site_layers
 from tb_bn_plugin.graph.load import GraphLoadError
 from tb_bn_plugin.plugin.routes.encoding import json_values
 from tb_bn_plugin.plugin.routes.params import check_run
-from tb_bn_plugin.reading.graph import read_graph_or_step_functions
+from tb_bn_plugin.reading.cache import SeriesCache
+from tb_bn_plugin.reading.graph import graph_versions, read_graph_or_step_functions
 from tb_bn_plugin.reading.provider import ExperimentSource
 from tb_bn_plugin.reading.tags import list_tags
 from tb_bn_plugin.series import StepFunctions
@@ -66,19 +67,62 @@ def graph_impl(source: ExperimentSource, run: str) -> dict[str, Any]:
 
 
 def graph_findings(
-    source: ExperimentSource, run: str, layer_paths: Collection[str]
+    source: ExperimentSource,
+    run: str,
+    layer_paths: Collection[str],
+    cache: Optional[SeriesCache] = None,
+    version: Optional[Hashable] = None,
 ) -> list[dict[str, Any]]:
     """The graph-level findings of ``run`` (``graph_impl``'s ``findings``) for the overview.
 
     ``layer_paths``: the run's logged layers, which the findings' sites are
     mapped to (``site_layers``). Empty when the run has neither a graph nor a
     step-functions description, or its stored graph is not a ``GraphDef``: the
-    graph view explains why (``graph_impl``'s 404).
+    graph view explains why (``graph_impl``'s 404). ``cache`` and ``version``
+    (``graph_versions``'): see ``cached_graph_report``.
     """
-    report = _readable_report(source, run)
+    report = cached_graph_report(source, run, version, cache)
     if report is None:
         return []
     return findings_with_site_layers(report.findings, site_layers(report.sites, layer_paths))
+
+
+def layer_sites(
+    source: ExperimentSource, run: str, layer: str, cache: Optional[SeriesCache] = None
+) -> list[str]:
+    """The sites of ``run``'s graph (or step functions) that belong to its logged ``layer``
+    (``site_layers``, as the graph route names them), in the graph's order; ``[]`` without a
+    readable graph.
+
+    Cheap once the graph's report is cached (the overview's warm-up caches it):
+    two listings and the run's tag metadata, no values read.
+    """
+    version = graph_versions(source, [run]).get(run)
+    if version is None:
+        return []
+    report = cached_graph_report(source, run, version, cache)
+    if report is None:
+        return []
+    paths = frozenset(_logged_layer_paths(source, run))
+    if cache is None:
+        layers = site_layers(report.sites, paths)
+    else:
+        key = ("site_layers", run, version, paths)
+        layers = cache.computed(key, lambda: site_layers(report.sites, paths))
+    return [site.name for site in report.sites if layers.get(site.name) == layer]
+
+
+def cached_graph_report(
+    source: ExperimentSource,
+    run: str,
+    version: Optional[Hashable],
+    cache: Optional[SeriesCache],
+) -> Optional[GraphReport]:
+    """The report of ``run``'s graph or step functions (``None`` without a readable one), read
+    and analysed once per ``version`` (``graph_versions``') while ``cache`` keeps it."""
+    if cache is None or version is None:
+        return _readable_report(source, run)
+    return cache.computed(("graph_report", run, version), lambda: _readable_report(source, run))
 
 
 def _logged_layer_paths(source: ExperimentSource, run: str) -> list[str]:

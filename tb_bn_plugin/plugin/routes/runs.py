@@ -90,7 +90,8 @@ def cached_graph_findings(
     if cache is None:
         return graph_findings(source, run, layers)
     return cache.computed(
-        ("graph_findings", run, version, layers), lambda: graph_findings(source, run, layers)
+        ("graph_findings", run, version, layers),
+        lambda: graph_findings(source, run, layers, cache, version),
     )
 
 
