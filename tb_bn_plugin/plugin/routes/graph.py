@@ -84,7 +84,12 @@ def graph_findings(
     report = cached_graph_report(source, run, version, cache)
     if report is None:
         return []
-    return findings_with_site_layers(report.findings, site_layers(report.sites, layer_paths))
+    layers = site_layers(report.sites, layer_paths)
+    if cache is not None and version is not None:
+        # What ``layer_sites`` would compute (the overview knows the logged layers): its
+        # first request after the overview's warm-up then lists no tags.
+        cache.put_result(_site_layers_key(run, version), layers)
+    return findings_with_site_layers(report.findings, layers)
 
 
 def layer_sites(
@@ -94,22 +99,30 @@ def layer_sites(
     (``site_layers``, as the graph route names them), in the graph's order; ``[]`` without a
     readable graph.
 
-    Cheap once the graph's report is cached (the overview's warm-up caches it):
-    two listings and the run's tag metadata, no values read.
+    The graph's report is cached per stored graph (``cached_graph_report``) and
+    so is the mapping of its sites to the run's logged layers; the overview's
+    warm-up fills both (``graph_findings``), so a layer request then costs two
+    listings. Without the overview the mapping is computed once per stored
+    graph: a layer that appears later without the graph being written again
+    (the callback writes it at the start of every ``fit``) is named once the
+    overview has seen it.
     """
     version = graph_versions(source, [run]).get(run)
     if version is None:
         return []
-    report = cached_graph_report(source, run, version, cache)
-    if report is None:
-        return []
-    paths = frozenset(_logged_layer_paths(source, run))
-    if cache is None:
-        layers = site_layers(report.sites, paths)
-    else:
-        key = ("site_layers", run, version, paths)
-        layers = cache.computed(key, lambda: site_layers(report.sites, paths))
-    return [site.name for site in report.sites if layers.get(site.name) == layer]
+
+    def mapping() -> dict[str, str]:
+        report = cached_graph_report(source, run, version, cache)
+        if report is None:
+            return {}
+        return site_layers(report.sites, _logged_layer_paths(source, run))
+
+    layers = mapping() if cache is None else cache.computed(_site_layers_key(run, version), mapping)
+    return [site for site, path in layers.items() if path == layer]
+
+
+def _site_layers_key(run: str, version: Hashable) -> Hashable:
+    return ("site_layers", run, version)
 
 
 def cached_graph_report(
