@@ -872,7 +872,7 @@ def test_tensorboard_warms_the_overview_in_the_background(logdir, monkeypatch):
     is then answered from the cache, with the same body as a cold one."""
     diagnosed = _count_diagnosed(monkeypatch)
     monkeypatch.setattr(loader, "SETTLING_WARM_S", 0.05)
-    expected = set(runs.overview_runs(open_logdir(logdir), None))
+    expected = {name for name, _ in runs.overview_runs(open_logdir(logdir), None)}
     app = App(logdir, "python", "--bn_internals_warm_interval", "0.05")
     deadline = time.time() + 60
     while set(diagnosed) != expected and time.time() < deadline:

@@ -19,7 +19,7 @@ def diagnostics_impl(
     A statistics finding names ``layers`` (and ``channels``); a graph finding
     names ``sites`` (``graph_impl``'s findings), so each links to its view.
     """
-    runs = overview_runs(source, cache, [run] if run is not None else None)
+    runs = dict(overview_runs(source, cache, [run] if run is not None else None))
     graphs = graph_versions(source)
     if run is not None:
         if run not in runs and run not in graphs:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Iterator
+from concurrent import futures
 from typing import Any, Optional
 
 import numpy as np
@@ -12,7 +13,7 @@ from tb_bn_plugin.plugin.routes.encoding import json_value_lists, last
 from tb_bn_plugin.plugin.routes.graph import graph_findings
 from tb_bn_plugin.reading.cache import SeriesCache
 from tb_bn_plugin.reading.graph import graph_versions
-from tb_bn_plugin.reading.load import load_runs, logged_steps
+from tb_bn_plugin.reading.load import iter_runs, logged_steps
 from tb_bn_plugin.reading.provider import ExperimentSource, evenly_spaced
 from tb_bn_plugin.series import GapSeries, LayerSeries, RunData
 
@@ -32,18 +33,24 @@ def runs_impl(source: ExperimentSource, cache: Optional[SeriesCache] = None) -> 
     it (its graph findings once per stored graph): a repeated overview reads
     the runs' (cached) series and each run's gap, and computes nothing else.
     """
-    runs = overview_runs(source, cache)
     graphs = graph_versions(source)
-    rows = {
-        name: cache.get(_row_key(run)) if cache is not None else None for name, run in runs.items()
-    }
-    missing = [name for name, row in rows.items() if row is None]
-    steps = _logged_steps(source, {name: runs[name] for name in missing})
-    for name in missing:
-        run = runs[name]
-        rows[name] = _run_row(run, run_findings(run, cache), steps.get(name))
-        if cache is not None:
-            cache.put_result(_row_key(run), rows[name])
+    runs: dict[str, RunData] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    # Each new row's findings are computed while the next runs and its logged steps are read.
+    with futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="bn_steps") as steps_pool:
+        pending = {}
+        for name, run in overview_runs(source, cache):
+            runs[name] = run
+            row = cache.get(_row_key(run)) if cache is not None else None
+            if row is not None:
+                rows[name] = row
+                continue
+            steps = steps_pool.submit(_logged_steps, source, run)
+            pending[name] = (run_findings(run, cache), steps)
+        for name, (findings, steps) in pending.items():
+            rows[name] = _run_row(runs[name], findings, steps.result())
+            if cache is not None:
+                cache.put_result(_row_key(runs[name]), rows[name])
     answer = []
     for name in sorted(set(runs) | set(graphs)):
         row = rows.get(name) or _run_row(RunData(run=name, layers={}), [], None)
@@ -129,11 +136,11 @@ def _run_row(
 
 def overview_runs(
     source: ExperimentSource, cache: Optional[SeriesCache], runs: Optional[Iterable[str]] = None
-) -> dict[str, RunData]:
-    """The runs as the overview and the diagnostics read them: ``OVERVIEW_POINTS`` per tag,
-    ``OVERVIEW_SNAPSHOTS`` per-channel snapshots per layer.
+) -> Iterator[tuple[str, RunData]]:
+    """The runs as the overview and the diagnostics read them (``OVERVIEW_POINTS`` per tag,
+    ``OVERVIEW_SNAPSHOTS`` per-channel snapshots per layer), one by one (``iter_runs``).
     """
-    return load_runs(
+    return iter_runs(
         source,
         runs=runs,
         downsample=OVERVIEW_POINTS,
@@ -142,18 +149,16 @@ def overview_runs(
     )
 
 
-def _logged_steps(source: ExperimentSource, runs: Mapping[str, RunData]) -> dict[str, np.ndarray]:
-    """Every logged step of each run whose overview sample was cut short.
+def _logged_steps(source: ExperimentSource, run: RunData) -> Optional[np.ndarray]:
+    """Every logged step of ``run`` if its overview sample was cut short, else ``None``.
 
-    Read in full from one layer per run (``logged_steps``: steps only, no
-    values decoded): a layer's count is the run's steps up to its last one.
+    Read in full from one layer (``logged_steps``: steps only, no values
+    decoded): a layer's count is the run's steps up to its last one.
     """
-    references = {}
-    for name, run in runs.items():
-        capped = [layer for layer in run.ordered_layers() if len(layer.steps) >= OVERVIEW_POINTS]
-        if capped:
-            references[name] = capped[0].config.path
-    return logged_steps(source, references) if references else {}
+    capped = [layer for layer in run.ordered_layers() if len(layer.steps) >= OVERVIEW_POINTS]
+    if not capped:
+        return None
+    return logged_steps(source, {run.run: capped[0].config.path}).get(run.run)
 
 
 def _layer_row(
