@@ -25,8 +25,9 @@ its event file, read like any run), then, for each TensorBoard loader
   Python loader, the data server's RSS for the Rust one).
 
 The Python loader reads a logdir of the same runs and layers with at most
-``PYTHON_LOADER_STEPS`` logged steps (it keeps every event as a parsed proto;
-the full size would need 16-25 GB). The first paint runs with the plugin's
+``PYTHON_LOADER_STEPS`` logged steps unless told otherwise (``--python-loader-steps``:
+it keeps every event as a parsed proto, about 1.5 KB each, so the full size
+holds about 11 GB). The first paint runs with the plugin's
 default background warming (``--bn_internals_warm_interval``), as a user meets it.
 
 Targets (full size): overview and a 4-run compare < 1 s, one layer's detail < 200 ms,
@@ -579,6 +580,13 @@ def add_arguments(parser) -> None:
         "than everything else",
     )
     parser.add_argument(
+        "--python-loader-steps",
+        type=int,
+        default=PYTHON_LOADER_STEPS,
+        help="logged steps of the Python loader's logdir (default %(default)s; TensorBoard's "
+        "Python loader holds about 1.5 KB per event: the full size, 5000, needs about 11 GB)",
+    )
+    parser.add_argument(
         "--logdir",
         default=None,
         help="synthesise the logdirs under this folder once and reuse them on later runs "
@@ -616,7 +624,7 @@ def main(argv=None) -> int:
     num_runs, num_layers, num_steps = SIZES[args.mode]
     repeats = REPEATS[args.mode]
     root = args.logdir or tempfile.mkdtemp(prefix="bn_plugin_latency_")
-    python_steps = min(num_steps, PYTHON_LOADER_STEPS)
+    python_steps = min(num_steps, args.python_loader_steps)
     try:
         logdirs, infos = {}, {}
         for steps in sorted({num_steps, python_steps}, reverse=True):

@@ -5,21 +5,27 @@ Usage::
     tb-bn report LOGDIR [--json] [--fail-on {info,warning,error,never}] [--run NAME ...]
 
 Prints, for every run under LOGDIR that holds BN Internals data (written by
-``BatchNormCallback``), a table with one row per BatchNormalization layer at
-its latest logged step, the train/inference gap if it was measured, for runs
-trained on JAX or PyTorch the step functions and whether the train step
-applies the moving-statistic updates, and every finding of
-``diagnostics.diagnose`` (and of ``report_step_functions``) with its evidence
-and fix. ``--json``
-prints the same as one JSON object (schema below). ``--run`` (repeatable)
-restricts the report to the named runs.
+``BatchNormCallback``) or a graph (the callback's ``write_graph``, ``tb-bn
+graph``), a table with one row per BatchNormalization layer at its latest
+logged step, the train/inference gap if it was measured, for runs trained on
+JAX or PyTorch the step functions and whether the train step applies the
+moving-statistic updates, every finding of ``diagnostics.diagnose`` with its
+evidence and fix, and the findings of the run's graph (its stored graph, else
+its step-functions description: what the Graph view shows, read and diagnosed
+by the same functions as the plugin's) with each site's logged layer.
+``--json`` prints the same as one JSON object (schema below). ``--run``
+(repeatable) restricts the report to the named runs.
 
 Exit status: 0 when no finding at or above ``--fail-on`` severity fired
 (default ``error``; ``never`` always gives 0), 1 when one did, 2 for usage
 errors and unreadable input: a missing or empty LOGDIR, one without any BN
-Internals data, an unknown ``--run``, or event files that are corrupt or
-truncated. In the last case the report of what could be read is printed
-first (on stdout) and the error names every bad file (on stderr).
+Internals data or graph, an unknown ``--run``, or event files that are corrupt
+or truncated. In the last case the report of what could be read is printed
+first (on stdout) and the error names every bad file (on stderr). Graph
+findings count like the statistics ones (they are in ``findings``): a run
+written by ``tb-bn graph`` whose update ops are not wired (warning) fails with
+``--fail-on warning``, a malformed graph (error) with the default. A problem
+found both in the logs and in the graph (``momentum-one``) is two findings.
 
 JSON schema (``schema_version`` 1). Floats that are NaN or infinite are
 written as the strings ``"nan"``, ``"inf"``, ``"-inf"``; ``null`` means not
@@ -77,12 +83,24 @@ logged / not measured::
             "step": int,               # the training step the updates were observed in
             "updates_applied": {layer: bool | null}   # null: not decided
           },
-          "findings": [                # diagnostics.Finding.to_json(), by severity then model order
+          "has_graph": bool,           # a readable stored graph or step-functions description
+                                       # (one that is not a GraphDef is listed in "errors")
+          "findings": [                # diagnostics.Finding.to_json(): every finding that counts;
+                                       # the statistics ones by severity then model order, then
+                                       # the graph ones by severity (graph_findings, in order),
+                                       # which name their graph sites in "layers"
             {"code": str, "severity": "error" | "warning" | "info", "title": str,
              "layers": [str], "channels": {layer: [int]}, "evidence": {str: number | str | bool},
              "fix": str}
           ],
-          "counts": {"error": int, "warning": int, "info": int}
+          "graph_findings": [          # the graph's findings as the graph route publishes them
+            {"code": str, "severity": "error" | "warning" | "info", "title": str,
+             "sites": [str],           # op scopes (JAX, PyTorch: layer paths)
+             "evidence": {str: str},   # site -> line; whole-graph findings: "1", "2", ...
+             "fix": str,
+             "site_layers": {site: layer}}  # the logged layer of each site with one
+          ],
+          "counts": {"error": int, "warning": int, "info": int}   # over findings
         }
       ]
     }
@@ -109,8 +127,14 @@ from tb_bn_plugin import metadata
 from tb_bn_plugin.cli.errors import CommandError
 from tb_bn_plugin.diagnostics import SEVERITY_ORDER, Finding, Thresholds, diagnose
 from tb_bn_plugin.diagnostics.finding import severity_rank
-from tb_bn_plugin.diagnostics.graph import report_step_functions
+from tb_bn_plugin.diagnostics.graph import (
+    GraphReport,
+    findings_with_site_layers,
+    report_graph_or_step_functions,
+)
 from tb_bn_plugin.formatting import json_safe, text_table
+from tb_bn_plugin.graph.layers import site_layers
+from tb_bn_plugin.graph.load import GraphLoadError
 from tb_bn_plugin.numerics.moments import call_divergence
 from tb_bn_plugin.reading.event_files import BadFile, check_event_files, event_files
 from tb_bn_plugin.series import LayerSeries, RunData
@@ -126,16 +150,20 @@ TEXT_WIDTH = 100
 
 @dataclasses.dataclass
 class ReportInputs:
-    """What the report is built from: the runs read and the files that could not be read."""
+    """What the report is built from: the runs read, their graphs' reports (``report_graph`` of a
+    stored graph, ``report_step_functions`` of a JAX or PyTorch run's description) and the files
+    that could not be read."""
 
     logdir: str
     runs: dict[str, RunData]
     bad_files: list[BadFile]
+    graphs: dict[str, GraphReport] = dataclasses.field(default_factory=dict)
 
 
 def load_report_inputs(logdir: str, runs: Optional[Sequence[str]] = None) -> ReportInputs:
     """Read ``logdir``; raise ``CommandError`` when there is nothing to report."""
     # TensorBoard imports: only when reading.
+    from tb_bn_plugin.reading.graph import graph_versions, read_graph_or_step_functions
     from tb_bn_plugin.reading.load import load_runs
     from tb_bn_plugin.reading.provider import open_logdir
 
@@ -150,28 +178,42 @@ def load_report_inputs(logdir: str, runs: Optional[Sequence[str]] = None) -> Rep
             "point at the log_dir given to BatchNormCallback"
         )
     bad_files = check_event_files(logdir)
-    loaded = load_runs(open_logdir(logdir))
+    source = open_logdir(logdir)
+    loaded = load_runs(source)
+    with_graph = graph_versions(source)
+    # A run with only a graph (written by ``tb-bn graph``) is reported too.
+    loaded.update({name: RunData(run=name, layers={}) for name in with_graph if name not in loaded})
     if runs:
         unknown = [r for r in runs if r not in loaded]
         if unknown:
             available = ", ".join(sorted(loaded)) or "none"
             raise CommandError(
-                f"no BN Internals data for run(s) {', '.join(map(repr, unknown))} in {logdir!r} "
-                f"(runs with BN data: {available})"
+                f"no BN Internals data or graph for run(s) {', '.join(map(repr, unknown))} in "
+                f"{logdir!r} (runs with BN data or a graph: {available})"
             )
         loaded = {r: loaded[r] for r in runs}
         bad_files = [b for b in bad_files if b.run in loaded]
-    if not any(run.layers for run in loaded.values()):
+    if not any(run.layers for run in loaded.values()) and not with_graph.keys() & loaded.keys():
         message = f"no BatchNorm data in {logdir!r}"
         if bad_files:
             message += "; " + _bad_files_message(bad_files)
         else:
             message += (
-                f" ({len(files)} event file(s) hold no BN Internals records: log a model that has "
-                "BatchNormalization layers with tb_bn_plugin.BatchNormCallback)"
+                f" ({len(files)} event file(s) hold no BN Internals records and no graph: log a "
+                "model that has BatchNormalization layers with tb_bn_plugin.BatchNormCallback, or "
+                "write a graph with tb-bn graph)"
             )
         raise CommandError(message)
-    return ReportInputs(logdir, loaded, bad_files)
+    graphs = {}
+    for name in sorted(with_graph.keys() & loaded.keys()):
+        try:
+            stored = read_graph_or_step_functions(source, name)
+        except GraphLoadError as err:
+            loaded[name].errors.append(str(err))
+            continue
+        if stored is not None:
+            graphs[name] = report_graph_or_step_functions(stored)
+    return ReportInputs(logdir, loaded, bad_files, graphs)
 
 
 # -- building (pure) -------------------------------------------------------------------
@@ -280,8 +322,10 @@ def _counts(findings: Sequence[dict[str, Any]]) -> dict[str, int]:
     return {s: sum(1 for f in findings if f["severity"] == s) for s in SEVERITY_ORDER}
 
 
-def run_report(run: RunData, findings: Sequence[Finding]) -> dict[str, Any]:
-    """One run's JSON-safe report."""
+def run_report(
+    run: RunData, findings: Sequence[Finding], graph: Optional[GraphReport] = None
+) -> dict[str, Any]:
+    """One run's JSON-safe report; ``findings`` ends with ``graph``'s (``run_findings``)."""
     run_gap, layer_gaps = _gap_report(run)
     found = [f.to_json() for f in findings]
     return {
@@ -292,7 +336,11 @@ def run_report(run: RunData, findings: Sequence[Finding]) -> dict[str, Any]:
             layer_report(layer, layer_gaps.get(layer.config.path)) for layer in run.ordered_layers()
         ],
         "step_functions": _step_functions_report(run),
+        "has_graph": graph is not None,
         "findings": found,
+        "graph_findings": []
+        if graph is None
+        else findings_with_site_layers(graph.findings, site_layers(graph.sites, run.layers)),
         "counts": _counts(found),
     }
 
@@ -307,12 +355,15 @@ def _step_functions_report(run: RunData) -> Optional[dict[str, Any]]:
     }
 
 
-def run_findings(run: RunData, thresholds: Thresholds = Thresholds()) -> list[Finding]:
-    """The statistics findings of ``run`` and those of its step functions, by severity."""
-    findings = diagnose(run, thresholds)
-    if run.step_functions is not None:
-        findings += report_step_functions(run.step_functions).findings
-    return sorted(findings, key=lambda finding: severity_rank(finding.severity))
+def run_findings(
+    run: RunData, thresholds: Thresholds = Thresholds(), graph: Optional[GraphReport] = None
+) -> list[Finding]:
+    """The statistics findings of ``run`` by severity, then those of its ``graph`` (the report
+    of its stored graph or step functions) by severity: every finding that counts."""
+    findings = sorted(
+        diagnose(run, thresholds), key=lambda finding: severity_rank(finding.severity)
+    )
+    return findings + (list(graph.findings) if graph is not None else [])
 
 
 def fails(severity: str, fail_on: str) -> bool:
@@ -328,10 +379,19 @@ def build_report(
     bad_files: Sequence[BadFile] = (),
     fail_on: str = "error",
     thresholds: Thresholds = Thresholds(),
+    graphs: Optional[dict[str, GraphReport]] = None,
 ) -> dict[str, Any]:
-    """The whole report as a JSON-safe dict (schema in the module docstring)."""
+    """The whole report as a JSON-safe dict (schema in the module docstring).
+
+    ``graphs``: the report of each run's stored graph or step functions
+    (``ReportInputs.graphs``); their findings count like the statistics ones.
+    """
+    graphs = graphs or {}
     reports = [
-        run_report(runs[name], run_findings(runs[name], thresholds)) for name in sorted(runs)
+        run_report(
+            runs[name], run_findings(runs[name], thresholds, graphs.get(name)), graphs.get(name)
+        )
+        for name in sorted(runs)
     ]
     all_findings = [f for r in reports for f in r["findings"]]
     return {
@@ -443,19 +503,47 @@ def render_findings(findings: Sequence[dict[str, Any]], width: int = TEXT_WIDTH)
     return lines
 
 
-def render_run(run: dict[str, Any], width: int = TEXT_WIDTH) -> list[str]:
-    lines = [f"== run {run['run']}: {len(run['layers'])} BatchNormalization layer(s)"]
-    gap = run["gap"]
-    if gap is not None:
-        relative = gap["relative_loss_gap"]
+def render_graph_findings(findings: Sequence[dict[str, Any]], width: int = TEXT_WIDTH) -> list[str]:
+    """Graph findings (``graph_findings``), one line per site naming its logged layer."""
+    lines = []
+    for finding in findings:
+        sites = finding["sites"]
         lines.append(
-            f"  train/inference gap at step {gap['step']}: "
-            f"probe loss {_fmt(gap['train_loss'], '.4g')} (training) "
-            f"vs {_fmt(gap['inference_loss'], '.4g')} (inference), relative gap "
-            f"{_fmt(relative, '.1%') if isinstance(relative, float) else _fmt(relative)}"
+            f"  {finding['severity'].upper()} {finding['code']}"
+            + (f"  (sites: {', '.join(sites)})" if sites else "")
         )
+        lines.extend(_wrap(f"- {finding['title']}", "    ", width))
+        for key, line in finding["evidence"].items():
+            if key in sites:
+                layer = finding["site_layers"].get(key)
+                # Each site's evidence line starts with the site's name.
+                line = line.removeprefix(f"{key}: ")
+                key = f"site {key}" + (f" (layer {layer})" if layer else "")
+                lines.extend(_wrap(f"{key}: {line}", "      ", width))
+            else:  # whole-graph evidence, numbered lines
+                lines.extend(_wrap(line, "      ", width))
+        lines.extend(_wrap(f"fix: {finding['fix']}", "    ", width))
+    return lines
+
+
+def _gap_line(gap: Optional[dict[str, Any]]) -> str:
+    if gap is None:
+        return "  train/inference gap: not logged"
+    relative = gap["relative_loss_gap"]
+    return (
+        f"  train/inference gap at step {gap['step']}: "
+        f"probe loss {_fmt(gap['train_loss'], '.4g')} (training) "
+        f"vs {_fmt(gap['inference_loss'], '.4g')} (inference), relative gap "
+        f"{_fmt(relative, '.1%') if isinstance(relative, float) else _fmt(relative)}"
+    )
+
+
+def render_run(run: dict[str, Any], width: int = TEXT_WIDTH) -> list[str]:
+    if not run["layers"] and run["has_graph"]:  # written by tb-bn graph
+        lines = [f"== run {run['run']}: a graph, no BN Internals statistics"]
     else:
-        lines.append("  train/inference gap: not logged")
+        lines = [f"== run {run['run']}: {len(run['layers'])} BatchNormalization layer(s)"]
+        lines.append(_gap_line(run["gap"]))
     described = run.get("step_functions")
     if described is not None:
         answers = {True: "yes", False: "NO", None: "not decided"}
@@ -472,19 +560,28 @@ def render_run(run: dict[str, Any], width: int = TEXT_WIDTH) -> list[str]:
                 width,
             )
         )
-    header = [name for name, _ in LAYER_COLUMNS]
-    rows = [[cell(layer) for _, cell in LAYER_COLUMNS] for layer in run["layers"]]
-    lines.extend(text_table(rows, header, indent="  "))
+    if run["layers"]:
+        header = [name for name, _ in LAYER_COLUMNS]
+        rows = [[cell(layer) for _, cell in LAYER_COLUMNS] for layer in run["layers"]]
+        lines.extend(text_table(rows, header, indent="  "))
     for error in run["errors"]:
         lines.extend(_wrap(f"read error: {error}", "  ", width))
     counts = run["counts"]
+    graph_found = run["graph_findings"]
+    # ``findings`` ends with the graph findings, rendered with their sites below.
+    statistics_found = run["findings"][: len(run["findings"]) - len(graph_found)]
     if run["findings"]:
         lines.append(
             "  findings: " + ", ".join(f"{counts[s]} {s}" for s in SEVERITY_ORDER if counts[s])
         )
-        lines.extend(render_findings(run["findings"], width))
+        lines.extend(render_findings(statistics_found, width))
     else:
         lines.append("  findings: none")
+    if graph_found:
+        lines.append("  graph findings (Graph view):")
+        lines.extend(render_graph_findings(graph_found, width))
+    elif run["has_graph"]:
+        lines.append("  graph findings: none")
     return lines
 
 
@@ -521,7 +618,9 @@ def _bad_files_message(bad_files: Sequence[BadFile]) -> str:
 
 def run_command(args: argparse.Namespace) -> int:
     inputs = load_report_inputs(args.logdir, args.run)
-    report = build_report(inputs.logdir, inputs.runs, inputs.bad_files, args.fail_on)
+    report = build_report(
+        inputs.logdir, inputs.runs, inputs.bad_files, args.fail_on, graphs=inputs.graphs
+    )
     if args.json:
         json.dump(report, sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")

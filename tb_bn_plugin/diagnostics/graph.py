@@ -6,7 +6,10 @@ Owns the graph rules' codes, severities and fixes (``update-ops-not-wired``,
 ``moving_stats.MOMENTUM_ONE``, fired here from the momentum read from the
 graph) and the public entry points of the graph analysis with findings:
 ``report_graph`` and ``analyze_graph`` for a GraphDef, ``report_step_functions``
-for the step functions a model on JAX or PyTorch was described by.
+for the step functions a model on JAX or PyTorch was described by,
+``report_graph_or_step_functions`` for either (what a run stores), and
+``findings_with_site_layers``: graph findings as the plugin and ``tb-bn report``
+publish them, each site named with its logged layer.
 
 Site rules hold per site (a predicate over the facts in
 :class:`~tb_bn_plugin.graph.model.BNSite`); ``report_graph`` writes their codes
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from tb_bn_plugin.diagnostics.finding import Finding, Rule, severity_rank
@@ -211,6 +214,28 @@ def report_step_functions(described: StepFunctions) -> GraphReport:
     sites = sites_of(described)
     mark_sites(sites)
     return GraphReport(sites=sites, findings=graph_findings(sites))
+
+
+def report_graph_or_step_functions(stored: Any) -> GraphReport:
+    """``report_step_functions`` of a ``StepFunctions``, else ``report_graph`` (a GraphDef)."""
+    if isinstance(stored, StepFunctions):
+        return report_step_functions(stored)
+    return report_graph(stored)
+
+
+def findings_with_site_layers(
+    findings: Sequence[Finding], layers: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """Graph findings as published (``graph_finding_json``), each with ``site_layers``: the
+    logged layer of each of its sites that has one (``layers``: ``graph.layers.site_layers``).
+    """
+    return [
+        {
+            **graph_finding_json(finding),
+            "site_layers": {site: layers[site] for site in finding.layers if site in layers},
+        }
+        for finding in findings
+    ]
 
 
 def analyze_graph(graph_def: Any) -> list[BNSite]:

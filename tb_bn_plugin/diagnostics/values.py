@@ -91,14 +91,17 @@ def _non_finite_rows(values: dict[str, np.ndarray], trained: np.ndarray) -> dict
     return {stat: mask for stat, mask in masks.items() if mask.any()}
 
 
-def _all_finite(values: dict[str, np.ndarray]) -> bool:
-    """Whether no entry of ``values`` is NaN or Inf, by one sum per statistic.
+def _all_finite(*values: dict[str, np.ndarray]) -> bool:
+    """Whether no entry of the ``values`` dicts is NaN or Inf, by one sum over all of them.
 
     A NaN or Inf anywhere makes the sum NaN or Inf; a finite sum that overflows
     only sends ``non_finite`` to the exact check. Healthy layers (nearly all) skip it.
     """
+    arrays = [np.ravel(v) for by_stat in values for v in by_stat.values()]
+    if not arrays:
+        return True
     with np.errstate(over="ignore", invalid="ignore"):
-        return all(np.isfinite(np.sum(v, dtype=np.float64)) for v in values.values())
+        return bool(np.isfinite(np.concatenate(arrays).sum(dtype=np.float64)))
 
 
 def _steps_with(steps: np.ndarray, masks: dict[str, np.ndarray]) -> set[int]:
@@ -110,7 +113,7 @@ def non_finite(run: RunData, thresholds: Thresholds = Thresholds()) -> list[Find
     """``non-finite``: NaN/Inf where a statistic should have a value."""
     findings = []
     for layer in run.ordered_layers():
-        if _all_finite(layer.summary) and _all_finite(layer.channels):
+        if _all_finite(layer.summary, layer.channels):
             continue
         in_summary = _non_finite_rows(layer.summary, view.trained(layer))
         in_channels = _non_finite_rows(layer.channels, view.snapshot_trained(layer))

@@ -1,16 +1,24 @@
 """Loading whole runs (``load_runs``) and the public ``read_stats``/``read_gap``.
 
-``load_runs`` is a pipeline of named steps: ``plan`` which tags hold what,
-decide each layer's ``sampling``, take what the ``cache`` already holds,
-``read_grouped`` the rest (one provider call per sampling), and ``assemble``
-each run's ``RunData`` by decoding (``decode``). Data that cannot be decoded
-becomes a line in ``RunData.errors``, never an exception.
+``load_runs`` (``iter_runs`` one run at a time) is a pipeline of named
+steps: ``plan`` which tags hold what, decide each layer's ``sampling``, take
+what the ``cache`` already holds, ``read_grouped`` the rest (per run, one
+provider call per sampling), and ``assemble`` each run's ``RunData`` by
+decoding (``decode``). Data that cannot be decoded becomes a line in
+``RunData.errors``, never an exception.
+
+Runs are read ``READ_AHEAD`` at a time in background threads while the
+caller decodes (and uses) the run before: a provider call waits on the Rust
+data server (another process, another core) without holding the GIL, so
+reading 10 runs costs about the longer of the server's work and this
+process's, not their sum.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
 from typing import Optional
 
 import numpy as np
@@ -55,6 +63,8 @@ _LAYER_SUFFIXES = (
 )
 # What a decoder raises for data that does not fit its layout.
 _UNREADABLE = (ValueError, KeyError, TypeError)
+# Runs read at once (each a provider call in its own thread) ahead of the one being decoded.
+READ_AHEAD = 4
 
 
 def load_runs(
@@ -79,15 +89,51 @@ def load_runs(
         or a function of the layer's config giving it (default: ``downsample``).
       with_gap: also read the train/inference gap.
     """
+    return dict(
+        iter_runs(
+            source, runs, layers, with_channels, downsample, cache, channel_downsample, with_gap
+        )
+    )
+
+
+def iter_runs(
+    source: ExperimentSource,
+    runs: Optional[Iterable[str]] = None,
+    layers: Optional[Iterable[str]] = None,
+    with_channels: bool = True,
+    downsample: int = ALL_SAMPLES,
+    cache: Optional[SeriesCache] = None,
+    channel_downsample: Optional[int | Callable[[LayerConfig], int]] = None,
+    with_gap: bool = True,
+) -> Iterator[tuple[str, RunData]]:
+    """``load_runs``' (run, ``RunData``) pairs in run order, each as soon as it is decoded.
+
+    The runs' tags are listed once; then each run is read on its own, up to
+    ``READ_AHEAD`` runs at once in background threads, so a caller that works
+    on each run (the overview's diagnostics) overlaps the reads too. Same
+    arguments as ``load_runs``.
+    """
     wanted = set(layers) if layers is not None else None
     plan = Plan.of(source, runs, wanted, with_channels, with_gap)
     sampling = plan.sampling(downsample, channel_downsample)
     cached = plan.cached(sampling, cache)
-    data = read_grouped(source, plan.reads(sampling, cached, downsample))
-    return {
-        run: assemble(run, plan, data.get(run, {}), sampling, cached, wanted, cache)
-        for run in plan.runs()
-    }
+    reads = plan.reads(sampling, cached, downsample)
+    pool = futures.ThreadPoolExecutor(max_workers=READ_AHEAD, thread_name_prefix="bn_read")
+    try:
+        pending = [
+            (run, pool.submit(read_grouped, source, _of_run(reads, run))) for run in plan.runs()
+        ]
+        for run, reading in pending:
+            data = reading.result().get(run, {})
+            yield run, assemble(run, plan, data, sampling, cached, wanted, cache)
+    finally:
+        # A caller that stops early (an error) does not wait for reads it will not use.
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _of_run(reads: dict[int, dict[str, list[str]]], run: str) -> dict[int, dict[str, list[str]]]:
+    """The part of ``reads`` (downsample -> run -> tags) that reads ``run``."""
+    return {sample: {run: tags[run]} for sample, tags in reads.items() if run in tags}
 
 
 @dataclasses.dataclass

@@ -13,6 +13,7 @@ parses event records by hand or knows a payload's layout.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -264,11 +265,12 @@ class TensorEvents:
         tensors = self._tensors
         if not tensors or not all(isinstance(t, tensor_pb2.TensorProto) for t in tensors):
             return None
-        dtype = _PACKED_DTYPES.get(tensors[0].dtype)
-        if dtype is None or any(t.dtype != tensors[0].dtype for t in tensors):
+        dtypes = set(map(operator.attrgetter("dtype"), tensors))
+        dtype = _PACKED_DTYPES.get(dtypes.pop()) if len(dtypes) == 1 else None
+        if dtype is None:
             return None
-        contents = [t.tensor_content for t in tensors]
-        if any(len(c) != width * dtype.itemsize for c in contents):
+        contents = list(map(operator.attrgetter("tensor_content"), tensors))
+        if set(map(len, contents)) != {width * dtype.itemsize}:
             return None
         return np.frombuffer(b"".join(contents), dtype=dtype).reshape(len(tensors), width)
 

@@ -32,6 +32,11 @@ class TagInfo:
         return LayerConfig.from_json(layer) if isinstance(layer, dict) else None
 
 
+# Layers of a model share their tags' metadata across runs (and reloads): each distinct
+# content is parsed once. The parsed dicts are shared: readers must not modify them.
+_parsed_content = functools.lru_cache(maxsize=1 << 14)(metadata.parse_plugin_content)
+
+
 def list_tags(
     source: ExperimentSource,
     runs: Optional[Iterable[str]] = None,
@@ -49,7 +54,7 @@ def list_tags(
     for run, by_tag in listing.items():
         for tag, series in sorted(by_tag.items()):
             try:
-                content = metadata.parse_plugin_content(series.plugin_content)
+                content = _parsed_content(series.plugin_content)
             except metadata.MetadataError as err:
                 errors.setdefault(run, []).append(f"tag {tag!r}: {err}")
                 continue

@@ -17,7 +17,17 @@ from demo_runs import DEMO_PATH, scenario_run  # noqa: E402
 from tb_bn_plugin.cli import main  # noqa: E402
 
 TOP_KEYS = {"schema_version", "logdir", "fail_on", "failed", "counts", "bad_files", "runs"}
-RUN_KEYS = {"run", "errors", "gap", "layers", "step_functions", "findings", "counts"}
+RUN_KEYS = {
+    "run",
+    "errors",
+    "gap",
+    "layers",
+    "step_functions",
+    "has_graph",
+    "findings",
+    "graph_findings",
+    "counts",
+}
 LAYER_KEYS = {
     "calls",
     "call_divergence",
@@ -40,6 +50,7 @@ LAYER_KEYS = {
     "gap",
 }
 FINDING_KEYS = {"code", "severity", "title", "layers", "channels", "evidence", "fix"}
+GRAPH_FINDING_KEYS = {"code", "severity", "title", "sites", "evidence", "fix", "site_layers"}
 
 
 def logdir_with(tmp_path, tmp_path_factory, *scenarios: str) -> str:
@@ -171,6 +182,125 @@ def test_fail_on_levels(tmp_path, tmp_path_factory, capsys):
         status, out, _ = report(capsys, logdir, "--fail-on", level)
         assert status == expected, (logdir, level, out)
     assert report(capsys, error)[0] == 1  # default: --fail-on error
+
+
+def write_graph_run(logdir, name: str, wire_updates: bool) -> None:
+    """Seed 004's TF1 graph (Switch/Merge, update ops wired or not) written by ``tb-bn graph``."""
+    from _bn_graphs import build_seed004_graph
+
+    model = os.path.join(os.path.dirname(logdir), f"{name}.pb")
+    with open(model, "wb") as f:
+        f.write(build_seed004_graph(wire_updates=wire_updates).SerializeToString())
+    assert main(["graph", model, "--logdir", logdir]) == 0
+
+
+def test_graph_findings_of_stored_graphs(tmp_path, tmp_path_factory, capsys):
+    """Runs written by ``tb-bn graph`` are reported with their graph's findings, counted like
+    the statistics ones; a logged run's graph (the callback's) is diagnosed too."""
+    logdir = logdir_with(tmp_path, tmp_path_factory, "healthy", "momentum-one")
+    write_graph_run(logdir, "unwired", wire_updates=False)
+    write_graph_run(logdir, "wired", wire_updates=True)
+    capsys.readouterr()
+
+    status, out, err = report(capsys, logdir)
+    assert status == 1 and err == ""  # momentum-one's errors
+    text = " ".join(out.split())
+    assert "== run unwired: a graph, no BN Internals statistics findings: 1 warning" in text
+    assert (
+        "graph findings (Graph view): WARNING update-ops-not-wired (sites: bn) - Moving-average "
+        "updates are never run site bn: nothing that runs each step depends on "
+        "bn/AssignMovingAvg, bn/AssignMovingAvg_1 fix: In graph mode" in text
+    )
+    assert (
+        "== run wired: a graph, no BN Internals statistics findings: none graph findings: none"
+        in text
+    )
+    assert "site convnet_1/bn0_1 (layer bn0): momentum 1 read from" in text
+
+    status, out, _ = report(capsys, logdir, "--json", "--fail-on", "never")
+    data = json.loads(out)
+    runs = {r["run"]: r for r in data["runs"]}
+    assert list(runs) == ["healthy", "momentum-one", "unwired", "wired"]
+    for run in runs.values():
+        assert set(run) == RUN_KEYS and run["has_graph"] is True
+        for finding in run["graph_findings"]:
+            assert set(finding) == GRAPH_FINDING_KEYS
+        # findings ends with the graph findings; counts are over findings.
+        tail = run["findings"][len(run["findings"]) - len(run["graph_findings"]) :]
+        assert [(f["code"], f["layers"], f["evidence"]) for f in tail] == [
+            (f["code"], f["sites"], f["evidence"]) for f in run["graph_findings"]
+        ]
+        assert run["counts"] == {
+            s: sum(f["severity"] == s for f in run["findings"])
+            for s in ("error", "warning", "info")
+        }
+    (unwired,) = runs["unwired"]["graph_findings"]
+    assert (unwired["code"], unwired["severity"], unwired["sites"]) == (
+        "update-ops-not-wired",
+        "warning",
+        ["bn"],
+    )
+    assert unwired["site_layers"] == {}  # no logged layers to name
+    assert runs["unwired"]["layers"] == [] and runs["unwired"]["gap"] is None
+    assert runs["unwired"]["counts"] == {"error": 0, "warning": 1, "info": 0}
+    assert runs["wired"]["findings"] == [] and runs["healthy"]["graph_findings"] == []
+    (graph_momentum,) = runs["momentum-one"]["graph_findings"]
+    assert graph_momentum["code"] == "momentum-one" and graph_momentum["severity"] == "error"
+    # Each of the traced graph's sites (op scopes) belongs to the logged layer of its name.
+    assert graph_momentum["site_layers"] == {
+        f"convnet_1/{layer}_1": layer for layer in ("bn0", "bn1", "dense_bn", "input_bn")
+    }
+    statistics = [f for f in runs["momentum-one"]["findings"] if f["code"] == "momentum-one"]
+    assert len(statistics) == 5  # one per logged layer, and the graph's
+    assert data["counts"]["warning"] == sum(r["counts"]["warning"] for r in runs.values())
+
+    # The same findings as the plugin's overview and Diagnostics (one implementation).
+    from tb_bn_plugin.plugin.routes.graph import graph_findings
+    from tb_bn_plugin.reading.provider import open_logdir
+
+    source = open_logdir(logdir)
+    for name, run in runs.items():
+        paths = [layer["path"] for layer in run["layers"]]
+        assert run["graph_findings"] == graph_findings(source, name, paths)
+
+    # A graph finding's severity decides the exit status like any other's.
+    for level, expected in (("error", 0), ("warning", 1), ("info", 1), ("never", 0)):
+        status, out, _ = report(capsys, logdir, "--run", "unwired", "--fail-on", level)
+        assert status == expected, (level, out)
+    status, out, _ = report(capsys, logdir, "--run", "wired", "--fail-on", "info", "--json")
+    assert status == 0 and json.loads(out)["failed"] is False
+
+
+def test_graph_only_logdir(tmp_path, capsys):
+    """A logdir holding only a ``tb-bn graph`` run is reported (it used to be 'no BN data')."""
+    logdir = str(tmp_path / "logs")
+    write_graph_run(logdir, "unwired", wire_updates=False)
+    capsys.readouterr()
+    status, out, err = report(capsys, logdir, "--fail-on", "warning")
+    assert status == 1 and err == ""
+    assert "WARNING update-ops-not-wired" in out and "FAIL: fail-on warning" in out
+    status, _, err = report(capsys, logdir, "--run", "nope")
+    assert status == 2 and "'nope'" in err and "unwired" in err
+
+
+def test_unreadable_stored_graph_is_a_read_error(tmp_path, capsys):
+    """A stored graph that is not a GraphDef: the run lists a read error, no finding, exit 0."""
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    logdir = tmp_path / "logs"
+    writer = EventFileWriter(str(logdir / "broken"))
+    writer.add_event(event_pb2.Event(step=0, wall_time=1.0, graph_def=b"\xff\xff\xff"))
+    writer.close()
+    status, out, err = report(capsys, str(logdir), "--fail-on", "info", "--json")
+    assert status == 0 and err == ""
+    (run,) = json.loads(out)["runs"]
+    assert run["run"] == "broken" and run["findings"] == [] and run["graph_findings"] == []
+    assert run["has_graph"] is False
+    (error,) = run["errors"]
+    assert error.startswith("run 'broken': stored graph is not a GraphDef: ")
+    status, out, _ = report(capsys, str(logdir))
+    assert "read error: run 'broken': stored graph is not a GraphDef" in out
 
 
 def test_run_filter(tmp_path, tmp_path_factory, capsys):

@@ -785,9 +785,11 @@ def test_graph_route_unreadable_graph_is_404(bad_graph_logdir, loader):
         (run,) = tb.get("runs")["runs"]
         assert run["run"] == "broken" and run["has_graph"]
         body = tb.get("graph", 404, run="broken")
+        layer = tb.get("layer", run="broken", layer="bn")
     finally:
         tb.close()
     assert body["error"].startswith("run 'broken': stored graph is not a GraphDef: ")
+    assert layer["graph_sites"] == []  # the layer is still served, without a site
 
 
 # -- pure functions and caching -------------------------------------------------
@@ -870,7 +872,7 @@ def test_tensorboard_warms_the_overview_in_the_background(logdir, monkeypatch):
     is then answered from the cache, with the same body as a cold one."""
     diagnosed = _count_diagnosed(monkeypatch)
     monkeypatch.setattr(loader, "SETTLING_WARM_S", 0.05)
-    expected = set(runs.overview_runs(open_logdir(logdir), None))
+    expected = {name for name, _ in runs.overview_runs(open_logdir(logdir), None)}
     app = App(logdir, "python", "--bn_internals_warm_interval", "0.05")
     deadline = time.time() + 60
     while set(diagnosed) != expected and time.time() < deadline:

@@ -135,6 +135,37 @@ def test_graph_sites_name_their_layers(server):
     assert overview["site_layers"] == owners
     diagnosed = get_json(base + "data/plugin/bn_internals/diagnostics?run=" + FROZEN_EMA)
     assert [f["site_layers"] for f in diagnosed["diagnostics"] if "sites" in f] == [owners]
+    # And the layer route names each layer's site (the way back from a layer to the graph).
+    for site, layer in owners.items():
+        detail = get_json(
+            base
+            + "data/plugin/bn_internals/layer?"
+            + urlencode({"run": FROZEN_EMA, "layer": layer})
+        )
+        assert detail["graph_sites"] == [site]
+
+
+@requires_browser
+def test_layer_detail_links_to_its_graph_site(server):
+    """Layer detail shows "in the graph: <site>" for the run graph's site of the layer, which
+    opens the Graph view at that site; a hostile run name stays text."""
+    base, _ = server
+    graph = get_json(base + "data/plugin/bn_internals/graph?" + urlencode({"run": HOSTILE}))
+    (site,) = [s["name"] for s in graph["sites"] if s["layer"] == "block1_bn"]
+    with plugin_tab(base) as (_, frame):
+        frame.evaluate(
+            "h => { location.hash = h; }",
+            urlencode({"view": "layer", "run": HOSTILE, "layer": "block1_bn"}),
+        )
+        strip = frame.wait_for_selector(
+            '.layer-detail[data-layer="block1_bn"] [data-role=config] [data-role=graph-sites]'
+        )
+        assert strip.inner_text() == f"in the graph: {site}"
+        link = strip.query_selector(".site-link")
+        assert link.get_attribute("data-site") == site and link.get_attribute("data-run") == HOSTILE
+        link.click()
+        frame.wait_for_selector(f'.graph-view .site[data-site="{site}"][data-layer="block1_bn"]')
+        assert frame.get_attribute(".graph-view", "data-run") == HOSTILE
 
 
 @requires_browser

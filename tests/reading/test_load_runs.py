@@ -17,7 +17,7 @@ import pytest
 from tb_bn_plugin import metadata, records
 from tb_bn_plugin.numerics.ema import EmaError
 from tb_bn_plugin.reading.cache import SeriesCache
-from tb_bn_plugin.reading.load import load_runs, read_gap, read_stats
+from tb_bn_plugin.reading.load import iter_runs, load_runs, read_gap, read_stats
 from tb_bn_plugin.reading.provider import open_logdir
 from tb_bn_plugin.reading.tags import list_tags
 from tb_bn_plugin.series import LayerConfig
@@ -177,6 +177,23 @@ def test_load_runs_reads_every_payload(logdir):
     ema = run.ema_error[path]
     assert path == BN.path and ema.steps.tolist() == [2, 4, 6]
     np.testing.assert_allclose(ema.values["max_abs_log_var_ratio"], [0.02, 0.04, 0.06], rtol=1e-6)
+
+
+def test_iter_runs_yields_load_runs_runs_in_order(logdir):
+    """Read ahead in background threads, the runs arrive in name order with the same data; a
+    caller that stops after the first run does not wait for the others."""
+    source = open_logdir(logdir)
+    loaded = load_runs(source)
+    pairs = list(iter_runs(source))
+    assert [name for name, _ in pairs] == sorted(loaded) == ["bad", "good"]
+    for name, run in pairs:
+        assert run.errors == loaded[name].errors and run.version == loaded[name].version
+        assert sorted(run.layers) == sorted(loaded[name].layers)
+        for path, series in run.layers.items():
+            np.testing.assert_array_equal(series.steps, loaded[name].layers[path].steps)
+    runs = iter_runs(source)
+    assert next(runs)[0] == "bad"
+    runs.close()
 
 
 def test_corrupt_tags_are_errors_of_their_run_only(logdir):

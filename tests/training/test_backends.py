@@ -110,6 +110,11 @@ def test_report_diagnoses_the_dropped_updates(backend_logdir, capsys):
     assert "stale-moving-stats" in codes["stale"]
     assert "updates-not-applied" in codes["stale"]
     assert not {"stale-moving-stats", "updates-not-applied", "non-finite"} & codes["healthy"]
+    # The step functions' finding is the run's graph finding (as in the plugin); sites are layers.
+    (graph_finding,) = report["stale"]["graph_findings"]
+    assert graph_finding["code"] == "updates-not-applied"
+    assert graph_finding["site_layers"] == {"bn0": "bn0", "bn1": "bn1"}
+    assert report["healthy"]["graph_findings"] == [] and report["healthy"]["has_graph"]
     backend = os.path.basename(backend_logdir).split("_")[1].rstrip("0123456789")
     for run, model_class, applied in (("healthy", "Functional", True), ("stale", "Stale", False)):
         described = report[run]["step_functions"]

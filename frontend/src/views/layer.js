@@ -6,7 +6,7 @@ import { h, messageBox, whenVisible } from "../dom.js";
 import { api } from "../api.js";
 import { seriesChart, heatmap, cssVar, PALETTE } from "../charts.js";
 import { fmt, isNum } from "../format.js";
-import { loadRuns, pickRun, runSelect, errorBox, selectorFor, evidenceTable, severityBadge } from "./common.js";
+import { loadRuns, pickRun, runSelect, errorBox, selectorFor, evidenceTable, severityBadge, siteLink } from "./common.js";
 import { layerNavigator } from "./layer_nav.js";
 import { overlayCard } from "./overlay.js";
 import { selectedRuns, runColor } from "../selection.js";
@@ -87,6 +87,18 @@ function emaErrorChart(ema, syncKey) {
     yRangeFn: (_u, _min, max) => [0, isNum(max) && max > 0 ? max * 1.05 : 1], // errors are >= 0
   };
   return { card: c.card, draw: () => seriesChart(c.body, ema.steps, series, opts) };
+}
+
+/**
+ * "in the graph: <site>": the run graph's sites of this layer (layer route
+ * `graph_sites`), each opening the Graph view there; the way back from the
+ * site links of the overview and Diagnostics. Null without a site.
+ */
+function graphSites(ctx, run, sites) {
+  const names = Array.isArray(sites) ? sites.filter((s) => typeof s === "string") : [];
+  if (!names.length) return null;
+  const links = names.flatMap((site, i) => (i ? [", ", siteLink(ctx, run, site)] : [siteLink(ctx, run, site)]));
+  return h("span", { dataset: { role: "graph-sites" } }, h("b", null, "in the graph: "), ...links);
 }
 
 export function resolutionFor(panel) {
@@ -219,6 +231,7 @@ export async function renderLayer(panel, ctx) {
       h("span", null, h("b", null, "Synchronized "), flag(cfg.synchronized)),
       h("span", null, h("b", null, "Renorm "), flag(cfg.renorm)),
       h("span", null, h("b", null, "Steps "), `${layerMeta.num_steps} logged, ${steps.length} plotted`),
+      graphSites(ctx, run.run, data.graph_sites),
     ),
   );
   panel.appendChild(root);

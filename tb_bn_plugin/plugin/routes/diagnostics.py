@@ -5,13 +5,9 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from tb_bn_plugin.plugin.routes.params import check_run
-from tb_bn_plugin.plugin.routes.runs import (
-    cached_graph_findings,
-    graph_versions,
-    overview_runs,
-    run_findings,
-)
+from tb_bn_plugin.plugin.routes.runs import cached_graph_findings, overview_runs, run_findings
 from tb_bn_plugin.reading.cache import SeriesCache
+from tb_bn_plugin.reading.graph import graph_versions
 from tb_bn_plugin.reading.provider import ExperimentSource
 
 
@@ -23,7 +19,7 @@ def diagnostics_impl(
     A statistics finding names ``layers`` (and ``channels``); a graph finding
     names ``sites`` (``graph_impl``'s findings), so each links to its view.
     """
-    runs = overview_runs(source, cache, [run] if run is not None else None)
+    runs = dict(overview_runs(source, cache, [run] if run is not None else None))
     graphs = graph_versions(source)
     if run is not None:
         if run not in runs and run not in graphs:

@@ -9,22 +9,22 @@ the tab links a site to its layer's detail.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Hashable
 from typing import Any, Optional
 
 from tensorboard import errors
 
 from tb_bn_plugin.diagnostics.graph import (
     GraphReport,
-    graph_finding_json,
-    report_graph,
-    report_step_functions,
+    findings_with_site_layers,
+    report_graph_or_step_functions,
 )
 from tb_bn_plugin.graph.layers import site_layers
 from tb_bn_plugin.graph.load import GraphLoadError
 from tb_bn_plugin.plugin.routes.encoding import json_values
 from tb_bn_plugin.plugin.routes.params import check_run
-from tb_bn_plugin.reading.graph import read_run_graph, read_step_functions
+from tb_bn_plugin.reading.cache import SeriesCache
+from tb_bn_plugin.reading.graph import graph_versions, read_graph_or_step_functions
 from tb_bn_plugin.reading.provider import ExperimentSource
 from tb_bn_plugin.reading.tags import list_tags
 from tb_bn_plugin.series import StepFunctions
@@ -39,20 +39,19 @@ def graph_impl(source: ExperimentSource, run: str) -> dict[str, Any]:
     ``GraphDef``.
     """
     try:
-        graph = read_run_graph(source.provider, source.ctx, source.experiment_id, run)
+        stored = read_graph_or_step_functions(source, run)
     except GraphLoadError as err:
         raise errors.NotFoundError(str(err)) from None
-    described = _step_functions(source, run) if graph is None else None
-    if graph is None and described is None:
+    if stored is None:
         check_run(source, run)
         raise errors.NotFoundError(
             f"run {run!r} has no graph; write one with tb_bn_plugin.write_graph or tf.summary.graph"
         )
-    report = report_graph(graph) if graph is not None else report_step_functions(described)
+    report = report_graph_or_step_functions(stored)
     layers = site_layers(report.sites, _logged_layer_paths(source, run))
     return {
         "run": run,
-        "step_functions": _step_functions_json(described),
+        "step_functions": stored.functions_json() if isinstance(stored, StepFunctions) else None,
         # float32 constants as they print (0.99, not 0.9900000095), like every route's numbers.
         "sites": [
             {
@@ -62,36 +61,81 @@ def graph_impl(source: ExperimentSource, run: str) -> dict[str, Any]:
             }
             for site in report.sites
         ],
-        "findings": _findings_json(report, layers),
+        "findings": findings_with_site_layers(report.findings, layers),
         "error": None,
     }
 
 
 def graph_findings(
-    source: ExperimentSource, run: str, layer_paths: Collection[str]
+    source: ExperimentSource,
+    run: str,
+    layer_paths: Collection[str],
+    cache: Optional[SeriesCache] = None,
+    version: Optional[Hashable] = None,
 ) -> list[dict[str, Any]]:
     """The graph-level findings of ``run`` (``graph_impl``'s ``findings``) for the overview.
 
     ``layer_paths``: the run's logged layers, which the findings' sites are
     mapped to (``site_layers``). Empty when the run has neither a graph nor a
     step-functions description, or its stored graph is not a ``GraphDef``: the
-    graph view explains why (``graph_impl``'s 404).
+    graph view explains why (``graph_impl``'s 404). ``cache`` and ``version``
+    (``graph_versions``'): see ``cached_graph_report``.
     """
-    report = _readable_report(source, run)
+    report = cached_graph_report(source, run, version, cache)
     if report is None:
         return []
-    return _findings_json(report, site_layers(report.sites, layer_paths))
+    layers = site_layers(report.sites, layer_paths)
+    if cache is not None and version is not None:
+        # What ``layer_sites`` would compute (the overview knows the logged layers): its
+        # first request after the overview's warm-up then lists no tags.
+        cache.put_result(_site_layers_key(run, version), layers)
+    return findings_with_site_layers(report.findings, layers)
 
 
-def _findings_json(report: GraphReport, layers: dict[str, str]) -> list[dict[str, Any]]:
-    """The findings, each with ``site_layers``: the logged layer of each of its sites with one."""
-    return [
-        {
-            **graph_finding_json(finding),
-            "site_layers": {site: layers[site] for site in finding.layers if site in layers},
-        }
-        for finding in report.findings
-    ]
+def layer_sites(
+    source: ExperimentSource, run: str, layer: str, cache: Optional[SeriesCache] = None
+) -> list[str]:
+    """The sites of ``run``'s graph (or step functions) that belong to its logged ``layer``
+    (``site_layers``, as the graph route names them), in the graph's order; ``[]`` without a
+    readable graph.
+
+    The graph's report is cached per stored graph (``cached_graph_report``) and
+    so is the mapping of its sites to the run's logged layers; the overview's
+    warm-up fills both (``graph_findings``), so a layer request then costs two
+    listings. Without the overview the mapping is computed once per stored
+    graph: a layer that appears later without the graph being written again
+    (the callback writes it at the start of every ``fit``) is named once the
+    overview has seen it.
+    """
+    version = graph_versions(source, [run]).get(run)
+    if version is None:
+        return []
+
+    def mapping() -> dict[str, str]:
+        report = cached_graph_report(source, run, version, cache)
+        if report is None:
+            return {}
+        return site_layers(report.sites, _logged_layer_paths(source, run))
+
+    layers = mapping() if cache is None else cache.computed(_site_layers_key(run, version), mapping)
+    return [site for site, path in layers.items() if path == layer]
+
+
+def _site_layers_key(run: str, version: Hashable) -> Hashable:
+    return ("site_layers", run, version)
+
+
+def cached_graph_report(
+    source: ExperimentSource,
+    run: str,
+    version: Optional[Hashable],
+    cache: Optional[SeriesCache],
+) -> Optional[GraphReport]:
+    """The report of ``run``'s graph or step functions (``None`` without a readable one), read
+    and analysed once per ``version`` (``graph_versions``') while ``cache`` keeps it."""
+    if cache is None or version is None:
+        return _readable_report(source, run)
+    return cache.computed(("graph_report", run, version), lambda: _readable_report(source, run))
 
 
 def _logged_layer_paths(source: ExperimentSource, run: str) -> list[str]:
@@ -102,23 +146,7 @@ def _logged_layer_paths(source: ExperimentSource, run: str) -> list[str]:
 
 def _readable_report(source: ExperimentSource, run: str) -> Optional[GraphReport]:
     try:
-        graph = read_run_graph(source.provider, source.ctx, source.experiment_id, run)
+        stored = read_graph_or_step_functions(source, run)
     except GraphLoadError:
         return None
-    if graph is not None:
-        return report_graph(graph)
-    described = _step_functions(source, run)
-    return report_step_functions(described) if described is not None else None
-
-
-def _step_functions(source: ExperimentSource, run: str) -> Optional[StepFunctions]:
-    """``run``'s step-functions description; None without one or when it is unreadable (the
-    overview lists that as a run error)."""
-    try:
-        return read_step_functions(source, run)
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def _step_functions_json(described: Optional[StepFunctions]) -> Optional[dict[str, Any]]:
-    return None if described is None else described.functions_json()
+    return report_graph_or_step_functions(stored) if stored is not None else None

@@ -13,6 +13,7 @@ from tb_bn_plugin.diagnostics.batches import replica_batch_too_small, shared_lay
 from tb_bn_plugin.numerics import drift, ema
 from tb_bn_plugin.numerics.moments import call_divergence
 from tb_bn_plugin.plugin.routes.encoding import json_values
+from tb_bn_plugin.plugin.routes.graph import layer_sites
 from tb_bn_plugin.plugin.routes.params import check_run
 from tb_bn_plugin.plugin.routes.runs import ROW_CONFIG_FIELDS
 from tb_bn_plugin.reading.cache import SeriesCache
@@ -92,6 +93,7 @@ def layer_impl(
         "ema_error": _ema_error_json(run_data.ema_error.get(layer), resolution),
         "replicas": _replicas_json(run_data, series, resolution),
         "calls": _calls_json(run_data, series, resolution),
+        "graph_sites": layer_sites(source, run, layer, cache),
     }
 
 

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Iterator
+from concurrent import futures
 from typing import Any, Optional
 
 import numpy as np
-from tensorboard.data import provider as tb_provider
-from tensorboard.plugins.graph import metadata as graph_metadata
 
 from tb_bn_plugin import diagnostics, metadata
 from tb_bn_plugin.plugin.routes.encoding import json_value_lists, last
 from tb_bn_plugin.plugin.routes.graph import graph_findings
 from tb_bn_plugin.reading.cache import SeriesCache
-from tb_bn_plugin.reading.load import load_runs, logged_steps
+from tb_bn_plugin.reading.graph import graph_versions
+from tb_bn_plugin.reading.load import iter_runs, logged_steps
 from tb_bn_plugin.reading.provider import ExperimentSource, evenly_spaced
 from tb_bn_plugin.series import GapSeries, LayerSeries, RunData
 
@@ -33,18 +33,24 @@ def runs_impl(source: ExperimentSource, cache: Optional[SeriesCache] = None) -> 
     it (its graph findings once per stored graph): a repeated overview reads
     the runs' (cached) series and each run's gap, and computes nothing else.
     """
-    runs = overview_runs(source, cache)
     graphs = graph_versions(source)
-    rows = {
-        name: cache.get(_row_key(run)) if cache is not None else None for name, run in runs.items()
-    }
-    missing = [name for name, row in rows.items() if row is None]
-    steps = _logged_steps(source, {name: runs[name] for name in missing})
-    for name in missing:
-        run = runs[name]
-        rows[name] = _run_row(run, run_findings(run, cache), steps.get(name))
-        if cache is not None:
-            cache.put_result(_row_key(run), rows[name])
+    runs: dict[str, RunData] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    # Each new row's findings are computed while the next runs and its logged steps are read.
+    with futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="bn_steps") as steps_pool:
+        pending = {}
+        for name, run in overview_runs(source, cache):
+            runs[name] = run
+            row = cache.get(_row_key(run)) if cache is not None else None
+            if row is not None:
+                rows[name] = row
+                continue
+            steps = steps_pool.submit(_logged_steps, source, run)
+            pending[name] = (run_findings(run, cache), steps)
+        for name, (findings, steps) in pending.items():
+            rows[name] = _run_row(runs[name], findings, steps.result())
+            if cache is not None:
+                cache.put_result(_row_key(runs[name]), rows[name])
     answer = []
     for name in sorted(set(runs) | set(graphs)):
         row = rows.get(name) or _run_row(RunData(run=name, layers={}), [], None)
@@ -91,7 +97,8 @@ def cached_graph_findings(
     if cache is None:
         return graph_findings(source, run, layers)
     return cache.computed(
-        ("graph_findings", run, version, layers), lambda: graph_findings(source, run, layers)
+        ("graph_findings", run, version, layers),
+        lambda: graph_findings(source, run, layers, cache, version),
     )
 
 
@@ -129,11 +136,11 @@ def _run_row(
 
 def overview_runs(
     source: ExperimentSource, cache: Optional[SeriesCache], runs: Optional[Iterable[str]] = None
-) -> dict[str, RunData]:
-    """The runs as the overview and the diagnostics read them: ``OVERVIEW_POINTS`` per tag,
-    ``OVERVIEW_SNAPSHOTS`` per-channel snapshots per layer.
+) -> Iterator[tuple[str, RunData]]:
+    """The runs as the overview and the diagnostics read them (``OVERVIEW_POINTS`` per tag,
+    ``OVERVIEW_SNAPSHOTS`` per-channel snapshots per layer), one by one (``iter_runs``).
     """
-    return load_runs(
+    return iter_runs(
         source,
         runs=runs,
         downsample=OVERVIEW_POINTS,
@@ -142,18 +149,16 @@ def overview_runs(
     )
 
 
-def _logged_steps(source: ExperimentSource, runs: Mapping[str, RunData]) -> dict[str, np.ndarray]:
-    """Every logged step of each run whose overview sample was cut short.
+def _logged_steps(source: ExperimentSource, run: RunData) -> Optional[np.ndarray]:
+    """Every logged step of ``run`` if its overview sample was cut short, else ``None``.
 
-    Read in full from one layer per run (``logged_steps``: steps only, no
-    values decoded): a layer's count is the run's steps up to its last one.
+    Read in full from one layer (``logged_steps``: steps only, no values
+    decoded): a layer's count is the run's steps up to its last one.
     """
-    references = {}
-    for name, run in runs.items():
-        capped = [layer for layer in run.ordered_layers() if len(layer.steps) >= OVERVIEW_POINTS]
-        if capped:
-            references[name] = capped[0].config.path
-    return logged_steps(source, references) if references else {}
+    capped = [layer for layer in run.ordered_layers() if len(layer.steps) >= OVERVIEW_POINTS]
+    if not capped:
+        return None
+    return logged_steps(source, {run.run: capped[0].config.path}).get(run.run)
 
 
 def _layer_row(
@@ -200,35 +205,4 @@ def _latest_gap(gap: Optional[GapSeries]) -> Optional[dict[str, Any]]:
             name: {mode: last(v) for mode, v in modes.items()}
             for name, modes in gap.metrics.items()
         },
-    }
-
-
-def graph_versions(source: ExperimentSource) -> dict[str, Hashable]:
-    """Runs with a stored run graph (what ``read_run_graph`` reads) or, trained on JAX or
-    PyTorch, a step-functions description (``read_step_functions``), what the graph view
-    shows: run -> its version.
-
-    The version (latest step and wall time) changes when either is written again.
-    """
-    listing = source.provider.list_blob_sequences(
-        source.ctx,
-        experiment_id=source.experiment_id,
-        plugin_name=graph_metadata.PLUGIN_NAME,
-        run_tag_filter=tb_provider.RunTagFilter(tags=[graph_metadata.RUN_GRAPH_NAME]),
-    )
-    described = source.provider.list_tensors(
-        source.ctx,
-        experiment_id=source.experiment_id,
-        plugin_name=metadata.PLUGIN_NAME,
-        run_tag_filter=tb_provider.RunTagFilter(tags=[metadata.step_functions_tag()]),
-    )
-    return {
-        run: (tag, series.max_step, series.max_wall_time)
-        for listed, wanted in (
-            (described, metadata.step_functions_tag()),
-            (listing, graph_metadata.RUN_GRAPH_NAME),  # a stored graph wins
-        )
-        for run, tags in listed.items()
-        for tag, series in tags.items()
-        if tag == wanted
     }
