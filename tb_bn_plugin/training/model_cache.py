@@ -41,7 +41,7 @@ class FitCache:
         self.train_functions: list[tuple[Any, bool, Any]] = []
         self.capture: Any = None  # capture.StatsCapture
         self.stash: Any = None  # probe_batch.FirstBatchStash
-        self.gap_probe: Any = None  # gap_probe.GapProbe
+        self.gap_probe: Any = None  # gap_probe.GapProbe, or host_gap.HostGapProbe off TensorFlow
         self.gap_key: Optional[tuple] = None
         self.graph: Any = None
 
