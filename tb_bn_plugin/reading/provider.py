@@ -22,7 +22,10 @@ from typing import Any, Optional
 import numpy as np
 from tensorboard import context as tb_context
 from tensorboard.backend.event_processing import data_provider as tb_data_provider
-from tensorboard.backend.event_processing import plugin_event_multiplexer
+from tensorboard.backend.event_processing import (
+    plugin_event_accumulator,
+    plugin_event_multiplexer,
+)
 from tensorboard.compat.proto import summary_pb2, tensor_pb2, types_pb2
 from tensorboard.data import grpc_provider
 from tensorboard.data import provider as tb_provider
@@ -117,7 +120,7 @@ class MultiplexerProvider(tb_data_provider.MultiplexerDataProvider):
     def list_tensors(self, ctx=None, *, experiment_id, plugin_name, run_tag_filter=None):
         result: dict[str, dict[str, tb_provider.TensorTimeSeries]] = {}
         for run, tag in self._tensor_series(plugin_name, run_tag_filter):
-            events = self._events.Tensors(run, tag)
+            events = self._series(run, tag)
             summary_metadata = self._events.SummaryMetadata(run, tag)
             result.setdefault(run, {})[tag] = tb_provider.TensorTimeSeries(
                 max_step=events[-1].step if events else None,
@@ -134,12 +137,29 @@ class MultiplexerProvider(tb_data_provider.MultiplexerDataProvider):
         """``read_tensors`` as ``TensorEvents``: ``evenly_spaced`` over each series, undecoded."""
         result: dict[str, dict[str, TensorEvents]] = {}
         for run, tag in self._tensor_series(plugin_name, run_tag_filter):
-            events = self._events.Tensors(run, tag)
+            events = self._series(run, tag)
             picked = [events[i] for i in evenly_spaced(len(events), downsample)]
             result.setdefault(run, {})[tag] = TensorEvents(
                 [e.step for e in picked], [e.tensor_proto for e in picked]
             )
         return result
+
+    def _series(self, run: str, tag: str) -> Sequence[Any]:
+        """A tensor series' events in the order kept, not copied.
+
+        ``Tensors(run, tag)`` copies the series into a new list, touching every
+        event (a reference count each): at 5,000 events per tag in a heap of
+        gigabytes that costs ~0.5 ms per tag, seconds per overview. The
+        accumulator's own list is read in place instead: TensorBoard only
+        appends to it, replaces an item, or swaps in a filtered new list, and
+        an index read sees a whole event either way. ``Tensors`` where
+        TensorBoard keeps the list elsewhere.
+        """
+        try:
+            reservoir = self._events.GetAccumulator(run).tensors_by_tag[tag]
+            return reservoir._buckets[plugin_event_accumulator._TENSOR_RESERVOIR_KEY].items
+        except (AttributeError, KeyError):
+            return self._events.Tensors(run, tag)
 
     def _tensor_series(
         self, plugin_name: str, run_tag_filter: Optional[tb_provider.RunTagFilter]
