@@ -108,32 +108,42 @@ def iter_runs(
 ) -> Iterator[tuple[str, RunData]]:
     """``load_runs``' (run, ``RunData``) pairs in run order, each as soon as it is decoded.
 
-    The runs' tags are listed once; then each run is read on its own, up to
-    ``READ_AHEAD`` runs at once in background threads, so a caller that works
-    on each run (the overview's diagnostics) overlaps the reads too. Same
-    arguments as ``load_runs``.
+    Each run is listed, planned and read on its own, up to ``READ_AHEAD`` runs
+    at once in background threads, so a caller that works on each run (the
+    overview's diagnostics) overlaps the reads too, and the first run arrives
+    after its own listing, not the whole experiment's. Same arguments as
+    ``load_runs``.
     """
     wanted = set(layers) if layers is not None else None
-    plan = Plan.of(source, runs, wanted, with_channels, with_gap)
-    sampling = plan.sampling(downsample, channel_downsample)
-    cached = plan.cached(sampling, cache)
-    reads = plan.reads(sampling, cached, downsample)
+    names = sorted(set(runs)) if runs is not None else _run_names(source)
+
+    def read_run(run: str) -> tuple[Plan, dict[Key, tuple[int, int]], dict[Key, LayerSeries], Data]:
+        plan = Plan.of(source, [run], wanted, with_channels, with_gap)
+        sampling = plan.sampling(downsample, channel_downsample)
+        cached = plan.cached(sampling, cache)
+        return (
+            plan,
+            sampling,
+            cached,
+            read_grouped(source, plan.reads(sampling, cached, downsample)),
+        )
+
     pool = futures.ThreadPoolExecutor(max_workers=READ_AHEAD, thread_name_prefix="bn_read")
     try:
-        pending = [
-            (run, pool.submit(read_grouped, source, _of_run(reads, run))) for run in plan.runs()
-        ]
+        pending = [(run, pool.submit(read_run, run)) for run in names]
         for run, reading in pending:
-            data = reading.result().get(run, {})
-            yield run, assemble(run, plan, data, sampling, cached, wanted, cache)
+            plan, sampling, cached, data = reading.result()
+            if run in plan.runs():
+                yield run, assemble(run, plan, data.get(run, {}), sampling, cached, wanted, cache)
     finally:
         # A caller that stops early (an error) does not wait for reads it will not use.
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _of_run(reads: dict[int, dict[str, list[str]]], run: str) -> dict[int, dict[str, list[str]]]:
-    """The part of ``reads`` (downsample -> run -> tags) that reads ``run``."""
-    return {sample: {run: tags[run]} for sample, tags in reads.items() if run in tags}
+def _run_names(source: ExperimentSource) -> list[str]:
+    """Every run of the experiment, sorted (``Plan`` tells which have BN Internals data)."""
+    listed = source.provider.list_runs(source.ctx, experiment_id=source.experiment_id)
+    return sorted(run.run_name for run in listed)
 
 
 @dataclasses.dataclass
