@@ -9,6 +9,7 @@ tests, without a training run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional
 
 import numpy as np
@@ -16,6 +17,16 @@ import numpy as np
 from tb_bn_plugin import metadata
 from tb_bn_plugin.numerics import moments
 from tb_bn_plugin.numerics.ema import EmaError
+
+
+@functools.cache
+def _channel_stats(scale: bool, center: bool) -> tuple[str, ...]:
+    """``LayerConfig.stats``: ``CHANNEL_STATS`` but gamma without scale, beta without center."""
+    return tuple(
+        s
+        for s in metadata.CHANNEL_STATS
+        if (s != metadata.GAMMA or scale) and (s != metadata.BETA or center)
+    )
 
 
 @dataclasses.dataclass
@@ -36,11 +47,7 @@ class LayerConfig:
 
     def stats(self) -> tuple[str, ...]:
         """The per-channel statistics this layer has (no gamma/beta when absent)."""
-        return tuple(
-            s
-            for s in metadata.CHANNEL_STATS
-            if (s != metadata.GAMMA or self.scale) and (s != metadata.BETA or self.center)
-        )
+        return _channel_stats(self.scale, self.center)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,6 +132,22 @@ class LayerSeries:
     def summary_column(self, stat: str, column: str) -> np.ndarray:
         """(S,) one column (e.g. ``"mean"``) of a stat's across-channel summary."""
         return self.summary[stat][:, metadata.SUMMARY_COLUMNS.index(column)]
+
+    @functools.cached_property
+    def snapshot_rows(self) -> np.ndarray:
+        """(T,) int64 row of ``steps`` logged at each of ``channel_steps`` (the last of
+        repeated steps, as a dict by step keeps), -1 where ``steps`` lacks it.
+
+        Computed once per series (the rules read it for several statistics; series
+        are shared read-only, so it never goes stale).
+        """
+        wanted = np.asarray(self.channel_steps)
+        if not len(self.steps):
+            return np.full(len(wanted), -1, dtype=np.int64)
+        order = np.argsort(self.steps, kind="stable")
+        steps = np.asarray(self.steps)[order]
+        at = np.maximum(np.searchsorted(steps, wanted, side="right") - 1, 0)
+        return np.where(steps[at] == wanted, order[at], -1)
 
 
 @dataclasses.dataclass

@@ -39,14 +39,10 @@ def momentum(layer: LayerSeries) -> np.ndarray:
 def at_channel_steps(layer: LayerSeries, values: np.ndarray) -> np.ndarray:
     """(T,) per-step ``values`` at the per-channel snapshot steps (NaN where not logged)."""
     values = np.asarray(values, dtype=np.float64)
-    wanted = np.asarray(layer.channel_steps)
-    if not len(layer.steps):
-        return np.full(len(wanted), np.nan)
-    # A binary search per snapshot step; the last of repeated steps, as a dict by step keeps.
-    order = np.argsort(layer.steps, kind="stable")
-    steps = np.asarray(layer.steps)[order]
-    at = np.maximum(np.searchsorted(steps, wanted, side="right") - 1, 0)
-    return np.where(steps[at] == wanted, values[order[at]], np.nan)
+    rows = layer.snapshot_rows
+    if not len(values):
+        return np.full(len(rows), np.nan)
+    return np.where(rows >= 0, values[np.maximum(rows, 0)], np.nan)
 
 
 def snapshot_trained(layer: LayerSeries) -> np.ndarray:
