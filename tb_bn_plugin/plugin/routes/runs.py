@@ -180,8 +180,8 @@ def _layer_row(
         num_steps = max(num_steps, int(np.searchsorted(run_steps, last_step, side="right")))
     return {
         **{k: getattr(config, k) for k in ROW_CONFIG_FIELDS},
-        "trainable": bool(last(layer.info["trainable"])),
-        "training": bool(last(layer.info["training"])),
+        "trainable": _last_flag(layer.info["trainable"]),
+        "training": _last_flag(layer.info["training"]),
         "last_step": last_step,
         "num_steps": num_steps,
         "drift": drift,
@@ -192,6 +192,12 @@ def _layer_row(
             {"code": f.code, "severity": f.severity} for f in findings if path in f.layers
         ],
     }
+
+
+def _last_flag(values: np.ndarray) -> bool:
+    """Whether a 0/1 info field's last value is set: finite and non-zero (``False`` for an
+    empty series). Read directly: encoding two per layer of 1,000 was a tenth of an overview."""
+    return bool(len(values)) and bool(np.isfinite(values[-1]) and values[-1] != 0)
 
 
 def _latest_gap(gap: Optional[GapSeries]) -> Optional[dict[str, Any]]:
