@@ -17,7 +17,7 @@ bn_internals=0`` (keep every sample) unless the user gave a value for
 Warming: inside ``tensorboard``, a background thread computes the overview
 (``runs``) every ``--bn_internals_warm_interval`` seconds (default 30, 0: never)
 into the plugin's cache, so the tab opens on results computed before: a cold
-overview of 10 runs x 100 layers takes seconds, a warm one a fraction. Only
+overview of 10 runs x 100 layers takes about a second, a warm one a fraction. Only
 runs whose data changed are computed again. While the data is still arriving
 (TensorBoard loading a large logdir: the overview differs from the last
 warm-up's, lists no run yet, or cannot be computed yet) the next warm-up comes after
