@@ -564,13 +564,7 @@ class BatchNormCallback(Callback):
     def _write_gap(self, result: GapResult, steps_done: int, ema_weights: bool = False) -> None:
         self._session.writer.write(
             metadata.ema_weights_gap_tag() if ema_weights else metadata.gap_tag(),
-            records.gap_record(
-                result.train_losses,
-                result.inference_losses,
-                result.train_metrics,
-                result.inference_metrics,
-                result.layer_values,
-            ),
+            result.record(),
             steps_done,
             records.gap_content(
                 result.loss_names,

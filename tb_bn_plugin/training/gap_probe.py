@@ -38,7 +38,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from tb_bn_plugin import metadata
+from tb_bn_plugin import metadata, records
 from tb_bn_plugin.numerics import gap
 from tb_bn_plugin.training.capture import BatchNormRef, StatsCapture
 from tb_bn_plugin.training.compat import flavour_of
@@ -77,6 +77,16 @@ class GapResult:
     layer_values: np.ndarray
     probe_size: int
     scope: str
+
+    def record(self) -> np.ndarray:
+        """The ``gap`` payload's tensor of this evaluation (``records.gap_record``)."""
+        return records.gap_record(
+            self.train_losses,
+            self.inference_losses,
+            self.train_metrics,
+            self.inference_metrics,
+            self.layer_values,
+        )
 
 
 class GapProbe:

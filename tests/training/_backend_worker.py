@@ -437,7 +437,6 @@ def check_jax_gap_compiled_once_on_current_values() -> None:
 
     import jax
 
-    from tb_bn_plugin import records
     from tb_bn_plugin.training.capture import find_batchnorm_layers
     from tb_bn_plugin.training.host_gap import HostGapProbe
 
@@ -471,14 +470,7 @@ def check_jax_gap_compiled_once_on_current_values() -> None:
     assert len(traces) == 1, traces
 
     def gap_record(probe: HostGapProbe) -> np.ndarray:
-        result = probe.evaluate(attribution=True)
-        return records.gap_record(
-            result.train_losses,
-            result.inference_losses,
-            result.train_metrics,
-            result.inference_metrics,
-            result.layer_values,
-        )
+        return probe.evaluate(attribution=True).record()
 
     x, y = data()
     refs = find_batchnorm_layers(model)

@@ -168,7 +168,6 @@ def test_gap_disabled_writes_no_gap_and_stashes_nothing(keras, tmp_path):
 
 def test_gap_pass_changes_no_variable_tracker_or_capture(keras):
     """Model variables (moving stats, RNG seeds), metric trackers, capture variables: untouched."""
-    from tb_bn_plugin import records
     from tb_bn_plugin.training.capture import StatsCapture, find_batchnorm_layers
     from tb_bn_plugin.training.gap_probe import GapProbe
     from tb_bn_plugin.training.probe_batch import probe_batch_from_data
@@ -188,15 +187,6 @@ def test_gap_pass_changes_no_variable_tracker_or_capture(keras):
         slots = [v for s in capture._slots for v in (s.stats, s.count, s.step)]
         return [np.array(v.numpy()) for v in variables + slots]
 
-    def record(result):
-        return records.gap_record(
-            result.train_losses,
-            result.inference_losses,
-            result.train_metrics,
-            result.inference_metrics,
-            result.layer_values,
-        )
-
     before = state()
     results = {k: float(v) for k, v in model.get_metrics_result().items()}
     for scope in ("batchnorm", "model"):
@@ -205,10 +195,9 @@ def test_gap_pass_changes_no_variable_tracker_or_capture(keras):
         )
         first = probe.evaluate(attribution=True)
         again = probe.evaluate(attribution=True)
-        np.testing.assert_array_equal(
-            record(first), record(again)
-        )  # dropout masks do not advance either
-        assert np.isfinite(record(first)).all()
+        # Dropout masks do not advance either.
+        np.testing.assert_array_equal(first.record(), again.record())
+        assert np.isfinite(first.record()).all()
     capture.uninstall()
     after = state()
     assert len(before) == len(after)
