@@ -6,7 +6,8 @@ logdir with every sample kept, for notebooks, tests and the CLI),
 ``plugin_provider`` (what the plugin reads with inside TensorBoard, which may
 be the Rust data server), ``MultiplexerProvider`` (TensorBoard's
 multiplexer-backed provider, made to scale to long runs), ``TensorEvents`` (one
-tag's events, columnar), ``decode_tensor`` and ``read_tensors``. Nothing here
+tag's events, columnar), ``decode_tensor``, ``read_tensors`` and
+``reads_in_process``. Nothing here
 parses event records by hand or knows a payload's layout.
 """
 
@@ -87,6 +88,12 @@ def plugin_provider(
     return data_provider
 
 
+def reads_in_process(provider: tb_provider.DataProvider) -> bool:
+    """Whether reading ``provider`` is Python work in this process (TensorBoard's multiplexer,
+    ours included) rather than waiting on another process (the Rust data server)."""
+    return isinstance(provider, tb_data_provider.MultiplexerDataProvider)
+
+
 def evenly_spaced(n: int, k: int) -> np.ndarray:
     """Indices of at most ``k`` of ``n`` items, evenly spaced, keeping the first and the last.
 
@@ -110,7 +117,8 @@ class MultiplexerProvider(tb_data_provider.MultiplexerDataProvider):
     * ``read_tensor_events`` decodes only what it returns, when it is used
       (``TensorEvents``): its sample is ``evenly_spaced`` over the series
       (TensorBoard's ``read_tensors`` decodes every event, then samples at random,
-      keeping the last).
+      keeping the last), and it says how many events the series holds
+      (``TensorEvents.total``), which costs nothing here.
     """
 
     def __init__(self, multiplexer: plugin_event_multiplexer.EventMultiplexer, logdir: str) -> None:
@@ -140,7 +148,7 @@ class MultiplexerProvider(tb_data_provider.MultiplexerDataProvider):
             events = self._series(run, tag)
             picked = [events[i] for i in evenly_spaced(len(events), downsample)]
             result.setdefault(run, {})[tag] = TensorEvents(
-                [e.step for e in picked], [e.tensor_proto for e in picked]
+                [e.step for e in picked], [e.tensor_proto for e in picked], total=len(events)
             )
         return result
 
@@ -211,14 +219,19 @@ class TensorEvents:
     What ``read_tensors`` answers, one object per tag rather than a
     ``TensorDatum`` per event (creating 100,000 of those was a fifth of a cold
     overview). Tensors are ``TensorProto``s (decoded by ``tensor`` and ``rows``)
-    or, from another provider's ``TensorDatum``s, arrays.
+    or, from another provider's ``TensorDatum``s, arrays. ``total``: how many
+    events the series held before it was sampled, where the provider says
+    (``MultiplexerProvider``; None: not known).
     """
 
-    __slots__ = ("steps", "_tensors")
+    __slots__ = ("steps", "_tensors", "total")
 
-    def __init__(self, steps: Iterable[int], tensors: Iterable[Any]) -> None:
+    def __init__(
+        self, steps: Iterable[int], tensors: Iterable[Any], total: Optional[int] = None
+    ) -> None:
         self.steps = np.fromiter(steps, dtype=np.int64)
         self._tensors = list(tensors)
+        self.total = total
         if len(self._tensors) != len(self.steps):
             raise ValueError(f"{len(self.steps)} steps for {len(self._tensors)} tensors")
 
@@ -239,8 +252,10 @@ class TensorEvents:
         return decode_tensor(item) if isinstance(item, tensor_pb2.TensorProto) else np.asarray(item)
 
     def select(self, indices: Sequence[int] | np.ndarray) -> TensorEvents:
-        """The events at ``indices``, in that order."""
-        return TensorEvents(self.steps[indices], [self._tensors[i] for i in indices])
+        """The events at ``indices``, in that order (of the same series: ``total`` kept)."""
+        return TensorEvents(
+            self.steps[indices], [self._tensors[i] for i in indices], total=self.total
+        )
 
     def in_step_order(self) -> TensorEvents:
         """The events sorted by step (a stable sort: equal steps keep their order)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -17,7 +18,15 @@ import pytest
 from tb_bn_plugin import metadata, records
 from tb_bn_plugin.numerics.ema import EmaError
 from tb_bn_plugin.reading.cache import SeriesCache
-from tb_bn_plugin.reading.load import iter_runs, load_runs, read_gap, read_stats
+from tb_bn_plugin.reading.load import (
+    READ_AHEAD,
+    InlineExecutor,
+    iter_runs,
+    load_runs,
+    read_gap,
+    read_stats,
+    reader_pool,
+)
 from tb_bn_plugin.reading.provider import open_logdir
 from tb_bn_plugin.reading.tags import list_tags
 from tb_bn_plugin.series import LayerConfig
@@ -180,8 +189,9 @@ def test_load_runs_reads_every_payload(logdir):
 
 
 def test_iter_runs_yields_load_runs_runs_in_order(logdir):
-    """Read ahead in background threads, the runs arrive in name order with the same data; a
-    caller that stops after the first run does not wait for the others."""
+    """The runs arrive in name order with the same data; a caller that stops after the first
+    run does not wait for the others. (Read inline here, from TensorBoard's multiplexer; the
+    end-to-end tests read ahead in threads from the Rust data server.)"""
     source = open_logdir(logdir)
     loaded = load_runs(source)
     pairs = list(iter_runs(source))
@@ -194,6 +204,19 @@ def test_iter_runs_yields_load_runs_runs_in_order(logdir):
     runs = iter_runs(source)
     assert next(runs)[0] == "bad"
     runs.close()
+
+
+def test_multiplexer_reads_run_inline_and_fail_at_result(logdir):
+    """Reading TensorBoard's Python multiplexer is Python work: no reading threads (they would
+    only contend for the GIL); a failing read fails where its result is asked for."""
+    pool = reader_pool(open_logdir(logdir), READ_AHEAD, "bn_read")
+    assert isinstance(pool, InlineExecutor)
+    threads = threading.active_count()
+    done = pool.submit(threading.current_thread)
+    failed = pool.submit(int, "not a number")
+    assert done.result() is threading.current_thread() and threading.active_count() == threads
+    with pytest.raises(ValueError, match="not a number"):
+        failed.result()
 
 
 def test_corrupt_tags_are_errors_of_their_run_only(logdir):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Iterator
-from concurrent import futures
 from typing import Any, Optional
 
 import numpy as np
@@ -13,7 +12,7 @@ from tb_bn_plugin.plugin.routes.encoding import json_value_lists, last
 from tb_bn_plugin.plugin.routes.graph import graph_findings
 from tb_bn_plugin.reading.cache import SeriesCache
 from tb_bn_plugin.reading.graph import graph_versions
-from tb_bn_plugin.reading.load import iter_runs, logged_steps
+from tb_bn_plugin.reading.load import iter_runs, logged_steps, reader_pool
 from tb_bn_plugin.reading.provider import ExperimentSource, evenly_spaced
 from tb_bn_plugin.series import GapSeries, LayerSeries, RunData
 
@@ -36,8 +35,9 @@ def runs_impl(source: ExperimentSource, cache: Optional[SeriesCache] = None) -> 
     graphs = graph_versions(source)
     runs: dict[str, RunData] = {}
     rows: dict[str, dict[str, Any]] = {}
-    # Each new row's findings are computed while the next runs and its logged steps are read.
-    with futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="bn_steps") as steps_pool:
+    # Over the data server, each new row's findings are computed while the next runs and its
+    # logged steps are read (``reader_pool``).
+    with reader_pool(source, 1, "bn_steps") as steps_pool:
         pending = {}
         for name, run in overview_runs(source, cache):
             runs[name] = run
@@ -150,12 +150,17 @@ def overview_runs(
 
 
 def _logged_steps(source: ExperimentSource, run: RunData) -> Optional[np.ndarray]:
-    """Every logged step of ``run`` if its overview sample was cut short, else ``None``.
+    """Every logged step of ``run`` if its overview sample was cut short and the provider did
+    not count the layers' records (``LayerSeries.num_logged``), else ``None``.
 
     Read in full from one layer (``logged_steps``: steps only, no values
     decoded): a layer's count is the run's steps up to its last one.
     """
-    capped = [layer for layer in run.ordered_layers() if len(layer.steps) >= OVERVIEW_POINTS]
+    capped = [
+        layer
+        for layer in run.ordered_layers()
+        if len(layer.steps) >= OVERVIEW_POINTS and layer.num_logged is None
+    ]
     if not capped:
         return None
     return logged_steps(source, {run.run: capped[0].config.path}).get(run.run)
@@ -176,7 +181,9 @@ def _layer_row(
     spark = evenly_spaced(len(layer.steps), SPARKLINE_POINTS)
     last_step = int(layer.steps[-1]) if len(layer.steps) else 0
     num_steps = len(layer.steps)
-    if run_steps is not None and num_steps >= OVERVIEW_POINTS:
+    if layer.num_logged is not None:
+        num_steps = layer.num_logged
+    elif run_steps is not None and num_steps >= OVERVIEW_POINTS:
         num_steps = max(num_steps, int(np.searchsorted(run_steps, last_step, side="right")))
     return {
         **{k: getattr(config, k) for k in ROW_CONFIG_FIELDS},
