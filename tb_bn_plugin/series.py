@@ -118,9 +118,6 @@ class LayerSeries:
       calls: per-call batch statistics, only for a layer called more than once
         in a training step (then ``batch_mean``/``batch_variance`` and
         ``info["count"]`` are the first call's).
-      num_logged: how many summary records the layer has in all when ``steps``
-        is a sample of them and the data provider counted them (TensorBoard's
-        Python multiplexer); None when not known.
     """
 
     config: LayerConfig
@@ -131,7 +128,6 @@ class LayerSeries:
     channels: dict[str, np.ndarray]
     replicas: Optional[ReplicaSeries] = None
     calls: Optional[CallSeries] = None
-    num_logged: Optional[int] = None
 
     def summary_column(self, stat: str, column: str) -> np.ndarray:
         """(S,) one column (e.g. ``"mean"``) of a stat's across-channel summary."""

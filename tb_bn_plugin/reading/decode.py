@@ -74,7 +74,6 @@ def layer_series(
         calls=moment_groups(CallSeries, calls_tag, "calls", calls_data)
         if calls_tag is not None
         else None,
-        num_logged=summary_data.total,
     )
 
 

@@ -117,8 +117,7 @@ class MultiplexerProvider(tb_data_provider.MultiplexerDataProvider):
     * ``read_tensor_events`` decodes only what it returns, when it is used
       (``TensorEvents``): its sample is ``evenly_spaced`` over the series
       (TensorBoard's ``read_tensors`` decodes every event, then samples at random,
-      keeping the last), and it says how many events the series holds
-      (``TensorEvents.total``), which costs nothing here.
+      keeping the last).
     """
 
     def __init__(self, multiplexer: plugin_event_multiplexer.EventMultiplexer, logdir: str) -> None:
@@ -148,7 +147,7 @@ class MultiplexerProvider(tb_data_provider.MultiplexerDataProvider):
             events = self._series(run, tag)
             picked = [events[i] for i in evenly_spaced(len(events), downsample)]
             result.setdefault(run, {})[tag] = TensorEvents(
-                [e.step for e in picked], [e.tensor_proto for e in picked], total=len(events)
+                [e.step for e in picked], [e.tensor_proto for e in picked]
             )
         return result
 
@@ -219,19 +218,14 @@ class TensorEvents:
     What ``read_tensors`` answers, one object per tag rather than a
     ``TensorDatum`` per event (creating 100,000 of those was a fifth of a cold
     overview). Tensors are ``TensorProto``s (decoded by ``tensor`` and ``rows``)
-    or, from another provider's ``TensorDatum``s, arrays. ``total``: how many
-    events the series held before it was sampled, where the provider says
-    (``MultiplexerProvider``; None: not known).
+    or, from another provider's ``TensorDatum``s, arrays.
     """
 
-    __slots__ = ("steps", "_tensors", "total")
+    __slots__ = ("steps", "_tensors")
 
-    def __init__(
-        self, steps: Iterable[int], tensors: Iterable[Any], total: Optional[int] = None
-    ) -> None:
+    def __init__(self, steps: Iterable[int], tensors: Iterable[Any]) -> None:
         self.steps = np.fromiter(steps, dtype=np.int64)
         self._tensors = list(tensors)
-        self.total = total
         if len(self._tensors) != len(self.steps):
             raise ValueError(f"{len(self.steps)} steps for {len(self._tensors)} tensors")
 
@@ -252,10 +246,8 @@ class TensorEvents:
         return decode_tensor(item) if isinstance(item, tensor_pb2.TensorProto) else np.asarray(item)
 
     def select(self, indices: Sequence[int] | np.ndarray) -> TensorEvents:
-        """The events at ``indices``, in that order (of the same series: ``total`` kept)."""
-        return TensorEvents(
-            self.steps[indices], [self._tensors[i] for i in indices], total=self.total
-        )
+        """The events at ``indices``, in that order."""
+        return TensorEvents(self.steps[indices], [self._tensors[i] for i in indices])
 
     def in_step_order(self) -> TensorEvents:
         """The events sorted by step (a stable sort: equal steps keep their order)."""

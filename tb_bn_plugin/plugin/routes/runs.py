@@ -150,17 +150,12 @@ def overview_runs(
 
 
 def _logged_steps(source: ExperimentSource, run: RunData) -> Optional[np.ndarray]:
-    """Every logged step of ``run`` if its overview sample was cut short and the provider did
-    not count the layers' records (``LayerSeries.num_logged``), else ``None``.
+    """Every logged step of ``run`` if its overview sample was cut short, else ``None``.
 
     Read in full from one layer (``logged_steps``: steps only, no values
     decoded): a layer's count is the run's steps up to its last one.
     """
-    capped = [
-        layer
-        for layer in run.ordered_layers()
-        if len(layer.steps) >= OVERVIEW_POINTS and layer.num_logged is None
-    ]
+    capped = [layer for layer in run.ordered_layers() if len(layer.steps) >= OVERVIEW_POINTS]
     if not capped:
         return None
     return logged_steps(source, {run.run: capped[0].config.path}).get(run.run)
@@ -181,9 +176,7 @@ def _layer_row(
     spark = evenly_spaced(len(layer.steps), SPARKLINE_POINTS)
     last_step = int(layer.steps[-1]) if len(layer.steps) else 0
     num_steps = len(layer.steps)
-    if layer.num_logged is not None:
-        num_steps = layer.num_logged
-    elif run_steps is not None and num_steps >= OVERVIEW_POINTS:
+    if run_steps is not None and num_steps >= OVERVIEW_POINTS:
         num_steps = max(num_steps, int(np.searchsorted(run_steps, last_step, side="right")))
     return {
         **{k: getattr(config, k) for k in ROW_CONFIG_FIELDS},
