@@ -70,16 +70,31 @@ _UNREADABLE = (ValueError, KeyError, TypeError)
 READ_AHEAD = 4
 
 
+class _Deferred(futures.Future):
+    """A call run when its result is first asked for, in the asking thread."""
+
+    def __init__(self, fn: Callable, args: tuple, kwargs: dict) -> None:
+        super().__init__()
+        self._call: Optional[tuple[Callable, tuple, dict]] = (fn, args, kwargs)
+
+    def result(self, timeout: Optional[float] = None):
+        if self._call is not None:
+            fn, args, kwargs = self._call
+            self._call = None
+            try:
+                self.set_result(fn(*args, **kwargs))
+            except BaseException as err:  # met at result(), as from a thread
+                self.set_exception(err)
+        return super().result(timeout)
+
+
 class InlineExecutor(futures.Executor):
-    """An executor that runs each call when it is submitted, in the caller's thread."""
+    """An executor without threads: each call runs when its result is first asked for, in
+    the caller's thread (so, as with a thread pool, a caller that stops early leaves the
+    calls it did not ask for undone)."""
 
     def submit(self, fn, /, *args, **kwargs) -> futures.Future:
-        future: futures.Future = futures.Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as err:  # the caller meets it at result(), as from a thread
-            future.set_exception(err)
-        return future
+        return _Deferred(fn, args, kwargs)
 
 
 def reader_pool(source: ExperimentSource, workers: int, name: str) -> futures.Executor:
@@ -141,8 +156,7 @@ def iter_runs(
     at once in background threads where that helps (``reader_pool``), so a
     caller that works on each run (the overview's diagnostics) overlaps the
     reads too, and the first run arrives after its own listing, not the whole
-    experiment's. Same arguments as
-    ``load_runs``.
+    experiment's. Same arguments as ``load_runs``.
     """
     wanted = set(layers) if layers is not None else None
     names = sorted(set(runs)) if runs is not None else _run_names(source)

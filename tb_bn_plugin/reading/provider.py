@@ -7,8 +7,8 @@ logdir with every sample kept, for notebooks, tests and the CLI),
 be the Rust data server), ``MultiplexerProvider`` (TensorBoard's
 multiplexer-backed provider, made to scale to long runs), ``TensorEvents`` (one
 tag's events, columnar), ``decode_tensor``, ``read_tensors`` and
-``reads_in_process``. Nothing here
-parses event records by hand or knows a payload's layout.
+``reads_in_process``. Nothing here parses event records by hand or knows a
+payload's layout.
 """
 
 from __future__ import annotations

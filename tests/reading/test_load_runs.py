@@ -208,15 +208,20 @@ def test_iter_runs_yields_load_runs_runs_in_order(logdir):
 
 def test_multiplexer_reads_run_inline_and_fail_at_result(logdir):
     """Reading TensorBoard's Python multiplexer is Python work: no reading threads (they would
-    only contend for the GIL); a failing read fails where its result is asked for."""
+    only contend for the GIL); a read runs when its result is asked for (one never asked for
+    never runs), and a failing read fails there."""
     pool = reader_pool(open_logdir(logdir), READ_AHEAD, "bn_read")
     assert isinstance(pool, InlineExecutor)
     threads = threading.active_count()
     done = pool.submit(threading.current_thread)
     failed = pool.submit(int, "not a number")
+    unasked: list[int] = []
+    pool.submit(unasked.append, 1)
     assert done.result() is threading.current_thread() and threading.active_count() == threads
     with pytest.raises(ValueError, match="not a number"):
         failed.result()
+    pool.shutdown()
+    assert unasked == []
 
 
 def test_corrupt_tags_are_errors_of_their_run_only(logdir):
