@@ -281,3 +281,26 @@ def test_step_functions_record_round_trip():
     assert described.updates_applied == [True, False, None]
     with pytest.raises(ValueError, match="3 layers"):
         records.decode_step_functions(content, 7, record[:2])
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 7, 16, 20, 1000])
+def test_summary_across_channels_equals_numpy_quantiles_bit_for_bit(channels):
+    """One sort gives min, numpy's linear quantiles and max: the same bits as np.quantile,
+    infinite channels (inf - inf between neighbours) and NaN rows included."""
+    rng = np.random.default_rng(channels)
+    rows = rng.normal(size=(12, channels)) * 10.0 ** rng.integers(-6, 6, size=(12, 1))
+    rows[1, 0] = np.nan
+    rows[2, :] = np.inf
+    rows[3, : max(1, channels // 2)] = -np.inf
+    if channels > 2:
+        rows[4, :2] = [np.inf, -np.inf]
+        rows[5, rng.integers(0, channels, 3)] = [np.inf, -np.inf, np.nan]
+    with np.errstate(invalid="ignore"):
+        p05, p50, p95 = np.quantile(rows, [0.05, 0.5, 0.95], axis=1)
+        expected = np.stack(
+            [rows.mean(1), rows.std(1), rows.min(1), p05, p50, p95, rows.max(1)], axis=1
+        )
+    summary = records.summarize_across_channels(rows)
+    assert summary.shape == (12, len(metadata.SUMMARY_COLUMNS))
+    np.testing.assert_array_equal(summary, expected)
+    assert np.isnan(summary[1]).all()
