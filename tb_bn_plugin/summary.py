@@ -68,6 +68,8 @@ class SummaryWriter:
                 logdir, max_queue_size=max_queue, flush_secs=flush_millis / 1000
             )
         self._written_tags: set[str] = set()
+        # write_items' traced call per layout of items: (concrete function, tags, no metadata).
+        self._batch_calls: dict[tuple, tuple[Any, Any, Any]] = {}
 
     @classmethod
     def for_run(cls, run_dir: str, strategy: Any) -> SummaryWriter:
@@ -154,14 +156,30 @@ class SummaryWriter:
         # function for these arguments: the tensor shapes of a new model do trace anew,
         # and TensorFlow's frequent-retracing detector, which would warn about that after
         # a few models (folds, tuner trials), only watches calls of the tf.function itself.
-        args = (
-            self._writer._resource,
-            tf.constant(step, tf.int64),
-            tf.constant([tag for tag, _, _ in items]),
-            tf.constant([self._metadata(tag, content) for tag, _, content in items]),
-            [tensor for _, tensor, _ in items],
-        )
-        _batch_writer().get_concrete_function(*args)(*args)
+        # The concrete function and the tags tensor are looked up once per writer and
+        # layout: a log runs every few hundred milliseconds, and each lookup or constant
+        # it skips is Python code that has gone cold in between (benchmarks/README.md).
+        tags = tuple(tag for tag, _, _ in items)
+        tensors = [tensor for _, tensor, _ in items]
+        serialized = [self._metadata(tag, content) for tag, _, content in items]
+        layout = (tags, tuple((tensor.shape, tensor.dtype) for tensor in tensors))
+        if layout not in self._batch_calls:
+            args = (
+                self._writer._resource,
+                tf.constant(step, tf.int64),
+                tf.constant(tags),
+                tf.constant(serialized),
+                tensors,
+            )
+            self._batch_calls[layout] = (
+                _batch_writer().get_concrete_function(*args),
+                args[2],
+                tf.constant([b""] * len(tags)),
+            )
+        write, tag_tensor, no_metadata = self._batch_calls[layout]
+        metadata_tensor = tf.constant(serialized) if any(serialized) else no_metadata
+        step_tensor = tf.constant(step, tf.int64)
+        write(self._writer._resource, step_tensor, tag_tensor, metadata_tensor, tensors)
 
 
 @functools.cache
