@@ -68,7 +68,8 @@ class SummaryWriter:
                 logdir, max_queue_size=max_queue, flush_secs=flush_millis / 1000
             )
         self._written_tags: set[str] = set()
-        # write_items' traced call per layout of items: (concrete function, tags, no metadata).
+        # write_items' tensors and traced call per layout of items: (tags, no metadata,
+        # concrete function).
         self._batch_calls: dict[tuple, tuple[Any, Any, Any]] = {}
 
     @classmethod
@@ -163,23 +164,18 @@ class SummaryWriter:
         tensors = [tensor for _, tensor, _ in items]
         serialized = [self._metadata(tag, content) for tag, _, content in items]
         layout = (tags, tuple((tensor.shape, tensor.dtype) for tensor in tensors))
-        if layout not in self._batch_calls:
-            args = (
-                self._writer._resource,
-                tf.constant(step, tf.int64),
-                tf.constant(tags),
-                tf.constant(serialized),
-                tensors,
-            )
-            self._batch_calls[layout] = (
-                _batch_writer().get_concrete_function(*args),
-                args[2],
-                tf.constant([b""] * len(tags)),
-            )
-        write, tag_tensor, no_metadata = self._batch_calls[layout]
+        tag_tensor, no_metadata, write = self._batch_calls.get(layout) or (
+            tf.constant(tags),
+            tf.constant([b""] * len(tags)),
+            None,
+        )
         metadata_tensor = tf.constant(serialized) if any(serialized) else no_metadata
         step_tensor = tf.constant(step, tf.int64)
-        write(self._writer._resource, step_tensor, tag_tensor, metadata_tensor, tensors)
+        args = (self._writer._resource, step_tensor, tag_tensor, metadata_tensor, tensors)
+        if write is None:
+            write = _batch_writer().get_concrete_function(*args)
+            self._batch_calls[layout] = (tag_tensor, no_metadata, write)
+        write(*args)
 
 
 @functools.cache
