@@ -62,33 +62,9 @@ BATCH = 64
 TARGET = 1.02
 
 
-def limit_threads(threads: int) -> None:
-    """Kernels of this process's backend on ``threads`` threads (before Keras is imported)."""
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    if backend == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
-        torch.set_num_interop_threads(threads)
-    elif backend == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    # JAX: XLA_FLAGS, set by the parent before the child starts (``child_env``).
-
-
-def child_env(backend: str, threads: int) -> dict[str, str]:
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    if backend == "jax" and threads == 1:
-        flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
-    return env
-
-
 def child(mode: str, threads: int) -> dict:
     """One backend (this process's ``KERAS_BACKEND``): the alternating rounds, per-epoch times."""
-    limit_threads(threads)
+    harness.limit_threads(threads)
     import keras
     import numpy as np
 
@@ -140,15 +116,7 @@ def child(mode: str, threads: int) -> dict:
             self.last = now
 
     def model() -> keras.Model:
-        keras.utils.set_random_seed(0)
-        inputs = keras.Input((16, 16, 3))
-        h = inputs
-        for _ in range(p["blocks"]):
-            h = keras.layers.Conv2D(p["width"], 3, padding="same", use_bias=False)(h)
-            h = keras.layers.BatchNormalization()(h)
-            h = keras.layers.ReLU()(h)
-        h = keras.layers.GlobalAveragePooling2D()(h)
-        m = keras.Model(inputs, keras.layers.Dense(10)(h))
+        m = harness.conv_bn_net(p["blocks"], p["width"])
         m.compile(
             keras.optimizers.SGD(0.01, momentum=0.9),
             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -244,7 +212,7 @@ def main(argv=None) -> int:
     for backend in backends:
         proc = subprocess.run(
             [sys.executable, __file__, "--child", args.mode, str(threads)],
-            env=child_env(backend, threads),
+            env=harness.backend_env(backend, threads),
             capture_output=True,
             text=True,
         )

@@ -38,6 +38,50 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
+def backend_env(backend: str, threads: int) -> dict[str, str]:
+    """The environment of a child process training on Keras ``backend`` with its kernels on
+    ``threads`` threads (JAX reads its thread flags when it starts; see ``limit_threads``)."""
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    if backend == "jax" and threads == 1:
+        flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
+    return env
+
+
+def limit_threads(threads: int) -> None:
+    """Kernels of this process's backend on ``threads`` threads (before Keras is imported; JAX:
+    ``backend_env`` set the flags). On a shared 2-core machine PyTorch's and XLA's spinning
+    worker threads otherwise burn CPU time while waiting for a core."""
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        torch.set_num_interop_threads(threads)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def conv_bn_net(blocks: int, width: int) -> Any:
+    """The small conv net of the backend benchmarks, seeded, not compiled: ``blocks``
+    conv/BN/ReLU blocks of ``width`` channels over 16x16x3 inputs, global average pooling and
+    10 logits (Keras on this process's backend)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    h = inputs
+    for _ in range(blocks):
+        h = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)(h)
+        h = keras.layers.BatchNormalization()(h)
+        h = keras.layers.ReLU()(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inputs, keras.layers.Dense(10)(h))
+
+
 # -- command line ------------------------------------------------------------------
 
 

@@ -43,6 +43,7 @@ EXPECTED = {
     "log_cost": {"params", "models", "fits"},
     "storage": {"model", "channels", "scenarios", "target_bytes_per_logged_step"},
     "plugin_latency": {"params", "targets", "loaders"},
+    "custom_loop_overhead": {"params", "configs"},
 }
 
 
@@ -108,6 +109,11 @@ def test_benchmark_smoke(name, smoke_runs):
                 assert {"epoch_work_cpu_s", "ratio_at_4_steps", "ratio_at_782_steps"} <= set(
                     composed
                 )
+    elif name == "custom_loop_overhead":
+        assert set(data["configs"]) == {"bare", "logger_jax_jit", "logger_jit"}
+        for cfg in data["configs"].values():
+            assert {"median_wall_s", "median_cpu_s", "median_epoch_cpu_s"} <= set(cfg)
+            assert "median" in cfg["cpu_ratio"] and "median" in cfg["epoch_cpu_ratio"]
     elif name == "log_cost":
         assert data["models"]
         for model in data["models"]:

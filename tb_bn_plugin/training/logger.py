@@ -45,10 +45,26 @@ and, with ``optimizer``, ``optimizer.variables``::
     loss, state = train_step(state, x, y)   # state = (trainable, non_trainable, optimizer)
     logger.log(state=state)
 
-On JAX the batch statistics reach the host by a ``jax.debug.callback`` in every
-traced training step (the logger cannot see which steps it will log, unlike
-``BatchNormCallback`` in ``fit``, which sends only those), and ``log()`` waits
-for the previous step's callbacks before it reads the clock.
+On JAX the batch statistics reach the host by a ``jax.debug.callback``. In a
+step compiled with ``jax.jit`` it runs in every step (the logger cannot see
+which steps it will log) and ``log()`` waits for it after every step. Compile
+the step with the logger instead, ``train_step = logger.jit(step_function)``
+(``jax.jit``'s keyword arguments pass through), and, as in ``fit``, only the
+steps it will log send their statistics: it compiles the step twice, plain
+and instrumented, and counts the steps on the host (one per call, from the
+optimizer's ``iterations`` when given) to run the instrumented one exactly
+before each ``log()`` that writes at the cadence. A ``log()`` that would write
+after a plain step (``force_snapshot``, or a ``step`` numbering that jumped)
+is skipped with a warning: that step's batch statistics never left the
+compiled step, and logging the layers as not trained would be wrong. Call
+``capture_next_step()`` before a step you will log off the cadence::
+
+    train_step = logger.jit(step_function, donate_argnums=0)
+    for i, (x, y) in enumerate(data):
+        if i == len(data) - 1:
+            logger.capture_next_step()
+        state = train_step(state, x, y)
+        logger.log(state=state, force_snapshot=i == len(data) - 1)
 
 Under ``tf.distribute`` it behaves like the callback (README, "tf.distribute"):
 only the chief of a multi-worker cluster writes to ``log_dir``, and every
@@ -59,7 +75,8 @@ workers' per-replica statistics).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 from tb_bn_plugin import records
@@ -117,11 +134,25 @@ class BatchNormLogger:
                 f"BatchNormLogger: model {model.name!r} has no BatchNormalization layer to log"
             )
         self._counter: Any = None
+        self._state_steps: Optional[int] = None  # host backends (below)
         if not on_tensorflow:
-            # Steps done before the step being recorded: from the optimizer, or log() calls.
             self._logged_calls = 0
-            clock = self._optimizer_steps if optimizer is not None else self._calls_before
-            self._session.start_capture(refs, clock, model, DueSteps())
+            # ``jit``'s step (None: the loop compiles its own), the steps it ran (counted on the
+            # host), the loop's step numbering minus that count, and the steps done before the
+            # latest instrumented one.
+            self._jitted: Any = None
+            self._steps_run = 0
+            self._step_offset = 0
+            self._steps_before_instrumented = 0
+            self._warned_uncaptured = False
+            self._capture_next = False
+            # ``_state_steps``: a stateless loop's optimizer step count as of the latest log()
+            # (or now), read there: by the time a later step's host callback asks, that
+            # state's arrays may be donated to the running step (reading them would wait for
+            # it: a deadlock).
+            self._session.start_capture(refs, self._steps_before_recorded, model, DueSteps())
+            if self._flavour.stateless_steps and optimizer is not None:
+                self._state_steps = self._optimizer_steps()
             return
         if optimizer is not None:
             clock = optimizer.iterations
@@ -161,8 +192,95 @@ class BatchNormLogger:
             owners.append(self.optimizer.variables)
         return list(zip(owners, state))
 
-    def _calls_before(self) -> int:
+    def _steps_before_recorded(self) -> int:
+        """The record's clock (host backends): the steps done before the step whose statistics
+        arrive: ``jit``'s count, the optimizer's (JAX: as of the latest ``log(state=...)``;
+        PyTorch: its variable now) or ``log()`` calls."""
+        if self._jitted is not None:
+            return self._steps_before_instrumented
+        if self._state_steps is not None:
+            return self._state_steps
+        if self.optimizer is not None:
+            return self._optimizer_steps()
         return self._logged_calls
+
+    def jit(self, step_function: Callable, **jit_kwargs: Any) -> Callable:
+        """JAX: ``jax.jit(step_function, **jit_kwargs)`` whose statistics reach the host only in
+        the steps this logger logs (module docstring). Pass the undecorated function; call the
+        result once per training step and ``log(state=...)`` after each call."""
+        compile_logged_step = getattr(self._flavour, "compile_logged_step", None)
+        if compile_logged_step is None:
+            raise ValueError(
+                "BatchNormLogger.jit compiles a JAX step function; on this backend "
+                "(Keras 3 on JAX only) run your step as usual and call log() after it"
+            )
+        if hasattr(step_function, "lower"):
+            raise TypeError(
+                "BatchNormLogger.jit: pass the step function itself, not a jax.jit-compiled one "
+                "(jit's keyword arguments go to BatchNormLogger.jit)"
+            )
+        if self._jitted is not None:
+            raise ValueError("BatchNormLogger.jit: this logger already compiled a step function")
+        if self._session.capture is None:
+            raise RuntimeError("BatchNormLogger is closed")
+        self._steps_run = self._steps_before_recorded()  # steps done so far (not jitted yet)
+        self._jitted = compile_logged_step(step_function, jit_kwargs, self._next_step_logged)
+        return self._jitted
+
+    def _next_step_logged(self) -> bool:
+        """Asked by ``jit``'s step before each step: whether the state after it will be logged
+        (at the cadence, numbered as the loop's latest ``log(step)`` numbered it)."""
+        if self._session.capture is None:
+            return False
+        before = self._steps_run
+        self._steps_run += 1
+        step = self._steps_run + self._step_offset
+        forced, self._capture_next = self._capture_next, False
+        if forced or (step > self._session.last_logged and step % self.log_every_n_steps == 0):
+            self._steps_before_instrumented = before
+            return True
+        return False
+
+    def capture_next_step(self) -> None:
+        """``jit``'s next step sends its statistics even off the cadence, for a
+        ``log(force_snapshot=True)`` after it (e.g. the loop's last step)."""
+        self._capture_next = True
+
+    def _log_jitted(self, step: Optional[int], force_snapshot: bool, state: Any) -> bool:
+        """``log`` after a step of ``jit``'s: the clock is the host's count of steps run, and
+        only a step run instrumented is logged."""
+        self._logged_calls += 1
+        steps_done = self._steps_run
+        if step is None:
+            step = steps_done + self._step_offset
+        step = int(step)
+        self._step_offset = step - steps_done
+        if step <= self._session.last_logged or not (
+            force_snapshot or step % self.log_every_n_steps == 0
+        ):
+            return False
+        if not self._jitted.instrumented_last:
+            if not self._warned_uncaptured:
+                self._warned_uncaptured = True
+                warnings.warn(
+                    f"BatchNormLogger: not logging step {step}: its training step ran without "
+                    "the capture (BatchNormLogger.jit captures only at multiples of "
+                    f"log_every_n_steps={self.log_every_n_steps} of its own step count), so "
+                    "its batch statistics never reached the host. Log at the cadence with one "
+                    "log() per step, call capture_next_step() before a step logged off the "
+                    "cadence, or compile the step with jax.jit (every step then sends its "
+                    "statistics).",
+                    stacklevel=3,
+                )
+            return False
+        capture = self._session.capture
+        capture.settle()
+        capture.state = self._owned_values(state)
+        self._session.log_step(steps_done, step, force_snapshot)
+        if self.optimizer is not None:
+            # The optimizer's count is the clock: follow it should a call not advance it by one.
+            self._steps_run = self._optimizer_steps()
+        return True
 
     def _steps_done(self) -> int:
         if self.optimizer is not None:
@@ -189,11 +307,15 @@ class BatchNormLogger:
         capture = self._session.capture
         if capture is None:
             raise RuntimeError("BatchNormLogger is closed")
+        if not self._flavour.uses_tensorflow and self._jitted is not None:
+            return self._log_jitted(step, force_snapshot, state)
         if not self._flavour.uses_tensorflow:
             # JAX: the step's host callbacks read the clock as it was before this call.
             capture.settle()
             capture.state = self._owned_values(state)
         steps_done = self._steps_done()
+        if self._state_steps is not None:
+            self._state_steps = steps_done
         if step is None:
             step = steps_done
         step = int(step)

@@ -7,14 +7,17 @@ asserts in this process (a failure exits non-zero with the traceback) and
 leaves runs in LOGDIR for the parent to read: ``healthy`` (with a
 ``PreciseStatsMonitor``), ``stale`` (a train step that drops the moving-statistic
 updates, seed 001's pitfall), ``cadence``, and ``logger``/``logger-counter``
-(``BatchNormLogger`` in a hand-written loop); and a few demo scenarios at test
+(``BatchNormLogger`` in a hand-written loop; on JAX also ``logger-jit``, its step compiled
+by ``BatchNormLogger.jit``); and a few demo scenarios at test
 size in DEMO_LOGDIR (``demo/train.py --backend``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import warnings
 
 if os.environ.get("TB_BN_BLOCK_TENSORFLOW") == "1":
     # As if TensorFlow were not installed: ``import tensorflow`` raises ModuleNotFoundError and
@@ -262,12 +265,17 @@ def check_stale(logdir: str) -> None:
     check_gap(logdir, "stale", model, BATCH)
 
 
-def custom_loop(model: keras.Model, optimizer, logger: BatchNormLogger | None) -> None:
+def custom_loop(
+    model: keras.Model, optimizer, logger: BatchNormLogger | None, logger_jits: bool = False
+) -> list[int]:
     """EPOCHS epochs of full-batch-sized steps written by hand, as Keras' guides write them on
     this backend (JAX: stateless, the state written back at the end); ``logger.log`` after each
-    step."""
+    step. ``logger_jits`` (JAX): the step compiled by ``logger.jit``, the last two steps logged
+    off the cadence (``force_snapshot``), the last one after ``capture_next_step``. Returns the
+    steps whose ``log()`` wrote."""
     x, y = data()
     batches = [(x[i : i + BATCH], y[i : i + BATCH]) for i in range(0, len(x), BATCH)]
+    wrote = []
     if BACKEND == "jax":
         import jax
 
@@ -279,8 +287,8 @@ def custom_loop(model: keras.Model, optimizer, logger: BatchNormLogger | None) -
 
         grad_fn = jax.value_and_grad(loss_and_updates, has_aux=True)
 
-        @jax.jit
-        def train_step(state, xb, yb):
+        def step_function(state, xb, yb):
+            TRACES.append(logger_jits)
             trainable, non_trainable, optimizer_values = state
             (_, non_trainable), grads = grad_fn(trainable, non_trainable, xb, yb)
             trainable, optimizer_values = optimizer.stateless_apply(
@@ -288,67 +296,45 @@ def custom_loop(model: keras.Model, optimizer, logger: BatchNormLogger | None) -
             )
             return trainable, non_trainable, optimizer_values
 
+        # The state donated, as Keras' own fit does (a logger must not read donated arrays).
+        compile_step = logger.jit if logger_jits else jax.jit
+        train_step = compile_step(step_function, donate_argnums=0)
         owners = (model.trainable_variables, model.non_trainable_variables, optimizer.variables)
         state = tuple([v.value for v in variables] for variables in owners)
-        for _ in range(EPOCHS):
-            for xb, yb in batches:
-                state = train_step(state, xb, yb)
-                if logger is not None:
-                    logger.log(state=state)
+        for step in range(1, STEPS * EPOCHS + 1):
+            xb, yb = batches[(step - 1) % STEPS]
+            if logger_jits and step == STEPS * EPOCHS:
+                logger.capture_next_step()
+            state = train_step(state, xb, yb)
+            if logger is not None:
+                off_cadence = logger_jits and step >= STEPS * EPOCHS - 1
+                if logger.log(state=state, force_snapshot=off_cadence):
+                    wrote.append(step)
         for variables, values in zip(owners, state):
             for variable, value in zip(variables, values):
                 variable.assign(value)
-        return
+        return wrote
     import torch
 
-    for _ in range(EPOCHS):
-        for xb, yb in batches:
-            loss = ((model(xb, training=True) - torch.as_tensor(yb)) ** 2).mean()
-            model.zero_grad()
-            loss.backward()
-            optimizer.apply([v.value.grad for v in model.trainable_variables])
-            if logger is not None:
-                logger.log()
+    for step in range(1, STEPS * EPOCHS + 1):
+        xb, yb = batches[(step - 1) % STEPS]
+        loss = ((model(xb, training=True) - torch.as_tensor(yb)) ** 2).mean()
+        model.zero_grad()
+        loss.backward()
+        optimizer.apply([v.value.grad for v in model.trainable_variables])
+        if logger is not None and logger.log():
+            wrote.append(step)
+    return wrote
 
 
-def check_logger(logdir: str) -> None:
-    """``BatchNormLogger`` in a hand-written loop: exact batch statistics, the EMA step by step,
-    the same training with and without it; without an optimizer, its own clock and cadence."""
-
-    def loop(run: str | None, optimizer_clock: bool = True, every: int = 1) -> keras.Model:
-        model = build()
-        optimizer = keras.optimizers.SGD(0.05)
-        optimizer.build(model.trainable_variables)
-        logger = None
-        if run is not None:
-            clock = optimizer if optimizer_clock else None
-            logger = BatchNormLogger(
-                model, logdir, log_every_n_steps=every, run_name=run, optimizer=clock
-            )
-        custom_loop(model, optimizer, logger)
-        if logger is not None:
-            logger.close()
-        return model
-
-    bare = loop(None)
-    logged = loop("logger")
-    for a, b, v in zip(weights(bare), weights(logged), logged.weights):
-        assert np.array_equal(a, b), f"{v.path} differs with the logger"
-    check_logged_steps(logdir, "logger", logged)
-    x, _ = data()
-
-    loop("logger-counter", optimizer_clock=False, every=5)
-    counted = read_stats(logdir)["logger-counter"]["bn0"]
-    steps, means = counted["batch_mean"]
-    assert list(steps) == [5, 10], steps
-    for step, mean in zip(steps, means):
-        xb = x[(step - 1) % STEPS * BATCH :][:BATCH].astype(np.float64)
-        np.testing.assert_allclose(mean, xb.mean(0), rtol=1e-5, atol=1e-6)
+# Traces of the JAX custom loop's step function (each: whether ``logger.jit`` compiled it).
+TRACES: list[bool] = []
 
 
-def check_only_logged_steps_reach_the_host(logdir: str) -> None:
-    """On JAX the compiled step calls the host only in steps whose state is logged (every 3rd and
-    each epoch's last); PyTorch's eager step hands over a reference in every step."""
+@contextlib.contextmanager
+def host_calls():
+    """The steps (done before the step) of every statistics delivery to a recording
+    ``HostStatsCapture`` inside the block, one per layer call."""
     from tb_bn_plugin.training import host_capture
 
     seen: list[int] = []
@@ -366,9 +352,83 @@ def check_only_logged_steps_reach_the_host(logdir: str) -> None:
 
     host_capture.HostStatsCapture._recorder = counting_recorder
     try:
-        fit(build(), [BatchNormCallback(logdir, log_every_n_steps=3, run_name="cadence")])
+        yield seen
     finally:
         host_capture.HostStatsCapture._recorder = make_recorder
+
+
+def check_logger(logdir: str) -> None:
+    """``BatchNormLogger`` in a hand-written loop: exact batch statistics, the EMA step by step,
+    the same training with and without it; without an optimizer, its own clock and cadence; on
+    JAX, ``logger.jit``: the statistics reach the host in the logged steps only."""
+
+    def loop(
+        run: str | None, optimizer_clock: bool = True, every: int = 1, logger_jits: bool = False
+    ) -> keras.Model:
+        model = build()
+        optimizer = keras.optimizers.SGD(0.05)
+        optimizer.build(model.trainable_variables)
+        logger = None
+        if run is not None:
+            clock = optimizer if optimizer_clock else None
+            logger = BatchNormLogger(
+                model, logdir, log_every_n_steps=every, run_name=run, optimizer=clock
+            )
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            wrote = custom_loop(model, optimizer, logger, logger_jits)
+        assert [str(w.message) for w in warned if "BatchNormLogger" in str(w.message)] == (
+            [WARNED_OFF_CADENCE] if logger_jits else []
+        )
+        if logger is not None:
+            logger.close()
+            assert wrote == list(read_stats(logdir)[run]["bn0"]["batch_mean"][0])
+        return model
+
+    bare = loop(None)
+    logged = loop("logger")
+    for a, b, v in zip(weights(bare), weights(logged), logged.weights):
+        assert np.array_equal(a, b), f"{v.path} differs with the logger"
+    check_logged_steps(logdir, "logger", logged)
+    x, _ = data()
+
+    loop("logger-counter", optimizer_clock=False, every=5)
+    check_logged_batch_means(logdir, "logger-counter", [5, 10])
+    if BACKEND != "jax":
+        return
+    del TRACES[:]
+    with host_calls() as seen:
+        jitted = loop("logger-jit", every=5, logger_jits=True)
+    for a, b, v in zip(weights(bare), weights(jitted), jitted.weights):
+        assert np.array_equal(a, b), f"{v.path} differs with logger.jit"
+    # Steps 5 and 10 at the cadence, 12 after capture_next_step; 11 (forced, not captured) is
+    # skipped with the warning. Compiled twice (plain, instrumented), each traced once.
+    check_logged_batch_means(logdir, "logger-jit", [5, 10, 12])
+    assert seen == [4, 4, 9, 9, 11, 11], seen
+    assert TRACES == [True, True], TRACES
+    stats = read_stats(logdir)
+    for name in ("bn0", "bn1"):  # the same states as the logger that logged every step
+        every_step = stats["logger"][name]
+        for stat in ("batch_mean", "batch_variance", "moving_mean", "moving_variance"):
+            np.testing.assert_array_equal(
+                stats["logger-jit"][name][stat][1], every_step[stat][1][[4, 9, 11]]
+            )
+
+
+WARNED_OFF_CADENCE = (
+    "BatchNormLogger: not logging step 11: its training step ran without the capture "
+    "(BatchNormLogger.jit captures only at multiples of log_every_n_steps=5 of its own step "
+    "count), so its batch statistics never reached the host. Log at the cadence with one log() "
+    "per step, call capture_next_step() before a step logged off the cadence, or compile the "
+    "step with jax.jit (every step then sends its statistics)."
+)
+
+
+def check_only_logged_steps_reach_the_host(logdir: str) -> None:
+    """On JAX the compiled step calls the host only in steps whose state is logged (every 3rd and
+    each epoch's last); PyTorch's eager step hands over a reference in every step."""
+    with host_calls() as seen:
+        fit(build(), [BatchNormCallback(logdir, log_every_n_steps=3, run_name="cadence")])
     steps_before = sorted(set(seen))
     if BACKEND == "jax":
         logged = {s for s in range(1, STEPS * EPOCHS + 1) if s % 3 == 0 or s % STEPS == 0}

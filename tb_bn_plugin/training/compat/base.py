@@ -188,6 +188,9 @@ class HostKerasFlavour(KerasFlavour, Protocol):
 
     # The Keras backend's name (``keras.backend.backend()``).
     backend: str
+    # Whether a custom loop's step is stateless (JAX): it returns the new values and leaves the
+    # variables as they were, so ``BatchNormLogger`` reads the state the loop passes it.
+    stateless_steps: bool
 
     def step_functions(self, model: Any) -> tuple[str, str]:
         """The training and inference steps of ``model`` as this backend compiles or runs them

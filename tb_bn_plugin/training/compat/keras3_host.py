@@ -23,6 +23,7 @@ class Keras3Host(Keras3):
 
     uses_tensorflow = False
     backend: str  # ``keras.backend.backend()`` of the models the subclass serves
+    stateless_steps: bool  # ``base.HostKerasFlavour.stateless_steps``
     compiler: str  # what Keras compiles a step with when ``jit_compile`` is on
 
     def step_functions(self, model: Any) -> tuple[str, str]:

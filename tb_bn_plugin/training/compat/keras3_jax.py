@@ -32,8 +32,12 @@ steps; every step pays for a scalar predicate and a not-taken branch per
 layer).
 
 A custom loop (``BatchNormLogger``: ``DueSteps()``, no step hook) jits its own
-stateless step, whose step count the wrapper cannot see: every training call
-sends its moments without one and the record reads the logger's clock.
+stateless step, whose step count the wrapper cannot see: its moments are sent
+without one and the record reads the logger's clock. A step jitted with
+``jax.jit`` sends them in every call. A step the logger jits
+(``BatchNormLogger.jit``: ``LoggedStep``) is compiled twice like ``fit``'s,
+plain (the wrappers traced silent) and instrumented, and the host runs the
+instrumented one only for the steps the logger will log.
 Precise statistics run eager inference calls after Keras' ``jax_state_sync``.
 """
 
@@ -60,9 +64,13 @@ class _Traced:
     the ``steps_per_execution`` fallback, the steps whose statistics go to the host (None:
     every traced call sends)."""
 
-    step: Any
+    step: Any  # None: a custom loop's step (the record reads the logger's clock)
     gate: Optional[DueSteps]
+    sends: bool = True  # False: a custom loop's plain step, traced without the capture
 
+
+# A ``LoggedStep``'s plain compilation: the wrappers add nothing to it.
+_PLAIN = _Traced(step=None, gate=None, sends=False)
 
 _TRACED: contextvars.ContextVar[Optional[_Traced]] = contextvars.ContextVar(
     "tb_bn_traced_step", default=None
@@ -161,11 +169,47 @@ def _published(model: Any, train_step: Callable, gate: Optional[DueSteps]) -> Ca
     """``train_step`` with the step count in its ``state`` published to the layer wrappers
     while it is traced."""
     index = iterations_index(model.optimizer)
+    return _traced_as(train_step, lambda state, data: _Traced(state[2][index], gate))
 
-    def published(state, data):
-        token = _TRACED.set(_Traced(state[2][index], gate))
+
+class LoggedStep:
+    """A custom loop's step function as ``BatchNormLogger.jit`` compiles it: ``jax.jit`` twice,
+    plain and instrumented, and per call the instrumented one only when ``due()`` (asked on
+    the host before the step runs) says the state after it will be logged.
+
+    Each compilation is traced once per argument shapes, as ``jax.jit`` traces; the
+    instrumented one at the first logged step. ``instrumented_last``: whether the latest call
+    ran the instrumented one (its statistics reach the host).
+    """
+
+    def __init__(
+        self, function: Callable, jit_kwargs: dict[str, Any], due: Callable[[], bool]
+    ) -> None:
+        import jax
+
+        self._plain = jax.jit(_traced_as(function, lambda *_, **__: _PLAIN), **jit_kwargs)
+        self._instrumented = jax.jit(
+            _traced_as(function, lambda *_, **__: _Traced(step=None, gate=None)), **jit_kwargs
+        )
+        self._due = due
+        self.instrumented_last = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.instrumented_last = self._due()
+        step = self._instrumented if self.instrumented_last else self._plain
+        return step(*args, **kwargs)
+
+
+def _traced_as(function: Callable, traced: Callable[..., _Traced]) -> Callable:
+    """``function`` with ``traced(*args, **kwargs)`` (a new ``_Traced`` per trace: the wrappers
+    number a layer's calls per trace) published to the layer wrappers while it is traced
+    (``functools.wraps``: ``jax.jit``'s ``static_argnames`` see its signature)."""
+
+    @functools.wraps(function)
+    def published(*args: Any, **kwargs: Any) -> Any:
+        token = _TRACED.set(traced(*args, **kwargs))
         try:
-            return train_step(state, data)
+            return function(*args, **kwargs)
         finally:
             _TRACED.reset(token)
 
@@ -202,6 +246,7 @@ class Keras3Jax(Keras3Host):
 
     backend = "jax"
     compiler = "jax.jit"
+    stateless_steps = True
 
     @staticmethod
     def batch_moments(layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any]:
@@ -288,6 +333,8 @@ class Keras3Jax(Keras3Host):
             tracing = _TRACED.get()
             if tracing is None and due.every is not None:
                 return mean, variance  # fit's capture outside its instrumented step
+            if tracing is not None and not tracing.sends:
+                return mean, variance  # a custom loop's plain step
             call = None
             if tracing is not None:
                 if traced[0] is not tracing:
@@ -298,10 +345,9 @@ class Keras3Jax(Keras3Host):
                 count = jnp.float32(inputs.size / channels)
             else:
                 count = jnp.sum(jnp.asarray(mask, jnp.float32))
-            # A custom loop's step (not instrumented) is sent without a step count: the record
-            # reads its clock.
+            # A custom loop's step is sent without a step count: the record reads its clock.
             args = (mean, variance, count, mask is not None)
-            args += () if tracing is None else (tracing.step,)
+            args += () if tracing is None or tracing.step is None else (tracing.step,)
 
             def send():
                 jax.debug.callback(functools.partial(sink.receive, call), *args)
@@ -321,6 +367,13 @@ class Keras3Jax(Keras3Host):
                 sink.record = None
 
         return InstalledCapture(layer, "_moments", undo=undo)
+
+    @staticmethod
+    def compile_logged_step(
+        function: Callable, jit_kwargs: dict[str, Any], due: Callable[[], bool]
+    ) -> LoggedStep:
+        """A custom loop's step function compiled for ``BatchNormLogger.jit`` (``LoggedStep``)."""
+        return LoggedStep(function, jit_kwargs, due)
 
     @staticmethod
     def read_values(

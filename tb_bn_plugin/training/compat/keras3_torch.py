@@ -23,6 +23,7 @@ class Keras3Torch(Keras3Host):
 
     backend = "torch"
     compiler = "torch.compile"
+    stateless_steps = False
 
     @staticmethod
     def batch_moments(layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any]:
