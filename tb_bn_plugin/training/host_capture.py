@@ -143,7 +143,7 @@ class HostStatsCapture:
         values = [
             _host(v, config.channels)
             for v, config in zip(
-                self._flavour.read_values(self._model, variables),
+                self._flavour.read_values(self._model, variables, self.state),
                 [config for config in self.configs for _ in range(2)],
             )
         ]

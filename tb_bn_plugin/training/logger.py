@@ -90,6 +90,7 @@ from tb_bn_plugin.training.session import (
     DEFAULT_RUN_NAME,
     LoggingSession,
 )
+from tb_bn_plugin.training.step_functions import StepFunctionsProbe
 
 
 class BatchNormLogger:
@@ -135,6 +136,7 @@ class BatchNormLogger:
             )
         self._counter: Any = None
         self._state_steps: Optional[int] = None  # host backends (below)
+        self._step_functions: Optional[StepFunctionsProbe] = None  # host backends
         if not on_tensorflow:
             self._logged_calls = 0
             # ``jit``'s step (None: the loop compiles its own), the steps it ran (counted on the
@@ -150,9 +152,18 @@ class BatchNormLogger:
             # (or now), read there: by the time a later step's host callback asks, that
             # state's arrays may be donated to the running step (reading them would wait for
             # it: a deadlock).
-            self._session.start_capture(refs, self._steps_before_recorded, model, DueSteps())
+            capture = self._session.start_capture(
+                refs, self._steps_before_recorded, model, DueSteps()
+            )
             if self._flavour.stateless_steps and optimizer is not None:
                 self._state_steps = self._optimizer_steps()
+            # The graph view's step functions, measured around the first logged step.
+            self._refs = refs
+            loop_step = "compiled by the loop" if self._flavour.stateless_steps else "eager"
+            self._step_functions = StepFunctionsProbe(
+                model, refs, capture, self._functions(f"custom loop step ({loop_step})")
+            )
+            self._measure_step_functions(self._steps_before_recorded(), wrote=False)
             return
         if optimizer is not None:
             clock = optimizer.iterations
@@ -225,7 +236,36 @@ class BatchNormLogger:
             raise RuntimeError("BatchNormLogger is closed")
         self._steps_run = self._steps_before_recorded()  # steps done so far (not jitted yet)
         self._jitted = compile_logged_step(step_function, jit_kwargs, self._next_step_logged)
+        name = getattr(step_function, "__qualname__", type(step_function).__name__)
+        self._step_functions = StepFunctionsProbe(
+            self.model,
+            self._refs,
+            self._session.capture,
+            self._functions(f"BatchNormLogger.jit({name})"),
+        )
+        self._measure_step_functions(self._steps_run, wrote=False)
         return self._jitted
+
+    def _functions(self, train_function: str) -> tuple[str, str]:
+        """The graph view's (training, inference) functions: the loop's step and what the
+        backend runs for ``model.predict`` (a BN layer normalises the same way in any
+        ``training=False`` call)."""
+        return train_function, self._flavour.step_functions(self.model)[1]
+
+    def _measure_step_functions(
+        self, steps_done: int, step: Optional[int] = None, wrote: bool = False
+    ) -> None:
+        """The graph view's payload, once: the moving statistics read before the first step
+        that will be logged (the state now, after ``steps_done`` steps, numbered ``step``),
+        compared at its log (``wrote``)."""
+        probe = self._step_functions
+        if probe is None or probe.written:
+            return
+        if wrote:
+            probe.after_step(steps_done, self._session.writer)
+        step = steps_done if step is None else step
+        if not probe.written and (step + 1) % self.log_every_n_steps == 0:
+            probe.before_step(steps_done)
 
     def _next_step_logged(self) -> bool:
         """Asked by ``jit``'s step before each step: whether the state after it will be logged
@@ -255,9 +295,13 @@ class BatchNormLogger:
             step = steps_done + self._step_offset
         step = int(step)
         self._step_offset = step - steps_done
+        capture = self._session.capture
         if step <= self._session.last_logged or not (
             force_snapshot or step % self.log_every_n_steps == 0
         ):
+            if (step + 1) % self.log_every_n_steps == 0 and not self._step_functions.written:
+                capture.state = self._owned_values(state)  # what the probe reads
+                self._measure_step_functions(steps_done, step, wrote=False)
             return False
         if not self._jitted.instrumented_last:
             if not self._warned_uncaptured:
@@ -273,10 +317,10 @@ class BatchNormLogger:
                     stacklevel=3,
                 )
             return False
-        capture = self._session.capture
         capture.settle()
         capture.state = self._owned_values(state)
         self._session.log_step(steps_done, step, force_snapshot)
+        self._measure_step_functions(steps_done, step, wrote=True)
         if self.optimizer is not None:
             # The optimizer's count is the clock: follow it should a call not advance it by one.
             self._steps_run = self._optimizer_steps()
@@ -325,6 +369,7 @@ class BatchNormLogger:
         ):
             self._session.log_step(steps_done, step, force_snapshot)
             wrote = True
+        self._measure_step_functions(steps_done, step, wrote)
         if self._counter is not None:
             self._counter.assign_add(1)
         elif not self._flavour.uses_tensorflow:

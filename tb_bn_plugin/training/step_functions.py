@@ -8,7 +8,9 @@ step?) is measured on one real training step instead: ``StepFunctionsProbe``
 reads the moving statistics before a step whose state will be logged, and
 after it compares them with the statistics the step normalised with
 (``numerics.ema.updates_applied``). It writes the ``step_functions`` payload
-(``metadata``) once per ``fit``. Nothing runs that training would not run.
+(``metadata``) once per ``fit``, or once per ``BatchNormLogger`` (a custom
+loop's step in place of ``train_step``). Nothing runs that training would not
+run.
 """
 
 from __future__ import annotations
@@ -29,13 +31,22 @@ class StepFunctionsProbe:
     Args:
       model: the model (on a ``HostKerasFlavour``).
       refs: the logged layers, as ``capture`` captures them.
-      capture: the fit's ``HostStatsCapture``.
+      capture: the fit's (or the logger's) ``HostStatsCapture``.
+      functions: the (training, inference) step functions' names; default: ``fit``'s and
+        ``predict``'s as the backend compiles them (``HostKerasFlavour.step_functions``).
     """
 
-    def __init__(self, model: Any, refs: Sequence[BatchNormRef], capture: HostStatsCapture) -> None:
+    def __init__(
+        self,
+        model: Any,
+        refs: Sequence[BatchNormRef],
+        capture: HostStatsCapture,
+        functions: Optional[tuple[str, str]] = None,
+    ) -> None:
         self._model = model
         self._refs = list(refs)
         self._capture = capture
+        self._functions = functions
         self._before: Optional[list[tuple[Any, Any]]] = None
         self._steps_before = -1
         self.written = False
@@ -63,7 +74,7 @@ class StepFunctionsProbe:
             for before, after in zip(self._before, snapshots)
         ]
         flavour = self._refs[0].flavour
-        train_function, inference_function = flavour.step_functions(self._model)
+        train_function, inference_function = self._functions or flavour.step_functions(self._model)
         writer.write(
             metadata.step_functions_tag(),
             records.step_functions_record(applied),

@@ -7,8 +7,9 @@ asserts in this process (a failure exits non-zero with the traceback) and
 leaves runs in LOGDIR for the parent to read: ``healthy`` (with a
 ``PreciseStatsMonitor``), ``stale`` (a train step that drops the moving-statistic
 updates, seed 001's pitfall), ``cadence``, and ``logger``/``logger-counter``
-(``BatchNormLogger`` in a hand-written loop; on JAX also ``logger-jit``, its step compiled
-by ``BatchNormLogger.jit``); and a few demo scenarios at test
+(``BatchNormLogger`` in a hand-written loop; on JAX also ``logger-jit`` and
+``logger-jit-stale``, the step compiled by ``BatchNormLogger.jit``, the second dropping the
+moving-statistic updates); and a few demo scenarios at test
 size in DEMO_LOGDIR (``demo/train.py --backend``).
 """
 
@@ -266,13 +267,18 @@ def check_stale(logdir: str) -> None:
 
 
 def custom_loop(
-    model: keras.Model, optimizer, logger: BatchNormLogger | None, logger_jits: bool = False
+    model: keras.Model,
+    optimizer,
+    logger: BatchNormLogger | None,
+    logger_jits: bool = False,
+    drop_updates: bool = False,
 ) -> list[int]:
     """EPOCHS epochs of full-batch-sized steps written by hand, as Keras' guides write them on
     this backend (JAX: stateless, the state written back at the end); ``logger.log`` after each
     step. ``logger_jits`` (JAX): the step compiled by ``logger.jit``, the last two steps logged
-    off the cadence (``force_snapshot``), the last one after ``capture_next_step``. Returns the
-    steps whose ``log()`` wrote."""
+    off the cadence (``force_snapshot``), the last one after ``capture_next_step``;
+    ``drop_updates`` (JAX): the step returns the moving statistics it got (seed 001's pitfall).
+    Returns the steps whose ``log()`` wrote."""
     x, y = data()
     batches = [(x[i : i + BATCH], y[i : i + BATCH]) for i in range(0, len(x), BATCH)]
     wrote = []
@@ -289,12 +295,12 @@ def custom_loop(
 
         def step_function(state, xb, yb):
             TRACES.append(logger_jits)
-            trainable, non_trainable, optimizer_values = state
-            (_, non_trainable), grads = grad_fn(trainable, non_trainable, xb, yb)
+            trainable, given, optimizer_values = state
+            (_, non_trainable), grads = grad_fn(trainable, given, xb, yb)
             trainable, optimizer_values = optimizer.stateless_apply(
                 optimizer_values, grads, trainable
             )
-            return trainable, non_trainable, optimizer_values
+            return trainable, given if drop_updates else non_trainable, optimizer_values
 
         # The state donated, as Keras' own fit does (a logger must not read donated arrays).
         compile_step = logger.jit if logger_jits else jax.jit
@@ -363,7 +369,11 @@ def check_logger(logdir: str) -> None:
     JAX, ``logger.jit``: the statistics reach the host in the logged steps only."""
 
     def loop(
-        run: str | None, optimizer_clock: bool = True, every: int = 1, logger_jits: bool = False
+        run: str | None,
+        optimizer_clock: bool = True,
+        every: int = 1,
+        logger_jits: bool = False,
+        drop_updates: bool = False,
     ) -> keras.Model:
         model = build()
         optimizer = keras.optimizers.SGD(0.05)
@@ -376,7 +386,7 @@ def check_logger(logdir: str) -> None:
             )
         with warnings.catch_warnings(record=True) as warned:
             warnings.simplefilter("always")
-            wrote = custom_loop(model, optimizer, logger, logger_jits)
+            wrote = custom_loop(model, optimizer, logger, logger_jits, drop_updates)
         assert [str(w.message) for w in warned if "BatchNormLogger" in str(w.message)] == (
             [WARNED_OFF_CADENCE] if logger_jits else []
         )
@@ -413,6 +423,10 @@ def check_logger(logdir: str) -> None:
             np.testing.assert_array_equal(
                 stats["logger-jit"][name][stat][1], every_step[stat][1][[4, 9, 11]]
             )
+    # Seed 001's signature in a custom loop: the moving statistics never move.
+    loop("logger-jit-stale", every=5, logger_jits=True, drop_updates=True)
+    stale = read_stats(logdir)["logger-jit-stale"]["bn0"]
+    assert np.all(stale["moving_mean"][1] == 0) and np.all(stale["moving_variance"][1] == 1)
 
 
 WARNED_OFF_CADENCE = (

@@ -80,8 +80,9 @@ def _functions(backend: str, model_class: str) -> tuple[str, str]:
 
 def test_runs_read_back_like_tensorflow_runs(backend_logdir):
     stats = read_stats(backend_logdir)
-    # The JAX worker also compiles a step with BatchNormLogger.jit (its logdir: logdir_jax*).
-    jitted = {"logger-jit"} if os.path.basename(backend_logdir).startswith("logdir_jax") else set()
+    # The JAX worker also compiles steps with BatchNormLogger.jit (its logdir: logdir_jax*).
+    jax_only = {"logger-jit", "logger-jit-stale"}
+    jitted = jax_only if os.path.basename(backend_logdir).startswith("logdir_jax") else set()
     assert set(stats) == {"healthy", "stale", "cadence", "logger", "logger-counter"} | jitted
     for run in stats.values():
         assert set(run) == {"bn0", "bn1"}
@@ -129,6 +130,24 @@ def test_report_diagnoses_the_dropped_updates(backend_logdir, capsys):
         report["healthy"]["step_functions"]["step"],
         report["stale"]["step_functions"]["step"],
     ) == (1, 2)
+    # Custom loops: the loop's step in place of train_step, measured at the first logged step.
+    loops = {"logger": (1, True), "logger-counter": (5, True)}
+    if backend == "jax":
+        loops.update({"logger-jit": (5, True), "logger-jit-stale": (5, False)})
+    for run, (step, applied) in loops.items():
+        described = report[run]["step_functions"]
+        loop_step = "custom loop step (compiled by the loop)" if backend == "jax" else None
+        loop_step = loop_step or "custom loop step (eager)"
+        if run.startswith("logger-jit"):
+            loop_step = "BatchNormLogger.jit(custom_loop.<locals>.step_function)"
+        assert (described["train_function"], described["inference_function"]) == (
+            loop_step,
+            _functions(backend, "Functional")[1],
+        )
+        assert described["step"] == step, (run, described["step"])
+        assert described["updates_applied"] == {"bn0": applied, "bn1": applied}, run
+    if backend == "jax":  # the custom loop's dropped updates are the run's graph finding
+        assert "updates-not-applied" in codes["logger-jit-stale"]
     main(["report", backend_logdir, "--run", "stale"])
     text = capsys.readouterr().out
     assert f"step functions ({backend})" in text and "bn0 NO, bn1 NO" in text
