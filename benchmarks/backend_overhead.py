@@ -1,8 +1,11 @@
 """Training overhead of BatchNormCallback per Keras 3 backend (tensorflow, jax, torch).
 
 For each backend, in its own subprocess (``KERAS_BACKEND`` is fixed when Keras
-is imported): a small conv net (``blocks`` conv/BN/ReLU blocks, 16x16 inputs,
-batch 64) trained by ``fit`` on CPU with and without ``BatchNormCallback`` at
+is imported): a model (``--model convnet``, the default: a small conv net of
+``blocks`` conv/BN/ReLU blocks, 16x16 inputs, batch 64, 10-25 ms steps, where the
+callback's fixed cost per log shows; ``--model resnet20``: the ResNet-20 of
+``training_overhead.py``, 21 BN layers at 32x32, the long fit the 1.02 target
+is about, at batch 32) trained by ``fit`` on CPU with and without ``BatchNormCallback`` at
 its defaults (the train/inference gap each epoch included), one ``fit`` of
 ``epochs`` epochs of ``steps`` steps per configuration and round. Rounds
 alternate the order (bare then callback, callback then bare, ...) so a
@@ -37,7 +40,7 @@ per step on 2 threads against 0.03 s on 1, measured under load 8), and that
 noise, not the callback, decided earlier PyTorch ratios (1.80 and 0.71).
 
 Run: ``python benchmarks/backend_overhead.py [--quick | --smoke] [--out PATH]
-[--backends jax,torch] [--threads N]``.
+[--backends jax,torch] [--threads N] [--model convnet|resnet20]``.
 """
 
 from __future__ import annotations
@@ -53,16 +56,73 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
 BACKENDS = ("tensorflow", "jax", "torch")
-MODES = {
-    "full": {"steps": 200, "epochs": 3, "rounds": 8, "blocks": 3, "width": 16},
-    "quick": {"steps": 100, "epochs": 3, "rounds": 6, "blocks": 3, "width": 16},
-    "smoke": {"steps": 4, "epochs": 2, "rounds": 1, "blocks": 2, "width": 8},
+# Per ``--model``, per mode: the sizes. ``convnet``: the small net, 10-25 ms steps, where the
+# callback's fixed cost per log shows; ``resnet20``: training_overhead.py's ResNet-20 (21 BN
+# layers) at 32x32, the long-fit case the 1.02 target is about.
+MODELS = {
+    "convnet": {
+        "full": {
+            "steps": 200,
+            "epochs": 3,
+            "rounds": 8,
+            "blocks": 3,
+            "width": 16,
+            "image": 16,
+            "batch": 64,
+        },
+        "quick": {
+            "steps": 100,
+            "epochs": 3,
+            "rounds": 6,
+            "blocks": 3,
+            "width": 16,
+            "image": 16,
+            "batch": 64,
+        },
+        "smoke": {
+            "steps": 4,
+            "epochs": 2,
+            "rounds": 1,
+            "blocks": 2,
+            "width": 8,
+            "image": 16,
+            "batch": 64,
+        },
+    },
+    "resnet20": {
+        "full": {
+            "steps": 100,
+            "epochs": 2,
+            "rounds": 4,
+            "blocks": 3,
+            "width": 16,
+            "image": 32,
+            "batch": 32,
+        },
+        "quick": {
+            "steps": 50,
+            "epochs": 2,
+            "rounds": 3,
+            "blocks": 3,
+            "width": 16,
+            "image": 32,
+            "batch": 32,
+        },
+        "smoke": {
+            "steps": 2,
+            "epochs": 2,
+            "rounds": 1,
+            "blocks": 1,
+            "width": 4,
+            "image": 16,
+            "batch": 64,
+        },
+    },
 }
-BATCH = 64
 TARGET = 1.02
 
 
-def child(mode: str, threads: int) -> dict:
+def child(model_name: str, mode: str, threads: int) -> dict:
     """One backend (this process's ``KERAS_BACKEND``): the alternating rounds, per-epoch times."""
     harness.limit_threads(threads)
     import keras
@@ -70,7 +130,7 @@ def child(mode: str, threads: int) -> dict:
 
     from tb_bn_plugin import BatchNormCallback
 
-    p = MODES[mode]
+    p = MODELS[model_name][mode]
 
     def timed(hook):
         def timed_hook(self, *args, **kwargs):
@@ -116,7 +176,10 @@ def child(mode: str, threads: int) -> dict:
             self.last = now
 
     def model() -> keras.Model:
-        m = harness.conv_bn_net(p["blocks"], p["width"])
+        if model_name == "resnet20":
+            m = harness.resnet(p["blocks"], p["width"], p["image"])
+        else:
+            m = harness.conv_bn_net(p["blocks"], p["width"])
         m.compile(
             keras.optimizers.SGD(0.01, momentum=0.9),
             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -124,8 +187,8 @@ def child(mode: str, threads: int) -> dict:
         return m
 
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(BATCH * p["steps"], 16, 16, 3)).astype("float32")
-    y = rng.integers(0, 10, BATCH * p["steps"])
+    x = rng.normal(size=(p["batch"] * p["steps"], p["image"], p["image"], 3)).astype("float32")
+    y = rng.integers(0, 10, p["batch"] * p["steps"])
     rounds = []
     with tempfile.TemporaryDirectory() as logdir:
         for r in range(p["rounds"]):
@@ -138,7 +201,7 @@ def child(mode: str, threads: int) -> dict:
                 model().fit(
                     x,
                     y,
-                    batch_size=BATCH,
+                    batch_size=p["batch"],
                     epochs=p["epochs"],
                     shuffle=False,
                     verbose=0,
@@ -185,33 +248,36 @@ def summarise(rounds: list[dict[str, list]]) -> dict:
     }
 
 
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "--backends", default=",".join(BACKENDS), help="comma-separated Keras backends"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="kernel threads per backend, both configurations"
+    )
+    parser.add_argument("--model", choices=sorted(MODELS), default="convnet")
+
+
 def main(argv=None) -> int:
-    if argv is None and len(sys.argv) > 3 and sys.argv[1] == "--child":
-        print(json.dumps(child(sys.argv[2], int(sys.argv[3]))))
+    if argv is None and len(sys.argv) > 4 and sys.argv[1] == "--child":
+        print(json.dumps(child(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
         return 0
     started = time.perf_counter()
-    backends = BACKENDS
-    if argv is None and "--backends" in sys.argv:  # e.g. --backends jax,torch
-        at = sys.argv.index("--backends")
-        backends = tuple(sys.argv[at + 1].split(","))
-        argv = sys.argv[1:at] + sys.argv[at + 2 :]
-    threads = 1
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "--threads" in argv:  # kernels' threads per backend, both configurations
-        at = argv.index("--threads")
-        threads = int(argv[at + 1])
-        argv = argv[:at] + argv[at + 2 :]
-    args = harness.parse_args("backend_overhead", __doc__.splitlines()[0], argv)
-    p = MODES[args.mode]
+    args = harness.parse_args(
+        "backend_overhead", __doc__.splitlines()[0], argv, add_arguments=add_arguments
+    )
+    backends = tuple(args.backends.split(","))
+    threads = args.threads
+    p = MODELS[args.model][args.mode]
     print(
-        f"mode={args.mode} {p} batch={BATCH} backends={backends} threads={threads} "
-        f"load={os.getloadavg()[0]:.1f}",
+        f"model={args.model} mode={args.mode} {p} backends={backends} "
+        f"threads={threads} load={os.getloadavg()[0]:.1f}",
         flush=True,
     )
     results = {}
     for backend in backends:
         proc = subprocess.run(
-            [sys.executable, __file__, "--child", args.mode, str(threads)],
+            [sys.executable, __file__, "--child", args.model, args.mode, str(threads)],
             env=harness.backend_env(backend, threads),
             capture_output=True,
             text=True,
@@ -234,7 +300,7 @@ def main(argv=None) -> int:
     harness.write_json(
         args,
         {
-            "params": {**p, "batch": BATCH, "threads": threads},
+            "params": {**p, "model": args.model, "threads": threads},
             "target": TARGET,
             "backends": results,
         },

@@ -47,7 +47,7 @@ import harness  # noqa: E402
 harness.quiet_tensorflow()
 
 import tensorflow as tf  # noqa: E402
-from training_overhead import dataset, resnet  # noqa: E402
+from training_overhead import dataset  # noqa: E402
 
 from tb_bn_plugin import BatchNormCallback  # noqa: E402
 from tb_bn_plugin.summary import SummaryWriter  # noqa: E402
@@ -140,7 +140,7 @@ class FirstStepClock(keras.callbacks.Callback):
 
 
 def compiled_resnet(p: dict):
-    model = resnet(blocks_per_stage=p["blocks"], width=p["width"], image=p["image"])
+    model = harness.resnet(blocks_per_stage=p["blocks"], width=p["width"], image=p["image"])
     model.compile(
         keras.optimizers.SGD(0.01, momentum=0.9),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),

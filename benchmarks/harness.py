@@ -82,6 +82,45 @@ def conv_bn_net(blocks: int, width: int) -> Any:
     return keras.Model(inputs, keras.layers.Dense(10)(h))
 
 
+def resnet(
+    blocks_per_stage: int = 3, width: int = 16, image: int = 32, classes: int = 10, seed: int = 0
+):
+    """CIFAR ResNet-(6n+2), projection shortcuts: ResNet-20 (n=3) has 21 BN layers (Keras on
+    this process's backend)."""
+    import keras
+
+    init = keras.initializers.HeNormal(seed=seed)
+    inputs = keras.Input((image, image, 3))
+    h = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=init)(
+        inputs
+    )
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization()(h))
+    for stage in range(3):
+        filters = width * 2**stage
+        for block in range(blocks_per_stage):
+            stride = 2 if stage > 0 and block == 0 else 1
+            shortcut = h
+            h = keras.layers.Conv2D(
+                filters, 3, strides=stride, padding="same", use_bias=False, kernel_initializer=init
+            )(h)
+            h = keras.layers.ReLU()(keras.layers.BatchNormalization()(h))
+            h = keras.layers.Conv2D(
+                filters, 3, padding="same", use_bias=False, kernel_initializer=init
+            )(h)
+            h = keras.layers.BatchNormalization()(h)
+            if stride != 1 or shortcut.shape[-1] != filters:
+                shortcut = keras.layers.Conv2D(
+                    filters, 1, strides=stride, use_bias=False, kernel_initializer=init
+                )(shortcut)
+                shortcut = keras.layers.BatchNormalization()(shortcut)
+            h = keras.layers.ReLU()(keras.layers.Add()([h, shortcut]))
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    outputs = keras.layers.Dense(
+        classes, kernel_initializer=keras.initializers.GlorotUniform(seed=seed)
+    )(h)
+    return keras.Model(inputs, outputs, name="resnet")
+
+
 # -- command line ------------------------------------------------------------------
 
 

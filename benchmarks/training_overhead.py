@@ -69,42 +69,6 @@ STEP_BLOCKS = {"full": (5, 8), "quick": (5, 8), "smoke": (2, 2)}
 CIFAR_EPOCH_STEPS = 782  # CIFAR-10's 50,000 images at batch 64
 
 
-def resnet(
-    blocks_per_stage: int = 3, width: int = 16, image: int = 32, classes: int = 10, seed: int = 0
-):
-    """CIFAR ResNet-(6n+2), projection shortcuts: ResNet-20 (n=3) has 21 BN layers."""
-    init = keras.initializers.HeNormal(seed=seed)
-    inputs = keras.Input((image, image, 3))
-    h = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=init)(
-        inputs
-    )
-    h = keras.layers.ReLU()(keras.layers.BatchNormalization()(h))
-    for stage in range(3):
-        filters = width * 2**stage
-        for block in range(blocks_per_stage):
-            stride = 2 if stage > 0 and block == 0 else 1
-            shortcut = h
-            h = keras.layers.Conv2D(
-                filters, 3, strides=stride, padding="same", use_bias=False, kernel_initializer=init
-            )(h)
-            h = keras.layers.ReLU()(keras.layers.BatchNormalization()(h))
-            h = keras.layers.Conv2D(
-                filters, 3, padding="same", use_bias=False, kernel_initializer=init
-            )(h)
-            h = keras.layers.BatchNormalization()(h)
-            if stride != 1 or shortcut.shape[-1] != filters:
-                shortcut = keras.layers.Conv2D(
-                    filters, 1, strides=stride, use_bias=False, kernel_initializer=init
-                )(shortcut)
-                shortcut = keras.layers.BatchNormalization()(shortcut)
-            h = keras.layers.ReLU()(keras.layers.Add()([h, shortcut]))
-    h = keras.layers.GlobalAveragePooling2D()(h)
-    outputs = keras.layers.Dense(
-        classes, kernel_initializer=keras.initializers.GlorotUniform(seed=seed)
-    )(h)
-    return keras.Model(inputs, outputs, name="resnet")
-
-
 def dataset(batch: int, image: int, n: int = 512, seed: int = 0) -> tf.data.Dataset:
     rng = np.random.RandomState(seed)
     x = rng.randn(n, image, image, 3).astype("float32")
@@ -189,7 +153,7 @@ def measure(callbacks: dict, p: dict, image: int, scope=contextlib.nullcontext) 
     for name, make in callbacks.items():
         keras.utils.set_random_seed(0)
         with scope():
-            model = resnet(p["blocks"], p["width"], image)
+            model = harness.resnet(p["blocks"], p["width"], image)
             model.compile(
                 optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -301,7 +265,7 @@ def step_capture_ratio(p: dict, image: int, block: int, rounds: int) -> dict:
     functions = {}
     for name in ("bare", "capture"):
         keras.utils.set_random_seed(0)
-        model = resnet(p["blocks"], p["width"], image)
+        model = harness.resnet(p["blocks"], p["width"], image)
         model.compile(
             optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
