@@ -222,8 +222,9 @@ class BatchNormLogger:
         compile_logged_step = getattr(self._flavour, "compile_logged_step", None)
         if compile_logged_step is None:
             raise ValueError(
-                "BatchNormLogger.jit compiles a JAX step function; on this backend "
-                "(Keras 3 on JAX only) run your step as usual and call log() after it"
+                "BatchNormLogger.jit compiles a step function for Keras 3 on the JAX backend; "
+                "on this model's backend run your training step as usual and call log() after "
+                "each step"
             )
         if hasattr(step_function, "lower"):
             raise TypeError(

@@ -423,6 +423,18 @@ def check_logger(logdir: str) -> None:
             np.testing.assert_array_equal(
                 stats["logger-jit"][name][stat][1], every_step[stat][1][[4, 9, 11]]
             )
+    # A step jax.jit already compiled would be traced once for both: refused, saying why.
+    import tempfile
+
+    import jax
+
+    with BatchNormLogger(build(), tempfile.mkdtemp()) as refusing:
+        try:
+            refusing.jit(jax.jit(lambda state: state))
+        except TypeError as error:
+            assert "not a jax.jit-compiled one" in str(error), error
+        else:
+            raise AssertionError("BatchNormLogger.jit accepted a jax.jit-compiled function")
     # Seed 001's signature in a custom loop: the moving statistics never move.
     loop("logger-jit-stale", every=5, logger_jits=True, drop_updates=True)
     stale = read_stats(logdir)["logger-jit-stale"]["bn0"]

@@ -117,3 +117,13 @@ def test_unwritable_log_dir_fails_and_leaves_the_model_unwrapped(keras, tmp_path
     with pytest.raises(PermissionError, match="cannot write event files"):
         BatchNormLogger(model, str(blocker / "logs"))
     assert "_moments" not in vars(model.get_layer("bn"))  # no capture wrapper left behind
+
+
+def test_jit_is_for_the_jax_backend(keras, tmp_path):
+    """On TensorFlow ``jit`` says what to do instead, and the logger keeps working."""
+    from tb_bn_plugin.training.logger import BatchNormLogger
+
+    with BatchNormLogger(_model(keras), str(tmp_path)) as logger:
+        with pytest.raises(ValueError, match="JAX backend.*call log\\(\\) after each step"):
+            logger.jit(lambda state: state)
+        assert logger.log()
