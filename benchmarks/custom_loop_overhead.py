@@ -132,18 +132,19 @@ def child(mode: str, threads: int) -> dict:
     return summary
 
 
+def add_arguments(parser) -> None:
+    parser.add_argument("--threads", type=int, default=1, help="XLA kernel threads")
+
+
 def main(argv=None) -> int:
     if argv is None and len(sys.argv) > 3 and sys.argv[1] == "--child":
         print(json.dumps(child(sys.argv[2], int(sys.argv[3]))))
         return 0
     started = time.perf_counter()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    threads = 1
-    if "--threads" in argv:
-        at = argv.index("--threads")
-        threads = int(argv[at + 1])
-        argv = argv[:at] + argv[at + 2 :]
-    args = harness.parse_args("custom_loop_overhead", __doc__.splitlines()[0], argv)
+    args = harness.parse_args(
+        "custom_loop_overhead", __doc__.splitlines()[0], argv, add_arguments=add_arguments
+    )
+    threads = args.threads
     p = MODES[args.mode]
     print(f"mode={args.mode} {p} batch={BATCH} log_every={LOG_EVERY} threads={threads}", flush=True)
     proc = subprocess.run(

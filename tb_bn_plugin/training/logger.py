@@ -158,7 +158,6 @@ class BatchNormLogger:
             if self._flavour.stateless_steps and optimizer is not None:
                 self._state_steps = self._optimizer_steps()
             # The graph view's step functions, measured around the first logged step.
-            self._refs = refs
             loop_step = "compiled by the loop" if self._flavour.stateless_steps else "eager"
             self._step_functions = StepFunctionsProbe(
                 model, refs, capture, self._functions(f"custom loop step ({loop_step})")
@@ -238,13 +237,7 @@ class BatchNormLogger:
         self._steps_run = self._steps_before_recorded()  # steps done so far (not jitted yet)
         self._jitted = compile_logged_step(step_function, jit_kwargs, self._next_step_logged)
         name = getattr(step_function, "__qualname__", type(step_function).__name__)
-        self._step_functions = StepFunctionsProbe(
-            self.model,
-            self._refs,
-            self._session.capture,
-            self._functions(f"BatchNormLogger.jit({name})"),
-        )
-        self._measure_step_functions(self._steps_run, wrote=False)
+        self._step_functions.functions = self._functions(f"BatchNormLogger.jit({name})")
         return self._jitted
 
     def _functions(self, train_function: str) -> tuple[str, str]:
@@ -264,9 +257,21 @@ class BatchNormLogger:
             return
         if wrote:
             probe.after_step(steps_done, self._session.writer)
-        step = steps_done if step is None else step
-        if not probe.written and (step + 1) % self.log_every_n_steps == 0:
+        if self._probe_reads_before(steps_done if step is None else step):
             probe.before_step(steps_done)
+
+    def _probe_reads_before(self, step: int) -> bool:
+        """Whether the step after ``step`` is the graph view's measurement still to make: at the
+        cadence, and no payload written yet."""
+        probe = self._step_functions
+        return not probe.written and (step + 1) % self.log_every_n_steps == 0
+
+    def _writes_at(self, step: int, force_snapshot: bool) -> bool:
+        """Whether ``log(step, force_snapshot)`` writes: at the cadence, or forced, after the
+        last step logged."""
+        return step > self._session.last_logged and (
+            force_snapshot or step % self.log_every_n_steps == 0
+        )
 
     def _next_step_logged(self) -> bool:
         """Asked by ``jit``'s step before each step: whether the state after it will be logged
@@ -277,7 +282,7 @@ class BatchNormLogger:
         self._steps_run += 1
         step = self._steps_run + self._step_offset
         forced, self._capture_next = self._capture_next, False
-        if forced or (step > self._session.last_logged and step % self.log_every_n_steps == 0):
+        if forced or self._writes_at(step, force_snapshot=False):
             self._steps_before_instrumented = before
             return True
         return False
@@ -297,10 +302,8 @@ class BatchNormLogger:
         step = int(step)
         self._step_offset = step - steps_done
         capture = self._session.capture
-        if step <= self._session.last_logged or not (
-            force_snapshot or step % self.log_every_n_steps == 0
-        ):
-            if (step + 1) % self.log_every_n_steps == 0 and not self._step_functions.written:
+        if not self._writes_at(step, force_snapshot):
+            if self._probe_reads_before(step):
                 capture.state = self._owned_values(state)  # what the probe reads
                 self._measure_step_functions(steps_done, step, wrote=False)
             return False
@@ -365,9 +368,7 @@ class BatchNormLogger:
             step = steps_done
         step = int(step)
         wrote = False
-        if step > self._session.last_logged and (
-            force_snapshot or step % self.log_every_n_steps == 0
-        ):
+        if self._writes_at(step, force_snapshot):
             self._session.log_step(steps_done, step, force_snapshot)
             wrote = True
         self._measure_step_functions(steps_done, step, wrote)

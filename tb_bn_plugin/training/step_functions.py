@@ -34,6 +34,7 @@ class StepFunctionsProbe:
       capture: the fit's (or the logger's) ``HostStatsCapture``.
       functions: the (training, inference) step functions' names; default: ``fit``'s and
         ``predict``'s as the backend compiles them (``HostKerasFlavour.step_functions``).
+        An attribute: a custom loop names its step once it knows it (``BatchNormLogger.jit``).
     """
 
     def __init__(
@@ -46,7 +47,7 @@ class StepFunctionsProbe:
         self._model = model
         self._refs = list(refs)
         self._capture = capture
-        self._functions = functions
+        self.functions = functions
         self._before: Optional[list[tuple[Any, Any]]] = None
         self._steps_before = -1
         self.written = False
@@ -74,7 +75,7 @@ class StepFunctionsProbe:
             for before, after in zip(self._before, snapshots)
         ]
         flavour = self._refs[0].flavour
-        train_function, inference_function = self._functions or flavour.step_functions(self._model)
+        train_function, inference_function = self.functions or flavour.step_functions(self._model)
         writer.write(
             metadata.step_functions_tag(),
             records.step_functions_record(applied),
