@@ -5,33 +5,40 @@ is imported): a model (``--model convnet``, the default: a small conv net of
 ``blocks`` conv/BN/ReLU blocks, 16x16 inputs, batch 64, 10-25 ms steps, where the
 callback's fixed cost per log shows; ``--model resnet20``: the ResNet-20 of
 ``training_overhead.py``, 21 BN layers at 32x32, the long fit the 1.02 target
-is about, at batch 32) trained by ``fit`` on CPU with and without ``BatchNormCallback`` at
-its defaults (the train/inference gap each epoch included), one ``fit`` of
-``epochs`` epochs of ``steps`` steps per configuration and round. Rounds
-alternate the order (bare then callback, callback then bare, ...) so a
-drifting machine load cancels. Each epoch is timed by a callback (process
-CPU time and wall clock); epoch 0 (tracing/compiling) is untimed. A round's
-ratio is its median epoch time with the callback over its median without;
-the result is the median of the per-round ratios (with their spread), by CPU
-time and by wall clock. ``extra_cpu_per_epoch_s`` (median over rounds of the
-difference) is the callback's cost per epoch, per-step and per-epoch work
-together.
+is about, at batch 32) trained by ``fit`` on CPU without a callback (``bare``)
+and with ``BatchNormCallback`` at its defaults (``bn_default``: two logs per
+100 steps, the train/inference gap each epoch), ONE ``fit`` of ``epochs``
+epochs of ``steps`` steps per configuration, the two running in turns of
+``window`` steps (``harness.InterleavedFits``: each fit in its own thread, only
+the one holding the turn runs, the order rotating), so the windows of the two
+fits over the same steps run seconds apart and the machine's drifts, ±10%
+between whole epochs a minute apart, cancel in their ratio.
 
-An epoch's time runs from the previous epoch's end to its own, taken by a
-timer that Keras calls after the callback (callbacks run in list order): it
-holds the steps and every hook of the epoch, the callback's epoch-end work
-(the epoch's last log, the gap probe, the flush) included. (Until 2026-11-29
-the timer ran first, from its on_epoch_begin to its on_epoch_end, and so left
-out the callback's epoch-end work; the ratios of that time are per-step only.)
-``hooks_cpu_per_epoch_s`` is measured directly in the same fits: the process
-CPU time spent inside the callback's hooks per epoch (median over rounds),
-the host-side part of the cost, which needs no difference of two noisy
-fits; the rest of ``extra_cpu_per_epoch_s`` is spent inside the train steps.
-On JAX the hooks' CPU overstates the callback's work: Keras dispatches JAX
-steps asynchronously, and a hook that waits for the steps dispatched so far
-(a logged step's ``settle``) is charged the CPU the XLA threads spend
-computing them meanwhile (process CPU time counts every thread); compare
-``extra_cpu_per_epoch_s`` there.
+A window holds every hook of its steps, the callback's included: an epoch's
+last window its epoch-end work (the epoch's last log, the gap, the flush), the
+fit's last window its ``on_train_end`` (the final log). Epoch 0 (tracing,
+compiling; from the callback's ``on_train_begin``) is one window per
+configuration, one after the other. Reported per backend:
+
+* ``cpu_ratio`` / ``wall_ratio``: the timed epochs (1 on) of each fit summed,
+  with the callback over without: a long fit's steady cost, per-step and
+  per-epoch work together; ``epoch_cpu_ratios`` the same per epoch,
+  ``window_cpu_ratio_median`` and its quartiles per pair of windows;
+* ``whole_fit_cpu_ratio`` / ``whole_fit_wall_ratio``: every window, epoch 0
+  included: this fit as a user pays it, the one-time tracing of the
+  callback's functions included (``first_epoch_cpu_s`` per configuration);
+* ``extra_cpu_per_epoch_s`` (median over the timed epochs of the difference)
+  and ``hooks_cpu_per_epoch_s``: the process CPU time spent inside the
+  callback's hooks per timed epoch, measured directly (no difference of two
+  fits), the host-side part of the cost; the rest of the difference is spent
+  inside the train steps. On JAX the hooks' CPU overstates the callback's
+  work: Keras dispatches JAX steps asynchronously, and a hook that waits for
+  the steps dispatched so far (a logged step's ``settle``) is charged the CPU
+  the XLA threads spend computing them meanwhile (process CPU time counts
+  every thread); compare ``extra_cpu_per_epoch_s`` there.
+
+(Until 2026-11-30 every round trained a new pair of models and compared one
+whole epoch of each, a minute apart: the rounds' ratios spread over ±10%.)
 
 Every backend runs its kernels on ``--threads`` threads (default 1) in both
 configurations: on a shared 2-core machine PyTorch's and XLA's spinning worker
@@ -63,8 +70,8 @@ MODELS = {
     "convnet": {
         "full": {
             "steps": 200,
-            "epochs": 3,
-            "rounds": 8,
+            "epochs": 4,
+            "window": 20,
             "blocks": 3,
             "width": 16,
             "image": 16,
@@ -73,7 +80,7 @@ MODELS = {
         "quick": {
             "steps": 100,
             "epochs": 3,
-            "rounds": 6,
+            "window": 20,
             "blocks": 3,
             "width": 16,
             "image": 16,
@@ -82,7 +89,7 @@ MODELS = {
         "smoke": {
             "steps": 4,
             "epochs": 2,
-            "rounds": 1,
+            "window": 2,
             "blocks": 2,
             "width": 8,
             "image": 16,
@@ -91,9 +98,9 @@ MODELS = {
     },
     "resnet20": {
         "full": {
-            "steps": 100,
-            "epochs": 2,
-            "rounds": 4,
+            "steps": 300,
+            "epochs": 3,
+            "window": 20,
             "blocks": 3,
             "width": 16,
             "image": 32,
@@ -101,8 +108,8 @@ MODELS = {
         },
         "quick": {
             "steps": 50,
-            "epochs": 2,
-            "rounds": 3,
+            "epochs": 3,
+            "window": 10,
             "blocks": 3,
             "width": 16,
             "image": 32,
@@ -111,7 +118,7 @@ MODELS = {
         "smoke": {
             "steps": 2,
             "epochs": 2,
-            "rounds": 1,
+            "window": 1,
             "blocks": 1,
             "width": 4,
             "image": 16,
@@ -120,10 +127,11 @@ MODELS = {
     },
 }
 TARGET = 1.02
+CONFIGS = ("bare", "bn_default")
 
 
 def child(model_name: str, mode: str, threads: int) -> dict:
-    """One backend (this process's ``KERAS_BACKEND``): the alternating rounds, per-epoch times."""
+    """One backend (this process's ``KERAS_BACKEND``): the two fits, interleaved by window."""
     harness.limit_threads(threads)
     import keras
     import numpy as np
@@ -132,73 +140,58 @@ def child(model_name: str, mode: str, threads: int) -> dict:
 
     p = MODELS[model_name][mode]
 
-    def timed(hook):
-        def timed_hook(self, *args, **kwargs):
+    class HookTimedCallback(BatchNormCallback):
+        """``BatchNormCallback`` that adds the process CPU time of its hooks to ``hooks_cpu``
+        (per epoch; ``on_train_begin``/``on_train_end`` under their names)."""
+
+        hooks_cpu: dict = {}
+        epoch = 0
+
+        def _timed(self, key, hook, *args, **kwargs):
             started = time.process_time()
             try:
-                return hook(self, *args, **kwargs)
+                return hook(*args, **kwargs)
             finally:
-                self.hooks_cpu += time.process_time() - started
-
-        return timed_hook
-
-    class HookTimedCallback(BatchNormCallback):
-        """``BatchNormCallback`` that adds the process CPU time of its hooks to ``hooks_cpu``."""
-
-        hooks_cpu = 0.0
-        on_train_begin = timed(BatchNormCallback.on_train_begin)
-        on_epoch_begin = timed(BatchNormCallback.on_epoch_begin)
-        on_train_batch_begin = timed(BatchNormCallback.on_train_batch_begin)
-        on_epoch_end = timed(BatchNormCallback.on_epoch_end)
-        on_train_end = timed(BatchNormCallback.on_train_end)
-
-    class EpochTimer(keras.callbacks.Callback):
-        """Times each epoch from the previous epoch's end to its own; last in the list, so
-        every other callback's hooks of the epoch (epoch-end work included) fall inside."""
-
-        def __init__(self, hooked=None):
-            super().__init__()
-            self.hooked = hooked
-            self.samples = []
-
-        def mark(self):
-            hooks = self.hooked.hooks_cpu if self.hooked is not None else 0.0
-            return time.perf_counter(), time.process_time(), hooks
+                self.hooks_cpu[key] = self.hooks_cpu.get(key, 0.0) + time.process_time() - started
 
         def on_train_begin(self, logs=None):
-            self.last = self.mark()
+            self.hooks_cpu = {}
+            self._timed("train_begin", super().on_train_begin, logs)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+            self._timed(epoch, super().on_epoch_begin, epoch, logs)
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self._timed(self.epoch, super().on_train_batch_begin, batch, logs)
 
         def on_epoch_end(self, epoch, logs=None):
-            now = self.mark()
-            if epoch > 0:  # epoch 0 traces/compiles
-                wall, cpu, hooks = (b - a for a, b in zip(self.last, now))
-                self.samples.append({"wall": wall, "cpu": cpu, "hooks_cpu": hooks})
-            self.last = now
+            self._timed(epoch, super().on_epoch_end, epoch, logs)
 
-    def model() -> keras.Model:
-        if model_name == "resnet20":
-            m = harness.resnet(p["blocks"], p["width"], p["image"])
-        else:
-            m = harness.conv_bn_net(p["blocks"], p["width"])
-        m.compile(
-            keras.optimizers.SGD(0.01, momentum=0.9),
-            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        )
-        return m
+        def on_train_end(self, logs=None):
+            self._timed("train_end", super().on_train_end, logs)
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(p["batch"] * p["steps"], p["image"], p["image"], 3)).astype("float32")
     y = rng.integers(0, 10, p["batch"] * p["steps"])
-    rounds = []
+    fits = harness.InterleavedFits(keras, CONFIGS, p["steps"], p["epochs"], p["window"])
     with tempfile.TemporaryDirectory() as logdir:
-        for r in range(p["rounds"]):
-            order = ("bare", "bn_default") if r % 2 == 0 else ("bn_default", "bare")
-            samples: dict[str, list] = {}
-            for name in order:
-                bn = [HookTimedCallback(logdir)] if name != "bare" else []
-                timer = EpochTimer(*bn)
-                callbacks = bn + [timer]
-                model().fit(
+        hooked = HookTimedCallback(logdir)
+        for name in CONFIGS:
+            keras.utils.set_random_seed(0)
+            if model_name == "resnet20":
+                model = harness.resnet(p["blocks"], p["width"], p["image"])
+            else:
+                model = harness.conv_bn_net(p["blocks"], p["width"])
+            model.compile(
+                keras.optimizers.SGD(0.01, momentum=0.9),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
+            first, last = fits.callbacks(name)
+            callbacks = [first, *([hooked] if name == "bn_default" else []), last]
+            fits.start(
+                name,
+                lambda model=model, callbacks=callbacks: model.fit(
                     x,
                     y,
                     batch_size=p["batch"],
@@ -206,45 +199,59 @@ def child(model_name: str, mode: str, threads: int) -> dict:
                     shuffle=False,
                     verbose=0,
                     callbacks=callbacks,
-                )
-                samples[name] = timer.samples
-            rounds.append(samples)
-    return {"backend": keras.backend.backend(), "threads": threads, **summarise(rounds)}
-
-
-def summarise(rounds: list[dict[str, list]]) -> dict:
-    """Per-round medians and ratios, their median and spread, the per-epoch cost."""
-    per_round = []
-    for samples in rounds:
-        medians = {
-            name: {k: harness.median([s[k] for s in rows]) for k in ("wall", "cpu")}
-            for name, rows in samples.items()
-        }
-        per_round.append(
-            {
-                "median_epoch_s": medians,
-                "cpu_ratio": medians["bn_default"]["cpu"] / medians["bare"]["cpu"],
-                "wall_ratio": medians["bn_default"]["wall"] / medians["bare"]["wall"],
-                "extra_cpu_s": medians["bn_default"]["cpu"] - medians["bare"]["cpu"],
-                "hooks_cpu_s": harness.median([s["hooks_cpu"] for s in samples["bn_default"]]),
-            }
-        )
-    cpu = [r["cpu_ratio"] for r in per_round]
-    wall = [r["wall_ratio"] for r in per_round]
-    bare_epoch = harness.median([r["median_epoch_s"]["bare"]["cpu"] for r in per_round])
-    extra = harness.median([r["extra_cpu_s"] for r in per_round])
-    hooks = harness.median([r["hooks_cpu_s"] for r in per_round])
+                ),
+            )
+        samples = fits.run(progress=False)
     return {
-        "samples": rounds,
-        "rounds": per_round,
-        "cpu_ratio": harness.median(cpu),
-        "cpu_ratio_range": [min(cpu), max(cpu)],
-        "wall_ratio": harness.median(wall),
-        "wall_ratio_range": [min(wall), max(wall)],
+        "backend": keras.backend.backend(),
+        "threads": threads,
+        **summarise(samples, hooked.hooks_cpu),
+    }
+
+
+def summarise(samples: dict[str, list[dict]], hooks_cpu: dict) -> dict:
+    """Ratios of the two fits' times: the timed epochs (1 on) summed, per epoch and per window,
+    and the whole fit; the callback's cost per epoch and in its hooks."""
+
+    def total(name: str, key: str, timed: bool = True) -> float:
+        return sum(s[key] for s in samples[name] if s["epoch"] > 0 or not timed)
+
+    def by_epoch(name: str) -> dict[int, float]:
+        out: dict[int, float] = {}
+        for s in samples[name]:
+            if s["epoch"] > 0:
+                out[s["epoch"]] = out.get(s["epoch"], 0.0) + s["cpu"]
+        return out
+
+    bare, bn = by_epoch("bare"), by_epoch("bn_default")
+    epochs = sorted(bare)
+    epoch_ratios = [bn[e] / bare[e] for e in epochs]
+    window_ratios = [
+        b["cpu"] / a["cpu"]
+        for a, b in zip(samples["bare"], samples["bn_default"])
+        if a["epoch"] > 0 and a["cpu"] > 0
+    ]
+    bare_epoch = harness.median([bare[e] for e in epochs])
+    hooks = harness.median([hooks_cpu.get(e, 0.0) for e in epochs])
+    first = {n: samples[n][0] for n in CONFIGS}
+    return {
+        "samples": samples,
+        "cpu_ratio": total("bn_default", "cpu") / total("bare", "cpu"),
+        "wall_ratio": total("bn_default", "wall") / total("bare", "wall"),
+        "epoch_cpu_ratios": epoch_ratios,
+        "window_cpu_ratio_median": harness.median(window_ratios),
+        "window_cpu_ratio_quartiles": harness.quartiles(window_ratios),
+        "whole_fit_cpu_ratio": total("bn_default", "cpu", timed=False)
+        / total("bare", "cpu", timed=False),
+        "whole_fit_wall_ratio": total("bn_default", "wall", timed=False)
+        / total("bare", "wall", timed=False),
+        "first_epoch_cpu_s": {n: first[n]["cpu"] for n in CONFIGS},
         "bare_epoch_cpu_s": bare_epoch,
-        "extra_cpu_per_epoch_s": extra,
+        "extra_cpu_per_epoch_s": harness.median([bn[e] - bare[e] for e in epochs]),
         "hooks_cpu_per_epoch_s": hooks,
         "hooks_cpu_ratio": 1 + hooks / bare_epoch,
+        "hooks_cpu_train_begin_end_s": hooks_cpu.get("train_begin", 0.0)
+        + hooks_cpu.get("train_end", 0.0),
     }
 
 
@@ -288,13 +295,16 @@ def main(argv=None) -> int:
             continue
         results[backend] = json.loads(proc.stdout.strip().splitlines()[-1])
         r = results[backend]
-        low, high = r["cpu_ratio_range"]
+        low, high = min(r["epoch_cpu_ratios"]), max(r["epoch_cpu_ratios"])
+        q1, q3 = r["window_cpu_ratio_quartiles"]
         print(
             f"{backend}: epoch CPU bare {r['bare_epoch_cpu_s']:.2f} s, "
             f"+{r['extra_cpu_per_epoch_s']:.3f} s with the callback, of it "
             f"{r['hooks_cpu_per_epoch_s']:.3f} s in its hooks (ratio {r['hooks_cpu_ratio']:.3f}); "
-            f"CPU ratio {r['cpu_ratio']:.3f} (rounds {low:.3f}-{high:.3f}), "
-            f"wall ratio {r['wall_ratio']:.3f} (load {os.getloadavg()[0]:.1f})",
+            f"CPU ratio {r['cpu_ratio']:.3f} (epochs {low:.3f}-{high:.3f}; windows median "
+            f"{r['window_cpu_ratio_median']:.3f}, quartiles {q1:.3f}-{q3:.3f}), wall ratio "
+            f"{r['wall_ratio']:.3f}; whole fit incl. epoch 0 {r['whole_fit_cpu_ratio']:.3f} "
+            f"(load {os.getloadavg()[0]:.1f})",
             flush=True,
         )
     harness.write_json(

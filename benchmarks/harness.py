@@ -25,6 +25,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
@@ -291,9 +292,151 @@ def alternate(
     return samples
 
 
+class InterleavedFits:
+    """One long ``fit`` per configuration, each in its own thread, taking turns window by window.
+
+    Whole epochs of two fits on a shared machine differ by ±10% while a callback
+    costs 1-2%: the machine's speed drifts over the seconds between them. Here
+    every configuration trains in ONE ``fit`` (as a user's run does: traced once,
+    no re-tracing inside the measurement) in its own thread, and only the one
+    holding the turn runs while the others wait inside a callback hook. The
+    main thread hands the turn round in rotating order every ``window`` steps,
+    so the configurations' windows over the same steps run seconds apart and a
+    drift of the machine cancels in their ratio.
+
+    A window runs from getting the turn to the last callback's hook after its
+    steps (callbacks run in list order), so it holds every callback's work of
+    those steps: an epoch's last window its ``on_epoch_end`` hooks (a callback's
+    epoch-end work). Epoch 0 (tracing, compiling) is one window from the first
+    callback's ``on_train_begin`` (a callback's set-up); the last window ends
+    after the last callback's ``on_train_end``. A configuration's windows add up
+    to its whole ``fit`` after Keras' own set-up. Before a window ends, its
+    steps are waited for (the logs converted to numpy): JAX dispatches steps
+    asynchronously.
+
+    Use: ``callbacks(name)`` gives the (first, last) callbacks to put around a
+    configuration's own, ``start(name, fit)`` runs ``fit()`` in a thread until
+    it waits for its first turn, ``run()`` hands the turns round until every
+    fit has ended and returns the samples.
+    """
+
+    def __init__(self, keras: Any, names: Sequence[str], steps: int, epochs: int, window: int):
+        if steps % window:
+            raise ValueError(f"steps per epoch ({steps}) must be a multiple of window ({window})")
+        self.keras, self.names = keras, list(names)
+        self.steps, self.epochs, self.window = steps, epochs, window
+        self._go = {n: threading.Event() for n in names}
+        self._waiting = {n: threading.Event() for n in names}
+        self._ended = {n: False for n in names}
+        self._clock: dict[str, tuple[float, float]] = {}
+        self._window: dict[str, tuple[int, int]] = {n: (0, 0) for n in names}
+        self.samples: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+        self.errors: dict[str, BaseException] = {}
+
+    def callbacks(self, name: str) -> tuple[Any, Any]:
+        """The callbacks to put first and last in ``name``'s ``fit``."""
+        turns = self
+
+        class First(self.keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                turns._take_turn(name)
+
+        class Last(self.keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                epoch = turns._window[name][0]
+                if epoch > 0 and (batch + 1) % turns.window == 0 and batch + 1 < turns.steps:
+                    turns._end_window(name, logs, epoch, (batch + 1) // turns.window)
+
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch + 1 < turns.epochs:
+                    turns._end_window(name, logs, epoch + 1, 0)
+
+            def on_train_end(self, logs=None):
+                turns._end_window(name, logs, None, None)
+
+        return First(), Last()
+
+    def start(self, name: str, fit: Callable[[], Any]) -> None:
+        """Run ``fit()`` in a thread until it waits for its first turn (set-ups never overlap)."""
+
+        def train() -> None:
+            try:
+                fit()
+            except BaseException as err:  # noqa: BLE001 - reported by run()
+                self.errors[name] = err
+                self._ended[name] = True
+                self._waiting[name].set()
+
+        threading.Thread(target=train, name=f"fit-{name}", daemon=True).start()
+        self._waiting[name].wait()
+        self._raise_errors()
+
+    def run(self, progress: bool = True) -> dict[str, list[dict[str, float]]]:
+        """Hand the turn round (epoch 0 one configuration after another, then every window in
+        rotating order) until every fit ended; ``{name: [{epoch, window, wall, cpu}, ...]}``."""
+        turn = 0
+        while not all(self._ended.values()):
+            shift = turn % len(self.names)
+            for name in self.names[shift:] + self.names[:shift]:
+                if self._ended[name]:
+                    continue
+                self._waiting[name].clear()
+                self._go[name].set()
+                self._waiting[name].wait()
+                self._raise_errors()
+            turn += 1
+            if progress and turn % 10 == 0:
+                line = "  ".join(f"{n}={self.samples[n][-1]['wall']:.2f}s" for n in self.names)
+                print(f"  window {turn}: {line}", flush=True)
+        return self.samples
+
+    def _take_turn(self, name: str) -> None:
+        self._waiting[name].set()
+        self._go[name].wait()
+        self._go[name].clear()
+        self._clock[name] = (time.perf_counter(), time.process_time())
+
+    def _end_window(
+        self, name: str, logs: Any, epoch: Optional[int], window: Optional[int]
+    ) -> None:
+        """Close ``name``'s window (its steps waited for); then wait for the turn to open the
+        next one (``epoch``, ``window``), unless the fit ends."""
+        if logs:
+            self.keras.tree.map_structure(self.keras.ops.convert_to_numpy, dict(logs))
+        wall0, cpu0 = self._clock[name]
+        done = self._window[name]
+        self.samples[name].append(
+            {
+                "epoch": done[0],
+                "window": done[1],
+                "wall": time.perf_counter() - wall0,
+                "cpu": time.process_time() - cpu0,
+            }
+        )
+        if epoch is None:
+            self._ended[name] = True
+            self._waiting[name].set()
+            return
+        self._window[name] = (epoch, window)
+        self._take_turn(name)
+
+    def _raise_errors(self) -> None:
+        if self.errors:
+            raise RuntimeError(f"fit failed: {self.errors}")
+
+
 def median(values: Sequence[float]) -> float:
     values = [v for v in values if v is not None and not math.isnan(v)]
     return statistics.median(values) if values else math.nan
+
+
+def quartiles(values: Sequence[float]) -> list[float]:
+    """[first quartile, third quartile] of ``values`` (NaNs dropped; NaN for fewer than two)."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if len(values) < 2:
+        return [math.nan, math.nan]
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return [q1, q3]
 
 
 def pairwise_ratios(

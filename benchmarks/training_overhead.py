@@ -10,13 +10,14 @@ rotating order (each has its own identically built model, traced before timing):
 
 Each configuration runs ONE ``fit(epochs=rounds + 1, steps_per_epoch=K)`` on a
 repeated synthetic dataset, in its own thread; only one thread runs at a
-time and the main thread hands the turn around epoch by epoch, so rounds
+time and the main thread hands the turn around epoch by epoch
+(``harness.InterleavedFits`` with one window per epoch), so rounds
 alternate (A B C D, B C D A, ...) like separate runs would, without the
-per-``fit`` re-tracing BatchNormCallback does (it remakes the train function
-in every ``fit``). Epoch 0 is an untimed warm-up (tracing; its time is
-reported). A timed window is one whole epoch, from before every callback's
-``on_epoch_begin`` to after every callback's ``on_epoch_end``: K steady-state
-steps plus the per-epoch work (epoch-end log, histograms). Ratios to ``bare`` are taken pair by pair
+per-``fit`` re-tracing of separate runs. Epoch 0 is an untimed warm-up (tracing;
+its time is reported). A timed window is one whole epoch, from the turn
+reaching the configuration to after every callback's ``on_epoch_end`` (the last
+epoch's: ``on_train_end``): K steady-state steps plus the per-epoch work
+(epoch-end log, histograms). Ratios to ``bare`` are taken pair by pair
 within each round (wall clock and process CPU time) and summarised by medians.
 
 Components, because a 1-2% overhead is below the run-to-run noise of whole
@@ -41,7 +42,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -82,61 +82,6 @@ def dataset(batch: int, image: int, n: int = 512, seed: int = 0) -> tf.data.Data
     )
 
 
-class _Turns:
-    """Runs one long ``fit`` per configuration, each in its own thread, one epoch at a time.
-
-    Only the configuration holding the turn runs; the others wait inside
-    their ``on_epoch_begin``. So every configuration trains in a single
-    ``fit`` call (like a real training run: no per-``fit`` re-tracing inside
-    the measurements) while the main thread alternates them epoch by epoch.
-    """
-
-    def __init__(self, names):
-        self.go = {n: threading.Event() for n in names}
-        self.ready = {n: threading.Event() for n in names}
-        self.done = {n: threading.Event() for n in names}
-        self.last = {}
-
-    def run_epoch(self, name):
-        """Let ``name`` run its next epoch; its timed sample once it (and any teardown) ended."""
-        self.done[name].clear()
-        self.go[name].set()
-        self.done[name].wait()
-        return dict(self.last[name])
-
-
-class _Start(keras.callbacks.Callback):
-    """First callback: waits for its turn, then starts the clock before any other on_epoch_begin."""
-
-    def __init__(self, turns, name):
-        super().__init__()
-        self.turns, self.name = turns, name
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.turns.ready[self.name].set()
-        self.turns.go[self.name].wait()
-        self.turns.go[self.name].clear()
-        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
-
-
-class _Stop(keras.callbacks.Callback):
-    """Last callback: stops the clock after every other on_epoch_end, then hands the turn back."""
-
-    def __init__(self, turns, name, start, epochs):
-        super().__init__()
-        self.turns, self.name, self.start, self.epochs = turns, name, start, epochs
-
-    def on_epoch_end(self, epoch, logs=None):
-        wall, cpu = time.perf_counter() - self.start.wall0, time.process_time() - self.start.cpu0
-        self.turns.last[self.name] = {"wall": wall, "cpu": cpu, "epoch": epoch}
-        if epoch < self.epochs - 1:
-            self.turns.done[self.name].set()
-
-    def on_train_end(self, logs=None):
-        # Last epoch: hand back only after every callback's teardown (overlapping no timing).
-        self.turns.done[self.name].set()
-
-
 def measure(callbacks: dict, p: dict, image: int, scope=contextlib.nullcontext) -> dict:
     """Time ``fit`` per configuration (name -> log_dir -> callbacks), alternating epoch by epoch.
 
@@ -147,8 +92,8 @@ def measure(callbacks: dict, p: dict, image: int, scope=contextlib.nullcontext) 
     tmp = tempfile.mkdtemp(prefix="bench_overhead_")
     data = dataset(p["batch"], image)
     epochs = p["rounds"] + 1  # epoch 0 warms up (traces), then one timed epoch per round
-    turns = _Turns(list(callbacks))
-    threads, errors, first_epoch = {}, {}, {}
+    # One window per epoch: every configuration's epochs alternate, the order rotating.
+    fits = harness.InterleavedFits(keras, list(callbacks), steps, epochs, window=steps)
     n_bn = n_params = None
     for name, make in callbacks.items():
         keras.utils.set_random_seed(0)
@@ -160,40 +105,23 @@ def measure(callbacks: dict, p: dict, image: int, scope=contextlib.nullcontext) 
             )
         n_bn = sum(isinstance(l, keras.layers.BatchNormalization) for l in model.layers)
         n_params = model.count_params()
-        start = _Start(turns, name)
-        cbs = [start] + make(os.path.join(tmp, name)) + [_Stop(turns, name, start, epochs)]
-
-        def train(model=model, cbs=cbs, name=name):
-            try:
-                model.fit(data, epochs=epochs, steps_per_epoch=steps, verbose=0, callbacks=cbs)
-            except BaseException as err:  # noqa: BLE001 - reported by the main thread
-                errors[name] = err
-                turns.ready[name].set()
-                turns.done[name].set()
-
-        threads[name] = threading.Thread(target=train, name=f"fit-{name}", daemon=True)
-        threads[name].start()
-        turns.ready[name].wait()  # one at a time through fit's setup
+        first, last = fits.callbacks(name)
+        cbs = [first, *make(os.path.join(tmp, name)), last]
+        fits.start(
+            name,
+            lambda model=model, cbs=cbs: model.fit(
+                data, epochs=epochs, steps_per_epoch=steps, verbose=0, callbacks=cbs
+            ),
+        )
 
     print(
         f"model: ResNet-{6 * p['blocks'] + 2}, {n_bn} BatchNormalization layers, "
         f"{n_params:,} parameters"
     )
-    print("warm-up epoch per configuration (traces the train functions)...", flush=True)
-    for name in callbacks:
-        first_epoch[name] = turns.run_epoch(name)["wall"]
-        print(f"  {name}: {first_epoch[name]:.2f} s", flush=True)
-        if errors:
-            raise RuntimeError(f"fit failed: {errors}")
-
-    print("timed epochs (rotating order):", flush=True)
-    samples = harness.alternate(
-        {n: (lambda n=n: turns.run_epoch(n)) for n in callbacks}, p["rounds"]
-    )
-    for t in threads.values():
-        t.join()
-    if errors:
-        raise RuntimeError(f"fit failed: {errors}")
+    print("a warm-up epoch per configuration (traces), then timed epochs in turns ...", flush=True)
+    windows = fits.run(progress=False)
+    first_epoch = {name: rows[0]["wall"] for name, rows in windows.items()}
+    samples = {name: rows[1:] for name, rows in windows.items()}
     summary = harness.summarize(samples, "bare")
     for name, s in summary.items():
         s["steps_per_s"] = steps / s["median_wall_s"]

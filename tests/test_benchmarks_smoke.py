@@ -44,6 +44,7 @@ EXPECTED = {
     "storage": {"model", "channels", "scenarios", "target_bytes_per_logged_step"},
     "plugin_latency": {"params", "targets", "loaders"},
     "custom_loop_overhead": {"params", "configs"},
+    "backend_overhead": {"params", "target", "backends"},
 }
 
 
@@ -114,6 +115,26 @@ def test_benchmark_smoke(name, smoke_runs):
         for cfg in data["configs"].values():
             assert {"median_wall_s", "median_cpu_s", "median_epoch_cpu_s"} <= set(cfg)
             assert "median" in cfg["cpu_ratio"] and "median" in cfg["epoch_cpu_ratio"]
+    elif name == "backend_overhead":
+        assert set(data["backends"]) == {"tensorflow", "jax", "torch"}
+        for result in data["backends"].values():
+            assert "error" not in result, result.get("error")
+            assert {
+                "cpu_ratio",
+                "wall_ratio",
+                "epoch_cpu_ratios",
+                "window_cpu_ratio_median",
+                "whole_fit_cpu_ratio",
+                "hooks_cpu_per_epoch_s",
+            } <= set(result)
+            # Epoch 0 is one window per fit, then the timed epochs' windows, the same steps in
+            # both fits.
+            windows = {
+                n: [(s["epoch"], s["window"]) for s in rows]
+                for n, rows in result["samples"].items()
+            }
+            assert windows["bare"] == windows["bn_default"]
+            assert windows["bare"][0] == (0, 0) and len(windows["bare"]) > 1
     elif name == "log_cost":
         assert data["models"]
         for model in data["models"]:
