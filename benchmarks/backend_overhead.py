@@ -226,11 +226,8 @@ def summarise(samples: dict[str, list[dict]], hooks_cpu: dict) -> dict:
     bare, bn = by_epoch("bare"), by_epoch("bn_default")
     epochs = sorted(bare)
     epoch_ratios = [bn[e] / bare[e] for e in epochs]
-    window_ratios = [
-        b["cpu"] / a["cpu"]
-        for a, b in zip(samples["bare"], samples["bn_default"])
-        if a["epoch"] > 0 and a["cpu"] > 0
-    ]
+    timed = {n: [s for s in rows if s["epoch"] > 0] for n, rows in samples.items()}
+    window_ratios = harness.pairwise_ratios(timed, "bare", "cpu")["bn_default"]["per_round"]
     bare_epoch = harness.median([bare[e] for e in epochs])
     hooks = harness.median([hooks_cpu.get(e, 0.0) for e in epochs])
     first = {n: samples[n][0] for n in CONFIGS}
